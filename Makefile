@@ -1,0 +1,70 @@
+# ebm.h — `make demo` runs the first example, `make test` the test suite in
+# every configuration the library promises to work in.
+CC      ?= cc
+CXX     ?= c++
+OPT     ?= -O2 -march=native
+# No FMA contraction and no fast-math: the same bits in C and C++ builds, and isfinite() stays honest.
+FPFLAGS  = -ffp-contract=off
+WARN     = -Wall -Wextra -Werror
+CSTD     = -std=c99 -pedantic
+OMP      = -fopenmp
+B        = build
+
+.PHONY: all demo test test-quick crosscheck clean examples
+
+all: examples
+
+$(B):
+	mkdir -p $(B)
+
+# --- examples
+EXAMPLES = $(B)/hello_energy
+examples: $(EXAMPLES)
+$(B)/%: examples/%.c ebm.h | $(B)
+	$(CC) $(CSTD) $(WARN) $(OPT) $(FPFLAGS) $(OMP) -I. $< -o $@ -lm
+
+demo: $(B)/hello_energy
+	./$(B)/hello_energy
+
+# --- tests: one harness, five builds
+TEST_SRC = tests/test_main.c tests/harness.h ebm.h
+$(B)/test_c99: $(TEST_SRC) | $(B)
+	$(CC) $(CSTD) $(WARN) $(OPT) $(FPFLAGS) $(OMP) -I. tests/test_main.c -o $@ -lm
+$(B)/test_cxx: $(TEST_SRC) | $(B)
+	$(CXX) -x c++ -std=c++11 $(WARN) $(OPT) $(FPFLAGS) $(OMP) -I. tests/test_main.c -o $@ -lm
+$(B)/test_noomp: $(TEST_SRC) | $(B)
+	$(CC) $(CSTD) $(WARN) $(OPT) $(FPFLAGS) -I. tests/test_main.c -o $@ -lm
+$(B)/test_nosimd: $(TEST_SRC) | $(B)
+	$(CC) $(CSTD) $(WARN) $(OPT) $(FPFLAGS) $(OMP) -DEBM_NO_SIMD -I. tests/test_main.c -o $@ -lm
+$(B)/test_asan: $(TEST_SRC) | $(B)
+	$(CC) $(CSTD) $(WARN) -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all \
+	  $(FPFLAGS) -I. tests/test_main.c -o $@ -lm
+
+TEST_BINS = $(B)/test_c99 $(B)/test_cxx $(B)/test_noomp $(B)/test_nosimd $(B)/test_asan
+
+# Each build runs the whole suite; the last line sums them for CI.
+test: $(TEST_BINS) $(EXAMPLES)
+	@p=0; f=0; for t in $(TEST_BINS); do \
+	  echo "== $$t"; \
+	  out=$$(cd $(B) && OMP_NUM_THREADS=2 ./$$(basename $$t) 2>&1); rc=$$?; \
+	  echo "$$out" | grep -v '^ok ' ; \
+	  line=$$(echo "$$out" | tail -n 1); \
+	  tp=$$(echo "$$line" | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$$/\1/p'); \
+	  tf=$$(echo "$$line" | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$$/\2/p'); \
+	  if [ -z "$$tp" ] || [ $$rc -ne 0 -a "$${tf:-0}" = 0 ]; then echo "$$t crashed (exit $$rc)"; tf=$$(( $${tf:-0} + 1 )); tp=$${tp:-0}; fi; \
+	  p=$$((p + tp)); f=$$((f + tf)); \
+	done; \
+	echo "== example smoke run"; if ./$(B)/hello_energy > $(B)/hello.log 2>&1 && grep -q '^params=' $(B)/hello.log; then p=$$((p+1)); else echo "hello_energy failed"; cat $(B)/hello.log; f=$$((f+1)); fi; \
+	echo "$$p passed, $$f failed"; [ $$f -eq 0 ]
+
+test-quick: $(B)/test_c99
+	cd $(B) && ./test_c99
+
+# --- a cross-check against PyTorch (needs Debian's python3-torch; not part of `make test`)
+crosscheck: $(B)/crosscheck | $(B)
+	cd $(B) && ./crosscheck crosscheck_data && /usr/bin/python3 ../tests/crosscheck.py crosscheck_data
+$(B)/crosscheck: tests/crosscheck.c ebm.h | $(B)
+	$(CC) $(CSTD) $(WARN) $(OPT) $(FPFLAGS) $(OMP) -I. $< -o $@ -lm
+
+clean:
+	rm -rf $(B)

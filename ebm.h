@@ -1,0 +1,2308 @@
+/* ebm.h - energy-based models in plain C, one header.                 v0.1.0
+
+   Train and sample energy-based models p(x) = exp(f(x)) q(x) / Z with a ConvNet
+   f, Langevin MCMC and autograd (including gradients of gradients), using only
+   libc and libm. OpenMP is optional and never changes a single bit of a result.
+
+   In exactly one C or C++ file:
+       #define EBM_IMPLEMENTATION
+       #include "ebm.h"
+   everywhere else just #include "ebm.h".
+
+   QUICK START (the energies and input gradients of a batch)
+
+       ebm_model m; ebm_graph *g; ebm_error err;
+       ebm_model_init(&m, 1, 28, 28);                      // input: 1x28x28
+       ebm_model_add_conv2d(&m, 32, 3, 1, 1, 1);           // conv 3x3 s1 p1, bias
+       ebm_model_add_act(&m, EBM_ACT_LEAKY_RELU, 0.2f);
+       ebm_model_add_conv2d(&m, 1, 28, 1, 0, 1);           // one energy per image
+       if (ebm_model_alloc(&m, 42) != EBM_OK) puts(m.err.msg);
+       ebm_graph_create(&g, 64u << 20, &err);              // 64 MiB step arena
+       float x[8*28*28], f[8], dx[8*28*28];                // NHWC, values in [-1,1]
+       ... fill x ...
+       ebm_model_score(&m, g, x, 8, f, dx);                // f(x) and grad_x f(x)
+       ebm_graph_destroy(g); ebm_model_free(&m);
+
+   Images are float32, channels last (N, H, W, C) inside the library; the
+   PyTorch-layout helpers (ebm_nchw_to_nhwc, ebm_model_export_torch) convert at
+   the edges.
+
+   CONTENTS (the implementation follows this order)
+       1. platform      allocation hooks, status codes and error records, timer
+       2. random        counter-based Philox4x32-10; uniform and normal variates
+       3. arena         one block per graph, rewound every step
+       4. kernels       convolution (forward, input-gradient, weight-gradient),
+                        activations, pooling; scalar reference twin beside each
+       5. autograd      the tape (ebm_graph), ops, reverse mode with create_graph
+       6. models        layer sequences, PyTorch-default initialisation, memory
+                        prediction, the reference networks, Adam and SGD
+       7. file formats  NPY
+
+   OPTIONS (#define before including the implementation)
+       EBM_STATIC             make every function static (private to one file)
+       EBM_MALLOC(n)/EBM_FREE(p)   allocation hooks; define both or neither
+       EBM_ASSERT(c)          internal-invariant check (default: assert)
+       EBM_NO_SIMD            force the scalar kernels (same results, slower)
+       EBM_MAX_LAYERS         layers per model (default 32)
+   Compile with -ffp-contract=off (or without -ffast-math and with no FMA
+   contraction) for results that are identical in C and C++ builds;
+   -fopenmp to use threads.
+
+   DETERMINISM: every random number is a pure function of (seed, stream,
+   sample index, step, coordinate); every parallel loop splits work into tiles
+   whose number and size do not depend on the thread count, and every reduction
+   runs in a fixed order. The same seed therefore gives bit-identical results
+   with any number of threads, with or without OpenMP.
+
+   ERRORS: functions that can fail return an ebm_status (EBM_OK == 0). The reason
+   is left in the object that failed (model->err, ebm_graph_error(g)) or in the
+   ebm_error record the caller passed. Graph ops return NULL once the graph has
+   failed, and the first failure is kept ("sticky"), so a whole computation can
+   be written without checks and tested once at the end. There is no global
+   state; nothing is printed unless a function is given a FILE to print to.
+
+   License: MIT or public domain (Unlicense), at the end of this file.
+*/
+#ifndef EBM_H
+#define EBM_H
+
+#define EBM_VERSION "0.1.0"
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef EBM_STATIC
+#define EBMDEF static
+#else
+#define EBMDEF extern
+#endif
+
+#ifndef EBM_MAX_LAYERS
+#define EBM_MAX_LAYERS 32
+#endif
+
+#ifdef __cplusplus
+#define EBM_RESTRICT __restrict
+extern "C" {
+#else
+#define EBM_RESTRICT restrict
+#endif
+
+/* ---------------------------------------------------------------- status */
+
+/* Every fallible call returns one of these; EBM_OK is 0, failures are < 0. */
+typedef enum {
+    EBM_OK = 0,
+    EBM_EINVAL = -1,      /* a bad argument, shape or hyper-parameter */
+    EBM_ENOMEM = -2,      /* an allocation failed or an arena is full */
+    EBM_EIO = -3,         /* a file could not be read or written */
+    EBM_EFORMAT = -4,     /* a file's contents are malformed */
+    EBM_EDIVERGED = -5,   /* training produced non-finite or runaway values */
+    EBM_EUNSUPPORTED = -6 /* a valid request this build cannot do */
+} ebm_status;
+
+/* A caller-owned error record: the status and a human-readable reason. */
+typedef struct ebm_error {
+    int status;
+    char msg[240];
+} ebm_error;
+
+/* The name of a status code, e.g. "EBM_EINVAL". */
+EBMDEF const char *ebm_status_name(int status);
+
+/* Wall-clock seconds from an arbitrary origin (monotonic where available). */
+EBMDEF double ebm_time_sec(void);
+
+/* Number of threads the kernels may use (1 without OpenMP); results never depend on it. */
+EBMDEF int ebm_threads(void);
+/* Set the number of OpenMP threads (no effect without OpenMP). */
+EBMDEF void ebm_set_threads(int n);
+
+/* ---------------------------------------------------------------- random */
+
+/* Key of a counter-based generator. A value is a pure function of
+   (seed, stream, sample, step, coordinate): no state advances, so any thread
+   or process draws the same number for the same position. */
+typedef struct ebm_rng {
+    uint64_t seed;
+    uint32_t stream; /* what the numbers are for: init, data order, Langevin noise, ... */
+} ebm_rng;
+
+/* Streams the library itself uses (user streams should start at EBM_STREAM_USER). */
+enum { EBM_STREAM_INIT = 1, EBM_STREAM_USER = 1024 };
+
+/* The raw Philox4x32-10 block for a 128-bit counter and 64-bit key. */
+EBMDEF void ebm_philox4x32(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]);
+/* out[i] ~ U[lo, hi) for coordinates i = 0..n-1 of (sample, step). sample < 2^32. */
+EBMDEF void ebm_rng_uniform(const ebm_rng *r, uint64_t sample, uint32_t step,
+                            float lo, float hi, float *out, size_t n);
+/* out[i] ~ N(0, 1) for coordinates i = 0..n-1 of (sample, step) (Box-Muller,
+   vectorisable; |out| <= 5.8). */
+EBMDEF void ebm_rng_normal(const ebm_rng *r, uint64_t sample, uint32_t step,
+                           float *out, size_t n);
+
+/* ---------------------------------------------------------------- graph */
+
+/* A tensor in a graph: float32, up to 4-D, row-major; images are (N, H, W, C).
+   Only the first four fields are public. */
+typedef struct ebm_var ebm_var;
+struct ebm_var {
+    float *data;  /* size floats (NULL while measuring memory) */
+    size_t size;  /* product of shape */
+    int ndim;     /* 1..4 */
+    int shape[4];
+    /* private: the tape */
+    int op, id, needed, is_param;
+    ebm_var *in[3];
+    ebm_var *prev, *next;
+    int ip[8];
+    float fp[2];
+    void *aux;
+    ebm_var *grad;
+    const void *owner;   /* model owning this parameter leaf */
+    size_t owner_off;    /* offset of the parameter in the model's block */
+};
+
+/* The tape of one step and the arena that holds its tensors. */
+typedef struct ebm_graph ebm_graph;
+
+/* Create a graph whose arena holds `bytes` (see ebm_model_step_bytes). */
+EBMDEF int ebm_graph_create(ebm_graph **g, size_t bytes, ebm_error *err);
+EBMDEF void ebm_graph_destroy(ebm_graph *g);
+/* Forget every tensor and rewind the arena; clears a sticky error. */
+EBMDEF void ebm_graph_reset(ebm_graph *g);
+/* The graph's first failure since the last reset (EBM_OK if none). */
+EBMDEF int ebm_graph_status(const ebm_graph *g);
+EBMDEF const ebm_error *ebm_graph_error(const ebm_graph *g);
+/* High-water mark of the arena in bytes since creation. */
+EBMDEF size_t ebm_graph_peak_bytes(const ebm_graph *g);
+
+/* Leaves. ebm_leaf wraps caller memory without copying (it must outlive the
+   step); ebm_tensor allocates an uninitialised tensor; ebm_zeros and
+   ebm_full allocate filled ones. A shape has ndim entries. */
+EBMDEF ebm_var *ebm_leaf(ebm_graph *g, float *data, int ndim, const int *shape);
+EBMDEF ebm_var *ebm_tensor(ebm_graph *g, int ndim, const int *shape);
+EBMDEF ebm_var *ebm_zeros(ebm_graph *g, int ndim, const int *shape);
+EBMDEF ebm_var *ebm_full(ebm_graph *g, int ndim, const int *shape, float value);
+
+/* Convolution, cross-correlation as in PyTorch. x (N,H,W,Ci), w (K,K,Ci,Co),
+   b (Co) or NULL -> (N,Ho,Wo,Co), Ho = (H + 2 pad - K) / stride + 1. */
+EBMDEF ebm_var *ebm_conv2d(ebm_graph *g, ebm_var *x, ebm_var *w, ebm_var *b, int stride, int pad);
+/* Transposed convolution (the adjoint of ebm_conv2d in x): y (N,Hy,Wy,Co),
+   w (K,K,Cx,Co), b (Cx) or NULL -> (N,out_h,out_w,Cx); out_h must be one of the
+   sizes a stride-`stride` conv maps to Hy. */
+EBMDEF ebm_var *ebm_conv2d_transpose(ebm_graph *g, ebm_var *y, ebm_var *w, ebm_var *b,
+                                     int stride, int pad, int out_h, int out_w);
+/* The adjoint of ebm_conv2d in w: x (N,H,W,Ci), gy (N,Ho,Wo,Co) -> (K,K,Ci,Co). */
+EBMDEF ebm_var *ebm_conv2d_weight_grad(ebm_graph *g, ebm_var *x, ebm_var *gy, int k, int stride, int pad);
+/* Fully connected: x (N, ...) flattened to (N, I), w (I, O), b (O) or NULL -> (N, O). */
+EBMDEF ebm_var *ebm_linear(ebm_graph *g, ebm_var *x, ebm_var *w, ebm_var *b);
+
+/* Activations. ebm_act(g, x, type, param) is the activation itself;
+   ebm_act_deriv gives its order-th derivative, element-wise (order 0..3). */
+enum { EBM_ACT_LEAKY_RELU, EBM_ACT_SILU, EBM_ACT_SOFTPLUS, EBM_ACT_ELU, EBM_ACT_GELU,
+       EBM_ACT_TANH, EBM_ACT_COUNT };
+EBMDEF ebm_var *ebm_act(ebm_graph *g, ebm_var *x, int type, float param);
+EBMDEF ebm_var *ebm_act_deriv(ebm_graph *g, ebm_var *x, int type, float param, int order);
+EBMDEF ebm_var *ebm_leaky_relu(ebm_graph *g, ebm_var *x, float slope);
+EBMDEF ebm_var *ebm_silu(ebm_graph *g, ebm_var *x);
+EBMDEF ebm_var *ebm_softplus(ebm_graph *g, ebm_var *x);
+EBMDEF ebm_var *ebm_elu(ebm_graph *g, ebm_var *x, float alpha);
+EBMDEF ebm_var *ebm_gelu(ebm_graph *g, ebm_var *x);
+EBMDEF ebm_var *ebm_tanh(ebm_graph *g, ebm_var *x);
+/* The name of an activation type ("silu", ...), or NULL. */
+EBMDEF const char *ebm_act_name(int type);
+
+/* Pooling over k x k windows with the given stride, no padding: (N,H,W,C) -> (N,Ho,Wo,C). */
+EBMDEF ebm_var *ebm_avgpool(ebm_graph *g, ebm_var *x, int k, int stride);
+EBMDEF ebm_var *ebm_maxpool(ebm_graph *g, ebm_var *x, int k, int stride);
+/* Mean softmax cross-entropy of logits (N, C) against labels[N] in 0..C-1 -> (1).
+   First derivatives only. */
+EBMDEF ebm_var *ebm_softmax_xent(ebm_graph *g, ebm_var *logits, const int *labels);
+
+/* Element-wise and reductions. a and b must have the same size; the result has a's shape. */
+EBMDEF ebm_var *ebm_add(ebm_graph *g, ebm_var *a, ebm_var *b);
+EBMDEF ebm_var *ebm_sub(ebm_graph *g, ebm_var *a, ebm_var *b);
+EBMDEF ebm_var *ebm_mul(ebm_graph *g, ebm_var *a, ebm_var *b);
+EBMDEF ebm_var *ebm_scale(ebm_graph *g, ebm_var *a, float c);
+EBMDEF ebm_var *ebm_sum(ebm_graph *g, ebm_var *a);    /* -> (1) */
+EBMDEF ebm_var *ebm_mean(ebm_graph *g, ebm_var *a);   /* -> (1) */
+EBMDEF ebm_var *ebm_sqnorm(ebm_graph *g, ebm_var *a); /* sum of squares -> (1) */
+EBMDEF ebm_var *ebm_dot(ebm_graph *g, ebm_var *a, ebm_var *b); /* sum(a*b) -> (1) */
+/* Same data, another shape of the same size (a view: no copy). */
+EBMDEF ebm_var *ebm_reshape(ebm_graph *g, ebm_var *a, int ndim, const int *shape);
+
+/* Reverse mode: out[i] = d(seed . y)/d wrt[i] for i < n (seed NULL means all
+   ones). With create_graph != 0 the gradients are themselves recorded on the
+   tape, so they can be differentiated again (Hessian-vector products, score
+   matching); with 0 they are constants and the backward pass uses the fused
+   first-order kernels. A wrt that y does not depend on gets zeros. */
+EBMDEF int ebm_grad(ebm_graph *g, ebm_var *y, ebm_var *seed, int n, ebm_var *const *wrt,
+                    ebm_var **out, int create_graph);
+
+/* ---------------------------------------------------------------- models */
+
+enum { EBM_LAYER_CONV2D, EBM_LAYER_CONVT2D, EBM_LAYER_LINEAR, EBM_LAYER_ACT,
+       EBM_LAYER_AVGPOOL, EBM_LAYER_MAXPOOL };
+
+/* One layer of a model; shapes are per sample, (H, W, C). */
+typedef struct ebm_layer {
+    int type;                 /* EBM_LAYER_* */
+    int in_h, in_w, in_c, out_h, out_w, out_c;
+    int k, stride, pad, out_pad, bias;
+    int act; float act_param; /* EBM_LAYER_ACT */
+    size_t w_off, w_size, b_off, b_size; /* into the parameter block */
+} ebm_layer;
+
+/* A model is a sequence of layers. Its parameters, their gradients and the two
+   optimiser moments are each one block of n_params floats (one allocation).
+   Weights are stored the way the kernels read them: conv (K,K,Ci,Co),
+   transposed conv (K,K,Co,Ci), linear (I,O) with I in (H,W,C) order. */
+typedef struct ebm_model {
+    int n_layers;
+    ebm_layer layer[EBM_MAX_LAYERS];
+    int in_h, in_w, in_c;
+    size_t n_params;
+    float *params, *grads, *m1, *m2;
+    int status;               /* first failure while building, sticky */
+    ebm_error err;
+} ebm_model;
+
+/* Start a model whose input is (C, H, W) per sample. */
+EBMDEF int ebm_model_init(ebm_model *m, int c, int h, int w);
+/* conv2d with out_c channels, k x k kernel; bias 0/1. */
+EBMDEF int ebm_model_add_conv2d(ebm_model *m, int out_c, int k, int stride, int pad, int bias);
+/* Transposed conv2d, output size (H-1)*stride - 2*pad + k + out_pad as in PyTorch. */
+EBMDEF int ebm_model_add_conv_transpose2d(ebm_model *m, int out_c, int k, int stride, int pad,
+                                          int out_pad, int bias);
+/* Fully connected to out features (flattens the input). */
+EBMDEF int ebm_model_add_linear(ebm_model *m, int out, int bias);
+EBMDEF int ebm_model_add_act(ebm_model *m, int type, float param);
+EBMDEF int ebm_model_add_avgpool(ebm_model *m, int k, int stride);
+EBMDEF int ebm_model_add_maxpool(ebm_model *m, int k, int stride);
+/* Allocate the blocks and initialise as PyTorch does by default: weights and
+   biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = Ci*K*K for conv and
+   Co*K*K for transposed conv (PyTorch's convention), I for linear. */
+EBMDEF int ebm_model_alloc(ebm_model *m, uint64_t seed);
+EBMDEF void ebm_model_free(ebm_model *m);
+/* Output shape per sample (H, W, C) of the whole model. */
+EBMDEF void ebm_model_out_shape(const ebm_model *m, int *h, int *w, int *c);
+
+/* Reference networks of ALGORITHMS.md. ConvNet energy: conv3x3 s1 p1 (C->nf),
+   3 x conv4x4 s2 p1 (doubling), conv(kxk) to 1, LeakyReLU(slope) (or `act`)
+   after every layer but the last; for 28x28 (k=3) or 32x32 (k=4) inputs. */
+EBMDEF int ebm_model_convnet(ebm_model *m, int c, int hw, int nf, int act, float act_param, uint64_t seed);
+/* Latent prior MLP nz -> hidden -> hidden -> 1 with the given activation. */
+EBMDEF int ebm_model_mlp_prior(ebm_model *m, int nz, int hidden, int act, float act_param, uint64_t seed);
+/* 28x28 generator: nz -> convT 7x7 (ngf*2, 7x7) -> convT 4x4 s2 (ngf, 14x14)
+   -> convT 4x4 s2 (C, 28x28) -> tanh; LeakyReLU(0.2) between. */
+EBMDEF int ebm_model_generator28(ebm_model *m, int nz, int ngf, int c, uint64_t seed);
+
+/* Run the model on x (N,H,W,C) in g; returns (N, out_h, out_w, out_c). The
+   parameters enter the graph as leaves owned by m. */
+EBMDEF ebm_var *ebm_model_forward(ebm_model *m, ebm_graph *g, ebm_var *x);
+/* Add d loss / d theta to m->grads for every parameter leaf of m in g. */
+EBMDEF int ebm_model_backward(ebm_model *m, ebm_graph *g, ebm_var *loss);
+EBMDEF void ebm_model_zero_grad(ebm_model *m);
+/* One-shot energies and input gradients: resets g, computes f(x) into f[n]
+   and grad_x sum f into dx (n*H*W*C, may be NULL). x is (n,H,W,C). */
+EBMDEF int ebm_model_score(ebm_model *m, ebm_graph *g, const float *x, int n, float *f, float *dx);
+
+/* Bytes of the model's four blocks (parameters, gradients, two moments). */
+EBMDEF size_t ebm_model_bytes(const ebm_model *m);
+/* What a step needs in a graph arena, measured exactly by running the step's
+   shapes through the tape without arithmetic. */
+enum { EBM_STEP_FORWARD,      /* f(x) */
+       EBM_STEP_INPUT_GRAD,   /* f(x) and grad_x f: one Langevin step */
+       EBM_STEP_PARAM_GRAD,   /* grad_theta of mean f: one maximum-likelihood update */
+       EBM_STEP_SECOND_ORDER, /* grad_theta of |grad_x f|^2: denoising score matching */
+       EBM_STEP_THIRD_ORDER   /* grad_theta of v.grad_x(v.grad_x f): sliced score matching */ };
+EBMDEF int ebm_model_step_bytes(ebm_model *m, int batch, int kind, size_t *bytes, ebm_error *err);
+/* A table of layers, shapes and parameter counts. */
+EBMDEF void ebm_model_print(const ebm_model *m, FILE *out);
+
+/* Parameters in PyTorch's order and layouts (conv OIHW, transposed conv IOHW,
+   linear (O,I) with I in (C,H,W) order): export writes n_params floats. */
+EBMDEF void ebm_model_export_torch(const ebm_model *m, float *dst);
+EBMDEF void ebm_model_import_torch(ebm_model *m, const float *src);
+
+/* Optimisers over the model's blocks. t counts Adam steps from 1. */
+EBMDEF int ebm_adam_step(ebm_model *m, float lr, float beta1, float beta2, float eps, long t);
+EBMDEF int ebm_sgd_step(ebm_model *m, float lr, float momentum);
+
+/* Layout helpers: (N,C,H,W) <-> (N,H,W,C). */
+EBMDEF void ebm_nchw_to_nhwc(const float *src, float *dst, int n, int c, int h, int w);
+EBMDEF void ebm_nhwc_to_nchw(const float *src, float *dst, int n, int c, int h, int w);
+
+/* ---------------------------------------------------------------- files */
+
+/* Write a float32 little-endian NPY file of the given shape. */
+EBMDEF int ebm_npy_save(const char *path, const float *data, int ndim, const int *shape, ebm_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* EBM_H */
+
+/* ======================================================================= */
+/*                            IMPLEMENTATION                               */
+/* ======================================================================= */
+#ifdef EBM_IMPLEMENTATION
+#ifndef EBM_IMPLEMENTATION_DONE
+#define EBM_IMPLEMENTATION_DONE
+
+#include <math.h>
+#include <string.h>
+#include <stdarg.h>
+#include <time.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* ---------------------------------------------------------------- 1. platform */
+
+#if defined(EBM_MALLOC) != defined(EBM_FREE)
+#error "define both EBM_MALLOC and EBM_FREE, or neither"
+#endif
+#ifndef EBM_MALLOC
+#include <stdlib.h>
+#define EBM_MALLOC(n) malloc(n)
+#define EBM_FREE(p) free(p)
+#endif
+#ifndef EBM_ASSERT
+#include <assert.h>
+#define EBM_ASSERT(c) assert(c)
+#endif
+
+/* A parallel loop over a fixed set of tiles: each iteration writes its own
+   outputs, so the result cannot depend on which thread ran it. */
+#ifdef _OPENMP
+#define EBM__PRAGMA(x) _Pragma(#x)
+#define EBM__PARALLEL_FOR EBM__PRAGMA(omp parallel for schedule(static))
+#else
+#define EBM__PARALLEL_FOR
+#endif
+
+/* The scalar reference twins are used by the tests, and by EBM_NO_SIMD builds. */
+#if defined(__GNUC__) || defined(__clang__)
+#define EBM__REFERENCE static __attribute__((unused))
+#else
+#define EBM__REFERENCE static
+#endif
+
+EBMDEF const char *ebm_status_name(int s)
+{
+    switch (s) {
+    case EBM_OK: return "EBM_OK";
+    case EBM_EINVAL: return "EBM_EINVAL";
+    case EBM_ENOMEM: return "EBM_ENOMEM";
+    case EBM_EIO: return "EBM_EIO";
+    case EBM_EFORMAT: return "EBM_EFORMAT";
+    case EBM_EDIVERGED: return "EBM_EDIVERGED";
+    case EBM_EUNSUPPORTED: return "EBM_EUNSUPPORTED";
+    default: return "EBM_E?";
+    }
+}
+
+/* Fill an error record (if any) and return the status: every failure goes through here. */
+static int ebm__fail(ebm_error *e, int status, const char *fmt, ...)
+{
+    if (e) {
+        va_list ap;
+        va_start(ap, fmt);
+        e->status = status;
+        vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+        va_end(ap);
+    }
+    return status;
+}
+
+static void ebm__ok(ebm_error *e)
+{
+    if (e) { e->status = EBM_OK; e->msg[0] = 0; }
+}
+
+EBMDEF double ebm_time_sec(void)
+{
+#if defined(CLOCK_MONOTONIC)
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+#elif defined(_OPENMP)
+    return omp_get_wtime();
+#else
+    return (double)clock() / CLOCKS_PER_SEC;
+#endif
+}
+
+EBMDEF int ebm_threads(void)
+{
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+EBMDEF void ebm_set_threads(int n)
+{
+#ifdef _OPENMP
+    if (n > 0) omp_set_num_threads(n);
+#else
+    (void)n;
+#endif
+}
+
+/* ---------------------------------------------------------------- 2. random */
+/* Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3",
+   SC 2011): ten rounds of a 32x32->64-bit multiply-xor permutation of a 128-bit
+   counter under a 64-bit key. We key it with the seed and count with
+   (coordinate / 4, step, sample, stream): each block of 4 values belongs to one
+   position, so no generator state exists to share between threads. */
+
+#define EBM__PHILOX_M0 0xD2511F53u
+#define EBM__PHILOX_M1 0xCD9E8D57u
+#define EBM__PHILOX_W0 0x9E3779B9u
+#define EBM__PHILOX_W1 0xBB67AE85u
+
+EBMDEF void ebm_philox4x32(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4])
+{
+    uint32_t x0 = ctr[0], x1 = ctr[1], x2 = ctr[2], x3 = ctr[3], k0 = key[0], k1 = key[1];
+    int r;
+    for (r = 0; r < 10; r++) {
+        uint64_t p0 = (uint64_t)EBM__PHILOX_M0 * x0, p1 = (uint64_t)EBM__PHILOX_M1 * x2;
+        uint32_t y0 = (uint32_t)(p1 >> 32) ^ x1 ^ k0, y2 = (uint32_t)(p0 >> 32) ^ x3 ^ k1;
+        x1 = (uint32_t)p1; x3 = (uint32_t)p0; x0 = y0; x2 = y2;
+        k0 += EBM__PHILOX_W0; k1 += EBM__PHILOX_W1;
+    }
+    out[0] = x0; out[1] = x1; out[2] = x2; out[3] = x3;
+}
+
+/* The same permutation on 16 counters at once (only the first word differs),
+   written as plain loops over lanes so the compiler vectorises them. */
+#define EBM__LANES 16
+static void ebm__philox_lanes(uint32_t first_block, uint32_t c1, uint32_t c2, uint32_t c3,
+                              uint32_t k0, uint32_t k1, uint32_t o[4][EBM__LANES])
+{
+    uint32_t x0[EBM__LANES], x1[EBM__LANES], x2[EBM__LANES], x3[EBM__LANES];
+    int i, r;
+    for (i = 0; i < EBM__LANES; i++) { x0[i] = first_block + (uint32_t)i; x1[i] = c1; x2[i] = c2; x3[i] = c3; }
+    for (r = 0; r < 10; r++) {
+        for (i = 0; i < EBM__LANES; i++) {
+            uint64_t p0 = (uint64_t)EBM__PHILOX_M0 * x0[i], p1 = (uint64_t)EBM__PHILOX_M1 * x2[i];
+            uint32_t y0 = (uint32_t)(p1 >> 32) ^ x1[i] ^ k0, y2 = (uint32_t)(p0 >> 32) ^ x3[i] ^ k1;
+            x1[i] = (uint32_t)p1; x3[i] = (uint32_t)p0; x0[i] = y0; x2[i] = y2;
+        }
+        k0 += EBM__PHILOX_W0; k1 += EBM__PHILOX_W1;
+    }
+    for (i = 0; i < EBM__LANES; i++) { o[0][i] = x0[i]; o[1][i] = x1[i]; o[2][i] = x2[i]; o[3][i] = x3[i]; }
+}
+
+/* 24 random bits -> [0, 1) exactly representable. */
+static float ebm__u01(uint32_t u) { return (float)(u >> 8) * (1.0f / 16777216.0f); }
+
+/* log(x) for x in (0, 1], branch-free so that loops over it vectorise
+   (Cephes-style: x = m 2^e with m in [sqrt(1/2), sqrt(2)), a degree-9
+   polynomial for log(1+t)). Max error ~1 ulp over the range used. */
+static float ebm__log01(float x)
+{
+    uint32_t u, mb;
+    float m, t, z, y, e;
+    int ei;
+    memcpy(&u, &x, 4);
+    ei = (int)((u >> 23) & 0xffu) - 126;
+    mb = (u & 0x007fffffu) | 0x3f000000u; /* m in [0.5, 1) */
+    memcpy(&m, &mb, 4);
+    ei -= (m < 0.70710678f) ? 1 : 0;
+    m = (m < 0.70710678f) ? m + m : m;
+    t = m - 1.0f;
+    e = (float)ei;
+    z = t * t;
+    y = 7.0376836292e-2f;
+    y = y * t - 1.1514610310e-1f;
+    y = y * t + 1.1676998740e-1f;
+    y = y * t - 1.2420140846e-1f;
+    y = y * t + 1.4249322787e-1f;
+    y = y * t - 1.6668057665e-1f;
+    y = y * t + 2.0000714765e-1f;
+    y = y * t - 2.4999993993e-1f;
+    y = y * t + 3.3333331174e-1f;
+    y = y * t * z;
+    y += -2.12194440e-4f * e;
+    y += -0.5f * z;
+    return t + y + 0.693359375f * e;
+}
+
+/* cos and sin of 2 pi u for u in [0, 1), branch-free: the quadrant
+   k = floor(4u) picks a rotation by (k + 1/2) pi/2, the remainder a in
+   [-pi/4, pi/4) goes through Taylor polynomials (error < 4e-8). */
+static void ebm__cossin2pi(float u, float *c, float *s)
+{
+    float q = u * 4.0f, a, a2, ca, sa, c0, s0;
+    int k = (int)q;
+    k = k > 3 ? 3 : k;
+    a = (q - (float)k - 0.5f) * 1.57079632679f;
+    a2 = a * a;
+    ca = 1.0f + a2 * (-0.5f + a2 * (1.0f / 24 + a2 * (-1.0f / 720 + a2 * (1.0f / 40320))));
+    sa = a * (1.0f + a2 * (-1.0f / 6 + a2 * (1.0f / 120 + a2 * (-1.0f / 5040 + a2 * (1.0f / 362880)))));
+    c0 = (float)(1 - 2 * (((k + 1) >> 1) & 1)) * 0.70710678118f; /* cos((k+1/2) pi/2) */
+    s0 = (float)(1 - 2 * (k >> 1)) * 0.70710678118f;             /* sin((k+1/2) pi/2) */
+    *c = c0 * ca - s0 * sa;
+    *s = s0 * ca + c0 * sa;
+}
+
+static void ebm__key(const ebm_rng *r, uint32_t *k0, uint32_t *k1)
+{
+    *k0 = (uint32_t)r->seed;
+    *k1 = (uint32_t)(r->seed >> 32);
+}
+
+EBMDEF void ebm_rng_uniform(const ebm_rng *r, uint64_t sample, uint32_t step,
+                            float lo, float hi, float *out, size_t n)
+{
+    uint32_t k0, k1, o[4][EBM__LANES];
+    size_t base = 0;
+    float span = hi - lo;
+    ebm__key(r, &k0, &k1);
+    while (base < n) {
+        size_t i, m = n - base < 4 * EBM__LANES ? n - base : 4 * EBM__LANES;
+        ebm__philox_lanes((uint32_t)(base / 4), step, (uint32_t)sample, r->stream, k0, k1, o);
+        for (i = 0; i < m; i++) out[base + i] = lo + span * ebm__u01(o[i & 3][i >> 2]);
+        base += m;
+    }
+}
+
+EBMDEF void ebm_rng_normal(const ebm_rng *r, uint64_t sample, uint32_t step, float *out, size_t n)
+{
+    uint32_t k0, k1, o[4][EBM__LANES];
+    float z[4][EBM__LANES];
+    size_t base = 0;
+    ebm__key(r, &k0, &k1);
+    while (base < n) {
+        size_t i, m = n - base < 4 * EBM__LANES ? n - base : 4 * EBM__LANES;
+        int l;
+        ebm__philox_lanes((uint32_t)(base / 4), step, (uint32_t)sample, r->stream, k0, k1, o);
+        /* Box-Muller on (u0, u1) and (u2, u3); u0, u2 in (0, 1] so the log is finite. */
+        for (l = 0; l < EBM__LANES; l++) {
+            float ra = sqrtf(-2.0f * ebm__log01(ebm__u01(o[0][l]) + (1.0f / 16777216.0f)));
+            float rb = sqrtf(-2.0f * ebm__log01(ebm__u01(o[2][l]) + (1.0f / 16777216.0f)));
+            float ca, sa, cb, sb;
+            ebm__cossin2pi(ebm__u01(o[1][l]), &ca, &sa);
+            ebm__cossin2pi(ebm__u01(o[3][l]), &cb, &sb);
+            z[0][l] = ra * ca; z[1][l] = ra * sa; z[2][l] = rb * cb; z[3][l] = rb * sb;
+        }
+        for (i = 0; i < m; i++) out[base + i] = z[i & 3][i >> 2];
+        base += m;
+    }
+}
+
+/* ---------------------------------------------------------------- 3. arena */
+/* One block per graph. Everything a step creates (tape nodes, tensors,
+   scratch) is pushed here and dropped at once by ebm_graph_reset: no malloc on
+   the per-step path. A "measuring" arena holds only the nodes and counts the
+   tensor bytes, which is how ebm_model_step_bytes knows a step's size exactly. */
+typedef struct ebm__arena {
+    unsigned char *base;
+    size_t size, used, peak;
+} ebm__arena;
+
+#define EBM__ALIGN 64
+static size_t ebm__round(size_t n) { return (n + (EBM__ALIGN - 1)) & ~(size_t)(EBM__ALIGN - 1); }
+
+static void *ebm__arena_push(ebm__arena *a, size_t n)
+{
+    size_t need = ebm__round(n);
+    void *p;
+    if (need > a->size - a->used) return NULL;
+    p = a->base + a->used;
+    a->used += need;
+    if (a->used > a->peak) a->peak = a->used;
+    return p;
+}
+
+/* ---------------------------------------------------------------- 4. kernels */
+/* Layout: activations (N,H,W,C), channels last, so the innermost loop of every
+   convolution pass runs over contiguous channels; conv weights (K,K,Ci,Co).
+   Three passes share one geometry: forward y = F(x, w), input gradient
+   gx = D(gy, w) (also the transposed convolution) and weight gradient
+   gw = G(x, gy). Each has a scalar reference twin that the tests compare with.
+   Parallel loops run over output tiles (rows of the output), each owned by one
+   iteration, so threads never share an accumulator. */
+
+typedef struct ebm__cgeom {
+    int n, hx, wx, cx; /* the conv's input  (x side) */
+    int hy, wy, cy;    /* the conv's output (y side) */
+    int k, s, p;
+} ebm__cgeom;
+
+/* --- scalar references: the definition of each pass, nothing else --- */
+
+EBM__REFERENCE void ebm__conv_fwd_ref(const ebm__cgeom *G, const float *x, const float *w, const float *b, float *y)
+{
+    int n, ho, wo, co, kh, kw, ci;
+    for (n = 0; n < G->n; n++)
+        for (ho = 0; ho < G->hy; ho++)
+            for (wo = 0; wo < G->wy; wo++)
+                for (co = 0; co < G->cy; co++) {
+                    float acc = 0.0f;
+                    for (kh = 0; kh < G->k; kh++)
+                        for (kw = 0; kw < G->k; kw++) {
+                            int hi = ho * G->s + kh - G->p, wi = wo * G->s + kw - G->p;
+                            if (hi < 0 || hi >= G->hx || wi < 0 || wi >= G->wx) continue;
+                            for (ci = 0; ci < G->cx; ci++)
+                                acc += x[(((size_t)n * G->hx + hi) * G->wx + wi) * G->cx + ci] *
+                                       w[(((size_t)kh * G->k + kw) * G->cx + ci) * G->cy + co];
+                        }
+                    y[(((size_t)n * G->hy + ho) * G->wy + wo) * G->cy + co] = acc + (b ? b[co] : 0.0f);
+                }
+}
+
+EBM__REFERENCE void ebm__conv_bwd_data_ref(const ebm__cgeom *G, const float *gy, const float *w, const float *b, float *gx)
+{
+    int n, hi, wi, ci, kh, kw, co;
+    for (n = 0; n < G->n; n++)
+        for (hi = 0; hi < G->hx; hi++)
+            for (wi = 0; wi < G->wx; wi++)
+                for (ci = 0; ci < G->cx; ci++) {
+                    float acc = 0.0f;
+                    for (kh = 0; kh < G->k; kh++)
+                        for (kw = 0; kw < G->k; kw++) {
+                            int th = hi + G->p - kh, tw = wi + G->p - kw, ho, wo;
+                            if (th < 0 || tw < 0 || th % G->s || tw % G->s) continue;
+                            ho = th / G->s; wo = tw / G->s;
+                            if (ho >= G->hy || wo >= G->wy) continue;
+                            for (co = 0; co < G->cy; co++)
+                                acc += gy[(((size_t)n * G->hy + ho) * G->wy + wo) * G->cy + co] *
+                                       w[(((size_t)kh * G->k + kw) * G->cx + ci) * G->cy + co];
+                        }
+                    gx[(((size_t)n * G->hx + hi) * G->wx + wi) * G->cx + ci] = acc + (b ? b[ci] : 0.0f);
+                }
+}
+
+EBM__REFERENCE void ebm__conv_bwd_weight_ref(const ebm__cgeom *G, const float *x, const float *gy, float *gw)
+{
+    int n, ho, wo, co, kh, kw, ci;
+    for (kh = 0; kh < G->k; kh++)
+        for (kw = 0; kw < G->k; kw++)
+            for (ci = 0; ci < G->cx; ci++)
+                for (co = 0; co < G->cy; co++) {
+                    float acc = 0.0f;
+                    for (n = 0; n < G->n; n++)
+                        for (ho = 0; ho < G->hy; ho++)
+                            for (wo = 0; wo < G->wy; wo++) {
+                                int hi = ho * G->s + kh - G->p, wi = wo * G->s + kw - G->p;
+                                if (hi < 0 || hi >= G->hx || wi < 0 || wi >= G->wx) continue;
+                                acc += x[(((size_t)n * G->hx + hi) * G->wx + wi) * G->cx + ci] *
+                                       gy[(((size_t)n * G->hy + ho) * G->wy + wo) * G->cy + co];
+                            }
+                    gw[(((size_t)kh * G->k + kw) * G->cx + ci) * G->cy + co] = acc;
+                }
+}
+
+/* --- fast kernels: the same sums, reordered so the inner loop is a
+   contiguous multiply-add over channels (what SIMD wants). --- */
+
+#ifdef EBM_NO_SIMD
+#define ebm__conv_fwd(G, x, w, b, y, scratch) ebm__conv_fwd_ref(G, x, w, b, y)
+#define ebm__conv_bwd_data(G, gy, w, b, gx, scratch) ebm__conv_bwd_data_ref(G, gy, w, b, gx)
+#define ebm__conv_bwd_weight(G, x, gy, gw) ebm__conv_bwd_weight_ref(G, x, gy, gw)
+#else
+/* Forward. Tile = one output row (n, ho); acc[co] += x[ci] * w[kh,kw,ci,:]. */
+static void ebm__conv_fwd(const ebm__cgeom *G, const float *x, const float *w, const float *b, float *y,
+                          float *scratch)
+{
+    const int nt = G->n * G->hy;
+    int t;
+    (void)scratch;
+    EBM__PARALLEL_FOR
+    for (t = 0; t < nt; t++) {
+        const int n = t / G->hy, ho = t % G->hy, cy = G->cy, cx = G->cx;
+        int wo, kh, kw, ci, co;
+        for (wo = 0; wo < G->wy; wo++) {
+            float *EBM_RESTRICT acc = y + (((size_t)n * G->hy + ho) * G->wy + wo) * cy;
+            for (co = 0; co < cy; co++) acc[co] = 0.0f;
+            for (kh = 0; kh < G->k; kh++) {
+                int hi = ho * G->s + kh - G->p;
+                if (hi < 0 || hi >= G->hx) continue;
+                for (kw = 0; kw < G->k; kw++) {
+                    int wi = wo * G->s + kw - G->p;
+                    const float *xp, *wp;
+                    if (wi < 0 || wi >= G->wx) continue;
+                    xp = x + (((size_t)n * G->hx + hi) * G->wx + wi) * cx;
+                    wp = w + ((size_t)kh * G->k + kw) * cx * cy;
+                    for (ci = 0; ci < cx; ci++) {
+                        const float xv = xp[ci];
+                        const float *EBM_RESTRICT wr = wp + (size_t)ci * cy;
+                        for (co = 0; co < cy; co++) acc[co] += xv * wr[co];
+                    }
+                }
+            }
+            if (b) for (co = 0; co < cy; co++) acc[co] += b[co];
+        }
+    }
+}
+
+/* Input gradient. The weights are first packed as (K,K,Co,Ci) into scratch
+   (K*K*Ci*Co floats) so the inner loop runs over contiguous input channels;
+   tile = one input row (n, hi); only the kernel taps that hit an output pixel
+   (th divisible by the stride) are visited, so no zeros are multiplied. */
+static void ebm__conv_bwd_data(const ebm__cgeom *G, const float *gy, const float *w, const float *b, float *gx,
+                               float *scratch)
+{
+    const int nt = G->n * G->hx, cx = G->cx, cy = G->cy;
+    int t;
+    size_t kk, ci, co;
+    for (kk = 0; kk < (size_t)G->k * G->k; kk++)
+        for (ci = 0; ci < (size_t)cx; ci++)
+            for (co = 0; co < (size_t)cy; co++)
+                scratch[(kk * cy + co) * cx + ci] = w[(kk * cx + ci) * cy + co];
+    EBM__PARALLEL_FOR
+    for (t = 0; t < nt; t++) {
+        const int n = t / G->hx, hi = t % G->hx;
+        int wi, kh, kw, c, o;
+        for (wi = 0; wi < G->wx; wi++) {
+            float *EBM_RESTRICT acc = gx + (((size_t)n * G->hx + hi) * G->wx + wi) * cx;
+            for (c = 0; c < cx; c++) acc[c] = 0.0f;
+            for (kh = 0; kh < G->k; kh++) {
+                int th = hi + G->p - kh, ho;
+                if (th < 0 || th % G->s) continue;
+                ho = th / G->s;
+                if (ho >= G->hy) continue;
+                for (kw = 0; kw < G->k; kw++) {
+                    int tw = wi + G->p - kw, wo;
+                    const float *gp, *wp;
+                    if (tw < 0 || tw % G->s) continue;
+                    wo = tw / G->s;
+                    if (wo >= G->wy) continue;
+                    gp = gy + (((size_t)n * G->hy + ho) * G->wy + wo) * cy;
+                    wp = scratch + ((size_t)kh * G->k + kw) * cy * cx;
+                    for (o = 0; o < cy; o++) {
+                        const float gv = gp[o];
+                        const float *EBM_RESTRICT wr = wp + (size_t)o * cx;
+                        for (c = 0; c < cx; c++) acc[c] += gv * wr[c];
+                    }
+                }
+            }
+            if (b) for (c = 0; c < cx; c++) acc[c] += b[c];
+        }
+    }
+}
+
+/* Weight gradient. Tile = one (kh, kw, ci) row of gw, summed by one thread
+   over the whole batch in a fixed order: no reduction across threads. */
+static void ebm__conv_bwd_weight(const ebm__cgeom *G, const float *x, const float *gy, float *gw)
+{
+    const int nt = G->k * G->k * G->cx, cx = G->cx, cy = G->cy;
+    int t;
+    EBM__PARALLEL_FOR
+    for (t = 0; t < nt; t++) {
+        const int kh = t / (G->k * cx), kw = (t / cx) % G->k, ci = t % cx;
+        float *EBM_RESTRICT acc = gw + (size_t)t * cy;
+        int n, ho, wo, co;
+        for (co = 0; co < cy; co++) acc[co] = 0.0f;
+        for (n = 0; n < G->n; n++)
+            for (ho = 0; ho < G->hy; ho++) {
+                int hi = ho * G->s + kh - G->p;
+                if (hi < 0 || hi >= G->hx) continue;
+                for (wo = 0; wo < G->wy; wo++) {
+                    int wi = wo * G->s + kw - G->p;
+                    float xv;
+                    const float *EBM_RESTRICT gp;
+                    if (wi < 0 || wi >= G->wx) continue;
+                    xv = x[(((size_t)n * G->hx + hi) * G->wx + wi) * cx + ci];
+                    gp = gy + (((size_t)n * G->hy + ho) * G->wy + wo) * cy;
+                    for (co = 0; co < cy; co++) acc[co] += xv * gp[co];
+                }
+            }
+    }
+}
+#endif
+
+/* --- activations: value and derivatives up to third order --- */
+
+/* Reference in double: order-th derivative of activation `type` at x. The
+   float kernels below must agree with it; the tests check each order against
+   finite differences of the order below. Returns NAN for an unsupported order. */
+EBM__REFERENCE double ebm__act_ref(int type, int order, double a, double x)
+{
+    double s, s1, t, phi;
+    switch (type) {
+    case EBM_ACT_LEAKY_RELU:
+        if (order == 0) return x > 0 ? x : a * x;
+        return order == 1 ? (x > 0 ? 1.0 : a) : 0.0;
+    case EBM_ACT_SILU: /* x sigma(x) */
+        s = 1.0 / (1.0 + exp(-x)); s1 = s * (1 - s);
+        if (order == 0) return x * s;
+        if (order == 1) return s + x * s1;
+        if (order == 2) return s1 * (2 + x * (1 - 2 * s));
+        if (order == 3) return s1 * ((1 - 2 * s) * (3 + x * (1 - 2 * s)) - 2 * x * s1);
+        break;
+    case EBM_ACT_SOFTPLUS: /* log(1 + e^x) */
+        s = 1.0 / (1.0 + exp(-x)); s1 = s * (1 - s);
+        if (order == 0) return x > 0 ? x + log1p(exp(-x)) : log1p(exp(x));
+        if (order == 1) return s;
+        if (order == 2) return s1;
+        if (order == 3) return s1 * (1 - 2 * s);
+        break;
+    case EBM_ACT_ELU: /* x, or a (e^x - 1) for x <= 0 */
+        if (x > 0) return order == 0 ? x : order == 1 ? 1.0 : 0.0;
+        return order == 0 ? a * (exp(x) - 1) : a * exp(x);
+    case EBM_ACT_GELU: /* x Phi(x), exact (erf) form */
+        phi = exp(-0.5 * x * x) * 0.39894228040143267794;
+        if (order == 0) return 0.5 * x * (1 + erf(x * 0.70710678118654752440));
+        if (order == 1) return 0.5 * (1 + erf(x * 0.70710678118654752440)) + x * phi;
+        if (order == 2) return (2 - x * x) * phi;
+        if (order == 3) return (x * x * x - 4 * x) * phi;
+        break;
+    case EBM_ACT_TANH:
+        t = tanh(x);
+        if (order == 0) return t;
+        if (order == 1) return 1 - t * t;
+        if (order == 2) return -2 * t * (1 - t * t);
+        if (order == 3) return (1 - t * t) * (6 * t * t - 2);
+        break;
+    }
+    return NAN;
+}
+
+/* The highest derivative order each activation provides (nested autograd of
+   depth d needs order d; sliced score matching needs 3). */
+#define EBM__ACT_MAX_ORDER 3
+
+/* Float kernel: y = act^(order)(x), element-wise. */
+static void ebm__act_fwd(int type, int order, float a, const float *x, float *y, size_t n)
+{
+    size_t i;
+    switch (type) {
+    case EBM_ACT_LEAKY_RELU:
+        if (order == 0) for (i = 0; i < n; i++) y[i] = x[i] > 0 ? x[i] : a * x[i];
+        else if (order == 1) for (i = 0; i < n; i++) y[i] = x[i] > 0 ? 1.0f : a;
+        else memset(y, 0, n * sizeof *y);
+        return;
+    case EBM_ACT_SILU: case EBM_ACT_SOFTPLUS:
+        for (i = 0; i < n; i++) {
+            float v = x[i], s = 1.0f / (1.0f + expf(-v)), s1 = s * (1 - s), r;
+            if (type == EBM_ACT_SILU)
+                r = order == 0 ? v * s : order == 1 ? s + v * s1 : order == 2 ? s1 * (2 + v * (1 - 2 * s))
+                  : s1 * ((1 - 2 * s) * (3 + v * (1 - 2 * s)) - 2 * v * s1);
+            else
+                r = order == 0 ? (v > 0 ? v + log1pf(expf(-v)) : log1pf(expf(v)))
+                  : order == 1 ? s : order == 2 ? s1 : s1 * (1 - 2 * s);
+            y[i] = r;
+        }
+        return;
+    case EBM_ACT_ELU:
+        for (i = 0; i < n; i++) {
+            float v = x[i];
+            y[i] = v > 0 ? (order == 0 ? v : order == 1 ? 1.0f : 0.0f)
+                         : (order == 0 ? a * expm1f(v) : a * expf(v));
+        }
+        return;
+    case EBM_ACT_GELU:
+        for (i = 0; i < n; i++) {
+            float v = x[i], phi = expf(-0.5f * v * v) * 0.398942280f, P = 0.5f * (1 + erff(v * 0.707106781f));
+            y[i] = order == 0 ? v * P : order == 1 ? P + v * phi : order == 2 ? (2 - v * v) * phi
+                 : (v * v * v - 4 * v) * phi;
+        }
+        return;
+    case EBM_ACT_TANH:
+        for (i = 0; i < n; i++) {
+            float t = tanhf(x[i]), d = 1 - t * t;
+            y[i] = order == 0 ? t : order == 1 ? d : order == 2 ? -2 * t * d : d * (6 * t * t - 2);
+        }
+        return;
+    }
+    EBM_ASSERT(0);
+}
+
+/* Fused first-order backward: gx = gy * act'(x), without the act'(x) tensor. */
+static void ebm__act_bwd(int type, float a, const float *x, const float *gy, float *gx, size_t n)
+{
+    size_t i;
+    if (type == EBM_ACT_LEAKY_RELU) {
+        for (i = 0; i < n; i++) gx[i] = x[i] > 0 ? gy[i] : a * gy[i];
+        return;
+    }
+    ebm__act_fwd(type, 1, a, x, gx, n);
+    for (i = 0; i < n; i++) gx[i] *= gy[i];
+}
+
+/* ---------------------------------------------------------------- 5. autograd */
+/* The tape. Every op appends a node (ebm_var) holding its output, its inputs
+   and its parameters; nodes are linked in creation order, which is a
+   topological order. ebm_grad walks the tape backwards from y, and each op's
+   backward rule is written with the ops themselves: when create_graph is set,
+   the backward pass is recorded like any other computation and can be
+   differentiated again (to any depth the activations support). When it is not,
+   the same rules run with recording off, and the activation rule uses a fused
+   kernel, so a first-order pass costs what a hand-written backward costs.
+
+   The closed set for convolution: with y = F(x, w), gx = D(gy, w) (transposed
+   convolution) and gw = G(x, gy) (weight correlation) are adjoints of one
+   trilinear form sum(y . F(x, w)), so the derivatives of D and G are F, D and
+   G again. */
+
+enum {
+    EBM__OP_LEAF, EBM__OP_CONV, EBM__OP_CONVT, EBM__OP_WGRAD, EBM__OP_ACT,
+    EBM__OP_CHSUM, EBM__OP_CHBCAST, EBM__OP_SUM, EBM__OP_EXPAND, EBM__OP_ADD,
+    EBM__OP_MUL, EBM__OP_SCALE, EBM__OP_RESHAPE, EBM__OP_AVGPOOL, EBM__OP_AVGPOOL_T,
+    EBM__OP_MAXPOOL, EBM__OP_SCATTER, EBM__OP_GATHER, EBM__OP_XENT, EBM__OP_XENT_GRAD
+};
+
+static const char *const ebm__op_names[] = {
+    "leaf", "conv2d", "conv2d_transpose", "conv2d_weight_grad", "act", "channel_sum",
+    "channel_broadcast", "sum", "expand", "add", "mul", "scale", "reshape", "avgpool",
+    "avgpool_transpose", "maxpool", "scatter", "gather", "softmax_xent", "softmax_xent_grad"
+};
+
+struct ebm_graph {
+    ebm__arena a;        /* nodes and (unless measuring) tensors */
+    int measuring;       /* count tensor bytes instead of allocating them */
+    size_t counted;      /* tensor bytes counted while measuring */
+    size_t peak;         /* high-water mark of nodes + tensors */
+    int record;          /* link new nodes to their inputs (off in a plain backward) */
+    ebm_var *first, *last;
+    int n_nodes;
+    ebm_error err;
+};
+
+static ebm_var *ebm__gfail(ebm_graph *g, int status, const char *fmt, ...)
+{
+    if (g->err.status == EBM_OK) {
+        va_list ap;
+        va_start(ap, fmt);
+        g->err.status = status;
+        vsnprintf(g->err.msg, sizeof g->err.msg, fmt, ap);
+        va_end(ap);
+    }
+    return NULL;
+}
+
+static void ebm__note_peak(ebm_graph *g)
+{
+    size_t now = g->a.used + g->counted;
+    if (now > g->peak) g->peak = now;
+}
+
+/* Memory that must be real even while measuring (nodes, pointer lists). */
+static void *ebm__meta(ebm_graph *g, size_t bytes)
+{
+    void *p = ebm__arena_push(&g->a, bytes);
+    if (!p) {
+        ebm__gfail(g, EBM_ENOMEM, "graph arena full (%lu bytes): the step needs more; size it with ebm_model_step_bytes",
+                   (unsigned long)g->a.size);
+        return NULL;
+    }
+    ebm__note_peak(g);
+    return p;
+}
+
+/* Tensor memory: counted, not allocated, while measuring (*p = NULL then). */
+static int ebm__data(ebm_graph *g, size_t bytes, void **p)
+{
+    *p = NULL;
+    if (g->measuring) {
+        g->counted += ebm__round(bytes);
+        ebm__note_peak(g);
+        return 1;
+    }
+    *p = ebm__meta(g, bytes);
+    return *p != NULL;
+}
+
+/* Scratch is dropped right after the op that used it. */
+typedef struct { size_t used, counted; } ebm__mark;
+static ebm__mark ebm__mark_get(const ebm_graph *g) { ebm__mark m; m.used = g->a.used; m.counted = g->counted; return m; }
+static void ebm__mark_set(ebm_graph *g, ebm__mark m) { g->a.used = m.used; g->counted = m.counted; }
+
+EBMDEF int ebm_graph_create(ebm_graph **out, size_t bytes, ebm_error *err)
+{
+    ebm_graph *g;
+    if (!out) return ebm__fail(err, EBM_EINVAL, "ebm_graph_create: NULL output pointer");
+    *out = NULL;
+    if (bytes < 4096) return ebm__fail(err, EBM_EINVAL, "ebm_graph_create: arena of %lu bytes is too small (at least 4096)", (unsigned long)bytes);
+    g = (ebm_graph *)EBM_MALLOC(sizeof *g);
+    if (!g) return ebm__fail(err, EBM_ENOMEM, "ebm_graph_create: out of memory");
+    memset(g, 0, sizeof *g);
+    g->a.base = (unsigned char *)EBM_MALLOC(bytes + EBM__ALIGN);
+    if (!g->a.base) {
+        EBM_FREE(g);
+        return ebm__fail(err, EBM_ENOMEM, "ebm_graph_create: cannot allocate a %lu-byte arena", (unsigned long)bytes);
+    }
+    g->a.size = bytes;
+    g->record = 1;
+    *out = g;
+    ebm__ok(err);
+    return EBM_OK;
+}
+
+/* The arena's first byte, aligned (malloc gives 16 at least; kernels like 64). */
+static unsigned char *ebm__aligned_base(const ebm_graph *g)
+{
+    uintptr_t u = (uintptr_t)g->a.base;
+    return g->a.base + ((EBM__ALIGN - (u % EBM__ALIGN)) % EBM__ALIGN);
+}
+
+EBMDEF void ebm_graph_destroy(ebm_graph *g)
+{
+    if (!g) return;
+    EBM_FREE(g->a.base);
+    EBM_FREE(g);
+}
+
+EBMDEF void ebm_graph_reset(ebm_graph *g)
+{
+    if (!g) return;
+    g->a.used = (size_t)(ebm__aligned_base(g) - g->a.base);
+    g->counted = 0;
+    g->first = g->last = NULL;
+    g->n_nodes = 0;
+    g->record = 1;
+    g->err.status = EBM_OK;
+    g->err.msg[0] = 0;
+}
+
+EBMDEF int ebm_graph_status(const ebm_graph *g) { return g ? g->err.status : EBM_EINVAL; }
+EBMDEF const ebm_error *ebm_graph_error(const ebm_graph *g) { return g ? &g->err : NULL; }
+EBMDEF size_t ebm_graph_peak_bytes(const ebm_graph *g) { return g ? g->peak : 0; }
+
+static size_t ebm__shape_size(int ndim, const int *shape)
+{
+    size_t s = 1;
+    int i;
+    for (i = 0; i < ndim; i++) s *= (size_t)shape[i];
+    return s;
+}
+
+static int ebm__same_shape(const ebm_var *a, const ebm_var *b)
+{
+    return a->ndim == b->ndim && memcmp(a->shape, b->shape, (size_t)a->ndim * sizeof(int)) == 0;
+}
+
+/* Append a node with an output of the given shape (data allocated unless
+   `view` is set). Inputs are linked only while recording. */
+static ebm_var *ebm__node(ebm_graph *g, int op, int ndim, const int *shape, ebm_var *a, ebm_var *b,
+                          ebm_var *c, int view)
+{
+    ebm_var *v;
+    int i;
+    if (g->err.status != EBM_OK) return NULL;
+    if (ndim < 1 || ndim > 4) return ebm__gfail(g, EBM_EINVAL, "%s: %d dimensions (1 to 4 allowed)", ebm__op_names[op], ndim);
+    for (i = 0; i < ndim; i++)
+        if (shape[i] < 1) return ebm__gfail(g, EBM_EINVAL, "%s: dimension %d has size %d", ebm__op_names[op], i, shape[i]);
+    v = (ebm_var *)ebm__meta(g, sizeof *v);
+    if (!v) return NULL;
+    memset(v, 0, sizeof *v);
+    v->ndim = ndim;
+    for (i = 0; i < 4; i++) v->shape[i] = i < ndim ? shape[i] : 1;
+    v->size = ebm__shape_size(ndim, shape);
+    if (!view && !ebm__data(g, v->size * sizeof(float), (void **)&v->data)) return NULL;
+    v->op = op;
+    if (g->record) { v->in[0] = a; v->in[1] = b; v->in[2] = c; }
+    v->id = g->n_nodes++;
+    v->prev = g->last;
+    if (g->last) g->last->next = v; else g->first = v;
+    g->last = v;
+    return v;
+}
+
+/* Ops return NULL once the graph has failed; a NULL input only ever comes
+   from such a failure, or from the caller (which is an error in its own right). */
+#define EBM__BEGIN(g) do { if (!(g) || (g)->err.status != EBM_OK) return NULL; } while (0)
+#define EBM__NEED(g, v, opname) do { if (!(v)) return ebm__gfail(g, EBM_EINVAL, "%s: NULL tensor argument", opname); } while (0)
+
+EBMDEF ebm_var *ebm_leaf(ebm_graph *g, float *data, int ndim, const int *shape)
+{
+    ebm_var *v;
+    EBM__BEGIN(g);
+    if (!shape) return ebm__gfail(g, EBM_EINVAL, "leaf: NULL shape");
+    if (!data && !g->measuring) return ebm__gfail(g, EBM_EINVAL, "leaf: NULL data");
+    v = ebm__node(g, EBM__OP_LEAF, ndim, shape, NULL, NULL, NULL, 1);
+    if (v) v->data = data;
+    return v;
+}
+
+EBMDEF ebm_var *ebm_tensor(ebm_graph *g, int ndim, const int *shape)
+{
+    EBM__BEGIN(g);
+    if (!shape) return ebm__gfail(g, EBM_EINVAL, "tensor: NULL shape");
+    return ebm__node(g, EBM__OP_LEAF, ndim, shape, NULL, NULL, NULL, 0);
+}
+
+EBMDEF ebm_var *ebm_full(ebm_graph *g, int ndim, const int *shape, float value)
+{
+    ebm_var *v = ebm_tensor(g, ndim, shape);
+    size_t i;
+    if (v && v->data) for (i = 0; i < v->size; i++) v->data[i] = value;
+    return v;
+}
+
+EBMDEF ebm_var *ebm_zeros(ebm_graph *g, int ndim, const int *shape) { return ebm_full(g, ndim, shape, 0.0f); }
+
+/* --- convolution ops --- */
+
+static int ebm__conv_out(int h, int k, int s, int p) { return h + 2 * p < k ? 0 : (h + 2 * p - k) / s + 1; }
+
+static void ebm__geom(ebm__cgeom *G, const ebm_var *x, const ebm_var *y, int k, int s, int p)
+{
+    G->n = x->shape[0]; G->hx = x->shape[1]; G->wx = x->shape[2]; G->cx = x->shape[3];
+    G->hy = y->shape[1]; G->wy = y->shape[2]; G->cy = y->shape[3];
+    G->k = k; G->s = s; G->p = p;
+}
+
+static ebm_var *ebm__check_conv(ebm_graph *g, const char *op, ebm_var *w, int k_expect_ci, int stride, int pad)
+{
+    if (w->ndim != 4 || w->shape[0] != w->shape[1])
+        return ebm__gfail(g, EBM_EINVAL, "%s: weights must be (K,K,Cin,Cout)", op);
+    if (w->shape[2] != k_expect_ci)
+        return ebm__gfail(g, EBM_EINVAL, "%s: weights have %d input channels, the tensor has %d", op, w->shape[2], k_expect_ci);
+    if (stride < 1 || pad < 0) return ebm__gfail(g, EBM_EINVAL, "%s: stride %d, padding %d (need stride >= 1, padding >= 0)", op, stride, pad);
+    return w;
+}
+
+EBMDEF ebm_var *ebm_conv2d(ebm_graph *g, ebm_var *x, ebm_var *w, ebm_var *b, int stride, int pad)
+{
+    int shape[4], k;
+    ebm_var *y;
+    EBM__BEGIN(g);
+    EBM__NEED(g, x, "conv2d"); EBM__NEED(g, w, "conv2d");
+    if (x->ndim != 4) return ebm__gfail(g, EBM_EINVAL, "conv2d: input must be (N,H,W,C), got %d dimensions", x->ndim);
+    if (!ebm__check_conv(g, "conv2d", w, x->shape[3], stride, pad)) return NULL;
+    k = w->shape[0];
+    if (b && (b->size != (size_t)w->shape[3])) return ebm__gfail(g, EBM_EINVAL, "conv2d: bias has %lu values for %d channels", (unsigned long)b->size, w->shape[3]);
+    shape[0] = x->shape[0];
+    shape[1] = ebm__conv_out(x->shape[1], k, stride, pad);
+    shape[2] = ebm__conv_out(x->shape[2], k, stride, pad);
+    shape[3] = w->shape[3];
+    if (shape[1] < 1 || shape[2] < 1)
+        return ebm__gfail(g, EBM_EINVAL, "conv2d: %dx%d kernel does not fit a %dx%d input with padding %d", k, k, x->shape[1], x->shape[2], pad);
+    y = ebm__node(g, EBM__OP_CONV, 4, shape, x, w, b, 0);
+    if (!y) return NULL;
+    y->ip[0] = stride; y->ip[1] = pad;
+    if (y->data) {
+        ebm__cgeom G;
+        ebm__geom(&G, x, y, k, stride, pad);
+        ebm__conv_fwd(&G, x->data, w->data, b ? b->data : NULL, y->data, NULL);
+    }
+    return y;
+}
+
+EBMDEF ebm_var *ebm_conv2d_transpose(ebm_graph *g, ebm_var *y, ebm_var *w, ebm_var *b, int stride, int pad,
+                                     int out_h, int out_w)
+{
+    int shape[4], k;
+    ebm_var *x;
+    EBM__BEGIN(g);
+    EBM__NEED(g, y, "conv2d_transpose"); EBM__NEED(g, w, "conv2d_transpose");
+    if (y->ndim != 4) return ebm__gfail(g, EBM_EINVAL, "conv2d_transpose: input must be (N,H,W,C), got %d dimensions", y->ndim);
+    if (w->ndim != 4 || w->shape[0] != w->shape[1] || w->shape[3] != y->shape[3])
+        return ebm__gfail(g, EBM_EINVAL, "conv2d_transpose: weights must be (K,K,Cout,Cin) with Cin = %d", y->shape[3]);
+    if (stride < 1 || pad < 0) return ebm__gfail(g, EBM_EINVAL, "conv2d_transpose: stride %d, padding %d", stride, pad);
+    k = w->shape[0];
+    if (out_h < 1 || out_w < 1 || ebm__conv_out(out_h, k, stride, pad) != y->shape[1] ||
+        ebm__conv_out(out_w, k, stride, pad) != y->shape[2])
+        return ebm__gfail(g, EBM_EINVAL, "conv2d_transpose: a %dx%d output is not one that a %dx%d stride-%d pad-%d conv maps to %dx%d",
+                          out_h, out_w, k, k, stride, pad, y->shape[1], y->shape[2]);
+    if (b && b->size != (size_t)w->shape[2]) return ebm__gfail(g, EBM_EINVAL, "conv2d_transpose: bias has %lu values for %d channels", (unsigned long)b->size, w->shape[2]);
+    shape[0] = y->shape[0]; shape[1] = out_h; shape[2] = out_w; shape[3] = w->shape[2];
+    x = ebm__node(g, EBM__OP_CONVT, 4, shape, y, w, b, 0);
+    if (!x) return NULL;
+    x->ip[0] = stride; x->ip[1] = pad; x->ip[2] = out_h; x->ip[3] = out_w;
+    {
+        ebm__mark mk = ebm__mark_get(g);
+        float *scratch;
+        if (!ebm__data(g, w->size * sizeof(float), (void **)&scratch)) return NULL;
+        if (x->data) {
+            ebm__cgeom G;
+            ebm__geom(&G, x, y, k, stride, pad);
+            ebm__conv_bwd_data(&G, y->data, w->data, b ? b->data : NULL, x->data, scratch);
+        }
+        ebm__mark_set(g, mk);
+    }
+    return x;
+}
+
+EBMDEF ebm_var *ebm_conv2d_weight_grad(ebm_graph *g, ebm_var *x, ebm_var *gy, int k, int stride, int pad)
+{
+    int shape[4];
+    ebm_var *gw;
+    EBM__BEGIN(g);
+    EBM__NEED(g, x, "conv2d_weight_grad"); EBM__NEED(g, gy, "conv2d_weight_grad");
+    if (x->ndim != 4 || gy->ndim != 4 || x->shape[0] != gy->shape[0])
+        return ebm__gfail(g, EBM_EINVAL, "conv2d_weight_grad: x and gy must be (N,H,W,C) with the same N");
+    if (k < 1 || stride < 1 || pad < 0) return ebm__gfail(g, EBM_EINVAL, "conv2d_weight_grad: kernel %d, stride %d, padding %d", k, stride, pad);
+    if (ebm__conv_out(x->shape[1], k, stride, pad) != gy->shape[1] || ebm__conv_out(x->shape[2], k, stride, pad) != gy->shape[2])
+        return ebm__gfail(g, EBM_EINVAL, "conv2d_weight_grad: a %dx%d input does not map to %dx%d", x->shape[1], x->shape[2], gy->shape[1], gy->shape[2]);
+    shape[0] = k; shape[1] = k; shape[2] = x->shape[3]; shape[3] = gy->shape[3];
+    gw = ebm__node(g, EBM__OP_WGRAD, 4, shape, x, gy, NULL, 0);
+    if (!gw) return NULL;
+    gw->ip[0] = k; gw->ip[1] = stride; gw->ip[2] = pad;
+    if (gw->data) {
+        ebm__cgeom G;
+        ebm__geom(&G, x, gy, k, stride, pad);
+        ebm__conv_bwd_weight(&G, x->data, gy->data, gw->data);
+    }
+    return gw;
+}
+
+EBMDEF ebm_var *ebm_reshape(ebm_graph *g, ebm_var *a, int ndim, const int *shape)
+{
+    ebm_var *v;
+    EBM__BEGIN(g);
+    EBM__NEED(g, a, "reshape");
+    if (!shape || ndim < 1 || ndim > 4) return ebm__gfail(g, EBM_EINVAL, "reshape: bad shape");
+    if (ebm__shape_size(ndim, shape) != a->size)
+        return ebm__gfail(g, EBM_EINVAL, "reshape: %lu values cannot take a shape of %lu", (unsigned long)a->size,
+                          (unsigned long)ebm__shape_size(ndim, shape));
+    v = ebm__node(g, EBM__OP_RESHAPE, ndim, shape, a, NULL, NULL, 1);
+    if (v) v->data = a->data;
+    return v;
+}
+
+/* b viewed with a's shape (no node if they already agree). */
+static ebm_var *ebm__like(ebm_graph *g, ebm_var *b, const ebm_var *a)
+{
+    if (!b || ebm__same_shape(a, b)) return b;
+    return ebm_reshape(g, b, a->ndim, a->shape);
+}
+
+EBMDEF ebm_var *ebm_linear(ebm_graph *g, ebm_var *x, ebm_var *w, ebm_var *b)
+{
+    int xs[4], ws[4], ys[2];
+    ebm_var *y;
+    EBM__BEGIN(g);
+    EBM__NEED(g, x, "linear"); EBM__NEED(g, w, "linear");
+    if (w->ndim != 2) return ebm__gfail(g, EBM_EINVAL, "linear: weights must be (In, Out)");
+    if (x->size != (size_t)x->shape[0] * (size_t)w->shape[0])
+        return ebm__gfail(g, EBM_EINVAL, "linear: %lu input features per sample, weights expect %d",
+                          (unsigned long)(x->size / (size_t)x->shape[0]), w->shape[0]);
+    /* A linear layer is a 1x1 convolution on a 1x1 image. */
+    xs[0] = x->shape[0]; xs[1] = 1; xs[2] = 1; xs[3] = w->shape[0];
+    ws[0] = 1; ws[1] = 1; ws[2] = w->shape[0]; ws[3] = w->shape[1];
+    y = ebm_conv2d(g, ebm_reshape(g, x, 4, xs), ebm_reshape(g, w, 4, ws), b, 1, 0);
+    ys[0] = x->shape[0]; ys[1] = w->shape[1];
+    return ebm_reshape(g, y, 2, ys);
+}
+
+/* --- activations --- */
+
+EBMDEF const char *ebm_act_name(int type)
+{
+    static const char *const names[] = { "leaky_relu", "silu", "softplus", "elu", "gelu", "tanh" };
+    return type >= 0 && type < EBM_ACT_COUNT ? names[type] : NULL;
+}
+
+EBMDEF ebm_var *ebm_act_deriv(ebm_graph *g, ebm_var *x, int type, float param, int order)
+{
+    ebm_var *y;
+    EBM__BEGIN(g);
+    EBM__NEED(g, x, "act");
+    if (type < 0 || type >= EBM_ACT_COUNT) return ebm__gfail(g, EBM_EINVAL, "act: unknown activation %d", type);
+    if (order < 0) return ebm__gfail(g, EBM_EINVAL, "act: negative derivative order");
+    /* LeakyReLU's and ELU's derivatives are known to every order; the others are written out to the third. */
+    if (order > EBM__ACT_MAX_ORDER && type != EBM_ACT_LEAKY_RELU && type != EBM_ACT_ELU)
+        return ebm__gfail(g, EBM_EUNSUPPORTED, "act: %s is differentiable to order %d here, order %d was asked",
+                          ebm_act_name(type), EBM__ACT_MAX_ORDER, order);
+    if (!(param == param)) return ebm__gfail(g, EBM_EINVAL, "act: parameter is NaN");
+    y = ebm__node(g, EBM__OP_ACT, x->ndim, x->shape, x, NULL, NULL, 0);
+    if (!y) return NULL;
+    y->ip[0] = type; y->ip[1] = order; y->fp[0] = param;
+    if (y->data) ebm__act_fwd(type, order > 3 ? 3 : order, param, x->data, y->data, x->size);
+    return y;
+}
+
+EBMDEF ebm_var *ebm_act(ebm_graph *g, ebm_var *x, int type, float param) { return ebm_act_deriv(g, x, type, param, 0); }
+EBMDEF ebm_var *ebm_leaky_relu(ebm_graph *g, ebm_var *x, float slope) { return ebm_act(g, x, EBM_ACT_LEAKY_RELU, slope); }
+EBMDEF ebm_var *ebm_silu(ebm_graph *g, ebm_var *x) { return ebm_act(g, x, EBM_ACT_SILU, 0.0f); }
+EBMDEF ebm_var *ebm_softplus(ebm_graph *g, ebm_var *x) { return ebm_act(g, x, EBM_ACT_SOFTPLUS, 0.0f); }
+EBMDEF ebm_var *ebm_elu(ebm_graph *g, ebm_var *x, float alpha) { return ebm_act(g, x, EBM_ACT_ELU, alpha); }
+EBMDEF ebm_var *ebm_gelu(ebm_graph *g, ebm_var *x) { return ebm_act(g, x, EBM_ACT_GELU, 0.0f); }
+EBMDEF ebm_var *ebm_tanh(ebm_graph *g, ebm_var *x) { return ebm_act(g, x, EBM_ACT_TANH, 0.0f); }
+
+/* --- element-wise ops and reductions --- */
+
+static ebm_var *ebm__binary(ebm_graph *g, int op, ebm_var *a, ebm_var *b)
+{
+    ebm_var *y;
+    size_t i;
+    EBM__BEGIN(g);
+    EBM__NEED(g, a, ebm__op_names[op]); EBM__NEED(g, b, ebm__op_names[op]);
+    if (a->size != b->size) return ebm__gfail(g, EBM_EINVAL, "%s: sizes %lu and %lu differ", ebm__op_names[op], (unsigned long)a->size, (unsigned long)b->size);
+    y = ebm__node(g, op, a->ndim, a->shape, a, b, NULL, 0);
+    if (y && y->data) {
+        if (op == EBM__OP_ADD) for (i = 0; i < y->size; i++) y->data[i] = a->data[i] + b->data[i];
+        else for (i = 0; i < y->size; i++) y->data[i] = a->data[i] * b->data[i];
+    }
+    return y;
+}
+
+EBMDEF ebm_var *ebm_add(ebm_graph *g, ebm_var *a, ebm_var *b) { return ebm__binary(g, EBM__OP_ADD, a, b); }
+EBMDEF ebm_var *ebm_mul(ebm_graph *g, ebm_var *a, ebm_var *b) { return ebm__binary(g, EBM__OP_MUL, a, b); }
+EBMDEF ebm_var *ebm_sub(ebm_graph *g, ebm_var *a, ebm_var *b) { return ebm_add(g, a, ebm_scale(g, b, -1.0f)); }
+
+EBMDEF ebm_var *ebm_scale(ebm_graph *g, ebm_var *a, float c)
+{
+    ebm_var *y;
+    size_t i;
+    EBM__BEGIN(g);
+    EBM__NEED(g, a, "scale");
+    y = ebm__node(g, EBM__OP_SCALE, a->ndim, a->shape, a, NULL, NULL, 0);
+    if (!y) return NULL;
+    y->fp[0] = c;
+    if (y->data) for (i = 0; i < y->size; i++) y->data[i] = c * a->data[i];
+    return y;
+}
+
+/* Sums run in one fixed order, in double: the same bits on any thread count. */
+EBMDEF ebm_var *ebm_sum(ebm_graph *g, ebm_var *a)
+{
+    ebm_var *y;
+    int one = 1;
+    EBM__BEGIN(g);
+    EBM__NEED(g, a, "sum");
+    y = ebm__node(g, EBM__OP_SUM, 1, &one, a, NULL, NULL, 0);
+    if (y && y->data) {
+        double s = 0;
+        size_t i;
+        for (i = 0; i < a->size; i++) s += a->data[i];
+        y->data[0] = (float)s;
+    }
+    return y;
+}
+
+EBMDEF ebm_var *ebm_mean(ebm_graph *g, ebm_var *a)
+{
+    EBM__BEGIN(g);
+    EBM__NEED(g, a, "mean");
+    return ebm_scale(g, ebm_sum(g, a), 1.0f / (float)a->size);
+}
+
+EBMDEF ebm_var *ebm_dot(ebm_graph *g, ebm_var *a, ebm_var *b) { return ebm_sum(g, ebm_mul(g, a, b)); }
+EBMDEF ebm_var *ebm_sqnorm(ebm_graph *g, ebm_var *a) { return ebm_dot(g, a, a); }
+
+/* A scalar (1) broadcast to a shape: the adjoint of ebm_sum. */
+static ebm_var *ebm__expand(ebm_graph *g, ebm_var *s, const ebm_var *like)
+{
+    ebm_var *y;
+    size_t i;
+    EBM__BEGIN(g);
+    y = ebm__node(g, EBM__OP_EXPAND, like->ndim, like->shape, s, NULL, NULL, 0);
+    if (y && y->data) for (i = 0; i < y->size; i++) y->data[i] = s->data[0];
+    return y;
+}
+
+/* Sum over every dimension but the last: (..., C) -> (C), row by row in order. */
+static ebm_var *ebm__chsum(ebm_graph *g, ebm_var *a)
+{
+    ebm_var *y;
+    int c;
+    EBM__BEGIN(g);
+    c = a->shape[a->ndim - 1];
+    y = ebm__node(g, EBM__OP_CHSUM, 1, &c, a, NULL, NULL, 0);
+    if (y && y->data) {
+        size_t r, rows = a->size / (size_t)c;
+        int j;
+        for (j = 0; j < c; j++) y->data[j] = 0.0f;
+        for (r = 0; r < rows; r++)
+            for (j = 0; j < c; j++) y->data[j] += a->data[r * (size_t)c + j];
+    }
+    return y;
+}
+
+/* (C) broadcast over the rows of a shape (..., C): the adjoint of ebm__chsum. */
+static ebm_var *ebm__chbcast(ebm_graph *g, ebm_var *b, const ebm_var *like)
+{
+    ebm_var *y;
+    EBM__BEGIN(g);
+    y = ebm__node(g, EBM__OP_CHBCAST, like->ndim, like->shape, b, NULL, NULL, 0);
+    if (y && y->data) {
+        size_t r, c = b->size, rows = y->size / c;
+        for (r = 0; r < rows; r++) memcpy(y->data + r * c, b->data, c * sizeof(float));
+    }
+    return y;
+}
+
+/* --- pooling --- */
+
+static ebm_var *ebm__pool_check(ebm_graph *g, const char *op, ebm_var *x, int k, int s, int *shape)
+{
+    if (!x) return ebm__gfail(g, EBM_EINVAL, "%s: NULL tensor argument", op);
+    if (x->ndim != 4) return ebm__gfail(g, EBM_EINVAL, "%s: input must be (N,H,W,C)", op);
+    if (k < 1 || s < 1) return ebm__gfail(g, EBM_EINVAL, "%s: window %d, stride %d", op, k, s);
+    if (k > x->shape[1] || k > x->shape[2]) return ebm__gfail(g, EBM_EINVAL, "%s: %dx%d window on a %dx%d input", op, k, k, x->shape[1], x->shape[2]);
+    shape[0] = x->shape[0]; shape[1] = (x->shape[1] - k) / s + 1; shape[2] = (x->shape[2] - k) / s + 1; shape[3] = x->shape[3];
+    return x;
+}
+
+/* Average pooling (transpose = 0), or its adjoint spreading g back over the
+   windows of an (N,H,W,C) input of shape `big` (transpose = 1). */
+static void ebm__avgpool_kernel(const int *big, const int *small, int k, int s, const float *src, float *dst, int transpose)
+{
+    int n, ho, wo, i, j, c, C = big[3];
+    float inv = 1.0f / (float)(k * k);
+    if (transpose) memset(dst, 0, ebm__shape_size(4, big) * sizeof(float));
+    for (n = 0; n < big[0]; n++)
+        for (ho = 0; ho < small[1]; ho++)
+            for (wo = 0; wo < small[2]; wo++) {
+                size_t o = (((size_t)n * small[1] + ho) * small[2] + wo) * C;
+                if (!transpose) for (c = 0; c < C; c++) dst[o + c] = 0.0f;
+                for (i = 0; i < k; i++)
+                    for (j = 0; j < k; j++) {
+                        size_t b = (((size_t)n * big[1] + ho * s + i) * big[2] + wo * s + j) * C;
+                        if (transpose) for (c = 0; c < C; c++) dst[b + c] += src[o + c] * inv;
+                        else for (c = 0; c < C; c++) dst[o + c] += src[b + c];
+                    }
+                if (!transpose) for (c = 0; c < C; c++) dst[o + c] *= inv;
+            }
+}
+
+EBMDEF ebm_var *ebm_avgpool(ebm_graph *g, ebm_var *x, int k, int stride)
+{
+    int shape[4];
+    ebm_var *y;
+    EBM__BEGIN(g);
+    if (!ebm__pool_check(g, "avgpool", x, k, stride, shape)) return NULL;
+    y = ebm__node(g, EBM__OP_AVGPOOL, 4, shape, x, NULL, NULL, 0);
+    if (!y) return NULL;
+    y->ip[0] = k; y->ip[1] = stride;
+    if (y->data) ebm__avgpool_kernel(x->shape, y->shape, k, stride, x->data, y->data, 0);
+    return y;
+}
+
+static ebm_var *ebm__avgpool_t(ebm_graph *g, ebm_var *gy, const ebm_var *x, int k, int stride)
+{
+    ebm_var *gx;
+    EBM__BEGIN(g);
+    gx = ebm__node(g, EBM__OP_AVGPOOL_T, 4, x->shape, gy, NULL, NULL, 0);
+    if (!gx) return NULL;
+    gx->ip[0] = k; gx->ip[1] = stride;
+    if (gx->data) ebm__avgpool_kernel(x->shape, gy->shape, k, stride, gy->data, gx->data, 1);
+    return gx;
+}
+
+EBMDEF ebm_var *ebm_maxpool(ebm_graph *g, ebm_var *x, int k, int stride)
+{
+    int shape[4];
+    ebm_var *y;
+    int32_t *idx;
+    EBM__BEGIN(g);
+    if (!ebm__pool_check(g, "maxpool", x, k, stride, shape)) return NULL;
+    y = ebm__node(g, EBM__OP_MAXPOOL, 4, shape, x, NULL, NULL, 0);
+    if (!y || !ebm__data(g, y->size * sizeof(int32_t), (void **)&idx)) return NULL;
+    y->aux = idx;
+    y->ip[0] = k; y->ip[1] = stride;
+    if (y->data) { /* idx[o] = flat index into x of the window's first maximum */
+        int n, ho, wo, i, j, c, C = x->shape[3];
+        for (n = 0; n < shape[0]; n++)
+            for (ho = 0; ho < shape[1]; ho++)
+                for (wo = 0; wo < shape[2]; wo++)
+                    for (c = 0; c < C; c++) {
+                        size_t o = (((size_t)n * shape[1] + ho) * shape[2] + wo) * C + c;
+                        int32_t best = -1;
+                        for (i = 0; i < k; i++)
+                            for (j = 0; j < k; j++) {
+                                int32_t b = (int32_t)((((size_t)n * x->shape[1] + ho * stride + i) * x->shape[2] + wo * stride + j) * C + c);
+                                if (best < 0 || x->data[b] > x->data[best]) best = b;
+                            }
+                        idx[o] = best;
+                        y->data[o] = x->data[best];
+                    }
+    }
+    return y;
+}
+
+/* out[idx[i]] += g[i] into a tensor shaped like `like` (adjoint of gather). */
+static ebm_var *ebm__scatter(ebm_graph *g, ebm_var *src, int32_t *idx, const ebm_var *like)
+{
+    ebm_var *y;
+    EBM__BEGIN(g);
+    y = ebm__node(g, EBM__OP_SCATTER, like->ndim, like->shape, src, NULL, NULL, 0);
+    if (!y) return NULL;
+    y->aux = idx;
+    if (y->data) {
+        size_t i;
+        memset(y->data, 0, y->size * sizeof(float));
+        for (i = 0; i < src->size; i++) y->data[idx[i]] += src->data[i];
+    }
+    return y;
+}
+
+/* out[i] = src[idx[i]] shaped like `like` (adjoint of scatter). */
+static ebm_var *ebm__gather(ebm_graph *g, ebm_var *src, int32_t *idx, const ebm_var *like)
+{
+    ebm_var *y;
+    EBM__BEGIN(g);
+    y = ebm__node(g, EBM__OP_GATHER, like->ndim, like->shape, src, NULL, NULL, 0);
+    if (!y) return NULL;
+    y->aux = idx;
+    if (y->data) {
+        size_t i;
+        for (i = 0; i < y->size; i++) y->data[i] = src->data[idx[i]];
+    }
+    return y;
+}
+
+/* --- softmax cross-entropy --- */
+
+EBMDEF ebm_var *ebm_softmax_xent(ebm_graph *g, ebm_var *z, const int *labels)
+{
+    ebm_var *y;
+    int one = 1, n, C, i;
+    int32_t *lab;
+    EBM__BEGIN(g);
+    EBM__NEED(g, z, "softmax_xent");
+    if (!labels) return ebm__gfail(g, EBM_EINVAL, "softmax_xent: NULL labels");
+    if (z->ndim != 2) return ebm__gfail(g, EBM_EINVAL, "softmax_xent: logits must be (N, classes)");
+    n = z->shape[0]; C = z->shape[1];
+    for (i = 0; i < n; i++)
+        if (labels[i] < 0 || labels[i] >= C) return ebm__gfail(g, EBM_EINVAL, "softmax_xent: label %d of sample %d is not in 0..%d", labels[i], i, C - 1);
+    y = ebm__node(g, EBM__OP_XENT, 1, &one, z, NULL, NULL, 0);
+    if (!y) return NULL;
+    lab = (int32_t *)ebm__meta(g, (size_t)n * sizeof(int32_t)); /* labels are needed even when measuring */
+    if (!lab) return NULL;
+    for (i = 0; i < n; i++) lab[i] = labels[i];
+    y->aux = lab;
+    if (y->data) {
+        double total = 0;
+        for (i = 0; i < n; i++) {
+            const float *r = z->data + (size_t)i * C;
+            double mx = r[0], s = 0;
+            int j;
+            for (j = 1; j < C; j++) if (r[j] > mx) mx = r[j];
+            for (j = 0; j < C; j++) s += exp(r[j] - mx);
+            total += mx + log(s) - r[lab[i]];
+        }
+        y->data[0] = (float)(total / n);
+    }
+    return y;
+}
+
+/* d(loss)/dz = (softmax(z) - onehot(label)) * gy / N. */
+static ebm_var *ebm__xent_grad(ebm_graph *g, ebm_var *z, ebm_var *gy, int32_t *lab)
+{
+    ebm_var *gz;
+    EBM__BEGIN(g);
+    gz = ebm__node(g, EBM__OP_XENT_GRAD, 2, z->shape, z, gy, NULL, 0);
+    if (!gz) return NULL;
+    gz->aux = lab;
+    if (gz->data) {
+        int n = z->shape[0], C = z->shape[1], i, j;
+        double scale = (double)gy->data[0] / n;
+        for (i = 0; i < n; i++) {
+            const float *r = z->data + (size_t)i * C;
+            float *o = gz->data + (size_t)i * C;
+            double mx = r[0], s = 0;
+            for (j = 1; j < C; j++) if (r[j] > mx) mx = r[j];
+            for (j = 0; j < C; j++) s += exp(r[j] - mx);
+            for (j = 0; j < C; j++) o[j] = (float)((exp(r[j] - mx) / s - (j == lab[i])) * scale);
+        }
+    }
+    return gz;
+}
+
+/* --- reverse mode --- */
+
+/* Add contribution d to v's gradient. */
+static void ebm__acc(ebm_graph *g, ebm_var *v, ebm_var *d)
+{
+    if (!d || !v->needed) return;
+    EBM_ASSERT(d->size == v->size);
+    d = ebm__like(g, d, v);
+    v->grad = v->grad ? ebm_add(g, v->grad, d) : d;
+}
+
+/* One node's backward rule: push node->grad to its needed inputs. */
+static void ebm__backward(ebm_graph *g, ebm_var *v)
+{
+    ebm_var *gy = v->grad, *a = v->in[0], *b = v->in[1], *c = v->in[2];
+    switch (v->op) {
+    case EBM__OP_CONV: /* y = F(x, w) + b */
+        if (a->needed) ebm__acc(g, a, ebm_conv2d_transpose(g, gy, b, NULL, v->ip[0], v->ip[1], a->shape[1], a->shape[2]));
+        if (b->needed) ebm__acc(g, b, ebm_conv2d_weight_grad(g, a, gy, b->shape[0], v->ip[0], v->ip[1]));
+        if (c && c->needed) ebm__acc(g, c, ebm__chsum(g, gy));
+        break;
+    case EBM__OP_CONVT: /* x = D(y, w) + b */
+        if (a->needed) ebm__acc(g, a, ebm_conv2d(g, gy, b, NULL, v->ip[0], v->ip[1]));
+        if (b->needed) ebm__acc(g, b, ebm_conv2d_weight_grad(g, gy, a, b->shape[0], v->ip[0], v->ip[1]));
+        if (c && c->needed) ebm__acc(g, c, ebm__chsum(g, gy));
+        break;
+    case EBM__OP_WGRAD: /* gw = G(x, gy0) */
+        if (a->needed) ebm__acc(g, a, ebm_conv2d_transpose(g, b, gy, NULL, v->ip[1], v->ip[2], a->shape[1], a->shape[2]));
+        if (b->needed) ebm__acc(g, b, ebm_conv2d(g, a, gy, NULL, v->ip[1], v->ip[2]));
+        break;
+    case EBM__OP_ACT:
+        if (!a->needed) break;
+        if (g->record) {
+            ebm__acc(g, a, ebm_mul(g, gy, ebm_act_deriv(g, a, v->ip[0], v->fp[0], v->ip[1] + 1)));
+        } else if (v->ip[1] + 1 > EBM__ACT_MAX_ORDER && v->ip[0] != EBM_ACT_LEAKY_RELU && v->ip[0] != EBM_ACT_ELU) {
+            ebm__gfail(g, EBM_EUNSUPPORTED, "act: %s is differentiable to order %d here", ebm_act_name(v->ip[0]), EBM__ACT_MAX_ORDER);
+        } else { /* fused: gx = gy * act^(order+1)(x) in one pass */
+            ebm_var *gx = ebm__node(g, EBM__OP_LEAF, a->ndim, a->shape, NULL, NULL, NULL, 0);
+            if (gx && gx->data) {
+                if (v->ip[1] == 0) ebm__act_bwd(v->ip[0], v->fp[0], a->data, gy->data, gx->data, a->size);
+                else {
+                    size_t i;
+                    ebm__act_fwd(v->ip[0], v->ip[1] + 1 > 3 ? 3 : v->ip[1] + 1, v->fp[0], a->data, gx->data, a->size);
+                    for (i = 0; i < a->size; i++) gx->data[i] *= gy->data[i];
+                }
+            }
+            ebm__acc(g, a, gx);
+        }
+        break;
+    case EBM__OP_CHSUM: ebm__acc(g, a, ebm__chbcast(g, gy, a)); break;
+    case EBM__OP_CHBCAST: ebm__acc(g, a, ebm__chsum(g, gy)); break;
+    case EBM__OP_SUM: ebm__acc(g, a, ebm__expand(g, gy, a)); break;
+    case EBM__OP_EXPAND: ebm__acc(g, a, ebm_sum(g, gy)); break;
+    case EBM__OP_ADD:
+        if (a->needed) ebm__acc(g, a, gy);
+        if (b->needed) ebm__acc(g, b, gy);
+        break;
+    case EBM__OP_MUL:
+        if (a->needed) ebm__acc(g, a, ebm_mul(g, gy, b));
+        if (b->needed) ebm__acc(g, b, ebm_mul(g, gy, a));
+        break;
+    case EBM__OP_SCALE: ebm__acc(g, a, ebm_scale(g, gy, v->fp[0])); break;
+    case EBM__OP_RESHAPE: ebm__acc(g, a, gy); break;
+    case EBM__OP_AVGPOOL: ebm__acc(g, a, ebm__avgpool_t(g, gy, a, v->ip[0], v->ip[1])); break;
+    case EBM__OP_AVGPOOL_T: ebm__acc(g, a, ebm_avgpool(g, gy, v->ip[0], v->ip[1])); break;
+    case EBM__OP_MAXPOOL: ebm__acc(g, a, ebm__scatter(g, gy, (int32_t *)v->aux, a)); break;
+    case EBM__OP_SCATTER: ebm__acc(g, a, ebm__gather(g, gy, (int32_t *)v->aux, a)); break;
+    case EBM__OP_GATHER: ebm__acc(g, a, ebm__scatter(g, gy, (int32_t *)v->aux, a)); break;
+    case EBM__OP_XENT: ebm__acc(g, a, ebm__xent_grad(g, a, gy, (int32_t *)v->aux)); break;
+    case EBM__OP_XENT_GRAD:
+        ebm__gfail(g, EBM_EUNSUPPORTED, "softmax_xent is differentiable once; its gradient was differentiated");
+        break;
+    default: EBM_ASSERT(0);
+    }
+}
+
+EBMDEF int ebm_grad(ebm_graph *g, ebm_var *y, ebm_var *seed, int n, ebm_var *const *wrt, ebm_var **out, int create_graph)
+{
+    ebm_var *v;
+    int i, saved;
+    if (!g) return EBM_EINVAL;
+    if (g->err.status != EBM_OK) return g->err.status;
+    if (!y || n < 0 || (n > 0 && (!wrt || !out)))
+        return ebm__gfail(g, EBM_EINVAL, "grad: NULL output, inputs or results"), EBM_EINVAL;
+    for (i = 0; i < n; i++)
+        if (!wrt[i]) return ebm__gfail(g, EBM_EINVAL, "grad: input %d is NULL", i), EBM_EINVAL;
+    if (seed && seed->size != y->size)
+        return ebm__gfail(g, EBM_EINVAL, "grad: seed has %lu values, output %lu", (unsigned long)seed->size, (unsigned long)y->size), EBM_EINVAL;
+    /* needed = depends on some wrt; scanned forward in tape order up to y. */
+    for (v = g->first; v; v = v->next) { v->grad = NULL; v->needed = 0; }
+    for (i = 0; i < n; i++) wrt[i]->needed = 1;
+    for (v = g->first; v; v = v->next) {
+        if (!v->needed)
+            v->needed = (v->in[0] && v->in[0]->needed) || (v->in[1] && v->in[1]->needed) || (v->in[2] && v->in[2]->needed);
+        if (v == y) break;
+    }
+    saved = g->record;
+    g->record = create_graph != 0;
+    if (y->needed) {
+        y->grad = seed ? ebm__like(g, seed, y) : ebm_full(g, y->ndim, y->shape, 1.0f);
+        for (v = y; v && g->err.status == EBM_OK; v = v->prev)
+            if (v->grad && v->needed && v->in[0]) ebm__backward(g, v);
+    }
+    g->record = saved;
+    for (i = 0; i < n && g->err.status == EBM_OK; i++)
+        out[i] = wrt[i]->grad ? wrt[i]->grad : ebm_zeros(g, wrt[i]->ndim, wrt[i]->shape);
+    return g->err.status;
+}
+
+/* ---------------------------------------------------------------- 6. models */
+
+/* Sizes are capped so that every index fits the int32 the kernels use. */
+#define EBM__MAX_DIM 65536
+#define EBM__MAX_PER_SAMPLE ((size_t)1 << 28)
+
+static int ebm__mfail(ebm_model *m, int status, const char *fmt, ...)
+{
+    if (m->status == EBM_OK) {
+        va_list ap;
+        va_start(ap, fmt);
+        m->status = status;
+        m->err.status = status;
+        vsnprintf(m->err.msg, sizeof m->err.msg, fmt, ap);
+        va_end(ap);
+    }
+    return status;
+}
+
+EBMDEF int ebm_model_init(ebm_model *m, int c, int h, int w)
+{
+    if (!m) return EBM_EINVAL;
+    memset(m, 0, sizeof *m);
+    if (c < 1 || h < 1 || w < 1 || c > EBM__MAX_DIM || h > EBM__MAX_DIM || w > EBM__MAX_DIM ||
+        (size_t)c * h * w > EBM__MAX_PER_SAMPLE)
+        return ebm__mfail(m, EBM_EINVAL, "model input %dx%dx%d is not a valid size", c, h, w);
+    m->in_c = c; m->in_h = h; m->in_w = w;
+    return EBM_OK;
+}
+
+/* Append a layer after checking the builder is usable; fills its input shape. */
+static ebm_layer *ebm__add(ebm_model *m, int type)
+{
+    ebm_layer *L;
+    if (!m) return NULL;
+    if (m->status != EBM_OK) return NULL;
+    if (m->params) { ebm__mfail(m, EBM_EINVAL, "layers cannot be added after ebm_model_alloc"); return NULL; }
+    if (m->in_c < 1) { ebm__mfail(m, EBM_EINVAL, "ebm_model_init was not called"); return NULL; }
+    if (m->n_layers >= EBM_MAX_LAYERS) { ebm__mfail(m, EBM_EINVAL, "more than EBM_MAX_LAYERS (%d) layers", EBM_MAX_LAYERS); return NULL; }
+    L = &m->layer[m->n_layers];
+    memset(L, 0, sizeof *L);
+    L->type = type;
+    if (m->n_layers == 0) { L->in_h = m->in_h; L->in_w = m->in_w; L->in_c = m->in_c; }
+    else { const ebm_layer *P = &m->layer[m->n_layers - 1]; L->in_h = P->out_h; L->in_w = P->out_w; L->in_c = P->out_c; }
+    return L;
+}
+
+/* Accept the layer if its output is a sane size; assign its parameters. */
+static int ebm__commit(ebm_model *m, ebm_layer *L, size_t w_size, size_t b_size)
+{
+    if (L->out_h < 1 || L->out_w < 1 || L->out_c < 1 || L->out_h > EBM__MAX_DIM || L->out_w > EBM__MAX_DIM ||
+        L->out_c > EBM__MAX_DIM || (size_t)L->out_h * L->out_w * L->out_c > EBM__MAX_PER_SAMPLE)
+        return ebm__mfail(m, EBM_EINVAL, "layer %d: output %dx%dx%d is not a valid size (input %dx%dx%d)", m->n_layers,
+                          L->out_c, L->out_h, L->out_w, L->in_c, L->in_h, L->in_w);
+    if (w_size > ((size_t)1 << 30)) return ebm__mfail(m, EBM_EINVAL, "layer %d: %lu weights is too many", m->n_layers, (unsigned long)w_size);
+    L->w_off = m->n_params; L->w_size = w_size; m->n_params += w_size;
+    L->b_off = m->n_params; L->b_size = b_size; m->n_params += b_size;
+    m->n_layers++;
+    return EBM_OK;
+}
+
+static int ebm__check_geom(ebm_model *m, const char *what, int out_c, int k, int stride, int pad)
+{
+    if (out_c < 1 || out_c > EBM__MAX_DIM) return ebm__mfail(m, EBM_EINVAL, "%s: %d output channels", what, out_c);
+    if (k < 1 || k > EBM__MAX_DIM) return ebm__mfail(m, EBM_EINVAL, "%s: kernel size %d", what, k);
+    if (stride < 1 || stride > EBM__MAX_DIM) return ebm__mfail(m, EBM_EINVAL, "%s: stride %d", what, stride);
+    if (pad < 0 || pad > EBM__MAX_DIM) return ebm__mfail(m, EBM_EINVAL, "%s: padding %d", what, pad);
+    return EBM_OK;
+}
+
+EBMDEF int ebm_model_add_conv2d(ebm_model *m, int out_c, int k, int stride, int pad, int bias)
+{
+    ebm_layer *L = ebm__add(m, EBM_LAYER_CONV2D);
+    if (!L) return m ? m->status : EBM_EINVAL;
+    if (ebm__check_geom(m, "conv2d", out_c, k, stride, pad)) return m->status;
+    if (L->in_h + 2 * pad < k || L->in_w + 2 * pad < k)
+        return ebm__mfail(m, EBM_EINVAL, "layer %d conv2d: a %dx%d kernel does not fit a %dx%d input with padding %d",
+                          m->n_layers, k, k, L->in_h, L->in_w, pad);
+    L->k = k; L->stride = stride; L->pad = pad; L->bias = bias != 0;
+    L->out_h = ebm__conv_out(L->in_h, k, stride, pad);
+    L->out_w = ebm__conv_out(L->in_w, k, stride, pad);
+    L->out_c = out_c;
+    return ebm__commit(m, L, (size_t)k * k * L->in_c * out_c, L->bias ? (size_t)out_c : 0);
+}
+
+EBMDEF int ebm_model_add_conv_transpose2d(ebm_model *m, int out_c, int k, int stride, int pad, int out_pad, int bias)
+{
+    ebm_layer *L = ebm__add(m, EBM_LAYER_CONVT2D);
+    if (!L) return m ? m->status : EBM_EINVAL;
+    if (ebm__check_geom(m, "conv_transpose2d", out_c, k, stride, pad)) return m->status;
+    if (out_pad < 0 || out_pad >= stride)
+        return ebm__mfail(m, EBM_EINVAL, "layer %d conv_transpose2d: output padding %d must be in 0..stride-1", m->n_layers, out_pad);
+    L->k = k; L->stride = stride; L->pad = pad; L->out_pad = out_pad; L->bias = bias != 0;
+    L->out_h = (L->in_h - 1) * stride - 2 * pad + k + out_pad;
+    L->out_w = (L->in_w - 1) * stride - 2 * pad + k + out_pad;
+    L->out_c = out_c;
+    return ebm__commit(m, L, (size_t)k * k * L->in_c * out_c, L->bias ? (size_t)out_c : 0);
+}
+
+EBMDEF int ebm_model_add_linear(ebm_model *m, int out, int bias)
+{
+    ebm_layer *L = ebm__add(m, EBM_LAYER_LINEAR);
+    size_t in;
+    if (!L) return m ? m->status : EBM_EINVAL;
+    if (out < 1 || out > EBM__MAX_DIM) return ebm__mfail(m, EBM_EINVAL, "linear: %d outputs", out);
+    in = (size_t)L->in_h * L->in_w * L->in_c;
+    L->bias = bias != 0;
+    L->out_h = 1; L->out_w = 1; L->out_c = out;
+    return ebm__commit(m, L, in * (size_t)out, L->bias ? (size_t)out : 0);
+}
+
+EBMDEF int ebm_model_add_act(ebm_model *m, int type, float param)
+{
+    ebm_layer *L = ebm__add(m, EBM_LAYER_ACT);
+    if (!L) return m ? m->status : EBM_EINVAL;
+    if (type < 0 || type >= EBM_ACT_COUNT) return ebm__mfail(m, EBM_EINVAL, "unknown activation type %d", type);
+    if (!(param == param) || param > 1e30f || param < -1e30f) return ebm__mfail(m, EBM_EINVAL, "activation parameter is not finite");
+    L->act = type; L->act_param = param;
+    L->out_h = L->in_h; L->out_w = L->in_w; L->out_c = L->in_c;
+    return ebm__commit(m, L, 0, 0);
+}
+
+static int ebm__add_pool(ebm_model *m, int type, int k, int stride)
+{
+    ebm_layer *L = ebm__add(m, type);
+    if (!L) return m ? m->status : EBM_EINVAL;
+    if (k < 1 || stride < 1 || k > L->in_h || k > L->in_w)
+        return ebm__mfail(m, EBM_EINVAL, "layer %d pool: window %d, stride %d on a %dx%d input", m->n_layers, k, stride, L->in_h, L->in_w);
+    L->k = k; L->stride = stride;
+    L->out_h = (L->in_h - k) / stride + 1; L->out_w = (L->in_w - k) / stride + 1; L->out_c = L->in_c;
+    return ebm__commit(m, L, 0, 0);
+}
+
+EBMDEF int ebm_model_add_avgpool(ebm_model *m, int k, int stride) { return ebm__add_pool(m, EBM_LAYER_AVGPOOL, k, stride); }
+EBMDEF int ebm_model_add_maxpool(ebm_model *m, int k, int stride) { return ebm__add_pool(m, EBM_LAYER_MAXPOOL, k, stride); }
+
+EBMDEF void ebm_model_out_shape(const ebm_model *m, int *h, int *w, int *c)
+{
+    const ebm_layer *L = m->n_layers ? &m->layer[m->n_layers - 1] : NULL;
+    if (h) *h = L ? L->out_h : m->in_h;
+    if (w) *w = L ? L->out_w : m->in_w;
+    if (c) *c = L ? L->out_c : m->in_c;
+}
+
+/* PyTorch's fan_in for the default init: Conv2d weight (Co,Ci,K,K) -> Ci*K*K;
+   ConvTranspose2d weight (Ci,Co,K,K) -> size(1)*K*K = Co*K*K; Linear -> I. */
+static size_t ebm__fan_in(const ebm_layer *L)
+{
+    switch (L->type) {
+    case EBM_LAYER_CONV2D: return (size_t)L->in_c * L->k * L->k;
+    case EBM_LAYER_CONVT2D: return (size_t)L->out_c * L->k * L->k;
+    case EBM_LAYER_LINEAR: return (size_t)L->in_h * L->in_w * L->in_c;
+    }
+    return 0;
+}
+
+EBMDEF int ebm_model_alloc(ebm_model *m, uint64_t seed)
+{
+    int i;
+    ebm_rng r;
+    if (!m) return EBM_EINVAL;
+    if (m->status != EBM_OK) return m->status;
+    if (m->params) return ebm__mfail(m, EBM_EINVAL, "ebm_model_alloc called twice");
+    if (m->n_layers == 0) return ebm__mfail(m, EBM_EINVAL, "the model has no layers");
+    m->params = (float *)EBM_MALLOC(4 * (m->n_params ? m->n_params : 1) * sizeof(float));
+    if (!m->params) return ebm__mfail(m, EBM_ENOMEM, "cannot allocate %lu parameters", (unsigned long)m->n_params);
+    m->grads = m->params + m->n_params;
+    m->m1 = m->grads + m->n_params;
+    m->m2 = m->m1 + m->n_params;
+    memset(m->grads, 0, 3 * m->n_params * sizeof(float));
+    /* Weights and biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)): what PyTorch's
+       kaiming_uniform_(a = sqrt(5)) and its bias rule give. Layer i draws from
+       sample i of the init stream: weights at step 0, biases at step 1. */
+    r.seed = seed; r.stream = EBM_STREAM_INIT;
+    for (i = 0; i < m->n_layers; i++) {
+        const ebm_layer *L = &m->layer[i];
+        if (L->w_size) {
+            float bound = 1.0f / sqrtf((float)ebm__fan_in(L));
+            ebm_rng_uniform(&r, (uint64_t)i, 0, -bound, bound, m->params + L->w_off, L->w_size);
+            if (L->b_size) ebm_rng_uniform(&r, (uint64_t)i, 1, -bound, bound, m->params + L->b_off, L->b_size);
+        }
+    }
+    return EBM_OK;
+}
+
+EBMDEF void ebm_model_free(ebm_model *m)
+{
+    if (!m) return;
+    EBM_FREE(m->params);
+    m->params = m->grads = m->m1 = m->m2 = NULL;
+}
+
+EBMDEF void ebm_model_zero_grad(ebm_model *m)
+{
+    if (m && m->grads) memset(m->grads, 0, m->n_params * sizeof(float));
+}
+
+EBMDEF size_t ebm_model_bytes(const ebm_model *m) { return m ? 4 * m->n_params * sizeof(float) : 0; }
+
+/* A parameter of m as a leaf of g, tagged so ebm_model_backward finds it. */
+static ebm_var *ebm__param(ebm_graph *g, ebm_model *m, size_t off, int ndim, const int *shape)
+{
+    ebm_var *v = ebm_leaf(g, m->params + off, ndim, shape);
+    if (v) { v->is_param = 1; v->owner = m; v->owner_off = off; }
+    return v;
+}
+
+EBMDEF ebm_var *ebm_model_forward(ebm_model *m, ebm_graph *g, ebm_var *x)
+{
+    int i;
+    EBM__BEGIN(g);
+    if (!m || !m->params) return ebm__gfail(g, EBM_EINVAL, "model_forward: the model is not allocated");
+    if (!x) return ebm__gfail(g, EBM_EINVAL, "model_forward: NULL input");
+    if (x->ndim != 4 || x->shape[1] != m->in_h || x->shape[2] != m->in_w || x->shape[3] != m->in_c)
+        return ebm__gfail(g, EBM_EINVAL, "model_forward: input must be (N,%d,%d,%d)", m->in_h, m->in_w, m->in_c);
+    for (i = 0; i < m->n_layers && x; i++) {
+        const ebm_layer *L = &m->layer[i];
+        int ws[4], bs = L->out_c, shape[4];
+        ebm_var *w = NULL, *b = NULL;
+        if (L->type == EBM_LAYER_CONV2D || L->type == EBM_LAYER_CONVT2D) {
+            ws[0] = L->k; ws[1] = L->k;
+            ws[2] = L->type == EBM_LAYER_CONV2D ? L->in_c : L->out_c;
+            ws[3] = L->type == EBM_LAYER_CONV2D ? L->out_c : L->in_c;
+            w = ebm__param(g, m, L->w_off, 4, ws);
+        } else if (L->type == EBM_LAYER_LINEAR) {
+            ws[0] = L->in_h * L->in_w * L->in_c; ws[1] = L->out_c;
+            w = ebm__param(g, m, L->w_off, 2, ws);
+        }
+        if (L->b_size) b = ebm__param(g, m, L->b_off, 1, &bs);
+        switch (L->type) {
+        case EBM_LAYER_CONV2D: x = ebm_conv2d(g, x, w, b, L->stride, L->pad); break;
+        case EBM_LAYER_CONVT2D: x = ebm_conv2d_transpose(g, x, w, b, L->stride, L->pad, L->out_h, L->out_w); break;
+        case EBM_LAYER_LINEAR:
+            shape[0] = x->shape[0]; shape[1] = 1; shape[2] = 1; shape[3] = L->out_c;
+            x = ebm_reshape(g, ebm_linear(g, x, w, b), 4, shape);
+            break;
+        case EBM_LAYER_ACT: x = ebm_act(g, x, L->act, L->act_param); break;
+        case EBM_LAYER_AVGPOOL: x = ebm_avgpool(g, x, L->k, L->stride); break;
+        case EBM_LAYER_MAXPOOL: x = ebm_maxpool(g, x, L->k, L->stride); break;
+        }
+    }
+    return x;
+}
+
+EBMDEF int ebm_model_backward(ebm_model *m, ebm_graph *g, ebm_var *loss)
+{
+    ebm_var *v, **wrt, **out;
+    int n = 0, i, st;
+    if (!g) return EBM_EINVAL;
+    if (g->err.status != EBM_OK) return g->err.status;
+    if (!m || !m->params || !loss) return ebm__gfail(g, EBM_EINVAL, "model_backward: NULL or unallocated model, or NULL loss"), EBM_EINVAL;
+    for (v = g->first; v; v = v->next) n += v->is_param && v->owner == m;
+    wrt = (ebm_var **)ebm__meta(g, 2 * (size_t)(n ? n : 1) * sizeof *wrt);
+    if (!wrt) return g->err.status;
+    out = wrt + n;
+    n = 0;
+    for (v = g->first; v; v = v->next) if (v->is_param && v->owner == m) wrt[n++] = v;
+    st = ebm_grad(g, loss, NULL, n, wrt, out, 0);
+    if (st != EBM_OK) return st;
+    for (i = 0; i < n; i++)
+        if (out[i]->data) {
+            float *dst = m->grads + wrt[i]->owner_off;
+            size_t j;
+            for (j = 0; j < out[i]->size; j++) dst[j] += out[i]->data[j];
+        }
+    return EBM_OK;
+}
+
+EBMDEF int ebm_model_score(ebm_model *m, ebm_graph *g, const float *x, int n, float *f, float *dx)
+{
+    int shape[4], oh, ow, oc;
+    ebm_var *xv, *y, *gx = NULL;
+    if (!g) return EBM_EINVAL;
+    ebm_graph_reset(g);
+    if (!m || !x || !f || n < 1) return ebm__gfail(g, EBM_EINVAL, "model_score: NULL model, input or output, or n < 1"), EBM_EINVAL;
+    ebm_model_out_shape(m, &oh, &ow, &oc);
+    if (oh * ow * oc != 1) return ebm__gfail(g, EBM_EINVAL, "model_score: the model gives %d values per sample, not one energy", oh * ow * oc), EBM_EINVAL;
+    shape[0] = n; shape[1] = m->in_h; shape[2] = m->in_w; shape[3] = m->in_c;
+    xv = ebm_leaf(g, (float *)(uintptr_t)x, 4, shape); /* read only */
+    y = ebm_model_forward(m, g, xv);
+    if (dx && ebm_grad(g, y, NULL, 1, &xv, &gx, 0) != EBM_OK) return g->err.status;
+    if (g->err.status != EBM_OK) return g->err.status;
+    memcpy(f, y->data, (size_t)n * sizeof *f);
+    if (dx) memcpy(dx, gx->data, xv->size * sizeof *dx);
+    return EBM_OK;
+}
+
+/* The computation of one step of the given kind on a batch: used to measure
+   its memory (data NULL) and by the tests to check the measurement. */
+static int ebm__step_build(ebm_model *m, ebm_graph *g, int kind, int batch, float *x, float *v)
+{
+    int shape[4];
+    ebm_var *xv, *y, *gx = NULL, *hv = NULL, *loss = NULL, *vv;
+    shape[0] = batch; shape[1] = m->in_h; shape[2] = m->in_w; shape[3] = m->in_c;
+    xv = ebm_leaf(g, x, 4, shape);
+    y = ebm_model_forward(m, g, xv);
+    switch (kind) {
+    case EBM_STEP_FORWARD: break;
+    case EBM_STEP_INPUT_GRAD: ebm_grad(g, y, NULL, 1, &xv, &gx, 0); break;
+    case EBM_STEP_PARAM_GRAD: loss = ebm_mean(g, y); break;
+    case EBM_STEP_SECOND_ORDER:
+        if (ebm_grad(g, y, NULL, 1, &xv, &gx, 1) == EBM_OK) loss = ebm_sqnorm(g, gx);
+        break;
+    case EBM_STEP_THIRD_ORDER:
+        vv = ebm_leaf(g, v, 4, shape);
+        if (ebm_grad(g, y, NULL, 1, &xv, &gx, 1) == EBM_OK &&
+            ebm_grad(g, ebm_dot(g, gx, vv), NULL, 1, &xv, &hv, 1) == EBM_OK)
+            loss = ebm_dot(g, hv, vv);
+        break;
+    default: return ebm__gfail(g, EBM_EINVAL, "step kind %d is unknown", kind), EBM_EINVAL;
+    }
+    if (loss) ebm_model_backward(m, g, loss);
+    return g->err.status;
+}
+
+EBMDEF int ebm_model_step_bytes(ebm_model *m, int batch, int kind, size_t *bytes, ebm_error *err)
+{
+    ebm_graph *g;
+    int st;
+    if (!m || !bytes || !m->params) return ebm__fail(err, EBM_EINVAL, "step_bytes: NULL or unallocated model, or NULL result");
+    if (batch < 1) return ebm__fail(err, EBM_EINVAL, "step_bytes: batch %d", batch);
+    if ((st = ebm_graph_create(&g, (size_t)16 << 20, err)) != EBM_OK) return st;
+    ebm_graph_reset(g);
+    g->measuring = 1;
+    st = ebm__step_build(m, g, kind, batch, NULL, NULL);
+    /* What the step used, plus the most a real arena can lose to aligning its base. */
+    *bytes = g->peak - (size_t)(ebm__aligned_base(g) - g->a.base) + EBM__ALIGN;
+    if (st != EBM_OK) ebm__fail(err, st, "step_bytes: %s", g->err.msg);
+    else ebm__ok(err);
+    ebm_graph_destroy(g);
+    return st;
+}
+
+EBMDEF void ebm_model_print(const ebm_model *m, FILE *out)
+{
+    static const char *const kinds[] = { "conv2d", "conv_transpose2d", "linear", "act", "avgpool", "maxpool" };
+    int i;
+    if (!m || !out) return;
+    fprintf(out, "%-3s %-17s %-22s %-16s %-16s %10s\n", "#", "layer", "settings", "input (CxHxW)", "output (CxHxW)", "params");
+    for (i = 0; i < m->n_layers; i++) {
+        const ebm_layer *L = &m->layer[i];
+        char set[64], in[32], o[32];
+        if (L->type == EBM_LAYER_ACT) snprintf(set, sizeof set, "%s(%g)", ebm_act_name(L->act), (double)L->act_param);
+        else if (L->type == EBM_LAYER_LINEAR) snprintf(set, sizeof set, "bias=%d", L->bias);
+        else if (L->type == EBM_LAYER_AVGPOOL || L->type == EBM_LAYER_MAXPOOL) snprintf(set, sizeof set, "k%d s%d", L->k, L->stride);
+        else snprintf(set, sizeof set, "k%d s%d p%d%s", L->k, L->stride, L->pad, L->bias ? " bias" : "");
+        snprintf(in, sizeof in, "%dx%dx%d", L->in_c, L->in_h, L->in_w);
+        snprintf(o, sizeof o, "%dx%dx%d", L->out_c, L->out_h, L->out_w);
+        fprintf(out, "%-3d %-17s %-22s %-16s %-16s %10lu\n", i, kinds[L->type], set, in, o, (unsigned long)(L->w_size + L->b_size));
+    }
+    fprintf(out, "parameters: %lu (%lu bytes with gradients and Adam moments)\n", (unsigned long)m->n_params,
+            (unsigned long)ebm_model_bytes(m));
+}
+
+/* Weight index maps between the kernels' layouts and PyTorch's. `to_torch`
+   copies ours -> theirs, else theirs -> ours. */
+static void ebm__torch_map(const ebm_model *m, float *ours, float *theirs, int to_torch)
+{
+    int i;
+    for (i = 0; i < m->n_layers; i++) {
+        const ebm_layer *L = &m->layer[i];
+        size_t K = (size_t)L->k, a, b, kk, I, O;
+        float *w = ours + L->w_off, *t = theirs + L->w_off;
+        if (!L->w_size) continue;
+        if (L->type == EBM_LAYER_CONV2D) { /* ours (K,K,Ci,Co), theirs (Co,Ci,K,K) */
+            for (kk = 0; kk < K * K; kk++)
+                for (a = 0; a < (size_t)L->in_c; a++)
+                    for (b = 0; b < (size_t)L->out_c; b++) {
+                        size_t io = (kk * L->in_c + a) * L->out_c + b, it = (b * L->in_c + a) * K * K + kk;
+                        if (to_torch) t[it] = w[io]; else w[io] = t[it];
+                    }
+        } else if (L->type == EBM_LAYER_CONVT2D) { /* ours (K,K,Co,Ci), theirs (Ci,Co,K,K) */
+            for (kk = 0; kk < K * K; kk++)
+                for (a = 0; a < (size_t)L->out_c; a++)
+                    for (b = 0; b < (size_t)L->in_c; b++) {
+                        size_t io = (kk * L->out_c + a) * L->in_c + b, it = (b * L->out_c + a) * K * K + kk;
+                        if (to_torch) t[it] = w[io]; else w[io] = t[it];
+                    }
+        } else { /* linear: ours (I,O) with I in (H,W,C) order, theirs (O,I) with I in (C,H,W) order */
+            size_t h, x, c, H = (size_t)L->in_h, W = (size_t)L->in_w, C = (size_t)L->in_c;
+            O = (size_t)L->out_c;
+            for (h = 0; h < H; h++)
+                for (x = 0; x < W; x++)
+                    for (c = 0; c < C; c++) {
+                        size_t ii = (h * W + x) * C + c, it = (c * H + h) * W + x;
+                        I = H * W * C;
+                        for (b = 0; b < O; b++) {
+                            if (to_torch) t[b * I + it] = w[ii * O + b]; else w[ii * O + b] = t[b * I + it];
+                        }
+                    }
+        }
+        if (L->b_size) {
+            if (to_torch) memcpy(theirs + L->b_off, ours + L->b_off, L->b_size * sizeof(float));
+            else memcpy(ours + L->b_off, theirs + L->b_off, L->b_size * sizeof(float));
+        }
+    }
+}
+
+EBMDEF void ebm_model_export_torch(const ebm_model *m, float *dst)
+{
+    if (m && m->params && dst) ebm__torch_map(m, m->params, dst, 1);
+}
+
+EBMDEF void ebm_model_import_torch(ebm_model *m, const float *src)
+{
+    if (m && m->params && src) ebm__torch_map(m, m->params, (float *)(uintptr_t)src, 0);
+}
+
+/* --- the reference networks --- */
+
+EBMDEF int ebm_model_convnet(ebm_model *m, int c, int hw, int nf, int act, float act_param, uint64_t seed)
+{
+    int i;
+    if (!m) return EBM_EINVAL;
+    if (ebm_model_init(m, c, hw, hw) != EBM_OK) return m->status;
+    if (hw < 8 || nf < 1 || nf > EBM__MAX_DIM / 8) return ebm__mfail(m, EBM_EINVAL, "convnet: image size %d (need >= 8), n_f %d", hw, nf);
+    ebm_model_add_conv2d(m, nf, 3, 1, 1, 1);
+    ebm_model_add_act(m, act, act_param);
+    for (i = 1; i <= 3; i++) {
+        ebm_model_add_conv2d(m, nf << i, 4, 2, 1, 1);
+        ebm_model_add_act(m, act, act_param);
+    }
+    /* 28 -> 14 -> 7 -> 3 and 32 -> 16 -> 8 -> 4: the last conv covers what is left. */
+    ebm_model_add_conv2d(m, 1, m->status == EBM_OK ? m->layer[m->n_layers - 1].out_h : 1, 1, 0, 1);
+    return ebm_model_alloc(m, seed);
+}
+
+EBMDEF int ebm_model_mlp_prior(ebm_model *m, int nz, int hidden, int act, float act_param, uint64_t seed)
+{
+    if (!m) return EBM_EINVAL;
+    if (ebm_model_init(m, nz, 1, 1) != EBM_OK) return m->status;
+    ebm_model_add_linear(m, hidden, 1);
+    ebm_model_add_act(m, act, act_param);
+    ebm_model_add_linear(m, hidden, 1);
+    ebm_model_add_act(m, act, act_param);
+    ebm_model_add_linear(m, 1, 1);
+    return ebm_model_alloc(m, seed);
+}
+
+EBMDEF int ebm_model_generator28(ebm_model *m, int nz, int ngf, int c, uint64_t seed)
+{
+    if (!m) return EBM_EINVAL;
+    if (ebm_model_init(m, nz, 1, 1) != EBM_OK) return m->status;
+    if (ngf < 1 || ngf > EBM__MAX_DIM / 2) return ebm__mfail(m, EBM_EINVAL, "generator: ngf %d", ngf);
+    ebm_model_add_conv_transpose2d(m, ngf * 2, 7, 1, 0, 0, 1); /* 1 -> 7 */
+    ebm_model_add_act(m, EBM_ACT_LEAKY_RELU, 0.2f);
+    ebm_model_add_conv_transpose2d(m, ngf, 4, 2, 1, 0, 1);     /* 7 -> 14 */
+    ebm_model_add_act(m, EBM_ACT_LEAKY_RELU, 0.2f);
+    ebm_model_add_conv_transpose2d(m, c, 4, 2, 1, 0, 1);       /* 14 -> 28 */
+    ebm_model_add_act(m, EBM_ACT_TANH, 0.0f);
+    return ebm_model_alloc(m, seed);
+}
+
+/* --- optimisers (PyTorch's update rules, so its recipes carry over) --- */
+
+static int ebm__finite_pos(float x) { return x == x && x > 0 && x < 1e30f; }
+
+EBMDEF int ebm_adam_step(ebm_model *m, float lr, float beta1, float beta2, float eps, long t)
+{
+    size_t i;
+    double bc1, bc2;
+    float step, inv_sqrt_bc2;
+    if (!m || !m->params) return EBM_EINVAL;
+    if (!ebm__finite_pos(lr) || !(beta1 >= 0 && beta1 < 1) || !(beta2 >= 0 && beta2 < 1) || !ebm__finite_pos(eps) || t < 1)
+        return ebm__mfail(m, EBM_EINVAL, "adam: lr %g, betas (%g, %g), eps %g, step %ld out of range",
+                          (double)lr, (double)beta1, (double)beta2, (double)eps, t);
+    bc1 = 1.0 - pow((double)beta1, (double)t);
+    bc2 = 1.0 - pow((double)beta2, (double)t);
+    step = (float)(lr / bc1);
+    inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
+    for (i = 0; i < m->n_params; i++) {
+        float gr = m->grads[i];
+        m->m1[i] = beta1 * m->m1[i] + (1 - beta1) * gr;
+        m->m2[i] = beta2 * m->m2[i] + (1 - beta2) * gr * gr;
+        m->params[i] -= step * m->m1[i] / (sqrtf(m->m2[i]) * inv_sqrt_bc2 + eps);
+    }
+    return EBM_OK;
+}
+
+EBMDEF int ebm_sgd_step(ebm_model *m, float lr, float momentum)
+{
+    size_t i;
+    if (!m || !m->params) return EBM_EINVAL;
+    if (!ebm__finite_pos(lr) || !(momentum >= 0 && momentum < 1))
+        return ebm__mfail(m, EBM_EINVAL, "sgd: lr %g, momentum %g out of range", (double)lr, (double)momentum);
+    for (i = 0; i < m->n_params; i++) {
+        m->m1[i] = momentum * m->m1[i] + m->grads[i]; /* PyTorch: buf = momentum buf + g */
+        m->params[i] -= lr * m->m1[i];
+    }
+    return EBM_OK;
+}
+
+EBMDEF void ebm_nchw_to_nhwc(const float *src, float *dst, int n, int c, int h, int w)
+{
+    size_t i, j, hw = (size_t)h * w;
+    int k;
+    for (i = 0; i < (size_t)n; i++)
+        for (j = 0; j < hw; j++)
+            for (k = 0; k < c; k++) dst[(i * hw + j) * c + k] = src[(i * c + k) * hw + j];
+}
+
+EBMDEF void ebm_nhwc_to_nchw(const float *src, float *dst, int n, int c, int h, int w)
+{
+    size_t i, j, hw = (size_t)h * w;
+    int k;
+    for (i = 0; i < (size_t)n; i++)
+        for (j = 0; j < hw; j++)
+            for (k = 0; k < c; k++) dst[(i * c + k) * hw + j] = src[(i * hw + j) * c + k];
+}
+
+/* ---------------------------------------------------------------- 7. file formats */
+
+/* NPY v1.0: magic, a little-endian header length, a Python dict padded with
+   spaces to a multiple of 64 bytes, then the raw little-endian data. */
+EBMDEF int ebm_npy_save(const char *path, const float *data, int ndim, const int *shape, ebm_error *err)
+{
+    char hdr[256], dims[128];
+    size_t len = 0, n = 1, i, pad;
+    FILE *f;
+    int d;
+    uint16_t one = 1;
+    if (!path || !data || !shape || ndim < 1 || ndim > 4) return ebm__fail(err, EBM_EINVAL, "npy_save: bad arguments");
+    dims[0] = 0;
+    for (d = 0; d < ndim; d++) {
+        if (shape[d] < 0) return ebm__fail(err, EBM_EINVAL, "npy_save: negative dimension");
+        /* Python's tuple syntax: "(6,)" for one dimension, "(1, 2, 3)" for more */
+        len += (size_t)snprintf(dims + len, sizeof dims - len, "%d%s", shape[d], d + 1 < ndim ? ", " : ndim == 1 ? "," : "");
+        n *= (size_t)shape[d];
+    }
+    len = (size_t)snprintf(hdr, sizeof hdr, "{'descr': '<f4', 'fortran_order': False, 'shape': (%s), }", dims);
+    pad = 64 - (10 + len + 1) % 64;
+    f = fopen(path, "wb");
+    if (!f) return ebm__fail(err, EBM_EIO, "npy_save: cannot open %s for writing", path);
+    fwrite("\x93NUMPY\x01\x00", 1, 8, f);
+    fputc((int)((len + pad + 1) & 0xff), f);
+    fputc((int)((len + pad + 1) >> 8), f);
+    fwrite(hdr, 1, len, f);
+    for (i = 0; i < pad; i++) fputc(' ', f);
+    fputc('\n', f);
+    if (*(unsigned char *)&one == 1) fwrite(data, sizeof(float), n, f);
+    else
+        for (i = 0; i < n; i++) { /* big-endian host: write bytes reversed */
+            unsigned char b[4], r[4];
+            memcpy(b, data + i, 4);
+            r[0] = b[3]; r[1] = b[2]; r[2] = b[1]; r[3] = b[0];
+            fwrite(r, 1, 4, f);
+        }
+    if (ferror(f) | fclose(f)) return ebm__fail(err, EBM_EIO, "npy_save: write to %s failed", path);
+    ebm__ok(err);
+    return EBM_OK;
+}
+
+#endif /* EBM_IMPLEMENTATION_DONE */
+#endif /* EBM_IMPLEMENTATION */
+
+/*
+------------------------------------------------------------------------------
+This software is available under 2 licenses -- choose whichever you prefer.
+------------------------------------------------------------------------------
+ALTERNATIVE A - MIT License
+Copyright (c) 2026 the ebm.h authors
+Permission is hereby granted, free of charge, to any person obtaining a copy of
+this software and associated documentation files (the "Software"), to deal in
+the Software without restriction, including without limitation the rights to
+use, copy, modify, merge, publish, distribute, sublicense, and/or sell copies
+of the Software, and to permit persons to whom the Software is furnished to do
+so, subject to the following conditions:
+The above copyright notice and this permission notice shall be included in all
+copies or substantial portions of the Software.
+THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
+LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
+OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
+SOFTWARE.
+------------------------------------------------------------------------------
+ALTERNATIVE B - Public Domain (www.unlicense.org)
+This is free and unencumbered software released into the public domain.
+Anyone is free to copy, modify, publish, use, compile, sell, or distribute this
+software, either in source code form or as a compiled binary, for any purpose,
+commercial or non-commercial, and by any means.
+In jurisdictions that recognize copyright laws, the author or authors of this
+software dedicate any and all copyright interest in the software to the public
+domain. We make this dedication in perpetuity for the benefit of the public at
+large and to the detriment of all present and future heirs and successors. We
+intend this dedication to be an overt act of relinquishment in perpetuity of
+all present and future rights to this software under copyright law.
+THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+AUTHORS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER LIABILITY, WHETHER IN AN
+ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM, OUT OF OR IN CONNECTION
+WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE SOFTWARE.
+------------------------------------------------------------------------------
+*/

@@ -1,0 +1,1351 @@
+/* ebm.h tests. Built by `make test` as C99, as C++, without OpenMP, with
+   EBM_NO_SIMD, and under AddressSanitizer + UBSan. */
+#include <stdlib.h>
+#include <math.h>
+
+/* An allocator hook that counts live blocks and can be told to fail. */
+static long t_live, t_calls, t_fail_at = -1;
+static void *t_malloc(size_t n)
+{
+    void *p;
+    if (t_fail_at >= 0 && t_calls++ >= t_fail_at) return NULL;
+    if (t_fail_at < 0) t_calls++;
+    p = malloc(n);
+    if (p) t_live++;
+    return p;
+}
+static void t_free(void *p)
+{
+    if (p) { t_live--; free(p); }
+}
+#define EBM_MALLOC(n) t_malloc(n)
+#define EBM_FREE(p) t_free(p)
+#define EBM_IMPLEMENTATION
+#include "../ebm.h"
+#include "harness.h"
+
+/* ------------------------------------------------------------------ helpers */
+
+static uint32_t t_stream = EBM_STREAM_USER;
+
+/* Fresh uniform numbers in [lo, hi) (a new stream every call). */
+static void rnd(float *x, size_t n, float lo, float hi)
+{
+    ebm_rng r;
+    r.seed = 1234; r.stream = t_stream++;
+    ebm_rng_uniform(&r, 0, 0, lo, hi, x, n);
+}
+
+/* Values in +-[lo, hi]: away from the kinks of piecewise-linear activations. */
+static void rnd_away(float *x, size_t n, float lo, float hi)
+{
+    size_t i;
+    rnd(x, n, lo, hi);
+    for (i = 0; i < n; i += 2) x[i] = -x[i];
+}
+
+static float *falloc(size_t n) { return (float *)calloc(n ? n : 1, sizeof(float)); }
+static double *dalloc(size_t n) { return (double *)calloc(n ? n : 1, sizeof(double)); }
+
+/* ||a - b|| / max(||b||, tiny): the norm-wise relative error. */
+static double rel_err_fd(const float *a, const double *b, size_t n)
+{
+    double num = 0, den = 0;
+    size_t i;
+    for (i = 0; i < n; i++) { num += (a[i] - b[i]) * (a[i] - b[i]); den += b[i] * b[i]; }
+    return sqrt(num) / (sqrt(den) > 1e-30 ? sqrt(den) : 1e-30);
+}
+
+static double rel_err_ff(const float *a, const float *b, size_t n)
+{
+    double num = 0, den = 0;
+    size_t i;
+    for (i = 0; i < n; i++) { num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]); den += (double)b[i] * b[i]; }
+    return sqrt(num) / (sqrt(den) > 1e-30 ? sqrt(den) : 1e-30);
+}
+
+/* The reason a graph failed ("" if none). */
+static const char *gmsg(const ebm_graph *g)
+{
+    const ebm_error *e = ebm_graph_error(g);
+    return e ? e->msg : "";
+}
+
+static ebm_graph *new_graph(size_t mb)
+{
+    ebm_graph *g = NULL;
+    ebm_error e;
+    if (ebm_graph_create(&g, mb << 20, &e) != EBM_OK) { printf("cannot create graph: %s\n", e.msg); exit(2); }
+    ebm_graph_reset(g);
+    return g;
+}
+
+/* ------------------------------------------------------------------ double references */
+/* The definitions of the ops in double precision, written independently of
+   the library's kernels, for finite differences that are exact to ~1e-9. */
+
+typedef struct {
+    int n, hx, wx, cx, hy, wy, cy, k, s, p; /* conv geometry */
+    int act, order; double a;               /* activations */
+    int pk, ps;                             /* pooling */
+    const int *labels;                      /* cross-entropy */
+    double c;                               /* scale */
+} dctx;
+
+/* The trilinear form of convolution: out receives the contraction over the
+   other two of (x, w, y); which = 0: y = F(x,w); 1: x = D(y,w); 2: w = G(x,y). */
+static void d_conv(const dctx *G, const double *x, const double *w, const double *y, double *out, int which)
+{
+    int n, ho, wo, kh, kw, ci, co;
+    size_t sz = which == 0 ? (size_t)G->n * G->hy * G->wy * G->cy
+              : which == 1 ? (size_t)G->n * G->hx * G->wx * G->cx : (size_t)G->k * G->k * G->cx * G->cy;
+    memset(out, 0, sz * sizeof *out);
+    for (n = 0; n < G->n; n++)
+        for (ho = 0; ho < G->hy; ho++)
+            for (wo = 0; wo < G->wy; wo++)
+                for (kh = 0; kh < G->k; kh++)
+                    for (kw = 0; kw < G->k; kw++) {
+                        int hi = ho * G->s + kh - G->p, wi = wo * G->s + kw - G->p;
+                        if (hi < 0 || hi >= G->hx || wi < 0 || wi >= G->wx) continue;
+                        for (ci = 0; ci < G->cx; ci++)
+                            for (co = 0; co < G->cy; co++) {
+                                size_t ix = (((size_t)n * G->hx + hi) * G->wx + wi) * G->cx + ci;
+                                size_t iw = (((size_t)kh * G->k + kw) * G->cx + ci) * G->cy + co;
+                                size_t iy = (((size_t)n * G->hy + ho) * G->wy + wo) * G->cy + co;
+                                if (which == 0) out[iy] += x[ix] * w[iw];
+                                else if (which == 1) out[ix] += y[iy] * w[iw];
+                                else out[iw] += x[ix] * y[iy];
+                            }
+                    }
+}
+
+/* An op under test: how to build it with ebm.h and how to evaluate it in double. */
+typedef struct {
+    const char *name;
+    int nin;
+    int ndim[3];
+    int shape[3][4];
+    ebm_var *(*build)(ebm_graph *g, ebm_var **in, const dctx *c);
+    void (*eval)(double **in, double *out, const dctx *c);
+    dctx c;
+    int away;          /* draw inputs away from 0 (kinks) */
+    int second_order;  /* also check the derivative of the backward pass */
+} opcase;
+
+static size_t shape_size(int nd, const int *s)
+{
+    size_t n = 1;
+    int i;
+    for (i = 0; i < nd; i++) n *= (size_t)s[i];
+    return n;
+}
+
+/* L(in) = sum_j r_j op(in)_j in double. */
+static double d_loss(const opcase *oc, double **in, const double *r, size_t ny, double *tmp)
+{
+    double L = 0;
+    size_t j;
+    oc->eval(in, tmp, &oc->c);
+    for (j = 0; j < ny; j++) L += r[j] * tmp[j];
+    return L;
+}
+
+/* Check an op's forward against the double reference, its gradient (fused and
+   composite) against central differences in double, and, if asked, its second
+   derivatives (the backward pass differentiated) against differences of
+   differences in double. */
+static void check_op(const opcase *oc)
+{
+    ebm_graph *g = new_graph(64);
+    ebm_var *in[3], *y, *rv, *gf[3], *gc[3];
+    float *fin[3], *r;
+    double *din[3], *dr, *tmp, *dy;
+    size_t nin[3], ny, i, j;
+    int k;
+    for (k = 0; k < oc->nin; k++) {
+        nin[k] = shape_size(oc->ndim[k], oc->shape[k]);
+        fin[k] = falloc(nin[k]);
+        din[k] = dalloc(nin[k]);
+        if (oc->away) rnd_away(fin[k], nin[k], 0.05f, 1.5f); else rnd(fin[k], nin[k], -1.0f, 1.0f);
+        for (j = 0; j < nin[k]; j++) din[k][j] = fin[k][j];
+        in[k] = ebm_leaf(g, fin[k], oc->ndim[k], oc->shape[k]);
+    }
+    y = oc->build(g, in, &oc->c);
+    CHECK(y != NULL, "%s: build failed: %s", oc->name, gmsg(g));
+    if (!y) goto done;
+    ny = y->size;
+    tmp = dalloc(ny); dy = dalloc(ny); dr = dalloc(ny); r = falloc(ny);
+    /* forward */
+    oc->eval(din, dy, &oc->c);
+    CHECK(rel_err_fd(y->data, dy, ny) < 2e-6, "%s: forward differs from the double reference (rel %.2e)", oc->name, rel_err_fd(y->data, dy, ny));
+    /* first derivatives: fused (create_graph 0) and composite (1) */
+    rnd(r, ny, -1.0f, 1.0f);
+    for (j = 0; j < ny; j++) dr[j] = r[j];
+    rv = ebm_leaf(g, r, y->ndim, y->shape);
+    CHECK(ebm_grad(g, y, rv, oc->nin, in, gf, 0) == EBM_OK, "%s: grad failed: %s", oc->name, gmsg(g));
+    if (oc->second_order)
+        CHECK(ebm_grad(g, y, rv, oc->nin, in, gc, 1) == EBM_OK, "%s: create_graph grad failed: %s", oc->name, gmsg(g));
+    if (ebm_graph_status(g) != EBM_OK) goto done2;
+    for (k = 0; k < oc->nin; k++) {
+        double *fd = dalloc(nin[k]), h = 1e-6;
+        for (j = 0; j < nin[k]; j++) {
+            double save = din[k][j], lp, lm;
+            din[k][j] = save + h; lp = d_loss(oc, din, dr, ny, tmp);
+            din[k][j] = save - h; lm = d_loss(oc, din, dr, ny, tmp);
+            din[k][j] = save;
+            fd[j] = (lp - lm) / (2 * h);
+        }
+        CHECK(rel_err_fd(gf[k]->data, fd, nin[k]) < 1e-4, "%s: d/d input %d differs from finite differences (rel %.2e)",
+              oc->name, k, rel_err_fd(gf[k]->data, fd, nin[k]));
+        if (oc->second_order)
+            CHECK(memcmp(gf[k]->data, gc[k]->data, nin[k] * sizeof(float)) == 0,
+                  "%s: fused and composite gradients of input %d differ", oc->name, k);
+        free(fd);
+    }
+    /* second derivatives: S = sum_k u_k . dL/din_k; check dS/din against
+       d/din of the double directional difference quotient of L along u. */
+    if (oc->second_order) {
+        ebm_var *uv[3], *S = NULL, *g2[3];
+        double *du[3], h = 1e-4;
+        for (k = 0; k < oc->nin; k++) {
+            float *u = falloc(nin[k]);
+            rnd(u, nin[k], -1.0f, 1.0f);
+            du[k] = dalloc(nin[k]);
+            for (j = 0; j < nin[k]; j++) du[k][j] = u[j];
+            uv[k] = ebm_leaf(g, u, oc->ndim[k], oc->shape[k]);
+            S = S ? ebm_add(g, S, ebm_dot(g, gc[k], uv[k])) : ebm_dot(g, gc[k], uv[k]);
+        }
+        CHECK(ebm_grad(g, S, NULL, oc->nin, in, g2, 0) == EBM_OK, "%s: second-order grad failed: %s", oc->name, gmsg(g));
+        if (ebm_graph_status(g) == EBM_OK)
+            for (k = 0; k < oc->nin; k++) {
+                double *fd = dalloc(nin[k]);
+                for (j = 0; j < nin[k]; j++) {
+                    double save = din[k][j], sv[2];
+                    int sgn;
+                    for (sgn = 0; sgn < 2; sgn++) {
+                        double lp, lm;
+                        int q;
+                        din[k][j] = save + (sgn ? -h : h);
+                        for (q = 0; q < oc->nin; q++) for (i = 0; i < nin[q]; i++) din[q][i] += h * du[q][i];
+                        lp = d_loss(oc, din, dr, ny, tmp);
+                        for (q = 0; q < oc->nin; q++) for (i = 0; i < nin[q]; i++) din[q][i] -= 2 * h * du[q][i];
+                        lm = d_loss(oc, din, dr, ny, tmp);
+                        for (q = 0; q < oc->nin; q++) for (i = 0; i < nin[q]; i++) din[q][i] += h * du[q][i];
+                        sv[sgn] = (lp - lm) / (2 * h);
+                    }
+                    din[k][j] = save;
+                    fd[j] = (sv[0] - sv[1]) / (2 * h);
+                }
+                /* A bilinear op's second derivative in one input alone is 0: both sides are ~0 then. */
+                {
+                    double nrm = 0;
+                    for (j = 0; j < nin[k]; j++) nrm += fd[j] * fd[j];
+                    if (sqrt(nrm) > 1e-6)
+                        CHECK(rel_err_fd(g2[k]->data, fd, nin[k]) < 2e-3, "%s: second derivative in input %d differs from finite differences (rel %.2e)",
+                              oc->name, k, rel_err_fd(g2[k]->data, fd, nin[k]));
+                    else
+                        for (j = 0; j < nin[k]; j++) CHECK(fabs(g2[k]->data[j]) < 1e-5, "%s: second derivative should vanish", oc->name);
+                }
+                free(fd);
+            }
+        for (k = 0; k < oc->nin; k++) { free(uv[k] ? uv[k]->data : NULL); free(du[k]); }
+    }
+done2:
+    free(tmp); free(dy); free(dr); free(r);
+done:
+    for (k = 0; k < oc->nin; k++) { free(fin[k]); free(din[k]); }
+    ebm_graph_destroy(g);
+}
+
+/* ------------------------------------------------------------------ op builders and double evaluators */
+
+static ebm_var *b_conv(ebm_graph *g, ebm_var **in, const dctx *c) { return ebm_conv2d(g, in[0], in[1], in[2], c->s, c->p); }
+static void e_conv(double **in, double *out, const dctx *c)
+{
+    size_t i, j, rows = (size_t)c->n * c->hy * c->wy;
+    d_conv(c, in[0], in[1], NULL, out, 0);
+    for (i = 0; i < rows; i++) for (j = 0; j < (size_t)c->cy; j++) out[i * c->cy + j] += in[2][j];
+}
+static ebm_var *b_convt(ebm_graph *g, ebm_var **in, const dctx *c) { return ebm_conv2d_transpose(g, in[0], in[1], in[2], c->s, c->p, c->hx, c->wx); }
+static void e_convt(double **in, double *out, const dctx *c)
+{
+    size_t i, j, rows = (size_t)c->n * c->hx * c->wx;
+    d_conv(c, NULL, in[1], in[0], out, 1);
+    for (i = 0; i < rows; i++) for (j = 0; j < (size_t)c->cx; j++) out[i * c->cx + j] += in[2][j];
+}
+static ebm_var *b_wgrad(ebm_graph *g, ebm_var **in, const dctx *c) { return ebm_conv2d_weight_grad(g, in[0], in[1], c->k, c->s, c->p); }
+static void e_wgrad(double **in, double *out, const dctx *c) { d_conv(c, in[0], NULL, in[1], out, 2); }
+
+static ebm_var *b_act(ebm_graph *g, ebm_var **in, const dctx *c) { return ebm_act_deriv(g, in[0], c->act, (float)c->a, c->order); }
+static void e_act(double **in, double *out, const dctx *c)
+{
+    size_t i, n = (size_t)c->n;
+    for (i = 0; i < n; i++) out[i] = ebm__act_ref(c->act, c->order, c->a, in[0][i]);
+}
+
+static void e_pool(double **in, double *out, const dctx *c, int is_max)
+{
+    int n, ho, wo, i, j, ch, Ho = (c->hx - c->pk) / c->ps + 1, Wo = (c->wx - c->pk) / c->ps + 1;
+    for (n = 0; n < c->n; n++)
+        for (ho = 0; ho < Ho; ho++)
+            for (wo = 0; wo < Wo; wo++)
+                for (ch = 0; ch < c->cx; ch++) {
+                    double acc = is_max ? -1e300 : 0;
+                    for (i = 0; i < c->pk; i++)
+                        for (j = 0; j < c->pk; j++) {
+                            double v = in[0][(((size_t)n * c->hx + ho * c->ps + i) * c->wx + wo * c->ps + j) * c->cx + ch];
+                            acc = is_max ? (v > acc ? v : acc) : acc + v / (c->pk * c->pk);
+                        }
+                    out[(((size_t)n * Ho + ho) * Wo + wo) * c->cx + ch] = acc;
+                }
+}
+static ebm_var *b_avgpool(ebm_graph *g, ebm_var **in, const dctx *c) { return ebm_avgpool(g, in[0], c->pk, c->ps); }
+static void e_avgpool(double **in, double *out, const dctx *c) { e_pool(in, out, c, 0); }
+static ebm_var *b_maxpool(ebm_graph *g, ebm_var **in, const dctx *c) { return ebm_maxpool(g, in[0], c->pk, c->ps); }
+static void e_maxpool(double **in, double *out, const dctx *c) { e_pool(in, out, c, 1); }
+
+static ebm_var *b_xent(ebm_graph *g, ebm_var **in, const dctx *c) { return ebm_softmax_xent(g, in[0], c->labels); }
+static void e_xent(double **in, double *out, const dctx *c)
+{
+    int i, j, C = c->cx;
+    double tot = 0;
+    for (i = 0; i < c->n; i++) {
+        double s = 0;
+        for (j = 0; j < C; j++) s += exp(in[0][i * C + j]);
+        tot += log(s) - in[0][i * C + c->labels[i]];
+    }
+    out[0] = tot / c->n;
+}
+
+static ebm_var *b_add(ebm_graph *g, ebm_var **in, const dctx *c) { (void)c; return ebm_add(g, in[0], in[1]); }
+static void e_add(double **in, double *out, const dctx *c) { int i; for (i = 0; i < c->n; i++) out[i] = in[0][i] + in[1][i]; }
+static ebm_var *b_sub(ebm_graph *g, ebm_var **in, const dctx *c) { (void)c; return ebm_sub(g, in[0], in[1]); }
+static void e_sub(double **in, double *out, const dctx *c) { int i; for (i = 0; i < c->n; i++) out[i] = in[0][i] - in[1][i]; }
+static ebm_var *b_mul(ebm_graph *g, ebm_var **in, const dctx *c) { (void)c; return ebm_mul(g, in[0], in[1]); }
+static void e_mul(double **in, double *out, const dctx *c) { int i; for (i = 0; i < c->n; i++) out[i] = in[0][i] * in[1][i]; }
+static ebm_var *b_scale(ebm_graph *g, ebm_var **in, const dctx *c) { return ebm_scale(g, in[0], (float)c->c); }
+static void e_scale(double **in, double *out, const dctx *c) { int i; for (i = 0; i < c->n; i++) out[i] = (double)(float)c->c * in[0][i]; }
+static ebm_var *b_sum(ebm_graph *g, ebm_var **in, const dctx *c) { (void)c; return ebm_sum(g, in[0]); }
+static void e_sum(double **in, double *out, const dctx *c) { int i; out[0] = 0; for (i = 0; i < c->n; i++) out[0] += in[0][i]; }
+static ebm_var *b_mean(ebm_graph *g, ebm_var **in, const dctx *c) { (void)c; return ebm_mean(g, in[0]); }
+static void e_mean(double **in, double *out, const dctx *c) { e_sum(in, out, c); out[0] *= (double)(1.0f / (float)c->n); }
+static ebm_var *b_sqnorm(ebm_graph *g, ebm_var **in, const dctx *c) { (void)c; return ebm_sqnorm(g, in[0]); }
+static void e_sqnorm(double **in, double *out, const dctx *c) { int i; out[0] = 0; for (i = 0; i < c->n; i++) out[0] += in[0][i] * in[0][i]; }
+static ebm_var *b_dot(ebm_graph *g, ebm_var **in, const dctx *c) { (void)c; return ebm_dot(g, in[0], in[1]); }
+static void e_dot(double **in, double *out, const dctx *c) { int i; out[0] = 0; for (i = 0; i < c->n; i++) out[0] += in[0][i] * in[1][i]; }
+/* reshape, then an op that cares about the shape, so a wrong view shows. */
+static ebm_var *b_reshape(ebm_graph *g, ebm_var **in, const dctx *c)
+{
+    int s[4];
+    (void)c;
+    s[0] = 2; s[1] = 3; s[2] = 2; s[3] = 2;
+    return ebm_avgpool(g, ebm_reshape(g, in[0], 4, s), 2, 1);
+}
+static void e_reshape(double **in, double *out, const dctx *c)
+{
+    dctx p = *c;
+    p.n = 2; p.hx = 3; p.wx = 2; p.cx = 2; p.pk = 2; p.ps = 1;
+    e_pool(in, out, &p, 0);
+}
+static ebm_var *b_linear(ebm_graph *g, ebm_var **in, const dctx *c) { (void)c; return ebm_linear(g, in[0], in[1], in[2]); }
+static void e_linear(double **in, double *out, const dctx *c)
+{
+    int n, i, o;
+    for (n = 0; n < c->n; n++)
+        for (o = 0; o < c->cy; o++) {
+            double acc = in[2][o];
+            for (i = 0; i < c->cx; i++) acc += in[0][n * c->cx + i] * in[1][i * c->cy + o];
+            out[n * c->cy + o] = acc;
+        }
+}
+
+/* The convolution geometries of the tests: 1x1 images, stride > kernel,
+   padding > 1, batch 1 and 7, channels 1 and 3, and the reference nets' shapes. */
+static const int conv_geoms[][8] = {
+    /* n  h  w  ci co k  s  p */
+    { 1, 1, 1, 1, 1, 1, 1, 0 },
+    { 7, 5, 6, 3, 2, 3, 1, 1 },
+    { 1, 6, 5, 1, 3, 2, 3, 0 },
+    { 2, 4, 4, 3, 4, 3, 1, 2 },
+    { 2, 9, 7, 2, 3, 4, 2, 1 },
+    { 3, 7, 7, 3, 1, 3, 1, 0 },
+    { 1, 3, 3, 5, 2, 3, 1, 0 },
+    { 2, 8, 8, 1, 3, 4, 2, 1 },
+};
+#define N_GEOMS (int)(sizeof conv_geoms / sizeof conv_geoms[0])
+
+static void geom_ctx(int i, dctx *c)
+{
+    const int *q = conv_geoms[i];
+    memset(c, 0, sizeof *c);
+    c->n = q[0]; c->hx = q[1]; c->wx = q[2]; c->cx = q[3]; c->cy = q[4]; c->k = q[5]; c->s = q[6]; c->p = q[7];
+    c->hy = (c->hx + 2 * c->p - c->k) / c->s + 1;
+    c->wy = (c->wx + 2 * c->p - c->k) / c->s + 1;
+}
+
+static void set_shape(opcase *oc, int i, int nd, int a, int b, int c, int d)
+{
+    oc->ndim[i] = nd; oc->shape[i][0] = a; oc->shape[i][1] = b; oc->shape[i][2] = c; oc->shape[i][3] = d;
+}
+
+/* ------------------------------------------------------------------ tests: random numbers */
+
+static void test_rng_philox_known_answers(void)
+{
+    /* Known-answer vectors of Philox4x32-10 from the Random123 distribution. */
+    static const uint32_t ctr[3][4] = { { 0, 0, 0, 0 }, { 0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu },
+                                        { 0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u } };
+    static const uint32_t key[3][2] = { { 0, 0 }, { 0xffffffffu, 0xffffffffu }, { 0xa4093822u, 0x299f31d0u } };
+    static const uint32_t want[3][4] = { { 0x6627e8d5u, 0xe169c58du, 0xbc57ac4cu, 0x9b00dbd8u },
+                                         { 0x408f276du, 0x41c83b0eu, 0xa20bc7c6u, 0x6d5451fdu },
+                                         { 0xd16cfe09u, 0x94fdccebu, 0x5001e420u, 0x24126ea1u } };
+    int i, j;
+    for (i = 0; i < 3; i++) {
+        uint32_t out[4];
+        ebm_philox4x32(ctr[i], key[i], out);
+        for (j = 0; j < 4; j++) CHECK(out[j] == want[i][j], "vector %d word %d: %08x, want %08x", i, j, out[j], want[i][j]);
+    }
+}
+
+static void test_rng_counter_based(void)
+{
+    ebm_rng r;
+    float a[300], b[300], c[300];
+    size_t i;
+    int diff;
+    r.seed = 99; r.stream = 7;
+    ebm_rng_normal(&r, 5, 3, a, 300);
+    ebm_rng_normal(&r, 5, 3, b, 37); /* a prefix is the same numbers, whatever n is */
+    CHECK(memcmp(a, b, 37 * sizeof(float)) == 0, "normal: a shorter draw is not a prefix of a longer one");
+    ebm_rng_uniform(&r, 5, 3, -1, 1, a, 300);
+    ebm_rng_uniform(&r, 5, 3, -1, 1, b, 131);
+    CHECK(memcmp(a, b, 131 * sizeof(float)) == 0, "uniform: a shorter draw is not a prefix of a longer one");
+    /* each key component changes the numbers */
+    ebm_rng_uniform(&r, 6, 3, -1, 1, b, 300); for (diff = 0, i = 0; i < 300; i++) diff += a[i] != b[i];
+    CHECK(diff > 290, "sample index does not change the stream (%d of 300 differ)", diff);
+    ebm_rng_uniform(&r, 5, 4, -1, 1, b, 300); for (diff = 0, i = 0; i < 300; i++) diff += a[i] != b[i];
+    CHECK(diff > 290, "step does not change the stream (%d of 300 differ)", diff);
+    r.stream = 8; ebm_rng_uniform(&r, 5, 3, -1, 1, b, 300); for (diff = 0, i = 0; i < 300; i++) diff += a[i] != b[i];
+    CHECK(diff > 290, "stream does not change the numbers (%d of 300 differ)", diff);
+    r.stream = 7; r.seed = 100; ebm_rng_uniform(&r, 5, 3, -1, 1, c, 300); for (diff = 0, i = 0; i < 300; i++) diff += a[i] != c[i];
+    CHECK(diff > 290, "seed does not change the numbers (%d of 300 differ)", diff);
+    for (i = 0; i < 300; i++) CHECK(a[i] >= -1 && a[i] < 1, "uniform value %g outside [-1,1)", (double)a[i]);
+}
+
+static void test_rng_normal_statistics(void)
+{
+    /* 2^21 normals: each moment's tolerance is 5 standard errors at this n. */
+    const size_t n = (size_t)1 << 21, per = 4096;
+    float *z = falloc(per);
+    double s1 = 0, s2 = 0, s4 = 0, tail = 0, N = (double)n, p2 = 0.04550026389635842;
+    size_t i, k;
+    ebm_rng r;
+    r.seed = 2024; r.stream = 3;
+    for (k = 0; k < n / per; k++) {
+        ebm_rng_normal(&r, k, 0, z, per);
+        for (i = 0; i < per; i++) {
+            double v = z[i];
+            s1 += v; s2 += v * v; s4 += v * v * v * v; tail += fabs(v) > 2;
+        }
+    }
+    s1 /= N; s2 /= N; s4 /= N; tail /= N;
+    CHECK(fabs(s1) < 5 / sqrt(N), "mean %.5f (tolerance %.5f)", s1, 5 / sqrt(N));
+    CHECK(fabs(s2 - 1) < 5 * sqrt(2 / N), "variance %.5f (tolerance %.5f)", s2, 5 * sqrt(2 / N));
+    CHECK(fabs(s4 - 3) < 5 * sqrt(96 / N), "fourth moment %.4f (tolerance %.4f)", s4, 5 * sqrt(96 / N));
+    CHECK(fabs(tail - p2) < 5 * sqrt(p2 * (1 - p2) / N), "P(|z|>2) = %.5f, want %.5f", tail, p2);
+    free(z);
+}
+
+static void test_rng_uniform_statistics(void)
+{
+    const size_t n = (size_t)1 << 20;
+    float *u = falloc(n);
+    double m = 0, v = 0;
+    size_t i;
+    ebm_rng r;
+    r.seed = 5; r.stream = 11;
+    ebm_rng_uniform(&r, 0, 0, 0, 1, u, n);
+    for (i = 0; i < n; i++) m += u[i];
+    m /= (double)n;
+    for (i = 0; i < n; i++) v += (u[i] - m) * (u[i] - m);
+    v /= (double)n;
+    CHECK(fabs(m - 0.5) < 5 * sqrt(1.0 / 12 / n), "mean %.5f", m);
+    CHECK(fabs(v - 1.0 / 12) < 5 * sqrt(1.0 / 180 / n), "variance %.6f", v); /* Var of (u-1/2)^2 = 1/180 */
+    free(u);
+}
+
+static void test_rng_math_kernels(void)
+{
+    /* The branch-free log and cos/sin used by the normal sampler, against libm. */
+    double worst_log = 0, worst_trig = 0;
+    int i;
+    for (i = 1; i <= 1 << 24; i += 97) {
+        float u = (float)i / 16777216.0f, c, s;
+        double e = fabs(ebm__log01(u) - log((double)u)) / (fabs(log((double)u)) + 1e-3);
+        if (e > worst_log) worst_log = e;
+        ebm__cossin2pi(u - 1.0f / 16777216.0f, &c, &s);
+        e = fabs(c - cos(6.283185307179586 * (u - 1.0 / 16777216.0))) + fabs(s - sin(6.283185307179586 * (u - 1.0 / 16777216.0)));
+        if (e > worst_trig) worst_trig = e;
+    }
+    CHECK(worst_log < 1e-6, "log error %.2e", worst_log);
+    CHECK(worst_trig < 1e-6, "cos/sin error %.2e", worst_trig);
+}
+
+/* ------------------------------------------------------------------ tests: kernels */
+
+static void test_conv_kernels_match_reference(void)
+{
+    int i;
+    for (i = 0; i < N_GEOMS; i++) {
+        dctx c;
+        ebm__cgeom G;
+        size_t nx, nw, ny;
+        float *x, *w, *b, *y1, *y2, *s;
+        geom_ctx(i, &c);
+        G.n = c.n; G.hx = c.hx; G.wx = c.wx; G.cx = c.cx; G.hy = c.hy; G.wy = c.wy; G.cy = c.cy; G.k = c.k; G.s = c.s; G.p = c.p;
+        nx = (size_t)c.n * c.hx * c.wx * c.cx; nw = (size_t)c.k * c.k * c.cx * c.cy; ny = (size_t)c.n * c.hy * c.wy * c.cy;
+        {
+            size_t M = nx > nw ? (nx > ny ? nx : ny) : (nw > ny ? nw : ny);
+            float *gy = falloc(M);
+            x = falloc(M); w = falloc(M); b = falloc(M); y1 = falloc(M); y2 = falloc(M); s = falloc(M);
+            rnd(x, nx, -1, 1); rnd(w, nw, -1, 1); rnd(b, M, -1, 1); rnd(gy, ny, -1, 1);
+            ebm__conv_fwd(&G, x, w, b, y1, s);
+            ebm__conv_fwd_ref(&G, x, w, b, y2);
+            CHECK(rel_err_ff(y1, y2, ny) < 1e-6, "geometry %d: forward kernel vs reference rel %.2e", i, rel_err_ff(y1, y2, ny));
+            ebm__conv_bwd_data(&G, gy, w, b, y1, s);
+            ebm__conv_bwd_data_ref(&G, gy, w, b, y2);
+            CHECK(rel_err_ff(y1, y2, nx) < 1e-6, "geometry %d: input-gradient kernel vs reference rel %.2e", i, rel_err_ff(y1, y2, nx));
+            ebm__conv_bwd_weight(&G, x, gy, y1);
+            ebm__conv_bwd_weight_ref(&G, x, gy, y2);
+            CHECK(rel_err_ff(y1, y2, nw) < 1e-6, "geometry %d: weight-gradient kernel vs reference rel %.2e", i, rel_err_ff(y1, y2, nw));
+            free(gy);
+        }
+        free(x); free(w); free(b); free(y1); free(y2); free(s);
+    }
+}
+
+static void test_activation_derivatives(void)
+{
+    /* Each order of each activation, in double, against central differences
+       of the order below; then the float kernel against the double reference. */
+    int t, o, i;
+    for (t = 0; t < EBM_ACT_COUNT; t++)
+        for (o = 1; o <= 3; o++)
+            for (i = -40; i <= 40; i++) {
+                double x = i * 0.1 + 0.0123, h = 1e-5, a = t == EBM_ACT_LEAKY_RELU ? 0.2 : 1.0;
+                double fd = (ebm__act_ref(t, o - 1, a, x + h) - ebm__act_ref(t, o - 1, a, x - h)) / (2 * h);
+                double an = ebm__act_ref(t, o, a, x);
+                if (fabs(x) < 2 * h) continue;
+                CHECK(fabs(fd - an) < 1e-6 * (1 + fabs(an)), "%s order %d at %g: %.9g vs differences %.9g", ebm_act_name(t), o, x, an, fd);
+            }
+    for (t = 0; t < EBM_ACT_COUNT; t++)
+        for (o = 0; o <= 3; o++) {
+            float x[161], y[161];
+            double worst = 0, a = t == EBM_ACT_LEAKY_RELU ? 0.2 : 1.0;
+            for (i = 0; i < 161; i++) x[i] = (float)((i - 80) * 0.1 + 0.0123);
+            ebm__act_fwd(t, o, (float)a, x, y, 161);
+            for (i = 0; i < 161; i++) {
+                double ref = ebm__act_ref(t, o, a, x[i]), e = fabs(y[i] - ref) / (1 + fabs(ref));
+                if (e > worst) worst = e;
+            }
+            CHECK(worst < 2e-6, "%s order %d: float kernel vs double reference %.2e", ebm_act_name(t), o, worst);
+        }
+}
+
+/* ------------------------------------------------------------------ tests: ops and their derivatives */
+
+static void test_op_conv2d(void)
+{
+    int i;
+    for (i = 0; i < N_GEOMS; i++) {
+        opcase oc;
+        memset(&oc, 0, sizeof oc);
+        geom_ctx(i, &oc.c);
+        oc.name = "conv2d"; oc.nin = 3; oc.build = b_conv; oc.eval = e_conv; oc.second_order = 1;
+        set_shape(&oc, 0, 4, oc.c.n, oc.c.hx, oc.c.wx, oc.c.cx);
+        set_shape(&oc, 1, 4, oc.c.k, oc.c.k, oc.c.cx, oc.c.cy);
+        set_shape(&oc, 2, 1, oc.c.cy, 1, 1, 1);
+        check_op(&oc);
+    }
+}
+
+static void test_op_conv2d_transpose(void)
+{
+    int i;
+    for (i = 0; i < N_GEOMS; i++) {
+        opcase oc;
+        memset(&oc, 0, sizeof oc);
+        geom_ctx(i, &oc.c);
+        oc.name = "conv2d_transpose"; oc.nin = 3; oc.build = b_convt; oc.eval = e_convt; oc.second_order = 1;
+        set_shape(&oc, 0, 4, oc.c.n, oc.c.hy, oc.c.wy, oc.c.cy);
+        set_shape(&oc, 1, 4, oc.c.k, oc.c.k, oc.c.cx, oc.c.cy);
+        set_shape(&oc, 2, 1, oc.c.cx, 1, 1, 1);
+        check_op(&oc);
+    }
+}
+
+static void test_op_conv2d_weight_grad(void)
+{
+    int i;
+    for (i = 0; i < N_GEOMS; i++) {
+        opcase oc;
+        memset(&oc, 0, sizeof oc);
+        geom_ctx(i, &oc.c);
+        oc.name = "conv2d_weight_grad"; oc.nin = 2; oc.build = b_wgrad; oc.eval = e_wgrad; oc.second_order = 1;
+        set_shape(&oc, 0, 4, oc.c.n, oc.c.hx, oc.c.wx, oc.c.cx);
+        set_shape(&oc, 1, 4, oc.c.n, oc.c.hy, oc.c.wy, oc.c.cy);
+        check_op(&oc);
+    }
+}
+
+static void test_op_activations(void)
+{
+    int t, o;
+    for (t = 0; t < EBM_ACT_COUNT; t++)
+        for (o = 0; o <= 2; o++) {
+            opcase oc;
+            memset(&oc, 0, sizeof oc);
+            oc.name = ebm_act_name(t); oc.nin = 1; oc.build = b_act; oc.eval = e_act; oc.away = 1; oc.second_order = 1;
+            /* the derivative of order o's backward needs order o + 2: at most 3 for the smooth ones */
+            oc.second_order = o <= 1 || t == EBM_ACT_LEAKY_RELU || t == EBM_ACT_ELU;
+            oc.c.act = t; oc.c.order = o; oc.c.a = t == EBM_ACT_LEAKY_RELU ? 0.2 : t == EBM_ACT_ELU ? 1.3 : 0.0;
+            oc.c.a = (double)(float)oc.c.a;
+            oc.c.n = 2 * 3 * 4 * 5;
+            set_shape(&oc, 0, 4, 2, 3, 4, 5);
+            check_op(&oc);
+        }
+}
+
+static void test_op_pooling(void)
+{
+    static const int cfg[][6] = { /* n h w c k s */ { 2, 4, 4, 3, 2, 2 }, { 1, 5, 6, 2, 3, 1 }, { 3, 7, 5, 1, 3, 2 }, { 1, 1, 1, 2, 1, 1 } };
+    int i, m;
+    for (i = 0; i < 4; i++)
+        for (m = 0; m < 2; m++) {
+            opcase oc;
+            memset(&oc, 0, sizeof oc);
+            oc.name = m ? "maxpool" : "avgpool"; oc.nin = 1; oc.second_order = 1;
+            oc.build = m ? b_maxpool : b_avgpool; oc.eval = m ? e_maxpool : e_avgpool;
+            oc.c.n = cfg[i][0]; oc.c.hx = cfg[i][1]; oc.c.wx = cfg[i][2]; oc.c.cx = cfg[i][3]; oc.c.pk = cfg[i][4]; oc.c.ps = cfg[i][5];
+            set_shape(&oc, 0, 4, cfg[i][0], cfg[i][1], cfg[i][2], cfg[i][3]);
+            check_op(&oc);
+        }
+}
+
+static void test_op_softmax_xent(void)
+{
+    static const int labels[5] = { 0, 3, 2, 3, 1 };
+    opcase oc;
+    memset(&oc, 0, sizeof oc);
+    oc.name = "softmax_xent"; oc.nin = 1; oc.build = b_xent; oc.eval = e_xent;
+    oc.c.n = 5; oc.c.cx = 4; oc.c.labels = labels;
+    set_shape(&oc, 0, 2, 5, 4, 1, 1);
+    check_op(&oc);
+}
+
+static void test_op_elementwise(void)
+{
+    struct { const char *name; int nin; ebm_var *(*b)(ebm_graph *, ebm_var **, const dctx *); void (*e)(double **, double *, const dctx *); } ops[] = {
+        { "add", 2, b_add, e_add }, { "sub", 2, b_sub, e_sub }, { "mul", 2, b_mul, e_mul }, { "scale", 1, b_scale, e_scale },
+        { "sum", 1, b_sum, e_sum }, { "mean", 1, b_mean, e_mean }, { "sqnorm", 1, b_sqnorm, e_sqnorm },
+        { "dot", 2, b_dot, e_dot }, { "reshape", 1, b_reshape, e_reshape } };
+    int i;
+    for (i = 0; i < (int)(sizeof ops / sizeof ops[0]); i++) {
+        opcase oc;
+        memset(&oc, 0, sizeof oc);
+        oc.name = ops[i].name; oc.nin = ops[i].nin; oc.build = ops[i].b; oc.eval = ops[i].e; oc.second_order = 1;
+        oc.c.n = 24; oc.c.c = -0.75;
+        set_shape(&oc, 0, 2, 4, 6, 1, 1);
+        set_shape(&oc, 1, 3, 2, 3, 4, 1); /* same size, another shape */
+        check_op(&oc);
+    }
+}
+
+static void test_op_linear(void)
+{
+    opcase oc;
+    memset(&oc, 0, sizeof oc);
+    oc.name = "linear"; oc.nin = 3; oc.build = b_linear; oc.eval = e_linear; oc.second_order = 1;
+    oc.c.n = 3; oc.c.cx = 2 * 2 * 3; oc.c.cy = 5;
+    set_shape(&oc, 0, 4, 3, 2, 2, 3); /* flattened to 12 features */
+    set_shape(&oc, 1, 2, 12, 5, 1, 1);
+    set_shape(&oc, 2, 1, 5, 1, 1, 1);
+    check_op(&oc);
+}
+
+/* ------------------------------------------------------------------ tests: networks, higher order */
+
+/* A small smooth net: conv3x3 -> act -> conv4x4 s2 -> act -> conv4x4 (to one energy). */
+static int small_net(ebm_model *m, int act, uint64_t seed)
+{
+    ebm_model_init(m, 2, 8, 8);
+    ebm_model_add_conv2d(m, 4, 3, 1, 1, 1);
+    ebm_model_add_act(m, act, act == EBM_ACT_ELU ? 1.0f : 0.2f);
+    ebm_model_add_conv2d(m, 5, 4, 2, 1, 1);
+    ebm_model_add_act(m, act, act == EBM_ACT_ELU ? 1.0f : 0.2f);
+    ebm_model_add_conv2d(m, 1, 4, 1, 0, 1);
+    return ebm_model_alloc(m, seed);
+}
+
+#define NB 2
+#define NX (NB * 8 * 8 * 2)
+
+/* grad_x sum f into gx, and (if v) H v = grad_x (v . grad_x f) into hv; returns v . H v. */
+static double net_grads(ebm_model *m, ebm_graph *g, float *x, float *v, float *gx, float *hv)
+{
+    int s[4] = { NB, 8, 8, 2 };
+    ebm_var *xv, *y, *gxv = NULL, *hvv = NULL, *vv;
+    double r = 0;
+    ebm_graph_reset(g);
+    xv = ebm_leaf(g, x, 4, s);
+    y = ebm_model_forward(m, g, xv);
+    ebm_grad(g, y, NULL, 1, &xv, &gxv, v != NULL);
+    if (gx && gxv) memcpy(gx, gxv->data, NX * sizeof(float));
+    if (v) {
+        vv = ebm_leaf(g, v, 4, s);
+        ebm_grad(g, ebm_dot(g, gxv, vv), NULL, 1, &xv, &hvv, 1);
+        if (hvv) {
+            int i;
+            if (hv) memcpy(hv, hvv->data, NX * sizeof(float));
+            for (i = 0; i < NX; i++) r += (double)hvv->data[i] * v[i];
+        }
+    }
+    return ebm_graph_status(g) == EBM_OK ? r : NAN;
+}
+
+/* sum f(x) of small_net in double, from the double op definitions above. */
+static double net_f_double(const ebm_model *m, const double *x)
+{
+    double *bufs[2], L = 0;
+    const double *cur = x;
+    int i, which = 0;
+    size_t j, mx = (size_t)NB * 8 * 8 * 8;
+    bufs[0] = dalloc(mx); bufs[1] = dalloc(mx);
+    for (i = 0; i < m->n_layers; i++) {
+        const ebm_layer *Ly = &m->layer[i];
+        double *out = bufs[which];
+        size_t n_out = (size_t)NB * Ly->out_h * Ly->out_w * Ly->out_c;
+        if (Ly->type == EBM_LAYER_CONV2D) {
+            dctx c;
+            double *w = dalloc(Ly->w_size);
+            memset(&c, 0, sizeof c);
+            c.n = NB; c.hx = Ly->in_h; c.wx = Ly->in_w; c.cx = Ly->in_c; c.hy = Ly->out_h; c.wy = Ly->out_w; c.cy = Ly->out_c;
+            c.k = Ly->k; c.s = Ly->stride; c.p = Ly->pad;
+            for (j = 0; j < Ly->w_size; j++) w[j] = m->params[Ly->w_off + j];
+            d_conv(&c, cur, w, NULL, out, 0);
+            for (j = 0; j < n_out; j++) out[j] += m->params[Ly->b_off + j % (size_t)Ly->out_c];
+            free(w);
+        } else {
+            for (j = 0; j < n_out; j++) out[j] = ebm__act_ref(Ly->act, 0, (double)Ly->act_param, cur[j]);
+        }
+        cur = out;
+        which ^= 1;
+    }
+    for (j = 0; j < NB; j++) L += cur[j];
+    free(bufs[0]); free(bufs[1]);
+    return L;
+}
+
+static void test_network_first_order(void)
+{
+    /* grad_x and grad_theta of sum f against central differences of the same
+       network evaluated in double (h = 1e-6), along random directions. */
+    int acts[] = { EBM_ACT_LEAKY_RELU, EBM_ACT_SILU, EBM_ACT_SOFTPLUS, EBM_ACT_ELU, EBM_ACT_GELU, EBM_ACT_TANH };
+    int a;
+    for (a = 0; a < 6; a++) {
+        ebm_model m;
+        ebm_graph *g = new_graph(16);
+        float x[NX], d[NX], gx[NX], *u, *p0;
+        double xd[NX], an = 0, fd, h = 1e-6, fp, fm;
+        size_t j, P;
+        int s[4] = { NB, 8, 8, 2 };
+        ebm_var *y;
+        CHECK(small_net(&m, acts[a], 3) == EBM_OK, "model: %s", m.err.msg);
+        P = m.n_params;
+        u = falloc(P); p0 = falloc(P);
+        rnd(x, NX, -1, 1); rnd(d, NX, -1, 1); rnd(u, P, -1, 1);
+        net_grads(&m, g, x, NULL, gx, NULL);
+        for (j = 0; j < NX; j++) an += (double)gx[j] * d[j];
+        for (j = 0; j < NX; j++) xd[j] = x[j] + h * d[j];
+        fp = net_f_double(&m, xd);
+        for (j = 0; j < NX; j++) xd[j] = x[j] - h * d[j];
+        fm = net_f_double(&m, xd);
+        fd = (fp - fm) / (2 * h);
+        CHECK(fabs(an - fd) < 1e-4 * (fabs(an) + 1e-3), "%s: grad_x . d = %.7g, differences %.7g", ebm_act_name(acts[a]), an, fd);
+        /* parameters: theta +- h u, evaluated in double from float parameters
+           (the perturbation is applied in double: copy the block and shift). */
+        ebm_graph_reset(g);
+        y = ebm_sum(g, ebm_model_forward(&m, g, ebm_leaf(g, x, 4, s)));
+        ebm_model_zero_grad(&m);
+        ebm_model_backward(&m, g, y);
+        for (an = 0, j = 0; j < P; j++) an += (double)m.grads[j] * u[j];
+        {
+            /* the float parameters move by exactly (p+ - p-); f is evaluated in double there */
+            double t = 1e-5, dp = 0, dm = 0;
+            for (j = 0; j < NX; j++) xd[j] = x[j];
+            memcpy(p0, m.params, P * sizeof(float));
+            for (j = 0; j < P; j++) m.params[j] = p0[j] + (float)t * u[j];
+            fp = net_f_double(&m, xd);
+            for (j = 0; j < P; j++) { dp += ((double)m.params[j] - p0[j]) * m.grads[j]; }
+            for (j = 0; j < P; j++) m.params[j] = p0[j] - (float)t * u[j];
+            fm = net_f_double(&m, xd);
+            for (j = 0; j < P; j++) { dm += ((double)m.params[j] - p0[j]) * m.grads[j]; }
+            memcpy(m.params, p0, P * sizeof(float));
+            /* first order: f(p+) - f(p-) = grad . (p+ - p-) + O(t^3) */
+            CHECK(fabs((fp - fm) - (dp - dm)) < 1e-4 * fabs(dp - dm) + 1e-9, "%s: grad_theta . step = %.7g, difference of f %.7g",
+                  ebm_act_name(acts[a]), dp - dm, fp - fm);
+        }
+        free(u); free(p0);
+        ebm_graph_destroy(g);
+        ebm_model_free(&m);
+    }
+}
+
+/* Hessian-vector products against differences of the gradient (the order below). */
+static void test_network_hessian_vector(void)
+{
+    /* (ELU is left to the op test: its second derivative jumps at 0, which
+       differences of width 2e-2 straddle somewhere in the net.) */
+    int acts[] = { EBM_ACT_SILU, EBM_ACT_SOFTPLUS, EBM_ACT_GELU, EBM_ACT_TANH };
+    int a;
+    for (a = 0; a < 4; a++) {
+        ebm_model m;
+        ebm_graph *g = new_graph(16);
+        float x[NX], v[NX], hv[NX], xt[NX], gp[4][NX];
+        double fd[NX], hs[4] = { 2e-2, 1e-2, -1e-2, -2e-2 };
+        int q, j;
+        small_net(&m, acts[a], 4);
+        rnd(x, NX, -1, 1); rnd(v, NX, -1, 1);
+        net_grads(&m, g, x, v, NULL, hv);
+        for (q = 0; q < 4; q++) {
+            for (j = 0; j < NX; j++) xt[j] = x[j] + (float)hs[q] * v[j];
+            net_grads(&m, g, xt, NULL, gp[q], NULL);
+        }
+        for (j = 0; j < NX; j++) fd[j] = (-(double)gp[0][j] + 8.0 * gp[1][j] - 8.0 * gp[2][j] + gp[3][j]) / (12 * 1e-2);
+        CHECK(rel_err_fd(hv, fd, NX) < 2e-3, "%s: Hv vs differences of grad_x: rel %.2e", ebm_act_name(acts[a]), rel_err_fd(hv, fd, NX));
+        ebm_graph_destroy(g);
+        ebm_model_free(&m);
+    }
+}
+
+/* S(theta) = |grad_x f|^2 (denoising score matching's shape) or
+   v . H v (sliced score matching); returns S, and grad_theta S into gt. */
+static double net_param_objective(ebm_model *m, ebm_graph *g, float *x, float *v, int third, float *gt)
+{
+    int s[4] = { NB, 8, 8, 2 };
+    ebm_var *xv, *y, *gxv = NULL, *hvv = NULL, *S = NULL;
+    ebm_graph_reset(g);
+    xv = ebm_leaf(g, x, 4, s);
+    y = ebm_model_forward(m, g, xv);
+    ebm_grad(g, y, NULL, 1, &xv, &gxv, 1);
+    if (!third) S = ebm_sqnorm(g, gxv);
+    else {
+        ebm_var *vv = ebm_leaf(g, v, 4, s);
+        ebm_grad(g, ebm_dot(g, gxv, vv), NULL, 1, &xv, &hvv, 1);
+        S = ebm_dot(g, hvv, vv);
+    }
+    if (gt) {
+        ebm_model_zero_grad(m);
+        ebm_model_backward(m, g, S);
+        memcpy(gt, m->grads, m->n_params * sizeof(float));
+    }
+    return ebm_graph_status(g) == EBM_OK ? S->data[0] : NAN;
+}
+
+static void test_network_mixed_and_third_order(void)
+{
+    int acts[] = { EBM_ACT_SILU, EBM_ACT_SOFTPLUS, EBM_ACT_GELU, EBM_ACT_TANH };
+    int a, third;
+    for (a = 0; a < 4; a++)
+        for (third = 0; third <= 1; third++) {
+            ebm_model m;
+            ebm_graph *g = new_graph(32);
+            float x[NX], v[NX], *gt, *u, *p0;
+            double an = 0, fd, sp[4], hs[4] = { 2e-2, 1e-2, -1e-2, -2e-2 };
+            size_t j, P;
+            int q;
+            small_net(&m, acts[a], 5);
+            P = m.n_params;
+            gt = falloc(P); u = falloc(P); p0 = falloc(P);
+            rnd(x, NX, -1, 1); rnd(v, NX, -1, 1); rnd(u, P, -1, 1);
+            memcpy(p0, m.params, P * sizeof(float));
+            net_param_objective(&m, g, x, v, third, gt);
+            for (j = 0; j < P; j++) an += (double)gt[j] * u[j];
+            /* S along theta + t u, t = +-h, +-2h: the order below, differenced */
+            for (q = 0; q < 4; q++) {
+                for (j = 0; j < P; j++) m.params[j] = p0[j] + (float)hs[q] * u[j];
+                sp[q] = net_param_objective(&m, g, x, v, third, NULL);
+            }
+            memcpy(m.params, p0, P * sizeof(float));
+            fd = (-sp[0] + 8 * sp[1] - 8 * sp[2] + sp[3]) / (12 * 1e-2);
+            CHECK(fabs(an - fd) < 2e-3 * (fabs(an) + 1e-2), "%s, %s: grad_theta . u = %.7g, differences %.7g", ebm_act_name(acts[a]),
+                  third ? "third order (sliced score matching)" : "mixed second order (grad_theta |grad_x f|^2)", an, fd);
+            free(gt); free(u); free(p0);
+            ebm_graph_destroy(g);
+            ebm_model_free(&m);
+        }
+}
+
+static void test_fused_matches_composite_on_network(void)
+{
+    /* The plain backward (fused activation kernels) and the recorded one give the same bits. */
+    int acts[] = { EBM_ACT_LEAKY_RELU, EBM_ACT_SILU, EBM_ACT_GELU };
+    int a;
+    for (a = 0; a < 3; a++) {
+        ebm_model m;
+        ebm_graph *g = new_graph(16);
+        float x[NX];
+        int s[4] = { NB, 8, 8, 2 };
+        ebm_var *xv, *y, *g0 = NULL, *g1 = NULL;
+        small_net(&m, acts[a], 6);
+        rnd(x, NX, -1, 1);
+        xv = ebm_leaf(g, x, 4, s);
+        y = ebm_model_forward(&m, g, xv);
+        ebm_grad(g, y, NULL, 1, &xv, &g0, 0);
+        ebm_grad(g, y, NULL, 1, &xv, &g1, 1);
+        CHECK(g0 && g1 && memcmp(g0->data, g1->data, NX * sizeof(float)) == 0, "%s: fused and composite grad_x differ", ebm_act_name(acts[a]));
+        ebm_graph_destroy(g);
+        ebm_model_free(&m);
+    }
+}
+
+/* Everything a step computes, for the thread test: f, grad_x, grad_theta, and the third-order objective's grad_theta. */
+static void all_results(ebm_model *m, ebm_graph *g, float *x, float *v, int n, float *out)
+{
+    int s[4];
+    ebm_var *xv, *y, *gx = NULL;
+    size_t nx = (size_t)n * m->in_h * m->in_w * m->in_c, P = m->n_params;
+    s[0] = n; s[1] = m->in_h; s[2] = m->in_w; s[3] = m->in_c;
+    ebm_graph_reset(g);
+    xv = ebm_leaf(g, x, 4, s);
+    y = ebm_model_forward(m, g, xv);
+    ebm_grad(g, y, NULL, 1, &xv, &gx, 0);
+    memcpy(out, y->data, (size_t)n * sizeof(float));
+    memcpy(out + n, gx->data, nx * sizeof(float));
+    ebm_model_zero_grad(m);
+    ebm_model_backward(m, g, ebm_mean(g, y));
+    memcpy(out + n + nx, m->grads, P * sizeof(float));
+    ebm_graph_reset(g);
+    {
+        ebm_var *hv = NULL, *vv;
+        xv = ebm_leaf(g, x, 4, s);
+        vv = ebm_leaf(g, v, 4, s);
+        y = ebm_model_forward(m, g, xv);
+        ebm_grad(g, y, NULL, 1, &xv, &gx, 1);
+        ebm_grad(g, ebm_dot(g, gx, vv), NULL, 1, &xv, &hv, 1);
+        ebm_model_zero_grad(m);
+        ebm_model_backward(m, g, ebm_dot(g, hv, vv));
+        memcpy(out + n + nx + P, m->grads, P * sizeof(float));
+    }
+}
+
+static void test_threads_bit_identical(void)
+{
+    int act;
+    for (act = 0; act < 2; act++) {
+        ebm_model m;
+        ebm_graph *g = new_graph(256);
+        const int n = 3;
+        size_t nx, tot;
+        float *x, *v, *r1, *r2;
+        CHECK(ebm_model_convnet(&m, 1, 28, 8, act ? EBM_ACT_SILU : EBM_ACT_LEAKY_RELU, 0.2f, 11) == EBM_OK, "convnet: %s", m.err.msg);
+        nx = (size_t)n * 28 * 28;
+        tot = (size_t)n + nx + 2 * m.n_params;
+        x = falloc(nx); v = falloc(nx); r1 = falloc(tot); r2 = falloc(tot);
+        rnd(x, nx, -1, 1); rnd(v, nx, -1, 1);
+        ebm_set_threads(1);
+        all_results(&m, g, x, v, n, r1);
+        ebm_set_threads(2);
+        all_results(&m, g, x, v, n, r2);
+        CHECK(ebm_graph_status(g) == EBM_OK, "graph: %s", gmsg(g));
+        CHECK(memcmp(r1, r2, tot * sizeof(float)) == 0, "%s net: 1 and 2 threads give different bits", act ? "silu" : "leaky");
+        free(x); free(v); free(r1); free(r2);
+        ebm_graph_destroy(g);
+        ebm_model_free(&m);
+    }
+}
+
+/* ------------------------------------------------------------------ tests: models */
+
+static void test_reference_networks(void)
+{
+    ebm_model m;
+    int h, w, c, nf;
+    for (nf = 16; nf <= 64; nf *= 4) {
+        int hw;
+        for (hw = 28; hw <= 32; hw += 4) {
+            int C = hw == 28 ? 1 : 3, k = hw == 28 ? 3 : 4;
+            /* PyTorch's count: sum over convs of Co*Ci*K*K + Co */
+            size_t want = (size_t)nf * C * 9 + nf + (size_t)2 * nf * nf * 16 + 2 * nf + (size_t)4 * nf * 2 * nf * 16 + 4 * nf +
+                          (size_t)8 * nf * 4 * nf * 16 + 8 * nf + (size_t)8 * nf * k * k + 1;
+            CHECK(ebm_model_convnet(&m, C, hw, nf, EBM_ACT_LEAKY_RELU, 0.2f, 1) == EBM_OK, "convnet: %s", m.err.msg);
+            ebm_model_out_shape(&m, &h, &w, &c);
+            CHECK(h == 1 && w == 1 && c == 1, "convnet %d: output %dx%dx%d", hw, c, h, w);
+            CHECK(m.n_params == want, "convnet %d nf %d: %lu parameters, PyTorch has %lu", hw, nf, (unsigned long)m.n_params, (unsigned long)want);
+            CHECK(m.layer[8].k == k, "convnet %d: last kernel %d", hw, m.layer[8].k);
+            ebm_model_free(&m);
+        }
+    }
+    CHECK(ebm_model_generator28(&m, 100, 16, 1, 1) == EBM_OK, "generator: %s", m.err.msg);
+    ebm_model_out_shape(&m, &h, &w, &c);
+    CHECK(h == 28 && w == 28 && c == 1, "generator output %dx%dx%d", c, h, w);
+    ebm_model_free(&m);
+    CHECK(ebm_model_mlp_prior(&m, 100, 200, EBM_ACT_LEAKY_RELU, 0.2f, 1) == EBM_OK, "prior: %s", m.err.msg);
+    CHECK(m.n_params == (size_t)100 * 200 + 200 + 200 * 200 + 200 + 200 + 1, "prior parameters %lu", (unsigned long)m.n_params);
+    ebm_model_free(&m);
+}
+
+/* The empirical spread of a block of U(-b, b) values: max |w| <= b, and the
+   standard deviation b/sqrt(3) within 5 standard errors (Var(w^2) = 4b^4/45). */
+static void check_uniform_block(const char *what, const float *w, size_t n, double b)
+{
+    double s2 = 0, mx = 0, want = b * b / 3, se = sqrt(4 * b * b * b * b / 45 / (double)n);
+    size_t i;
+    for (i = 0; i < n; i++) { s2 += (double)w[i] * w[i]; if (fabs(w[i]) > mx) mx = fabs(w[i]); }
+    s2 /= (double)n;
+    CHECK(mx <= b * (1 + 1e-6), "%s: |w| reaches %.5f > bound %.5f", what, mx, b);
+    CHECK(mx > b * (1 - 20.0 / (double)n), "%s: |w| only reaches %.5f of %.5f", what, mx, b);
+    CHECK(fabs(s2 - want) < 5 * se, "%s: mean square %.6f, want %.6f +- %.6f", what, s2, want, 5 * se);
+}
+
+static void test_init_matches_pytorch_defaults(void)
+{
+    ebm_model m;
+    CHECK(ebm_model_convnet(&m, 1, 28, 32, EBM_ACT_LEAKY_RELU, 0.2f, 7) == EBM_OK, "convnet");
+    check_uniform_block("conv 4x4 weights", m.params + m.layer[4].w_off, m.layer[4].w_size, 1 / sqrt(64.0 * 16));
+    check_uniform_block("conv 4x4 bias", m.params + m.layer[4].b_off, m.layer[4].b_size, 1 / sqrt(64.0 * 16));
+    ebm_model_free(&m);
+    /* transposed conv: PyTorch's fan_in is weight.size(1) * K * K = out_channels * K * K */
+    CHECK(ebm_model_generator28(&m, 100, 32, 1, 7) == EBM_OK, "generator");
+    check_uniform_block("convT 7x7 weights (fan_in = Co*K*K)", m.params + m.layer[0].w_off, m.layer[0].w_size, 1 / sqrt(64.0 * 49));
+    check_uniform_block("convT 4x4 weights (fan_in = Co*K*K)", m.params + m.layer[2].w_off, m.layer[2].w_size, 1 / sqrt(32.0 * 16));
+    ebm_model_free(&m);
+    CHECK(ebm_model_mlp_prior(&m, 100, 200, EBM_ACT_GELU, 0, 7) == EBM_OK, "prior");
+    check_uniform_block("linear weights", m.params + m.layer[2].w_off, m.layer[2].w_size, 1 / sqrt(200.0));
+    ebm_model_free(&m);
+}
+
+static void test_torch_layout_roundtrip(void)
+{
+    ebm_model m;
+    float *t, *saved;
+    int k, ci, co, kh, kw;
+    ebm_model_init(&m, 3, 4, 5);
+    ebm_model_add_conv2d(&m, 6, 3, 1, 1, 1);
+    ebm_model_add_conv_transpose2d(&m, 2, 4, 2, 1, 1, 1);
+    ebm_model_add_linear(&m, 7, 1);
+    CHECK(ebm_model_alloc(&m, 3) == EBM_OK, "alloc: %s", m.err.msg);
+    t = falloc(m.n_params); saved = falloc(m.n_params);
+    memcpy(saved, m.params, m.n_params * sizeof(float));
+    ebm_model_export_torch(&m, t);
+    /* spot the layouts: conv (Co,Ci,K,K) and convT (Ci,Co,K,K) */
+    for (co = 0; co < 6; co++) for (ci = 0; ci < 3; ci++) for (kh = 0; kh < 3; kh++) for (kw = 0; kw < 3; kw++)
+        CHECK(t[((co * 3 + ci) * 3 + kh) * 3 + kw] == m.params[((kh * 3 + kw) * 3 + ci) * 6 + co], "conv layout");
+    for (ci = 0; ci < 6; ci++) for (co = 0; co < 2; co++) for (k = 0; k < 16; k++)
+        CHECK(t[m.layer[1].w_off + (ci * 2 + co) * 16 + k] == m.params[m.layer[1].w_off + (k * 2 + co) * 6 + ci], "convT layout");
+    memset(m.params, 0, m.n_params * sizeof(float));
+    ebm_model_import_torch(&m, t);
+    CHECK(memcmp(saved, m.params, m.n_params * sizeof(float)) == 0, "export then import is not the identity");
+    free(t); free(saved);
+    ebm_model_free(&m);
+}
+
+static void test_linear_flatten_order_matches_torch(void)
+{
+    /* A linear layer on a 2x3x2 (CxHxW) input: ours on NHWC with our weights
+       equals PyTorch's formula on NCHW with the exported weights. */
+    ebm_model m;
+    ebm_graph *g = new_graph(4);
+    float x[2 * 12], xc[2 * 12], *t;
+    int s[4] = { 2, 3, 2, 2 }, n, o, i;
+    ebm_var *y;
+    ebm_model_init(&m, 2, 3, 2);
+    ebm_model_add_linear(&m, 4, 1);
+    ebm_model_alloc(&m, 9);
+    t = falloc(m.n_params);
+    ebm_model_export_torch(&m, t);
+    rnd(x, 24, -1, 1);
+    ebm_nhwc_to_nchw(x, xc, 2, 2, 3, 2);
+    y = ebm_model_forward(&m, g, ebm_leaf(g, x, 4, s));
+    for (n = 0; n < 2; n++)
+        for (o = 0; o < 4; o++) {
+            double acc = t[48 + o];
+            for (i = 0; i < 12; i++) acc += (double)t[o * 12 + i] * xc[n * 12 + i];
+            CHECK(fabs(acc - y->data[n * 4 + o]) < 1e-5, "sample %d output %d: %g vs torch formula %g", n, o, (double)y->data[n * 4 + o], acc);
+        }
+    free(t);
+    ebm_graph_destroy(g);
+    ebm_model_free(&m);
+}
+
+static void test_step_bytes_exact(void)
+{
+    /* The measured prediction equals what the real step uses, for every kind. */
+    int kind;
+    for (kind = EBM_STEP_FORWARD; kind <= EBM_STEP_THIRD_ORDER; kind++) {
+        ebm_model m;
+        ebm_graph *g;
+        ebm_error e;
+        size_t pred = 0, nx = 5 * 28 * 28;
+        float *x = falloc(nx), *v = falloc(nx);
+        ebm_model_convnet(&m, 1, 28, 8, EBM_ACT_SILU, 0, 1);
+        CHECK(ebm_model_step_bytes(&m, 5, kind, &pred, &e) == EBM_OK, "step_bytes: %s", e.msg);
+        rnd(x, nx, -1, 1); rnd(v, nx, -1, 1);
+        ebm_graph_create(&g, pred, &e);
+        ebm_graph_reset(g);
+        CHECK(ebm__step_build(&m, g, kind, 5, x, v) == EBM_OK, "kind %d does not fit its predicted %lu bytes: %s", kind, (unsigned long)pred,
+              gmsg(g));
+        CHECK(ebm_graph_peak_bytes(g) - (size_t)(ebm__aligned_base(g) - g->a.base) + EBM__ALIGN == pred,
+              "kind %d: used %lu, predicted %lu", kind, (unsigned long)ebm_graph_peak_bytes(g), (unsigned long)pred);
+        ebm_graph_destroy(g);
+        /* and one that is 1 KiB short fails cleanly with ENOMEM */
+        ebm_graph_create(&g, pred - 1024, &e);
+        ebm_graph_reset(g);
+        CHECK(ebm__step_build(&m, g, kind, 5, x, v) == EBM_ENOMEM, "kind %d ran in less than its predicted memory", kind);
+        CHECK(strstr(gmsg(g), "arena full") != NULL, "ENOMEM reason: %s", gmsg(g));
+        ebm_graph_destroy(g);
+        free(x); free(v);
+        ebm_model_free(&m);
+    }
+}
+
+static void test_no_allocation_per_step(void)
+{
+    /* After setup, a loop of Langevin-style steps calls the allocator zero times. */
+    ebm_model m;
+    ebm_graph *g;
+    ebm_error e;
+    size_t bytes, nx = 4 * 28 * 28;
+    float *x = falloc(nx), *dx = falloc(nx), f[4];
+    long before;
+    int k;
+    ebm_model_convnet(&m, 1, 28, 8, EBM_ACT_LEAKY_RELU, 0.2f, 1);
+    ebm_model_step_bytes(&m, 4, EBM_STEP_INPUT_GRAD, &bytes, &e);
+    ebm_graph_create(&g, bytes, &e);
+    rnd(x, nx, -1, 1);
+    before = t_calls;
+    for (k = 0; k < 5; k++) {
+        size_t i;
+        CHECK(ebm_model_score(&m, g, x, 4, f, dx) == EBM_OK, "score: %s", gmsg(g));
+        for (i = 0; i < nx; i++) x[i] += 0.01f * dx[i];
+    }
+    CHECK(t_calls == before, "%ld allocations in 5 steps", t_calls - before);
+    ebm_graph_destroy(g);
+    ebm_model_free(&m);
+    free(x); free(dx);
+}
+
+static void test_optimisers(void)
+{
+    /* Adam and SGD minimise a quadratic; Adam's first step is lr * sign(g) (PyTorch's rule). */
+    ebm_model m;
+    ebm_graph *g = new_graph(4);
+    int s[4] = { 1, 1, 1, 3 }, t;
+    float x[3] = { 0.5f, -1.0f, 2.0f }, p0;
+    ebm_model_init(&m, 3, 1, 1);
+    ebm_model_add_linear(&m, 1, 0);
+    ebm_model_alloc(&m, 1);
+    p0 = m.params[0];
+    ebm_model_zero_grad(&m);
+    ebm_model_backward(&m, g, ebm_model_forward(&m, g, ebm_leaf(g, x, 4, s)));
+    CHECK(ebm_adam_step(&m, 0.01f, 0.9f, 0.999f, 1e-8f, 1) == EBM_OK, "adam");
+    CHECK(fabs(m.params[0] - (p0 - 0.01f)) < 1e-6, "adam first step %g, want %g", (double)(m.params[0] - p0), -0.01);
+    for (t = 0; t < 300; t++) { /* minimise (w.x - 1)^2 */
+        ebm_var *y;
+        ebm_graph_reset(g);
+        y = ebm_model_forward(&m, g, ebm_leaf(g, x, 4, s));
+        ebm_model_zero_grad(&m);
+        ebm_model_backward(&m, g, ebm_sqnorm(g, ebm_add(g, y, ebm_full(g, 1, s, -1.0f))));
+        ebm_sgd_step(&m, 0.02f, 0.9f);
+    }
+    {
+        float y = m.params[0] * x[0] + m.params[1] * x[1] + m.params[2] * x[2];
+        CHECK(fabs(y - 1) < 1e-4, "SGD with momentum did not reach the minimum: %g", (double)y);
+    }
+    CHECK(ebm_adam_step(&m, -1, 0.9f, 0.999f, 1e-8f, 1) == EBM_EINVAL, "negative lr accepted");
+    CHECK(ebm_sgd_step(&m, 0.1f, 1.5f) == EBM_EINVAL, "momentum 1.5 accepted");
+    ebm_graph_destroy(g);
+    ebm_model_free(&m);
+}
+
+static void test_model_score_matches_graph(void)
+{
+    ebm_model m;
+    ebm_graph *g = new_graph(16);
+    float x[3 * 28 * 28], f[3], dx[3 * 28 * 28], f1[3];
+    int i;
+    ebm_model_convnet(&m, 1, 28, 4, EBM_ACT_LEAKY_RELU, 0.2f, 2);
+    rnd(x, sizeof x / sizeof x[0], -1, 1);
+    CHECK(ebm_model_score(&m, g, x, 3, f, dx) == EBM_OK, "score");
+    for (i = 0; i < 3; i++) { /* one sample at a time gives the same energies */
+        CHECK(ebm_model_score(&m, g, x + i * 784, 1, f1 + i, NULL) == EBM_OK, "score single");
+        CHECK(fabs(f1[i] - f[i]) <= 1e-6 * (1 + fabs(f[i])), "sample %d: %g alone, %g in a batch", i, (double)f1[i], (double)f[i]);
+    }
+    ebm_graph_destroy(g);
+    ebm_model_free(&m);
+}
+
+/* ------------------------------------------------------------------ tests: bad input */
+
+static void test_bad_arguments(void)
+{
+    ebm_graph *g = new_graph(4);
+    float d[64];
+    int s4[4] = { 1, 4, 4, 2 }, ws[4] = { 3, 3, 3, 5 }, zero[2] = { 3, 0 }, lab[2] = { 0, 7 };
+    ebm_var *x, *w;
+    ebm_error e;
+    ebm_model m;
+    memset(d, 0, sizeof d);
+    /* channel mismatch: NULL, EINVAL, a reason, and the error sticks */
+    x = ebm_leaf(g, d, 4, s4);
+    w = ebm_leaf(g, d, 4, ws);
+    CHECK(ebm_conv2d(g, x, w, NULL, 1, 1) == NULL, "mismatched conv accepted");
+    CHECK(ebm_graph_status(g) == EBM_EINVAL, "status %s", ebm_status_name(ebm_graph_status(g)));
+    CHECK(strstr(gmsg(g), "channels") != NULL, "reason: %s", gmsg(g));
+    CHECK(ebm_add(g, x, x) == NULL, "an op ran on a failed graph");
+    ebm_graph_reset(g);
+    CHECK(ebm_graph_status(g) == EBM_OK, "reset did not clear the error");
+    /* zero sizes, NULL arguments, bad strides, kernels that do not fit */
+    CHECK(ebm_tensor(g, 2, zero) == NULL && ebm_graph_status(g) == EBM_EINVAL, "zero-size tensor accepted"); ebm_graph_reset(g);
+    CHECK(ebm_conv2d(g, NULL, NULL, NULL, 1, 0) == NULL && ebm_graph_status(g) == EBM_EINVAL, "NULL conv input accepted"); ebm_graph_reset(g);
+    x = ebm_leaf(g, d, 4, s4);
+    ws[2] = 2; ws[0] = ws[1] = 7;
+    CHECK(ebm_conv2d(g, x, ebm_leaf(g, d, 4, ws), NULL, 1, 0) == NULL && strstr(gmsg(g), "does not fit"), "oversized kernel: %s", gmsg(g)); ebm_graph_reset(g);
+    x = ebm_leaf(g, d, 4, s4);
+    ws[0] = ws[1] = 3;
+    CHECK(ebm_conv2d(g, x, ebm_leaf(g, d, 4, ws), NULL, 0, 0) == NULL && ebm_graph_status(g) == EBM_EINVAL, "stride 0 accepted"); ebm_graph_reset(g);
+    x = ebm_leaf(g, d, 4, s4);
+    CHECK(ebm_conv2d_transpose(g, x, ebm_leaf(g, d, 4, ws), NULL, 2, 1, 20, 20) == NULL && ebm_graph_status(g) == EBM_EINVAL, "impossible transposed output accepted"); ebm_graph_reset(g);
+    CHECK(ebm_add(g, ebm_leaf(g, d, 4, s4), ebm_leaf(g, d, 4, ws)) == NULL && ebm_graph_status(g) == EBM_EINVAL, "add of different sizes accepted"); ebm_graph_reset(g);
+    CHECK(ebm_reshape(g, ebm_leaf(g, d, 4, s4), 2, ws) == NULL && ebm_graph_status(g) == EBM_EINVAL, "reshape to another size accepted"); ebm_graph_reset(g);
+    CHECK(ebm_maxpool(g, ebm_leaf(g, d, 4, s4), 5, 1) == NULL && ebm_graph_status(g) == EBM_EINVAL, "pool window larger than input accepted"); ebm_graph_reset(g);
+    zero[0] = 2; zero[1] = 3;
+    CHECK(ebm_softmax_xent(g, ebm_leaf(g, d, 2, zero), lab) == NULL && strstr(gmsg(g), "label 7"), "label out of range: %s", gmsg(g)); ebm_graph_reset(g);
+    CHECK(ebm_act(g, ebm_leaf(g, d, 4, s4), 99, 0) == NULL && ebm_graph_status(g) == EBM_EINVAL, "unknown activation accepted"); ebm_graph_reset(g);
+    CHECK(ebm_act_deriv(g, ebm_leaf(g, d, 4, s4), EBM_ACT_SILU, 0, 4) == NULL && ebm_graph_status(g) == EBM_EUNSUPPORTED, "4th derivative of silu"); ebm_graph_reset(g);
+    x = ebm_leaf(g, d, 4, s4);
+    CHECK(ebm_grad(g, ebm_sum(g, x), NULL, 1, NULL, NULL, 0) == EBM_EINVAL, "grad with NULL inputs accepted"); ebm_graph_reset(g);
+    { /* differentiating cross-entropy twice is refused, not silently wrong */
+        ebm_var *z, *gz = NULL, *gg = NULL;
+        lab[1] = 1;
+        z = ebm_leaf(g, d, 2, zero);
+        ebm_grad(g, ebm_softmax_xent(g, z, lab), NULL, 1, &z, &gz, 1);
+        CHECK(ebm_grad(g, ebm_sum(g, gz), NULL, 1, &z, &gg, 0) == EBM_EUNSUPPORTED, "second derivative of softmax_xent: %s", ebm_status_name(ebm_graph_status(g)));
+        ebm_graph_reset(g);
+    }
+    /* graph creation */
+    CHECK(ebm_graph_create(NULL, 1 << 20, &e) == EBM_EINVAL, "NULL graph pointer accepted");
+    { ebm_graph *g2; CHECK(ebm_graph_create(&g2, 10, &e) == EBM_EINVAL && g2 == NULL, "tiny arena accepted"); }
+    /* model building: the first error sticks and carries the reason */
+    ebm_model_init(&m, 1, 8, 8);
+    CHECK(ebm_model_add_conv2d(&m, 4, 11, 1, 1, 1) == EBM_EINVAL, "11x11 kernel on 8x8 accepted");
+    CHECK(strstr(m.err.msg, "does not fit") != NULL, "reason: %s", m.err.msg);
+    CHECK(ebm_model_add_act(&m, EBM_ACT_SILU, 0) == EBM_EINVAL, "builder continued after an error");
+    CHECK(ebm_model_alloc(&m, 1) == EBM_EINVAL && m.params == NULL, "alloc after an error");
+    CHECK(ebm_model_init(&m, 0, 8, 8) == EBM_EINVAL, "0 channels accepted");
+    ebm_model_init(&m, 1, 8, 8);
+    CHECK(ebm_model_add_conv_transpose2d(&m, 2, 4, 2, 1, 2, 1) == EBM_EINVAL, "output padding >= stride accepted");
+    ebm_model_init(&m, 1, 8, 8);
+    CHECK(ebm_model_add_conv2d(&m, 0, 3, 1, 1, 1) == EBM_EINVAL, "0 output channels accepted");
+    ebm_model_init(&m, 1, 8, 8);
+    CHECK(ebm_model_add_act(&m, EBM_ACT_LEAKY_RELU, NAN) == EBM_EINVAL, "NaN slope accepted");
+    ebm_model_init(&m, 1, 8, 8);
+    CHECK(ebm_model_alloc(&m, 1) == EBM_EINVAL, "empty model allocated");
+    CHECK(ebm_model_convnet(&m, 1, 4, 8, EBM_ACT_LEAKY_RELU, 0.2f, 1) == EBM_EINVAL, "4x4 convnet accepted");
+    /* a model forward on the wrong input shape */
+    ebm_model_convnet(&m, 1, 28, 4, EBM_ACT_LEAKY_RELU, 0.2f, 1);
+    CHECK(ebm_model_forward(&m, g, ebm_leaf(g, d, 4, s4)) == NULL && strstr(gmsg(g), "input must be"), "wrong input shape: %s", gmsg(g));
+    ebm_model_free(&m);
+    ebm_graph_destroy(g);
+    CHECK(ebm_model_step_bytes(&m, 0, EBM_STEP_FORWARD, NULL, &e) == EBM_EINVAL, "step_bytes with NULL result accepted");
+}
+
+static void test_failing_allocator(void)
+{
+    /* Each allocation a setup makes fails in turn: a status and a reason, and nothing leaks. */
+    long k, live0 = t_live;
+    for (k = 0; k < 3; k++) {
+        ebm_graph *g = NULL;
+        ebm_model m;
+        ebm_error e;
+        int st;
+        t_calls = 0; t_fail_at = k;
+        st = ebm_graph_create(&g, 1 << 20, &e);
+        if (k < 2) CHECK(st == EBM_ENOMEM && g == NULL && e.msg[0] != 0, "graph create with allocation %ld failing: %s", k, e.msg);
+        else CHECK(st == EBM_OK && g != NULL, "graph create with enough memory: %s", e.msg);
+        ebm_graph_destroy(g);
+        t_calls = 0; t_fail_at = 0;
+        st = ebm_model_convnet(&m, 1, 28, 4, EBM_ACT_LEAKY_RELU, 0.2f, 1);
+        CHECK(st == EBM_ENOMEM && m.params == NULL, "model alloc with a failing allocator: %s", ebm_status_name(st));
+        CHECK(strstr(m.err.msg, "allocate") != NULL, "reason: %s", m.err.msg);
+        ebm_model_free(&m);
+        t_fail_at = -1;
+        CHECK(ebm_model_step_bytes(&m, 1, EBM_STEP_FORWARD, NULL, &e) == EBM_EINVAL, "unallocated model measured");
+    }
+    t_fail_at = -1;
+    CHECK(t_live == live0, "%ld blocks leaked", t_live - live0);
+}
+
+static void test_npy_save(void)
+{
+    float d[6] = { 1, 2, 3, 4, 5, 6 }, back[6];
+    int shape[3] = { 1, 2, 3 };
+    unsigned char hdr[128];
+    ebm_error e;
+    FILE *f;
+    unsigned hl;
+    CHECK(ebm_npy_save("test_npy.npy", d, 3, shape, &e) == EBM_OK, "save: %s", e.msg);
+    f = fopen("test_npy.npy", "rb");
+    CHECK(f != NULL, "cannot reopen");
+    if (!f) return;
+    CHECK(fread(hdr, 1, 10, f) == 10, "short file");
+    CHECK(memcmp(hdr, "\x93NUMPY\x01\x00", 8) == 0, "magic");
+    hl = hdr[8] | (unsigned)hdr[9] << 8;
+    CHECK((10 + hl) % 64 == 0, "header length %u is not 64-aligned", hl);
+    CHECK(hl < sizeof hdr && fread(hdr, 1, hl, f) == hl, "header");
+    hdr[hl < sizeof hdr ? hl - 1 : 0] = 0;
+    CHECK(strstr((char *)hdr, "'shape': (1, 2, 3)") != NULL && strstr((char *)hdr, "'<f4'") != NULL, "header: %s", hdr);
+    CHECK(fread(back, sizeof(float), 6, f) == 6 && memcmp(back, d, sizeof d) == 0, "data");
+    fclose(f);
+    remove("test_npy.npy");
+    CHECK(ebm_npy_save("/nonexistent-dir/x.npy", d, 3, shape, &e) == EBM_EIO, "unwritable path: %s", ebm_status_name(e.status));
+}
+
+static const test_case tests[] = {
+    { "rng_philox_known_answers", test_rng_philox_known_answers },
+    { "rng_counter_based", test_rng_counter_based },
+    { "rng_normal_statistics", test_rng_normal_statistics },
+    { "rng_uniform_statistics", test_rng_uniform_statistics },
+    { "rng_math_kernels", test_rng_math_kernels },
+    { "conv_kernels_match_reference", test_conv_kernels_match_reference },
+    { "activation_derivatives", test_activation_derivatives },
+    { "op_conv2d", test_op_conv2d },
+    { "op_conv2d_transpose", test_op_conv2d_transpose },
+    { "op_conv2d_weight_grad", test_op_conv2d_weight_grad },
+    { "op_activations", test_op_activations },
+    { "op_pooling", test_op_pooling },
+    { "op_softmax_xent", test_op_softmax_xent },
+    { "op_elementwise", test_op_elementwise },
+    { "op_linear", test_op_linear },
+    { "network_first_order", test_network_first_order },
+    { "network_hessian_vector", test_network_hessian_vector },
+    { "network_mixed_and_third_order", test_network_mixed_and_third_order },
+    { "fused_matches_composite_on_network", test_fused_matches_composite_on_network },
+    { "threads_bit_identical", test_threads_bit_identical },
+    { "reference_networks", test_reference_networks },
+    { "init_matches_pytorch_defaults", test_init_matches_pytorch_defaults },
+    { "torch_layout_roundtrip", test_torch_layout_roundtrip },
+    { "linear_flatten_order_matches_torch", test_linear_flatten_order_matches_torch },
+    { "step_bytes_exact", test_step_bytes_exact },
+    { "no_allocation_per_step", test_no_allocation_per_step },
+    { "optimisers", test_optimisers },
+    { "model_score_matches_graph", test_model_score_matches_graph },
+    { "bad_arguments", test_bad_arguments },
+    { "failing_allocator", test_failing_allocator },
+    { "npy_save", test_npy_save },
+};
+
+int main(int argc, char **argv)
+{
+    return run_tests(tests, (int)(sizeof tests / sizeof tests[0]), argc > 1 ? argv[1] : NULL);
+}
