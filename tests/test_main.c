@@ -407,6 +407,23 @@ static void test_rng_philox_known_answers(void)
     }
 }
 
+static void test_rng_lanes_match_scalar_philox(void)
+{
+    /* The vectorised draw is the scalar block at counter (coord/4, step, sample, stream), key = seed. */
+    ebm_rng r;
+    float u[203];
+    uint32_t key[2], ctr[4], out[4];
+    int i;
+    r.seed = 0x123456789abcdefULL; r.stream = 77;
+    key[0] = (uint32_t)r.seed; key[1] = (uint32_t)(r.seed >> 32);
+    ebm_rng_uniform(&r, 31, 9, 0.0f, 1.0f, u, 203);
+    for (i = 0; i < 203; i++) {
+        ctr[0] = (uint32_t)(i / 4); ctr[1] = 9; ctr[2] = 31; ctr[3] = 77;
+        ebm_philox4x32(ctr, key, out);
+        CHECK(u[i] == (float)(out[i % 4] >> 8) * (1.0f / 16777216.0f), "coordinate %d: %.9g", i, (double)u[i]);
+    }
+}
+
 static void test_rng_counter_based(void)
 {
     ebm_rng r;
@@ -1313,6 +1330,7 @@ static void test_npy_save(void)
 
 static const test_case tests[] = {
     { "rng_philox_known_answers", test_rng_philox_known_answers },
+    { "rng_lanes_match_scalar_philox", test_rng_lanes_match_scalar_philox },
     { "rng_counter_based", test_rng_counter_based },
     { "rng_normal_statistics", test_rng_normal_statistics },
     { "rng_uniform_statistics", test_rng_uniform_statistics },
