@@ -2,7 +2,7 @@
 # every configuration the library promises to work in.
 CC      ?= cc
 CXX     ?= c++
-OPT     ?= -O2 -march=native
+OPT     ?= -O3 -march=native
 # No FMA contraction and no fast-math: the same bits in C and C++ builds, and isfinite() stays honest.
 FPFLAGS  = -ffp-contract=off
 WARN     = -Wall -Wextra -Werror
