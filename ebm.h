@@ -1031,7 +1031,7 @@ EBMDEF int ebm_graph_create(ebm_graph **out, size_t bytes, ebm_error *err)
         return ebm__fail(err, EBM_ENOMEM, "ebm_graph_create: cannot allocate a %lu-byte arena", (unsigned long)bytes);
     }
     g->a.size = bytes;
-    g->record = 1;
+    ebm_graph_reset(g);
     *out = g;
     ebm__ok(err);
     return EBM_OK;
