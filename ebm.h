@@ -111,7 +111,9 @@ typedef struct ebm_error {
 /* The name of a status code, e.g. "EBM_EINVAL". */
 EBMDEF const char *ebm_status_name(int status);
 
-/* Wall-clock seconds from an arbitrary origin (monotonic where available). */
+/* Wall-clock seconds from an arbitrary origin: CLOCK_MONOTONIC where time.h
+   offers it (in strict -std=c99, define _POSIX_C_SOURCE 199309L before any
+   include), else omp_get_wtime() with OpenMP, else clock(). */
 EBMDEF double ebm_time_sec(void);
 
 /* Number of threads the kernels may use (1 without OpenMP); results never depend on it. */
@@ -1488,6 +1490,7 @@ EBMDEF ebm_var *ebm_maxpool(ebm_graph *g, ebm_var *x, int k, int stride)
     int32_t *idx;
     EBM__BEGIN(g);
     if (!ebm__pool_check(g, "maxpool", x, k, stride, shape)) return NULL;
+    if (x->size > (size_t)INT32_MAX) return ebm__gfail(g, EBM_EINVAL, "maxpool: %lu values do not fit its int32 indices", (unsigned long)x->size);
     y = ebm__node(g, EBM__OP_MAXPOOL, 4, shape, x, NULL, NULL, 0);
     if (!y || !ebm__data(g, y->size * sizeof(int32_t), (void **)&idx)) return NULL;
     y->aux = idx;
