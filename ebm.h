@@ -36,6 +36,7 @@
        5. autograd      the tape (ebm_graph), ops, reverse mode with create_graph
        6. models        layer sequences, PyTorch-default initialisation, memory
                         prediction, the reference networks, Adam and SGD
+       6b. samplers     Langevin dynamics (both forms, Gaussian reference, box)
        7. file formats  NPY
 
    OPTIONS (#define before including the implementation)
@@ -337,6 +338,40 @@ EBMDEF int ebm_sgd_step(ebm_model *m, float lr, float momentum);
 EBMDEF void ebm_nchw_to_nhwc(const float *src, float *dst, int n, int c, int h, int w);
 EBMDEF void ebm_nhwc_to_nchw(const float *src, float *dst, int n, int c, int h, int w);
 
+/* ---------------------------------------------------------------- sampling */
+
+/* Langevin dynamics towards p(x) = exp(f(x)) q(x) / Z (ALGORITHMS.md §2), in
+   either form:
+     EBM_LANGEVIN_EPS:        x += (eps^2 / 2) drift + eps xi        (textbook)
+     EBM_LANGEVIN_STEP_NOISE: x += step drift + noise xi             (short-run papers;
+                              samples the tempered exp(f/T), T = noise^2 / (2 step))
+   with drift = grad_x f(x) - x / sigma_q^2 for a Gaussian reference
+   q = N(0, sigma_q^2 I) (sigma_q > 0), or grad_x f(x) alone (sigma_q = 0).
+   An unadjusted chain that leaves the box [lo, hi] is clamped back or
+   reflected (it then samples a slightly different law than the boxed target). */
+enum { EBM_LANGEVIN_EPS, EBM_LANGEVIN_STEP_NOISE };
+enum { EBM_BOX_NONE, EBM_BOX_CLAMP, EBM_BOX_REFLECT };
+typedef struct ebm_langevin {
+    int form;            /* EBM_LANGEVIN_* */
+    float eps;           /* EBM_LANGEVIN_EPS */
+    float step, noise;   /* EBM_LANGEVIN_STEP_NOISE */
+    float sigma_q;       /* Gaussian reference's std, or 0 for none */
+    int box;             /* EBM_BOX_* */
+    float lo, hi;        /* the box */
+    int n_steps;         /* K */
+    uint32_t first_step; /* step index of the first step: keys the noise */
+} ebm_langevin;
+
+/* The short-run image recipe: step 1, noise 0.01, K = 100, clamped to [-1, 1]. */
+EBMDEF void ebm_langevin_default(ebm_langevin *cfg);
+/* Run cfg->n_steps steps on x (n samples, (n,H,W,C)) in place, in graph g
+   (reset every step; size it with EBM_STEP_INPUT_GRAD). The noise of sample
+   i at step k is drawn at (rng, first_sample + i, first_step + k), so a chain
+   gives the same bits whatever batch it runs in. If grad_norm is not NULL it
+   receives r_t: the mean over steps and samples of |grad_x f(x_k)|. */
+EBMDEF int ebm_langevin_run(ebm_model *m, ebm_graph *g, const ebm_langevin *cfg, const ebm_rng *rng,
+                            uint64_t first_sample, float *x, int n, double *grad_norm);
+
 /* ---------------------------------------------------------------- files */
 
 /* Write a float32 little-endian NPY file of the given shape. */
@@ -575,16 +610,18 @@ EBMDEF void ebm_rng_uniform(const ebm_rng *r, uint64_t sample, uint32_t step,
     }
 }
 
-EBMDEF void ebm_rng_normal(const ebm_rng *r, uint64_t sample, uint32_t step, float *out, size_t n)
+/* Normals for coordinates coord0 .. coord0+n-1 (coord0 a multiple of 4). */
+static void ebm__rng_normal_at(const ebm_rng *r, uint64_t sample, uint32_t step, size_t coord0, float *out, size_t n)
 {
     uint32_t k0, k1, o[4][EBM__LANES];
     float z[4][EBM__LANES];
     size_t base = 0;
+    EBM_ASSERT(coord0 % 4 == 0);
     ebm__key(r, &k0, &k1);
     while (base < n) {
         size_t i, m = n - base < 4 * EBM__LANES ? n - base : 4 * EBM__LANES;
         int l;
-        ebm__philox_lanes((uint32_t)(base / 4), step, (uint32_t)sample, r->stream, k0, k1, o);
+        ebm__philox_lanes((uint32_t)((coord0 + base) / 4), step, (uint32_t)sample, r->stream, k0, k1, o);
         /* Box-Muller on (u0, u1) and (u2, u3); u0, u2 in (0, 1] so the log is finite. */
         for (l = 0; l < EBM__LANES; l++) {
             float ra = sqrtf(-2.0f * ebm__log01(ebm__u01(o[0][l]) + (1.0f / 16777216.0f)));
@@ -597,6 +634,11 @@ EBMDEF void ebm_rng_normal(const ebm_rng *r, uint64_t sample, uint32_t step, flo
         for (i = 0; i < m; i++) out[base + i] = z[i & 3][i >> 2];
         base += m;
     }
+}
+
+EBMDEF void ebm_rng_normal(const ebm_rng *r, uint64_t sample, uint32_t step, float *out, size_t n)
+{
+    ebm__rng_normal_at(r, sample, step, 0, out, n);
 }
 
 /* ---------------------------------------------------------------- 3. arena */
@@ -2221,6 +2263,94 @@ EBMDEF void ebm_nhwc_to_nchw(const float *src, float *dst, int n, int c, int h, 
     for (i = 0; i < (size_t)n; i++)
         for (j = 0; j < hw; j++)
             for (k = 0; k < c; k++) dst[(i * c + k) * hw + j] = src[(i * hw + j) * c + k];
+}
+
+/* ---------------------------------------------------------------- 6b. samplers */
+
+EBMDEF void ebm_langevin_default(ebm_langevin *c)
+{
+    if (!c) return;
+    memset(c, 0, sizeof *c);
+    c->form = EBM_LANGEVIN_STEP_NOISE;
+    c->eps = 0.1f;
+    c->step = 1.0f;
+    c->noise = 0.01f;
+    c->box = EBM_BOX_CLAMP;
+    c->lo = -1.0f;
+    c->hi = 1.0f;
+    c->n_steps = 100;
+}
+
+static int ebm__finite(float x) { return x == x && x < 1e30f && x > -1e30f; }
+
+/* Keep a coordinate in [lo, hi]: clamp, or mirror at the wall (then clamp, for
+   a step longer than the box). */
+static float ebm__box(float v, int box, float lo, float hi)
+{
+    if (box == EBM_BOX_REFLECT) {
+        if (v > hi) v = hi - (v - hi);
+        if (v < lo) v = lo + (lo - v);
+    }
+    return v > hi ? hi : v < lo ? lo : v;
+}
+
+EBMDEF int ebm_langevin_run(ebm_model *m, ebm_graph *g, const ebm_langevin *c, const ebm_rng *rng,
+                            uint64_t first_sample, float *x, int n, double *grad_norm)
+{
+    int shape[4], oh, ow, oc, k, i;
+    size_t D, j;
+    float a, b, inv_q;
+    double gsum = 0;
+    if (!g) return EBM_EINVAL;
+    ebm_graph_reset(g);
+    if (!m || !m->params || !c || !rng || !x || n < 1)
+        return ebm__gfail(g, EBM_EINVAL, "langevin: NULL model, settings, generator or samples, or n < 1"), EBM_EINVAL;
+    ebm_model_out_shape(m, &oh, &ow, &oc);
+    if (oh * ow * oc != 1) return ebm__gfail(g, EBM_EINVAL, "langevin: the model gives %d values per sample, not one energy", oh * ow * oc), EBM_EINVAL;
+    if (c->form == EBM_LANGEVIN_EPS) {
+        if (!ebm__finite(c->eps) || c->eps <= 0) return ebm__gfail(g, EBM_EINVAL, "langevin: eps %g must be positive", (double)c->eps), EBM_EINVAL;
+        a = 0.5f * c->eps * c->eps; b = c->eps;
+    } else if (c->form == EBM_LANGEVIN_STEP_NOISE) {
+        if (!ebm__finite(c->step) || !ebm__finite(c->noise) || c->step < 0 || c->noise < 0)
+            return ebm__gfail(g, EBM_EINVAL, "langevin: step %g and noise %g must be finite and >= 0", (double)c->step, (double)c->noise), EBM_EINVAL;
+        a = c->step; b = c->noise;
+    } else return ebm__gfail(g, EBM_EINVAL, "langevin: unknown form %d", c->form), EBM_EINVAL;
+    if (!ebm__finite(c->sigma_q) || c->sigma_q < 0) return ebm__gfail(g, EBM_EINVAL, "langevin: sigma_q %g", (double)c->sigma_q), EBM_EINVAL;
+    if (c->box < EBM_BOX_NONE || c->box > EBM_BOX_REFLECT) return ebm__gfail(g, EBM_EINVAL, "langevin: unknown box rule %d", c->box), EBM_EINVAL;
+    if (c->box != EBM_BOX_NONE && !(ebm__finite(c->lo) && ebm__finite(c->hi) && c->lo < c->hi))
+        return ebm__gfail(g, EBM_EINVAL, "langevin: box [%g, %g] is empty", (double)c->lo, (double)c->hi), EBM_EINVAL;
+    if (c->n_steps < 0) return ebm__gfail(g, EBM_EINVAL, "langevin: %d steps", c->n_steps), EBM_EINVAL;
+    inv_q = c->sigma_q > 0 ? 1.0f / (c->sigma_q * c->sigma_q) : 0.0f;
+    shape[0] = n; shape[1] = m->in_h; shape[2] = m->in_w; shape[3] = m->in_c;
+    D = (size_t)m->in_h * m->in_w * m->in_c;
+    for (k = 0; k < c->n_steps; k++) {
+        ebm_var *xv, *y, *gx = NULL;
+        ebm_graph_reset(g);
+        xv = ebm_leaf(g, x, 4, shape);
+        y = ebm_model_forward(m, g, xv);
+        if (ebm_grad(g, y, NULL, 1, &xv, &gx, 0) != EBM_OK) return g->err.status;
+        /* x_{k+1} = x_k + a (grad f - x / sigma_q^2) + b xi, one sample at a
+           time, the noise drawn in chunks on the stack. */
+        for (i = 0; i < n; i++) {
+            float *xs = x + (size_t)i * D;
+            const float *gs = gx->data + (size_t)i * D;
+            double nrm = 0;
+            float xi[256];
+            for (j = 0; j < D; j += 256) {
+                size_t t, len = D - j < 256 ? D - j : 256;
+                ebm__rng_normal_at(rng, first_sample + (uint64_t)i, c->first_step + (uint32_t)k, j, xi, len);
+                for (t = 0; t < len; t++) {
+                    float v = xs[j + t], gr = gs[j + t];
+                    nrm += (double)gr * gr;
+                    v = v + a * (gr - inv_q * v) + b * xi[t];
+                    xs[j + t] = c->box == EBM_BOX_NONE ? v : ebm__box(v, c->box, c->lo, c->hi);
+                }
+            }
+            gsum += sqrt(nrm);
+        }
+    }
+    if (grad_norm) *grad_norm = c->n_steps ? gsum / ((double)c->n_steps * n) : 0.0;
+    return EBM_OK;
 }
 
 /* ---------------------------------------------------------------- 7. file formats */

@@ -1202,6 +1202,112 @@ static void test_model_score_matches_graph(void)
     ebm_model_free(&m);
 }
 
+/* ------------------------------------------------------------------ tests: Langevin */
+
+/* f(x) = c . sum(x): a linear layer 64 -> 1 with every weight c and no bias. */
+static void linear_energy(ebm_model *m, float c)
+{
+    size_t i;
+    ebm_model_init(m, 64, 1, 1);
+    ebm_model_add_linear(m, 1, 0);
+    ebm_model_alloc(m, 1);
+    for (i = 0; i < m->n_params; i++) m->params[i] = c;
+}
+
+static void test_langevin_gaussian_exact_discretisation(void)
+{
+    /* Target exp(c sum x) N(0, I) = N(c, I) per coordinate. The unadjusted
+       chain x' = x + (e^2/2)(c - x) + e xi is AR(1): its law is exactly
+       N(c, 1 / (1 - e^2/4)) at stationarity (the known step-size bias), and
+       after K = 300 steps from 0 the start is forgotten to 1e-17.
+       n = 4000 chains x 64 coordinates; tolerances are 5 standard errors. */
+    ebm_model m;
+    ebm_graph *g = new_graph(16);
+    ebm_langevin cfg;
+    ebm_rng r;
+    const int n = 4000;
+    const size_t N = (size_t)n * 64;
+    float *x = falloc(N), c = 0.7f, e = 0.5f;
+    double mean = 0, var = 0, want_var = 1.0 / (1.0 - e * e / 4.0), rt;
+    size_t i;
+    linear_energy(&m, c);
+    ebm_langevin_default(&cfg);
+    cfg.form = EBM_LANGEVIN_EPS; cfg.eps = e; cfg.sigma_q = 1.0f; cfg.box = EBM_BOX_NONE; cfg.n_steps = 300;
+    r.seed = 8; r.stream = EBM_STREAM_USER + 1;
+    CHECK(ebm_langevin_run(&m, g, &cfg, &r, 0, x, n, &rt) == EBM_OK, "langevin: %s", gmsg(g));
+    for (i = 0; i < N; i++) mean += x[i];
+    mean /= (double)N;
+    for (i = 0; i < N; i++) var += (x[i] - mean) * (x[i] - mean);
+    var /= (double)(N - 1);
+    CHECK(fabs(mean - c) < 5 * sqrt(want_var / (double)N), "mean %.5f, want %.5f +- %.5f", mean, (double)c, 5 * sqrt(want_var / (double)N));
+    CHECK(fabs(var - want_var) < 5 * want_var * sqrt(2.0 / (double)N), "variance %.5f, want %.5f +- %.5f (without the step bias: 1)", var, want_var,
+          5 * want_var * sqrt(2.0 / (double)N));
+    CHECK(fabs(rt - c * 8.0) < 1e-4, "r_t = %.6f, |grad f| = c sqrt(64) = %.6f", rt, c * 8.0);
+    free(x);
+    ebm_graph_destroy(g);
+    ebm_model_free(&m);
+}
+
+static void test_langevin_same_bits_in_any_batch(void)
+{
+    /* 10 chains run as one batch, or as batches of 3 and 7 with first_sample
+       3: each chain's bits depend only on its global sample index. */
+    ebm_model m;
+    ebm_graph *g = new_graph(32);
+    ebm_langevin cfg;
+    ebm_rng r;
+    const size_t D = 28 * 28;
+    float *a = falloc(10 * D), *b = falloc(10 * D);
+    ebm_model_convnet(&m, 1, 28, 4, EBM_ACT_LEAKY_RELU, 0.2f, 3);
+    ebm_langevin_default(&cfg);
+    cfg.n_steps = 5;
+    cfg.noise = 0.05f;
+    r.seed = 4; r.stream = EBM_STREAM_USER + 2;
+    rnd(a, 10 * D, -1, 1);
+    memcpy(b, a, 10 * D * sizeof(float));
+    CHECK(ebm_langevin_run(&m, g, &cfg, &r, 100, a, 10, NULL) == EBM_OK, "run: %s", gmsg(g));
+    CHECK(ebm_langevin_run(&m, g, &cfg, &r, 100, b, 3, NULL) == EBM_OK, "run: %s", gmsg(g));
+    CHECK(ebm_langevin_run(&m, g, &cfg, &r, 103, b + 3 * D, 7, NULL) == EBM_OK, "run: %s", gmsg(g));
+    CHECK(memcmp(a, b, 10 * D * sizeof(float)) == 0, "a chain's result depends on its batch");
+    {
+        size_t i;
+        int inside = 1;
+        for (i = 0; i < 10 * D; i++) inside &= a[i] >= -1 && a[i] <= 1;
+        CHECK(inside, "clamped chain left [-1, 1]");
+    }
+    cfg.box = EBM_BOX_REFLECT; cfg.lo = 1; cfg.hi = -1;
+    CHECK(ebm_langevin_run(&m, g, &cfg, &r, 0, a, 10, NULL) == EBM_EINVAL && strstr(gmsg(g), "empty"), "empty box accepted: %s", gmsg(g));
+    ebm_langevin_default(&cfg); cfg.step = NAN;
+    CHECK(ebm_langevin_run(&m, g, &cfg, &r, 0, a, 10, NULL) == EBM_EINVAL, "NaN step accepted");
+    free(a); free(b);
+    ebm_graph_destroy(g);
+    ebm_model_free(&m);
+}
+
+static void test_langevin_reflect_stays_in_box(void)
+{
+    /* A strong pull (c = 50) out of a box [-0.5, 0.5]: reflection and
+       clamping both keep every coordinate inside. */
+    ebm_model m;
+    ebm_graph *g = new_graph(4);
+    ebm_langevin cfg;
+    ebm_rng r;
+    float x[20 * 64];
+    size_t i;
+    int rule;
+    linear_energy(&m, 50.0f);
+    r.seed = 1; r.stream = EBM_STREAM_USER + 3;
+    for (rule = EBM_BOX_CLAMP; rule <= EBM_BOX_REFLECT; rule++) {
+        ebm_langevin_default(&cfg);
+        cfg.box = rule; cfg.lo = -0.5f; cfg.hi = 0.5f; cfg.step = 0.01f; cfg.noise = 0.3f; cfg.n_steps = 20;
+        memset(x, 0, sizeof x);
+        CHECK(ebm_langevin_run(&m, g, &cfg, &r, 0, x, 20, NULL) == EBM_OK, "run: %s", gmsg(g));
+        for (i = 0; i < 20 * 64; i++) CHECK(x[i] >= -0.5f && x[i] <= 0.5f, "rule %d: %g outside the box", rule, (double)x[i]);
+    }
+    ebm_graph_destroy(g);
+    ebm_model_free(&m);
+}
+
 /* ------------------------------------------------------------------ tests: bad input */
 
 static void test_bad_arguments(void)
@@ -1358,6 +1464,9 @@ static const test_case tests[] = {
     { "no_allocation_per_step", test_no_allocation_per_step },
     { "optimisers", test_optimisers },
     { "model_score_matches_graph", test_model_score_matches_graph },
+    { "langevin_gaussian_exact_discretisation", test_langevin_gaussian_exact_discretisation },
+    { "langevin_same_bits_in_any_batch", test_langevin_same_bits_in_any_batch },
+    { "langevin_reflect_stays_in_box", test_langevin_reflect_stays_in_box },
     { "bad_arguments", test_bad_arguments },
     { "failing_allocator", test_failing_allocator },
     { "npy_save", test_npy_save },
