@@ -43,7 +43,7 @@
        EBM_STATIC             make every function static (private to one file)
        EBM_MALLOC(n)/EBM_FREE(p)   allocation hooks; define both or neither
        EBM_ASSERT(c)          internal-invariant check (default: assert)
-       EBM_NO_SIMD            force the scalar kernels (same results, slower)
+       EBM_NO_SIMD            use the scalar reference kernels (slower)
        EBM_MAX_LAYERS         layers per model (default 32)
    Compile with -ffp-contract=off (or without -ffast-math and with no FMA
    contraction) for results that are identical in C and C++ builds;
