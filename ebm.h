@@ -372,6 +372,16 @@ EBMDEF void ebm_langevin_default(ebm_langevin *cfg);
 EBMDEF int ebm_langevin_run(ebm_model *m, ebm_graph *g, const ebm_langevin *cfg, const ebm_rng *rng,
                             uint64_t first_sample, float *x, int n, double *grad_norm);
 
+/* Metropolis-adjusted Langevin (MALA): the same proposal as ebm_langevin_run
+   (cfg->box is a hard wall: proposals outside it are rejected), accepted with
+   the Metropolis-Hastings test for the tempered target
+   exp((f(x) - |x|^2 / (2 sigma_q^2)) / T), T = b^2 / (2a) (T = 1 in the eps
+   form), so the chain's stationary law is exactly that target. Needs, besides
+   an EBM_STEP_INPUT_GRAD step, 3 n D + 2 n floats in g's arena (D = H W C).
+   *accept_rate (if not NULL) receives the fraction of accepted proposals. */
+EBMDEF int ebm_mala_run(ebm_model *m, ebm_graph *g, const ebm_langevin *cfg, const ebm_rng *rng,
+                        uint64_t first_sample, float *x, int n, double *accept_rate);
+
 /* ---------------------------------------------------------------- files */
 
 /* Write a float32 little-endian NPY file of the given shape. */
@@ -2294,19 +2304,10 @@ static float ebm__box(float v, int box, float lo, float hi)
     return v > hi ? hi : v < lo ? lo : v;
 }
 
-EBMDEF int ebm_langevin_run(ebm_model *m, ebm_graph *g, const ebm_langevin *c, const ebm_rng *rng,
-                            uint64_t first_sample, float *x, int n, double *grad_norm)
+/* Check a sampler's settings; the update is x += a drift + b xi. */
+static int ebm__langevin_check(ebm_graph *g, const ebm_langevin *c, float *pa, float *pb)
 {
-    int shape[4], oh, ow, oc, k, i;
-    size_t D, j;
-    float a, b, inv_q;
-    double gsum = 0;
-    if (!g) return EBM_EINVAL;
-    ebm_graph_reset(g);
-    if (!m || !m->params || !c || !rng || !x || n < 1)
-        return ebm__gfail(g, EBM_EINVAL, "langevin: NULL model, settings, generator or samples, or n < 1"), EBM_EINVAL;
-    ebm_model_out_shape(m, &oh, &ow, &oc);
-    if (oh * ow * oc != 1) return ebm__gfail(g, EBM_EINVAL, "langevin: the model gives %d values per sample, not one energy", oh * ow * oc), EBM_EINVAL;
+    float a, b;
     if (c->form == EBM_LANGEVIN_EPS) {
         if (!ebm__finite(c->eps) || c->eps <= 0) return ebm__gfail(g, EBM_EINVAL, "langevin: eps %g must be positive", (double)c->eps), EBM_EINVAL;
         a = 0.5f * c->eps * c->eps; b = c->eps;
@@ -2320,6 +2321,24 @@ EBMDEF int ebm_langevin_run(ebm_model *m, ebm_graph *g, const ebm_langevin *c, c
     if (c->box != EBM_BOX_NONE && !(ebm__finite(c->lo) && ebm__finite(c->hi) && c->lo < c->hi))
         return ebm__gfail(g, EBM_EINVAL, "langevin: box [%g, %g] is empty", (double)c->lo, (double)c->hi), EBM_EINVAL;
     if (c->n_steps < 0) return ebm__gfail(g, EBM_EINVAL, "langevin: %d steps", c->n_steps), EBM_EINVAL;
+    *pa = a; *pb = b;
+    return EBM_OK;
+}
+
+EBMDEF int ebm_langevin_run(ebm_model *m, ebm_graph *g, const ebm_langevin *c, const ebm_rng *rng,
+                            uint64_t first_sample, float *x, int n, double *grad_norm)
+{
+    int shape[4], oh, ow, oc, k, i;
+    size_t D, j;
+    float a, b, inv_q;
+    double gsum = 0;
+    if (!g) return EBM_EINVAL;
+    ebm_graph_reset(g);
+    if (!m || !m->params || !c || !rng || !x || n < 1)
+        return ebm__gfail(g, EBM_EINVAL, "langevin: NULL model, settings, generator or samples, or n < 1"), EBM_EINVAL;
+    ebm_model_out_shape(m, &oh, &ow, &oc);
+    if (oh * ow * oc != 1) return ebm__gfail(g, EBM_EINVAL, "langevin: the model gives %d values per sample, not one energy", oh * ow * oc), EBM_EINVAL;
+    if (ebm__langevin_check(g, c, &a, &b) != EBM_OK) return g->err.status;
     inv_q = c->sigma_q > 0 ? 1.0f / (c->sigma_q * c->sigma_q) : 0.0f;
     shape[0] = n; shape[1] = m->in_h; shape[2] = m->in_w; shape[3] = m->in_c;
     D = (size_t)m->in_h * m->in_w * m->in_c;
@@ -2350,6 +2369,93 @@ EBMDEF int ebm_langevin_run(ebm_model *m, ebm_graph *g, const ebm_langevin *c, c
         }
     }
     if (grad_norm) *grad_norm = c->n_steps ? gsum / ((double)c->n_steps * n) : 0.0;
+    return EBM_OK;
+}
+
+
+/* f and grad_x f of x (n samples) into f_out, g_out, from a graph rewound to
+   the state it had after the sampler's buffers were allocated. */
+static int ebm__energy_grad(ebm_model *m, ebm_graph *g, float *x, int n, float *f_out, float *g_out)
+{
+    int shape[4];
+    ebm_var *xv, *y, *gx = NULL;
+    shape[0] = n; shape[1] = m->in_h; shape[2] = m->in_w; shape[3] = m->in_c;
+    xv = ebm_leaf(g, x, 4, shape);
+    y = ebm_model_forward(m, g, xv);
+    if (ebm_grad(g, y, NULL, 1, &xv, &gx, 0) != EBM_OK) return g->err.status;
+    memcpy(f_out, y->data, (size_t)n * sizeof(float));
+    memcpy(g_out, gx->data, xv->size * sizeof(float));
+    return EBM_OK;
+}
+
+EBMDEF int ebm_mala_run(ebm_model *m, ebm_graph *g, const ebm_langevin *c, const ebm_rng *rng,
+                        uint64_t first_sample, float *x, int n, double *accept_rate)
+{
+    int oh, ow, oc, k, i;
+    size_t D, j, nD;
+    float a, b, inv_q, *xp, *gc, *gp, *fc, *fp;
+    double T, accepted = 0;
+    ebm_rng ur;
+    ebm__mark mk;
+    ebm_var *last;
+    int n_nodes;
+    if (!g) return EBM_EINVAL;
+    ebm_graph_reset(g);
+    if (!m || !m->params || !c || !rng || !x || n < 1)
+        return ebm__gfail(g, EBM_EINVAL, "mala: NULL model, settings, generator or samples, or n < 1"), EBM_EINVAL;
+    ebm_model_out_shape(m, &oh, &ow, &oc);
+    if (oh * ow * oc != 1) return ebm__gfail(g, EBM_EINVAL, "mala: the model gives %d values per sample, not one energy", oh * ow * oc), EBM_EINVAL;
+    if (ebm__langevin_check(g, c, &a, &b) != EBM_OK) return g->err.status;
+    if (a <= 0 || b <= 0) return ebm__gfail(g, EBM_EINVAL, "mala: step and noise must both be positive"), EBM_EINVAL;
+    inv_q = c->sigma_q > 0 ? 1.0f / (c->sigma_q * c->sigma_q) : 0.0f;
+    T = (double)b * b / (2.0 * a);
+    D = (size_t)m->in_h * m->in_w * m->in_c;
+    nD = (size_t)n * D;
+    /* The chain's state lives below a mark in the arena; each step's tape above it. */
+    xp = (float *)ebm__meta(g, (3 * nD + 2 * (size_t)n) * sizeof(float));
+    if (!xp) return g->err.status;
+    gc = xp + nD; gp = gc + nD; fc = gp + nD; fp = fc + n;
+    mk = ebm__mark_get(g); last = g->last; n_nodes = g->n_nodes;
+    ur = *rng;
+    ur.stream ^= 0x80000000u; /* the accept test's uniforms: a stream of their own */
+    if (ebm__energy_grad(m, g, x, n, fc, gc) != EBM_OK) return g->err.status;
+    for (k = 0; k < c->n_steps; k++) {
+        uint32_t step = c->first_step + (uint32_t)k;
+        /* proposal x' = x + a (grad f - x/sigma_q^2) + b xi */
+        for (i = 0; i < n; i++) {
+            float xi[256];
+            for (j = 0; j < D; j += 256) {
+                size_t t, len = D - j < 256 ? D - j : 256, o = (size_t)i * D + j;
+                ebm__rng_normal_at(rng, first_sample + (uint64_t)i, step, j, xi, len);
+                for (t = 0; t < len; t++) xp[o + t] = x[o + t] + a * (gc[o + t] - inv_q * x[o + t]) + b * xi[t];
+            }
+        }
+        ebm__mark_set(g, mk); g->last = last; g->n_nodes = n_nodes; if (last) last->next = NULL;
+        if (ebm__energy_grad(m, g, xp, n, fp, gp) != EBM_OK) return g->err.status;
+        for (i = 0; i < n; i++) {
+            const float *X = x + (size_t)i * D, *P = xp + (size_t)i * D, *GX = gc + (size_t)i * D, *GP = gp + (size_t)i * D;
+            double lq_fwd = 0, lq_bwd = 0, nx = 0, np_ = 0, log_alpha;
+            float u;
+            int inside = 1;
+            for (j = 0; j < D; j++) {
+                double df = P[j] - X[j] - a * (GX[j] - inv_q * X[j]); /* x' - mu(x) */
+                double db = X[j] - P[j] - a * (GP[j] - inv_q * P[j]); /* x - mu(x') */
+                lq_fwd += df * df; lq_bwd += db * db;
+                nx += (double)X[j] * X[j]; np_ += (double)P[j] * P[j];
+                if (c->box != EBM_BOX_NONE && (P[j] < c->lo || P[j] > c->hi)) inside = 0;
+            }
+            log_alpha = ((fp[i] - 0.5 * inv_q * np_) - (fc[i] - 0.5 * inv_q * nx)) / T
+                      + (lq_fwd - lq_bwd) / (2.0 * (double)b * b);
+            ebm_rng_uniform(&ur, first_sample + (uint64_t)i, step, 0.0f, 1.0f, &u, 1);
+            if (inside && log((double)u + 1e-300) < log_alpha) {
+                memcpy(x + (size_t)i * D, P, D * sizeof(float));
+                memcpy(gc + (size_t)i * D, GP, D * sizeof(float));
+                fc[i] = fp[i];
+                accepted += 1;
+            }
+        }
+    }
+    if (accept_rate) *accept_rate = c->n_steps ? accepted / ((double)c->n_steps * n) : 0.0;
     return EBM_OK;
 }
 

@@ -1228,7 +1228,7 @@ static void test_langevin_gaussian_exact_discretisation(void)
     const int n = 4000;
     const size_t N = (size_t)n * 64;
     float *x = falloc(N), c = 0.7f, e = 0.5f;
-    double mean = 0, var = 0, want_var = 1.0 / (1.0 - e * e / 4.0), rt;
+    double mean = 0, var = 0, want_var = 1.0 / (1.0 - e * e / 4.0), rt = -1;
     size_t i;
     linear_energy(&m, c);
     ebm_langevin_default(&cfg);
@@ -1304,6 +1304,42 @@ static void test_langevin_reflect_stays_in_box(void)
         CHECK(ebm_langevin_run(&m, g, &cfg, &r, 0, x, 20, NULL) == EBM_OK, "run: %s", gmsg(g));
         for (i = 0; i < 20 * 64; i++) CHECK(x[i] >= -0.5f && x[i] <= 0.5f, "rule %d: %g outside the box", rule, (double)x[i]);
     }
+    ebm_graph_destroy(g);
+    ebm_model_free(&m);
+}
+
+static void test_mala_exact_on_gaussian(void)
+{
+    /* MALA on the same N(c, 1) target: exact, so the variance is 1, not the
+       unadjusted chain's 1/(1 - e^2/4) = 1.067; 5 standard errors over
+       256,000 coordinates is 0.014. Independent chains, K = 300 from 0. */
+    ebm_model m;
+    ebm_graph *g = new_graph(32);
+    ebm_langevin cfg;
+    ebm_rng r;
+    const int n = 4000;
+    const size_t N = (size_t)n * 64;
+    float *x = falloc(N), c = 0.7f;
+    double mean = 0, var = 0, acc = 0;
+    size_t i;
+    linear_energy(&m, c);
+    ebm_langevin_default(&cfg);
+    cfg.form = EBM_LANGEVIN_EPS; cfg.eps = 0.5f; cfg.sigma_q = 1.0f; cfg.box = EBM_BOX_NONE; cfg.n_steps = 300;
+    r.seed = 9; r.stream = EBM_STREAM_USER + 4;
+    CHECK(ebm_mala_run(&m, g, &cfg, &r, 0, x, n, &acc) == EBM_OK, "mala: %s", gmsg(g));
+    for (i = 0; i < N; i++) mean += x[i];
+    mean /= (double)N;
+    for (i = 0; i < N; i++) var += (x[i] - mean) * (x[i] - mean);
+    var /= (double)(N - 1);
+    CHECK(fabs(mean - c) < 5 * sqrt(1.0 / (double)N), "mean %.5f, want %.5f", mean, (double)c);
+    CHECK(fabs(var - 1.0) < 5 * sqrt(2.0 / (double)N), "variance %.5f, want 1 +- %.5f", var, 5 * sqrt(2.0 / (double)N));
+    CHECK(acc > 0.3 && acc < 1.0, "acceptance rate %.3f", acc);
+    /* a wall at [-0.5, 0.5]: proposals outside are rejected, never clamped */
+    cfg.box = EBM_BOX_CLAMP; cfg.lo = -0.5f; cfg.hi = 0.5f; cfg.n_steps = 20;
+    memset(x, 0, N * sizeof(float));
+    CHECK(ebm_mala_run(&m, g, &cfg, &r, 0, x, 50, &acc) == EBM_OK, "mala: %s", gmsg(g));
+    for (i = 0; i < (size_t)50 * 64; i++) CHECK(x[i] > -0.5f && x[i] < 0.5f, "%g outside the wall", (double)x[i]);
+    free(x);
     ebm_graph_destroy(g);
     ebm_model_free(&m);
 }
@@ -1467,6 +1503,7 @@ static const test_case tests[] = {
     { "langevin_gaussian_exact_discretisation", test_langevin_gaussian_exact_discretisation },
     { "langevin_same_bits_in_any_batch", test_langevin_same_bits_in_any_batch },
     { "langevin_reflect_stays_in_box", test_langevin_reflect_stays_in_box },
+    { "mala_exact_on_gaussian", test_mala_exact_on_gaussian },
     { "bad_arguments", test_bad_arguments },
     { "failing_allocator", test_failing_allocator },
     { "npy_save", test_npy_save },
