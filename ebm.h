@@ -36,7 +36,7 @@
        5. autograd      the tape (ebm_graph), ops, reverse mode with create_graph
        6. models        layer sequences, PyTorch-default initialisation, memory
                         prediction, the reference networks, Adam and SGD
-       6b. samplers     Langevin dynamics (both forms, Gaussian reference, box)
+       6b. samplers     Langevin dynamics (both forms, Gaussian reference, box), MALA
        7. file formats  NPY
 
    OPTIONS (#define before including the implementation)
