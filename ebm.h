@@ -2325,20 +2325,28 @@ static int ebm__langevin_check(ebm_graph *g, const ebm_langevin *c, float *pa, f
     return EBM_OK;
 }
 
+/* What every sampler checks first: a fresh graph, an energy model, valid settings. */
+static int ebm__sampler_begin(ebm_model *m, ebm_graph *g, const ebm_langevin *c, const ebm_rng *rng,
+                              const float *x, int n, float *a, float *b)
+{
+    int oh, ow, oc;
+    ebm_graph_reset(g);
+    if (!m || !m->params || !c || !rng || !x || n < 1)
+        return ebm__gfail(g, EBM_EINVAL, "sampler: NULL model, settings, generator or samples, or n < 1"), EBM_EINVAL;
+    ebm_model_out_shape(m, &oh, &ow, &oc);
+    if (oh * ow * oc != 1) return ebm__gfail(g, EBM_EINVAL, "sampler: the model gives %d values per sample, not one energy", oh * ow * oc), EBM_EINVAL;
+    return ebm__langevin_check(g, c, a, b);
+}
+
 EBMDEF int ebm_langevin_run(ebm_model *m, ebm_graph *g, const ebm_langevin *c, const ebm_rng *rng,
                             uint64_t first_sample, float *x, int n, double *grad_norm)
 {
-    int shape[4], oh, ow, oc, k, i;
+    int shape[4], k, i;
     size_t D, j;
     float a, b, inv_q;
     double gsum = 0;
     if (!g) return EBM_EINVAL;
-    ebm_graph_reset(g);
-    if (!m || !m->params || !c || !rng || !x || n < 1)
-        return ebm__gfail(g, EBM_EINVAL, "langevin: NULL model, settings, generator or samples, or n < 1"), EBM_EINVAL;
-    ebm_model_out_shape(m, &oh, &ow, &oc);
-    if (oh * ow * oc != 1) return ebm__gfail(g, EBM_EINVAL, "langevin: the model gives %d values per sample, not one energy", oh * ow * oc), EBM_EINVAL;
-    if (ebm__langevin_check(g, c, &a, &b) != EBM_OK) return g->err.status;
+    if (ebm__sampler_begin(m, g, c, rng, x, n, &a, &b) != EBM_OK) return g->err.status;
     inv_q = c->sigma_q > 0 ? 1.0f / (c->sigma_q * c->sigma_q) : 0.0f;
     shape[0] = n; shape[1] = m->in_h; shape[2] = m->in_w; shape[3] = m->in_c;
     D = (size_t)m->in_h * m->in_w * m->in_c;
@@ -2391,7 +2399,7 @@ static int ebm__energy_grad(ebm_model *m, ebm_graph *g, float *x, int n, float *
 EBMDEF int ebm_mala_run(ebm_model *m, ebm_graph *g, const ebm_langevin *c, const ebm_rng *rng,
                         uint64_t first_sample, float *x, int n, double *accept_rate)
 {
-    int oh, ow, oc, k, i;
+    int k, i;
     size_t D, j, nD;
     float a, b, inv_q, *xp, *gc, *gp, *fc, *fp;
     double T, accepted = 0;
@@ -2400,12 +2408,7 @@ EBMDEF int ebm_mala_run(ebm_model *m, ebm_graph *g, const ebm_langevin *c, const
     ebm_var *last;
     int n_nodes;
     if (!g) return EBM_EINVAL;
-    ebm_graph_reset(g);
-    if (!m || !m->params || !c || !rng || !x || n < 1)
-        return ebm__gfail(g, EBM_EINVAL, "mala: NULL model, settings, generator or samples, or n < 1"), EBM_EINVAL;
-    ebm_model_out_shape(m, &oh, &ow, &oc);
-    if (oh * ow * oc != 1) return ebm__gfail(g, EBM_EINVAL, "mala: the model gives %d values per sample, not one energy", oh * ow * oc), EBM_EINVAL;
-    if (ebm__langevin_check(g, c, &a, &b) != EBM_OK) return g->err.status;
+    if (ebm__sampler_begin(m, g, c, rng, x, n, &a, &b) != EBM_OK) return g->err.status;
     if (a <= 0 || b <= 0) return ebm__gfail(g, EBM_EINVAL, "mala: step and noise must both be positive"), EBM_EINVAL;
     inv_q = c->sigma_q > 0 ? 1.0f / (c->sigma_q * c->sigma_q) : 0.0f;
     T = (double)b * b / (2.0 * a);
