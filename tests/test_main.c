@@ -1204,6 +1204,18 @@ static void test_model_score_matches_graph(void)
 
 /* ------------------------------------------------------------------ tests: Langevin */
 
+/* Sample mean and (unbiased) variance of N values. */
+static void sample_moments(const float *x, size_t N, double *mean, double *var)
+{
+    double m = 0, v = 0;
+    size_t i;
+    for (i = 0; i < N; i++) m += x[i];
+    m /= (double)N;
+    for (i = 0; i < N; i++) v += (x[i] - m) * (x[i] - m);
+    *mean = m;
+    *var = v / (double)(N - 1);
+}
+
 /* f(x) = c . sum(x): a linear layer 64 -> 1 with every weight c and no bias. */
 static void linear_energy(ebm_model *m, float c)
 {
@@ -1229,16 +1241,12 @@ static void test_langevin_gaussian_exact_discretisation(void)
     const size_t N = (size_t)n * 64;
     float *x = falloc(N), c = 0.7f, e = 0.5f;
     double mean = 0, var = 0, want_var = 1.0 / (1.0 - e * e / 4.0), rt = -1;
-    size_t i;
     linear_energy(&m, c);
     ebm_langevin_default(&cfg);
     cfg.form = EBM_LANGEVIN_EPS; cfg.eps = e; cfg.sigma_q = 1.0f; cfg.box = EBM_BOX_NONE; cfg.n_steps = 300;
     r.seed = 8; r.stream = EBM_STREAM_USER + 1;
     CHECK(ebm_langevin_run(&m, g, &cfg, &r, 0, x, n, &rt) == EBM_OK, "langevin: %s", gmsg(g));
-    for (i = 0; i < N; i++) mean += x[i];
-    mean /= (double)N;
-    for (i = 0; i < N; i++) var += (x[i] - mean) * (x[i] - mean);
-    var /= (double)(N - 1);
+    sample_moments(x, N, &mean, &var);
     CHECK(fabs(mean - c) < 5 * sqrt(want_var / (double)N), "mean %.5f, want %.5f +- %.5f", mean, (double)c, 5 * sqrt(want_var / (double)N));
     CHECK(fabs(var - want_var) < 5 * want_var * sqrt(2.0 / (double)N), "variance %.5f, want %.5f +- %.5f (without the step bias: 1)", var, want_var,
           5 * want_var * sqrt(2.0 / (double)N));
@@ -1327,10 +1335,7 @@ static void test_mala_exact_on_gaussian(void)
     cfg.form = EBM_LANGEVIN_EPS; cfg.eps = 0.5f; cfg.sigma_q = 1.0f; cfg.box = EBM_BOX_NONE; cfg.n_steps = 300;
     r.seed = 9; r.stream = EBM_STREAM_USER + 4;
     CHECK(ebm_mala_run(&m, g, &cfg, &r, 0, x, n, &acc) == EBM_OK, "mala: %s", gmsg(g));
-    for (i = 0; i < N; i++) mean += x[i];
-    mean /= (double)N;
-    for (i = 0; i < N; i++) var += (x[i] - mean) * (x[i] - mean);
-    var /= (double)(N - 1);
+    sample_moments(x, N, &mean, &var);
     CHECK(fabs(mean - c) < 5 * sqrt(1.0 / (double)N), "mean %.5f, want %.5f", mean, (double)c);
     CHECK(fabs(var - 1.0) < 5 * sqrt(2.0 / (double)N), "variance %.5f, want 1 +- %.5f", var, 5 * sqrt(2.0 / (double)N));
     CHECK(acc > 0.3 && acc < 1.0, "acceptance rate %.3f", acc);
