@@ -1065,10 +1065,23 @@ static int ebm__data(ebm_graph *g, size_t bytes, void **p)
     return *p != NULL;
 }
 
-/* Scratch is dropped right after the op that used it. */
-typedef struct { size_t used, counted; } ebm__mark;
-static ebm__mark ebm__mark_get(const ebm_graph *g) { ebm__mark m; m.used = g->a.used; m.counted = g->counted; return m; }
-static void ebm__mark_set(ebm_graph *g, ebm__mark m) { g->a.used = m.used; g->counted = m.counted; }
+/* A point in the graph's life to come back to: the arena and the tape as
+   they were. Used to drop an op's scratch, and by samplers whose state sits
+   below the mark while each step's tape above it is forgotten. */
+typedef struct { size_t used, counted; ebm_var *first, *last; int n_nodes; } ebm__mark;
+static ebm__mark ebm__mark_get(const ebm_graph *g)
+{
+    ebm__mark m;
+    m.used = g->a.used; m.counted = g->counted;
+    m.first = g->first; m.last = g->last; m.n_nodes = g->n_nodes;
+    return m;
+}
+static void ebm__mark_set(ebm_graph *g, ebm__mark m)
+{
+    g->a.used = m.used; g->counted = m.counted;
+    g->first = m.first; g->last = m.last; g->n_nodes = m.n_nodes;
+    if (g->last) g->last->next = NULL;
+}
 
 EBMDEF int ebm_graph_create(ebm_graph **out, size_t bytes, ebm_error *err)
 {
@@ -2405,8 +2418,6 @@ EBMDEF int ebm_mala_run(ebm_model *m, ebm_graph *g, const ebm_langevin *c, const
     double T, accepted = 0;
     ebm_rng ur;
     ebm__mark mk;
-    ebm_var *last;
-    int n_nodes;
     if (!g) return EBM_EINVAL;
     if (ebm__sampler_begin(m, g, c, rng, x, n, &a, &b) != EBM_OK) return g->err.status;
     if (a <= 0 || b <= 0) return ebm__gfail(g, EBM_EINVAL, "mala: step and noise must both be positive"), EBM_EINVAL;
@@ -2418,7 +2429,7 @@ EBMDEF int ebm_mala_run(ebm_model *m, ebm_graph *g, const ebm_langevin *c, const
     xp = (float *)ebm__meta(g, (3 * nD + 2 * (size_t)n) * sizeof(float));
     if (!xp) return g->err.status;
     gc = xp + nD; gp = gc + nD; fc = gp + nD; fp = fc + n;
-    mk = ebm__mark_get(g); last = g->last; n_nodes = g->n_nodes;
+    mk = ebm__mark_get(g);
     ur = *rng;
     ur.stream ^= 0x80000000u; /* the accept test's uniforms: a stream of their own */
     if (ebm__energy_grad(m, g, x, n, fc, gc) != EBM_OK) return g->err.status;
@@ -2433,7 +2444,7 @@ EBMDEF int ebm_mala_run(ebm_model *m, ebm_graph *g, const ebm_langevin *c, const
                 for (t = 0; t < len; t++) xp[o + t] = x[o + t] + a * (gc[o + t] - inv_q * x[o + t]) + b * xi[t];
             }
         }
-        ebm__mark_set(g, mk); g->last = last; g->n_nodes = n_nodes; if (last) last->next = NULL;
+        ebm__mark_set(g, mk);
         if (ebm__energy_grad(m, g, xp, n, fp, gp) != EBM_OK) return g->err.status;
         for (i = 0; i < n; i++) {
             const float *X = x + (size_t)i * D, *P = xp + (size_t)i * D, *GX = gc + (size_t)i * D, *GP = gp + (size_t)i * D;
