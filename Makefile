@@ -37,7 +37,7 @@ $(B)/test_noomp: $(TEST_SRC) | $(B)
 $(B)/test_nosimd: $(TEST_SRC) | $(B)
 	$(CC) $(CSTD) $(WARN) $(OPT) $(FPFLAGS) $(OMP) -DEBM_NO_SIMD -I. tests/test_main.c -o $@ -lm
 $(B)/test_asan: $(TEST_SRC) | $(B)
-	$(CC) $(CSTD) $(WARN) -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all \
+	$(CC) $(CSTD) $(WARN) -O1 -g -march=native -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all \
 	  $(FPFLAGS) -I. tests/test_main.c -o $@ -lm
 
 TEST_BINS = $(B)/test_c99 $(B)/test_cxx $(B)/test_noomp $(B)/test_nosimd $(B)/test_asan

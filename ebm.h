@@ -121,6 +121,8 @@ EBMDEF double ebm_time_sec(void);
 EBMDEF int ebm_threads(void);
 /* Set the number of OpenMP threads (no effect without OpenMP). */
 EBMDEF void ebm_set_threads(int n);
+/* The vector instruction set the kernels were compiled for: "avx512", "avx2", "neon" or "scalar". */
+EBMDEF const char *ebm_isa(void);
 
 /* ---------------------------------------------------------------- random */
 
@@ -431,7 +433,7 @@ EBMDEF int ebm_npy_save(const char *path, const float *data, int ndim, const int
 #define EBM__PARALLEL_FOR
 #endif
 
-/* The scalar reference twins are used by the tests, and by EBM_NO_SIMD builds. */
+/* The scalar reference twins: the definitions the tests compare the fast kernels with. */
 #if defined(__GNUC__) || defined(__clang__)
 #define EBM__REFERENCE static __attribute__((unused))
 #else
@@ -757,121 +759,347 @@ EBM__REFERENCE void ebm__conv_bwd_weight_ref(const ebm__cgeom *G, const float *x
 /* --- fast kernels: the same sums, reordered so the inner loop is a
    contiguous multiply-add over channels (what SIMD wants). --- */
 
-#ifdef EBM_NO_SIMD
-#define ebm__conv_fwd(G, x, w, b, y, scratch) ebm__conv_fwd_ref(G, x, w, b, y)
-#define ebm__conv_bwd_data(G, gy, w, b, gx, scratch) ebm__conv_bwd_data_ref(G, gy, w, b, gx)
-#define ebm__conv_bwd_weight(G, x, gy, gw) ebm__conv_bwd_weight_ref(G, x, gy, gw)
-#else
-/* Forward. Tile = one output row (n, ho); acc[co] += x[ci] * w[kh,kw,ci,:]. */
-static void ebm__conv_fwd(const ebm__cgeom *G, const float *x, const float *w, const float *b, float *y,
-                          float *scratch)
-{
-    const int nt = G->n * G->hy;
-    int t;
-    (void)scratch;
-    EBM__PARALLEL_FOR
-    for (t = 0; t < nt; t++) {
-        const int n = t / G->hy, ho = t % G->hy, cy = G->cy, cx = G->cx;
-        int wo, kh, kw, ci, co;
-        for (wo = 0; wo < G->wy; wo++) {
-            float *EBM_RESTRICT acc = y + (((size_t)n * G->hy + ho) * G->wy + wo) * cy;
-            for (co = 0; co < cy; co++) acc[co] = 0.0f;
-            for (kh = 0; kh < G->k; kh++) {
-                int hi = ho * G->s + kh - G->p;
-                if (hi < 0 || hi >= G->hx) continue;
-                for (kw = 0; kw < G->k; kw++) {
-                    int wi = wo * G->s + kw - G->p;
-                    const float *xp, *wp;
-                    if (wi < 0 || wi >= G->wx) continue;
-                    xp = x + (((size_t)n * G->hx + hi) * G->wx + wi) * cx;
-                    wp = w + ((size_t)kh * G->k + kw) * cx * cy;
-                    for (ci = 0; ci < cx; ci++) {
-                        const float xv = xp[ci];
-                        const float *EBM_RESTRICT wr = wp + (size_t)ci * cy;
-                        for (co = 0; co < cy; co++) acc[co] += xv * wr[co];
-                    }
-                }
-            }
-            if (b) for (co = 0; co < cy; co++) acc[co] += b[co];
-        }
-    }
-}
+/* --- fast kernels: one register-blocked micro-kernel for all three passes.
 
-/* Input gradient. The weights are first packed as (K,K,Co,Ci) into scratch
-   (K*K*Ci*Co floats) so the inner loop runs over contiguous input channels;
-   tile = one input row (n, hi); only the kernel taps that hit an output pixel
-   (th divisible by the stride) are visited, so no zeros are multiplied. */
-static void ebm__conv_bwd_data(const ebm__cgeom *G, const float *gy, const float *w, const float *b, float *gx,
-                               float *scratch)
-{
-    const int nt = G->n * G->hx, cx = G->cx, cy = G->cy;
-    int t;
-    size_t kk, ci, co;
-    for (kk = 0; kk < (size_t)G->k * G->k; kk++)
-        for (ci = 0; ci < (size_t)cx; ci++)
-            for (co = 0; co < (size_t)cy; co++)
-                scratch[(kk * cy + co) * cx + ci] = w[(kk * cx + ci) * cy + co];
-    EBM__PARALLEL_FOR
-    for (t = 0; t < nt; t++) {
-        const int n = t / G->hx, hi = t % G->hx;
-        int wi, kh, kw, c, o;
-        for (wi = 0; wi < G->wx; wi++) {
-            float *EBM_RESTRICT acc = gx + (((size_t)n * G->hx + hi) * G->wx + wi) * cx;
-            for (c = 0; c < cx; c++) acc[c] = 0.0f;
-            for (kh = 0; kh < G->k; kh++) {
-                int th = hi + G->p - kh, ho;
-                if (th < 0 || th % G->s) continue;
-                ho = th / G->s;
-                if (ho >= G->hy) continue;
-                for (kw = 0; kw < G->k; kw++) {
-                    int tw = wi + G->p - kw, wo;
-                    const float *gp, *wp;
-                    if (tw < 0 || tw % G->s) continue;
-                    wo = tw / G->s;
-                    if (wo >= G->wy) continue;
-                    gp = gy + (((size_t)n * G->hy + ho) * G->wy + wo) * cy;
-                    wp = scratch + ((size_t)kh * G->k + kw) * cy * cx;
-                    for (o = 0; o < cy; o++) {
-                        const float gv = gp[o];
-                        const float *EBM_RESTRICT wr = wp + (size_t)o * cx;
-                        for (c = 0; c < cx; c++) acc[c] += gv * wr[c];
-                    }
-                }
-            }
-            if (b) for (c = 0; c < cx; c++) acc[c] += b[c];
-        }
-    }
-}
+   Each pass is a matrix product C[r][j] = sum_k A(r, k) B(k, j) with the
+   operands read in place (an "implicit GEMM"):
+     forward   r = output pixel (n,ho,wo) (the batch folded in, so the 3x3
+               layer still has work), j = output channel, k = (tap, ci);
+               A = the zero-padded input, B = the weights packed in panels;
+     input gradient, split by output phase: for the input pixels with
+               (hi + p) mod s = ph, only the taps kh = ph + s*i reach an
+               output pixel, so each phase is a small stride-1 product
+               with no zero-inserted work; A = the padded gy, B = the
+               phase's taps of the weights, transposed, in panels;
+     weight gradient  r = (kh, kw, ci), j = co, k = output pixel; A = the
+               padded input, B = gy packed in panels.
+   The micro-kernel keeps EBM__RM x EBM__CV vector accumulators in
+   registers: each step broadcasts one A value per row and loads CV vectors
+   of B. B panels are EBM__CB = CV x VL channels wide, zero-padded, so
+   channel tails cost nothing special. Every output element is summed by one
+   tile in one fixed order, whatever thread runs the tile. The kernels use
+   fused multiply-adds, so they round differently from the scalar
+   references; the tests bound the difference. */
 
-/* Weight gradient. Tile = one (kh, kw, ci) row of gw, summed by one thread
-   over the whole batch in a fixed order: no reduction across threads. */
-static void ebm__conv_bwd_weight(const ebm__cgeom *G, const float *x, const float *gy, float *gw)
-{
-    const int nt = G->k * G->k * G->cx, cx = G->cx, cy = G->cy;
-    int t;
-    EBM__PARALLEL_FOR
-    for (t = 0; t < nt; t++) {
-        const int kh = t / (G->k * cx), kw = (t / cx) % G->k, ci = t % cx;
-        float *EBM_RESTRICT acc = gw + (size_t)t * cy;
-        int n, ho, wo, co;
-        for (co = 0; co < cy; co++) acc[co] = 0.0f;
-        for (n = 0; n < G->n; n++)
-            for (ho = 0; ho < G->hy; ho++) {
-                int hi = ho * G->s + kh - G->p;
-                if (hi < 0 || hi >= G->hx) continue;
-                for (wo = 0; wo < G->wy; wo++) {
-                    int wi = wo * G->s + kw - G->p;
-                    float xv;
-                    const float *EBM_RESTRICT gp;
-                    if (wi < 0 || wi >= G->wx) continue;
-                    xv = x[(((size_t)n * G->hx + hi) * G->wx + wi) * cx + ci];
-                    gp = gy + (((size_t)n * G->hy + ho) * G->wy + wo) * cy;
-                    for (co = 0; co < cy; co++) acc[co] += xv * gp[co];
-                }
-            }
-    }
-}
+#if !defined(EBM_NO_SIMD) && defined(__AVX512F__)
+#include <immintrin.h>
+#define EBM__VL 16
+#define EBM__RM 8
+typedef __m512 ebm__vf;
+#define ebm__vzero() _mm512_setzero_ps()
+#define ebm__vload(p) _mm512_loadu_ps(p)
+#define ebm__vstore(p, v) _mm512_storeu_ps(p, v)
+#define ebm__vbcast(x) _mm512_set1_ps(x)
+#define ebm__vfma(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define EBM__ISA "avx512"
+#elif !defined(EBM_NO_SIMD) && defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define EBM__VL 8
+#define EBM__RM 6
+typedef __m256 ebm__vf;
+#define ebm__vzero() _mm256_setzero_ps()
+#define ebm__vload(p) _mm256_loadu_ps(p)
+#define ebm__vstore(p, v) _mm256_storeu_ps(p, v)
+#define ebm__vbcast(x) _mm256_set1_ps(x)
+#define ebm__vfma(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define EBM__ISA "avx2"
+#elif !defined(EBM_NO_SIMD) && defined(__ARM_NEON) && defined(__aarch64__)
+#include <arm_neon.h>
+#define EBM__VL 4
+#define EBM__RM 8
+typedef float32x4_t ebm__vf;
+#define ebm__vzero() vdupq_n_f32(0.0f)
+#define ebm__vload(p) vld1q_f32(p)
+#define ebm__vstore(p, v) vst1q_f32(p, v)
+#define ebm__vbcast(x) vdupq_n_f32(x)
+#define ebm__vfma(a, b, c) vfmaq_f32(c, a, b)
+#define EBM__ISA "neon"
+#else /* portable: the same blocking on scalars (what EBM_NO_SIMD builds test) */
+#define EBM__VL 1
+#define EBM__RM 4
+typedef float ebm__vf;
+#define ebm__vzero() 0.0f
+#define ebm__vload(p) (*(p))
+#define ebm__vstore(p, v) (*(p) = (v))
+#define ebm__vbcast(x) (x)
+#define ebm__vfma(a, b, c) ((a) * (b) + (c))
+#define EBM__ISA "scalar"
 #endif
+#define EBM__CV 2
+#define EBM__CB (EBM__CV * EBM__VL)
+
+EBMDEF const char *ebm_isa(void) { return EBM__ISA; }
+
+/* Tap form (forward and input gradient): tmp[r][j] = sum over taps t and
+   channels c < kc of A[row[r] + tap[t] + c] * B[(t kc + c) CB + j]. All
+   EBM__RM rows are computed (a short tile repeats its last row), so the
+   accumulators are a fixed set the compiler keeps in registers. */
+static void ebm__mk_taps(const float *A, const ptrdiff_t *row, const ptrdiff_t *tap, int n_taps, int kc,
+                         const float *B, float *tmp)
+{
+    ebm__vf acc[EBM__RM][EBM__CV];
+    int r, v, t, c;
+    for (r = 0; r < EBM__RM; r++) for (v = 0; v < EBM__CV; v++) acc[r][v] = ebm__vzero();
+    for (t = 0; t < n_taps; t++) {
+        const float *ar[EBM__RM];
+        for (r = 0; r < EBM__RM; r++) ar[r] = A + row[r] + tap[t];
+        for (c = 0; c < kc; c++) {
+            const float *b = B + ((size_t)t * kc + c) * EBM__CB;
+            ebm__vf bv[EBM__CV];
+            for (v = 0; v < EBM__CV; v++) bv[v] = ebm__vload(b + v * EBM__VL);
+            for (r = 0; r < EBM__RM; r++) {
+                ebm__vf a = ebm__vbcast(ar[r][c]);
+                for (v = 0; v < EBM__CV; v++) acc[r][v] = ebm__vfma(a, bv[v], acc[r][v]);
+            }
+        }
+    }
+    for (r = 0; r < EBM__RM; r++) for (v = 0; v < EBM__CV; v++) ebm__vstore(tmp + r * EBM__CB + v * EBM__VL, acc[r][v]);
+}
+
+/* Gather form (weight gradient): tmp[r][j] = sum over k < K of
+   A[koff[k] + row[r]] * B[k CB + j]. */
+static void ebm__mk_gather(const float *A, const ptrdiff_t *row, const ptrdiff_t *koff, size_t K,
+                           const float *B, float *tmp)
+{
+    ebm__vf acc[EBM__RM][EBM__CV];
+    int r, v;
+    size_t k;
+    for (r = 0; r < EBM__RM; r++) for (v = 0; v < EBM__CV; v++) acc[r][v] = ebm__vzero();
+    for (k = 0; k < K; k++) {
+        const float *a = A + koff[k], *b = B + k * EBM__CB;
+        ebm__vf bv[EBM__CV];
+        for (v = 0; v < EBM__CV; v++) bv[v] = ebm__vload(b + v * EBM__VL);
+        for (r = 0; r < EBM__RM; r++) {
+            ebm__vf av = ebm__vbcast(a[row[r]]);
+            for (v = 0; v < EBM__CV; v++) acc[r][v] = ebm__vfma(av, bv[v], acc[r][v]);
+        }
+    }
+    for (r = 0; r < EBM__RM; r++) for (v = 0; v < EBM__CV; v++) ebm__vstore(tmp + r * EBM__CB + v * EBM__VL, acc[r][v]);
+}
+
+static size_t ebm__ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
+
+/* x (N,h,w,C) into the middle of out (N,Hp,Wp,C) at (top, left), zeros around. */
+static void ebm__pad(const float *x, int n, int h, int w, int c, int top, int left, int Hp, int Wp, float *out)
+{
+    int i, y;
+    memset(out, 0, (size_t)n * Hp * Wp * c * sizeof(float));
+    for (i = 0; i < n; i++)
+        for (y = 0; y < h; y++)
+            memcpy(out + (((size_t)i * Hp + y + top) * Wp + left) * c, x + ((size_t)i * h + y) * w * c, (size_t)w * c * sizeof(float));
+}
+
+/* Carve a 64-byte-aligned piece off a scratch block. */
+static void *ebm__carve(unsigned char **p, size_t bytes)
+{
+    uintptr_t u = (uintptr_t)*p;
+    unsigned char *q = *p + ((EBM__ALIGN - (u % EBM__ALIGN)) % EBM__ALIGN);
+    *p = q + bytes;
+    return q;
+}
+
+/* Scratch each pass needs, in bytes: padded operand, packed panels, offset
+   tables (+ alignment slack). The ops allocate it in the arena, so measuring
+   runs count it like any tensor. */
+static size_t ebm__conv_fwd_scratch(const ebm__cgeom *G)
+{
+    size_t pad = G->p ? (size_t)G->n * (G->hx + 2 * G->p) * (G->wx + 2 * G->p) * G->cx : 0;
+    size_t panels = ebm__ceil_div((size_t)G->cy, EBM__CB) * EBM__CB * G->k * G->k * G->cx;
+    return (pad + panels) * sizeof(float) + (size_t)G->k * G->k * sizeof(ptrdiff_t) + 3 * EBM__ALIGN;
+}
+
+/* How far gy must be zero-padded (top/left, bottom, right) for every phase
+   of the input gradient to read its taps without bounds checks. */
+static void ebm__bwd_pad(const ebm__cgeom *G, int *lo, int *hi_h, int *hi_w)
+{
+    int l = (G->k - 1 - G->p + G->s - 1) / G->s;
+    int mh = (G->hx - 1 + G->p) / G->s - (G->hy - 1), mw = (G->wx - 1 + G->p) / G->s - (G->wy - 1);
+    *lo = l > 0 ? l : 0;
+    *hi_h = mh > 0 ? mh : 0;
+    *hi_w = mw > 0 ? mw : 0;
+}
+
+static size_t ebm__conv_bwd_data_scratch(const ebm__cgeom *G)
+{
+    int lo, hh, hw;
+    size_t pad, panels;
+    ebm__bwd_pad(G, &lo, &hh, &hw);
+    pad = (size_t)G->n * (G->hy + lo + hh) * (G->wy + lo + hw) * G->cy;
+    panels = ebm__ceil_div((size_t)G->cx, EBM__CB) * EBM__CB * G->k * G->k * G->cy;
+    return (pad + panels) * sizeof(float) + (size_t)G->k * G->k * sizeof(ptrdiff_t) + 3 * EBM__ALIGN;
+}
+
+static size_t ebm__conv_bwd_weight_scratch(const ebm__cgeom *G)
+{
+    size_t M = (size_t)G->n * G->hy * G->wy;
+    size_t pad = G->p ? (size_t)G->n * (G->hx + 2 * G->p) * (G->wx + 2 * G->p) * G->cx : 0;
+    size_t panels = ebm__ceil_div((size_t)G->cy, EBM__CB) * EBM__CB * M;
+    return (pad + panels) * sizeof(float) + M * sizeof(ptrdiff_t) + 3 * EBM__ALIGN;
+}
+
+/* Forward: tile = (EBM__RM output pixels, one panel of output channels). */
+static void ebm__conv_fwd(const ebm__cgeom *G, const float *x, const float *w, const float *b, float *y, void *scratch)
+{
+    unsigned char *sp = (unsigned char *)scratch;
+    const int K = G->k, cx = G->cx, cy = G->cy, s = G->s;
+    const int Hp = G->hx + 2 * G->p, Wp = G->wx + 2 * G->p, HW = G->hy * G->wy;
+    const size_t M = (size_t)G->n * HW, n_ct = ebm__ceil_div((size_t)cy, EBM__CB), KKC = (size_t)K * K * cx;
+    const long n_tiles = (long)(ebm__ceil_div(M, EBM__RM) * n_ct);
+    const float *A = x;
+    float *Bp;
+    ptrdiff_t *tap;
+    size_t i, j, c;
+    long t;
+    if (G->p) {
+        float *xp = (float *)ebm__carve(&sp, (size_t)G->n * Hp * Wp * cx * sizeof(float));
+        ebm__pad(x, G->n, G->hx, G->wx, cx, G->p, G->p, Hp, Wp, xp);
+        A = xp;
+    }
+    tap = (ptrdiff_t *)ebm__carve(&sp, (size_t)K * K * sizeof(ptrdiff_t));
+    for (i = 0; i < (size_t)K * K; i++) tap[i] = ((ptrdiff_t)(i / K) * Wp + (ptrdiff_t)(i % K)) * cx;
+    Bp = (float *)ebm__carve(&sp, n_ct * EBM__CB * KKC * sizeof(float));
+    for (i = 0; i < n_ct; i++) /* panel i: channels i*CB.., for every (tap, ci); zeros past cy */
+        for (j = 0; j < KKC; j++)
+            for (c = 0; c < EBM__CB; c++) {
+                size_t co = i * EBM__CB + c;
+                Bp[(i * KKC + j) * EBM__CB + c] = co < (size_t)cy ? w[j * cy + co] : 0.0f;
+            }
+    EBM__PARALLEL_FOR
+    for (t = 0; t < n_tiles; t++) {
+        const size_t pt = (size_t)t / n_ct, ct = (size_t)t % n_ct, m0 = pt * EBM__RM;
+        const int nr = M - m0 < EBM__RM ? (int)(M - m0) : EBM__RM;
+        const int co0 = (int)(ct * EBM__CB), nc = cy - co0 < EBM__CB ? cy - co0 : EBM__CB;
+        ptrdiff_t row[EBM__RM];
+        float tmp[EBM__RM * EBM__CB];
+        int r, q;
+        for (r = 0; r < EBM__RM; r++) {
+            size_t m = m0 + (size_t)(r < nr ? r : nr - 1);
+            int n = (int)(m / (size_t)HW), ho = (int)(m % (size_t)HW) / G->wy, wo = (int)(m % (size_t)HW) % G->wy;
+            row[r] = (((ptrdiff_t)n * Hp + (ptrdiff_t)ho * s) * Wp + (ptrdiff_t)wo * s) * cx;
+        }
+        ebm__mk_taps(A, row, tap, K * K, cx, Bp + ct * KKC * EBM__CB, tmp);
+        for (r = 0; r < nr && r < EBM__RM; r++) {
+            float *o = y + (m0 + (size_t)r) * cy + co0;
+            for (q = 0; q < nc && q < EBM__CB; q++) o[q] = tmp[r * EBM__CB + q] + (b ? b[co0 + q] : 0.0f);
+        }
+    }
+}
+
+/* Input gradient (and transposed convolution), phase by phase. */
+static void ebm__conv_bwd_data(const ebm__cgeom *G, const float *gy, const float *w, const float *b, float *gx, void *scratch)
+{
+    unsigned char *sp = (unsigned char *)scratch;
+    const int K = G->k, cx = G->cx, cy = G->cy, s = G->s, p = G->p;
+    const size_t n_ct = ebm__ceil_div((size_t)cx, EBM__CB);
+    int lo, hh, hw, Hyp, Wyp, ph, pw;
+    float *gyp, *Bp;
+    ptrdiff_t *tap;
+    ebm__bwd_pad(G, &lo, &hh, &hw);
+    Hyp = G->hy + lo + hh; Wyp = G->wy + lo + hw;
+    gyp = (float *)ebm__carve(&sp, (size_t)G->n * Hyp * Wyp * cy * sizeof(float));
+    ebm__pad(gy, G->n, G->hy, G->wy, cy, lo, lo, Hyp, Wyp, gyp);
+    tap = (ptrdiff_t *)ebm__carve(&sp, (size_t)K * K * sizeof(ptrdiff_t));
+    Bp = (float *)ebm__carve(&sp, n_ct * EBM__CB * K * K * cy * sizeof(float));
+    for (ph = 0; ph < s; ph++)
+        for (pw = 0; pw < s; pw++) {
+            /* This phase: input rows hi = fh + s a with (hi + p) mod s = ph, and
+               the taps kh = ph + s i, which read gy row (hi + p - ph)/s - i. */
+            const int fh = ((ph - p) % s + s) % s, fw = ((pw - p) % s + s) % s;
+            const int cnt_h = fh < G->hx ? (G->hx - fh + s - 1) / s : 0, cnt_w = fw < G->wx ? (G->wx - fw + s - 1) / s : 0;
+            const int th = ph < K ? (K - ph + s - 1) / s : 0, tw = pw < K ? (K - pw + s - 1) / s : 0, nt = th * tw;
+            const size_t M = (size_t)G->n * cnt_h * cnt_w, KC = (size_t)nt * cy;
+            long t, n_tiles = (long)(ebm__ceil_div(M, EBM__RM) * n_ct);
+            size_t i, j, c;
+            int a, e;
+            if (M == 0) continue;
+            for (a = 0; a < th; a++)
+                for (e = 0; e < tw; e++) tap[a * tw + e] = -((ptrdiff_t)a * Wyp + e) * cy;
+            for (i = 0; i < n_ct; i++) /* panel i: input channels i*CB.. for every (phase tap, co) */
+                for (j = 0; j < KC; j++) {
+                    const int kh = ph + s * (int)(j / cy / tw), kw = pw + s * (int)((j / cy) % tw), co = (int)(j % cy);
+                    for (c = 0; c < EBM__CB; c++) {
+                        size_t ci = i * EBM__CB + c;
+                        Bp[(i * KC + j) * EBM__CB + c] = ci < (size_t)cx ? w[(((size_t)kh * K + kw) * cx + ci) * cy + co] : 0.0f;
+                    }
+                }
+            EBM__PARALLEL_FOR
+            for (t = 0; t < n_tiles; t++) {
+                const size_t pt = (size_t)t / n_ct, ct = (size_t)t % n_ct, m0 = pt * EBM__RM;
+                const int nr = M - m0 < EBM__RM ? (int)(M - m0) : EBM__RM;
+                const int c0 = (int)(ct * EBM__CB), nc = cx - c0 < EBM__CB ? cx - c0 : EBM__CB;
+                const size_t per = (size_t)cnt_h * cnt_w;
+                ptrdiff_t row[EBM__RM];
+                size_t pix[EBM__RM];
+                float tmp[EBM__RM * EBM__CB];
+                int r, q;
+                for (r = 0; r < EBM__RM; r++) {
+                    size_t m = m0 + (size_t)(r < nr ? r : nr - 1);
+                    int n = (int)(m / per), ah = (int)(m % per) / cnt_w, aw = (int)(m % per) % cnt_w;
+                    int hi = fh + s * ah, wi = fw + s * aw;
+                    row[r] = (((ptrdiff_t)n * Hyp + (hi + p - ph) / s + lo) * Wyp + (wi + p - pw) / s + lo) * cy;
+                    pix[r] = (((size_t)n * G->hx + hi) * G->wx + wi) * cx;
+                }
+                if (nt) ebm__mk_taps(gyp, row, tap, nt, cy, Bp + ct * KC * EBM__CB, tmp);
+                else memset(tmp, 0, sizeof tmp);
+                for (r = 0; r < nr && r < EBM__RM; r++) {
+                    float *o = gx + pix[r] + c0;
+                    for (q = 0; q < nc && q < EBM__CB; q++) o[q] = tmp[r * EBM__CB + q] + (b ? b[c0 + q] : 0.0f);
+                }
+            }
+        }
+}
+
+/* Weight gradient: tile = (EBM__RM rows (kh,kw,ci), one panel of co), summed
+   over every output pixel of the batch in order. */
+static void ebm__conv_bwd_weight(const ebm__cgeom *G, const float *x, const float *gy, float *gw, void *scratch)
+{
+    unsigned char *sp = (unsigned char *)scratch;
+    const int K = G->k, cx = G->cx, cy = G->cy, s = G->s;
+    const int Hp = G->hx + 2 * G->p, Wp = G->wx + 2 * G->p, HW = G->hy * G->wy;
+    const size_t M = (size_t)G->n * HW, n_ct = ebm__ceil_div((size_t)cy, EBM__CB), R = (size_t)K * K * cx;
+    const long n_tiles = (long)(ebm__ceil_div(R, EBM__RM) * n_ct);
+    const float *A = x;
+    float *Bp;
+    ptrdiff_t *koff;
+    size_t i, m, c;
+    long t;
+    if (G->p) {
+        float *xp = (float *)ebm__carve(&sp, (size_t)G->n * Hp * Wp * cx * sizeof(float));
+        ebm__pad(x, G->n, G->hx, G->wx, cx, G->p, G->p, Hp, Wp, xp);
+        A = xp;
+    }
+    koff = (ptrdiff_t *)ebm__carve(&sp, M * sizeof(ptrdiff_t));
+    for (m = 0; m < M; m++) {
+        int n = (int)(m / (size_t)HW), ho = (int)(m % (size_t)HW) / G->wy, wo = (int)(m % (size_t)HW) % G->wy;
+        koff[m] = (((ptrdiff_t)n * Hp + (ptrdiff_t)ho * s) * Wp + (ptrdiff_t)wo * s) * cx;
+    }
+    Bp = (float *)ebm__carve(&sp, n_ct * EBM__CB * M * sizeof(float));
+    for (i = 0; i < n_ct; i++)
+        for (m = 0; m < M; m++)
+            for (c = 0; c < EBM__CB; c++) {
+                size_t co = i * EBM__CB + c;
+                Bp[(i * M + m) * EBM__CB + c] = co < (size_t)cy ? gy[m * cy + co] : 0.0f;
+            }
+    EBM__PARALLEL_FOR
+    for (t = 0; t < n_tiles; t++) {
+        const size_t rt = (size_t)t / n_ct, ct = (size_t)t % n_ct, r0 = rt * EBM__RM;
+        const int nr = R - r0 < EBM__RM ? (int)(R - r0) : EBM__RM;
+        const int co0 = (int)(ct * EBM__CB), nc = cy - co0 < EBM__CB ? cy - co0 : EBM__CB;
+        ptrdiff_t row[EBM__RM];
+        float tmp[EBM__RM * EBM__CB];
+        int r, q;
+        for (r = 0; r < EBM__RM; r++) {
+            size_t rr = r0 + (size_t)(r < nr ? r : nr - 1);
+            int kh = (int)(rr / ((size_t)K * cx)), kw = (int)(rr / (size_t)cx) % K, ci = (int)(rr % (size_t)cx);
+            row[r] = ((ptrdiff_t)kh * Wp + kw) * cx + ci;
+        }
+        ebm__mk_gather(A, row, koff, M, Bp + ct * M * EBM__CB, tmp);
+        for (r = 0; r < nr && r < EBM__RM; r++) { /* (the second bounds tell the compiler tmp suffices) */
+            float *o = gw + (r0 + (size_t)r) * cy + co0;
+            for (q = 0; q < nc && q < EBM__CB; q++) o[q] = tmp[r * EBM__CB + q];
+        }
+    }
+}
 
 /* --- activations: value and derivatives up to third order --- */
 
@@ -1247,10 +1475,14 @@ EBMDEF ebm_var *ebm_conv2d(ebm_graph *g, ebm_var *x, ebm_var *w, ebm_var *b, int
     y = ebm__node(g, EBM__OP_CONV, 4, shape, x, w, b, 0);
     if (!y) return NULL;
     y->ip[0] = stride; y->ip[1] = pad;
-    if (y->data) {
+    {
         ebm__cgeom G;
+        ebm__mark mk = ebm__mark_get(g);
+        void *scratch;
         ebm__geom(&G, x, y, k, stride, pad);
-        ebm__conv_fwd(&G, x->data, w->data, b ? b->data : NULL, y->data, NULL);
+        if (!ebm__data(g, ebm__conv_fwd_scratch(&G), &scratch)) return NULL;
+        if (y->data) ebm__conv_fwd(&G, x->data, w->data, b ? b->data : NULL, y->data, scratch);
+        ebm__mark_set(g, mk);
     }
     return y;
 }
@@ -1277,14 +1509,12 @@ EBMDEF ebm_var *ebm_conv2d_transpose(ebm_graph *g, ebm_var *y, ebm_var *w, ebm_v
     if (!x) return NULL;
     x->ip[0] = stride; x->ip[1] = pad; x->ip[2] = out_h; x->ip[3] = out_w;
     {
+        ebm__cgeom G;
         ebm__mark mk = ebm__mark_get(g);
-        float *scratch;
-        if (!ebm__data(g, w->size * sizeof(float), (void **)&scratch)) return NULL;
-        if (x->data) {
-            ebm__cgeom G;
-            ebm__geom(&G, x, y, k, stride, pad);
-            ebm__conv_bwd_data(&G, y->data, w->data, b ? b->data : NULL, x->data, scratch);
-        }
+        void *scratch;
+        ebm__geom(&G, x, y, k, stride, pad);
+        if (!ebm__data(g, ebm__conv_bwd_data_scratch(&G), &scratch)) return NULL;
+        if (x->data) ebm__conv_bwd_data(&G, y->data, w->data, b ? b->data : NULL, x->data, scratch);
         ebm__mark_set(g, mk);
     }
     return x;
@@ -1305,10 +1535,14 @@ EBMDEF ebm_var *ebm_conv2d_weight_grad(ebm_graph *g, ebm_var *x, ebm_var *gy, in
     gw = ebm__node(g, EBM__OP_WGRAD, 4, shape, x, gy, NULL, 0);
     if (!gw) return NULL;
     gw->ip[0] = k; gw->ip[1] = stride; gw->ip[2] = pad;
-    if (gw->data) {
+    {
         ebm__cgeom G;
+        ebm__mark mk = ebm__mark_get(g);
+        void *scratch;
         ebm__geom(&G, x, gy, k, stride, pad);
-        ebm__conv_bwd_weight(&G, x->data, gy->data, gw->data);
+        if (!ebm__data(g, ebm__conv_bwd_weight_scratch(&G), &scratch)) return NULL;
+        if (gw->data) ebm__conv_bwd_weight(&G, x->data, gy->data, gw->data, scratch);
+        ebm__mark_set(g, mk);
     }
     return gw;
 }

@@ -524,18 +524,23 @@ static void test_conv_kernels_match_reference(void)
         {
             size_t M = nx > nw ? (nx > ny ? nx : ny) : (nw > ny ? nw : ny);
             float *gy = falloc(M);
+            size_t sb = ebm__conv_fwd_scratch(&G);
+            void *scr;
+            if (ebm__conv_bwd_data_scratch(&G) > sb) sb = ebm__conv_bwd_data_scratch(&G);
+            if (ebm__conv_bwd_weight_scratch(&G) > sb) sb = ebm__conv_bwd_weight_scratch(&G);
+            scr = malloc(sb);
             x = falloc(M); w = falloc(M); b = falloc(M); y1 = falloc(M); y2 = falloc(M); s = falloc(M);
             rnd(x, nx, -1, 1); rnd(w, nw, -1, 1); rnd(b, M, -1, 1); rnd(gy, ny, -1, 1);
-            ebm__conv_fwd(&G, x, w, b, y1, s);
+            ebm__conv_fwd(&G, x, w, b, y1, scr);
             ebm__conv_fwd_ref(&G, x, w, b, y2);
-            CHECK(rel_err_ff(y1, y2, ny) < 1e-6, "geometry %d: forward kernel vs reference rel %.2e", i, rel_err_ff(y1, y2, ny));
-            ebm__conv_bwd_data(&G, gy, w, b, y1, s);
+            CHECK(rel_err_ff(y1, y2, ny) < 2e-6, "geometry %d: forward kernel vs reference rel %.2e", i, rel_err_ff(y1, y2, ny));
+            ebm__conv_bwd_data(&G, gy, w, b, y1, scr);
             ebm__conv_bwd_data_ref(&G, gy, w, b, y2);
-            CHECK(rel_err_ff(y1, y2, nx) < 1e-6, "geometry %d: input-gradient kernel vs reference rel %.2e", i, rel_err_ff(y1, y2, nx));
-            ebm__conv_bwd_weight(&G, x, gy, y1);
+            CHECK(rel_err_ff(y1, y2, nx) < 2e-6, "geometry %d: input-gradient kernel vs reference rel %.2e", i, rel_err_ff(y1, y2, nx));
+            ebm__conv_bwd_weight(&G, x, gy, y1, scr);
             ebm__conv_bwd_weight_ref(&G, x, gy, y2);
-            CHECK(rel_err_ff(y1, y2, nw) < 1e-6, "geometry %d: weight-gradient kernel vs reference rel %.2e", i, rel_err_ff(y1, y2, nw));
-            free(gy);
+            CHECK(rel_err_ff(y1, y2, nw) < 2e-6, "geometry %d: weight-gradient kernel vs reference rel %.2e", i, rel_err_ff(y1, y2, nw));
+            free(gy); free(scr);
         }
         free(x); free(w); free(b); free(y1); free(y2); free(s);
     }
