@@ -10,7 +10,7 @@ CSTD     = -std=c99 -pedantic
 OMP      = -fopenmp
 B        = build
 
-.PHONY: all demo test test-quick crosscheck clean examples
+.PHONY: all demo test test-quick crosscheck clean examples bench
 
 all: examples
 
@@ -68,3 +68,9 @@ $(B)/crosscheck: tests/crosscheck.c ebm.h | $(B)
 
 clean:
 	rm -rf $(B)
+
+# --- speed, as ratios against PyTorch within one run (not part of `make test`)
+bench: $(B)/bench
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} ./$(B)/bench
+$(B)/bench: bench/bench.c ebm.h | $(B)
+	$(CC) $(CSTD) $(WARN) $(OPT) $(FPFLAGS) $(OMP) -D_POSIX_C_SOURCE=200809L -I. $< -o $@ -lm

@@ -320,7 +320,7 @@ EBMDEF size_t ebm_model_bytes(const ebm_model *m);
    shapes through the tape without arithmetic. */
 enum { EBM_STEP_FORWARD,      /* f(x) */
        EBM_STEP_INPUT_GRAD,   /* f(x) and grad_x f: one Langevin step */
-       EBM_STEP_PARAM_GRAD,   /* grad_theta of mean f: one maximum-likelihood update */
+       EBM_STEP_PARAM_GRAD,   /* grad_theta of sum_i w_i f(x_i): one maximum-likelihood update */
        EBM_STEP_SECOND_ORDER, /* grad_theta of |grad_x f|^2: denoising score matching */
        EBM_STEP_THIRD_ORDER   /* grad_theta of v.grad_x(v.grad_x f): sliced score matching */ };
 EBMDEF int ebm_model_step_bytes(ebm_model *m, int batch, int kind, size_t *bytes, ebm_error *err);
@@ -429,8 +429,10 @@ EBMDEF int ebm_npy_save(const char *path, const float *data, int ndim, const int
 #ifdef _OPENMP
 #define EBM__PRAGMA(x) _Pragma(#x)
 #define EBM__PARALLEL_FOR EBM__PRAGMA(omp parallel for schedule(static))
+#define EBM__PARALLEL_FOR_IF(c) EBM__PRAGMA(omp parallel for schedule(static) if(c))
 #else
 #define EBM__PARALLEL_FOR
+#define EBM__PARALLEL_FOR_IF(c)
 #endif
 
 /* The scalar reference twins: the definitions the tests compare the fast kernels with. */
@@ -551,10 +553,10 @@ static void ebm__philox_lanes(uint32_t first_block, uint32_t c1, uint32_t c2, ui
 /* 24 random bits -> [0, 1) exactly representable. */
 static float ebm__u01(uint32_t u) { return (float)(u >> 8) * (1.0f / 16777216.0f); }
 
-/* log(x) for x in (0, 1], branch-free so that loops over it vectorise
-   (Cephes-style: x = m 2^e with m in [sqrt(1/2), sqrt(2)), a degree-9
-   polynomial for log(1+t)). Max error ~1 ulp over the range used. */
-static float ebm__log01(float x)
+/* log(x) for a positive normal float, branch-free so that loops over it
+   vectorise (Cephes-style: x = m 2^e with m in [sqrt(1/2), sqrt(2)), a
+   degree-9 polynomial for log(1+t)). Error ~1 ulp. */
+static float ebm__logf(float x)
 {
     uint32_t u, mb;
     float m, t, z, y, e;
@@ -636,8 +638,8 @@ static void ebm__rng_normal_at(const ebm_rng *r, uint64_t sample, uint32_t step,
         ebm__philox_lanes((uint32_t)((coord0 + base) / 4), step, (uint32_t)sample, r->stream, k0, k1, o);
         /* Box-Muller on (u0, u1) and (u2, u3); u0, u2 in (0, 1] so the log is finite. */
         for (l = 0; l < EBM__LANES; l++) {
-            float ra = sqrtf(-2.0f * ebm__log01(ebm__u01(o[0][l]) + (1.0f / 16777216.0f)));
-            float rb = sqrtf(-2.0f * ebm__log01(ebm__u01(o[2][l]) + (1.0f / 16777216.0f)));
+            float ra = sqrtf(-2.0f * ebm__logf(ebm__u01(o[0][l]) + (1.0f / 16777216.0f)));
+            float rb = sqrtf(-2.0f * ebm__logf(ebm__u01(o[2][l]) + (1.0f / 16777216.0f)));
             float ca, sa, cb, sb;
             ebm__cossin2pi(ebm__u01(o[1][l]), &ca, &sa);
             ebm__cossin2pi(ebm__u01(o[3][l]), &cb, &sb);
@@ -831,11 +833,11 @@ typedef float ebm__vf;
 EBMDEF const char *ebm_isa(void) { return EBM__ISA; }
 
 /* Tap form (forward and input gradient): tmp[r][j] = sum over taps t and
-   channels c < kc of A[row[r] + tap[t] + c] * B[(t kc + c) CB + j]. All
+   channels c < kc of A[row[r] + tap[t] + c] * B[(t kc + c) ldb + j]. All
    EBM__RM rows are computed (a short tile repeats its last row), so the
    accumulators are a fixed set the compiler keeps in registers. */
 static void ebm__mk_taps(const float *A, const ptrdiff_t *row, const ptrdiff_t *tap, int n_taps, int kc,
-                         const float *B, float *tmp)
+                         const float *B, size_t ldb, float *tmp)
 {
     ebm__vf acc[EBM__RM][EBM__CV];
     int r, v, t, c;
@@ -844,7 +846,7 @@ static void ebm__mk_taps(const float *A, const ptrdiff_t *row, const ptrdiff_t *
         const float *ar[EBM__RM];
         for (r = 0; r < EBM__RM; r++) ar[r] = A + row[r] + tap[t];
         for (c = 0; c < kc; c++) {
-            const float *b = B + ((size_t)t * kc + c) * EBM__CB;
+            const float *b = B + ((size_t)t * kc + c) * ldb;
             ebm__vf bv[EBM__CV];
             for (v = 0; v < EBM__CV; v++) bv[v] = ebm__vload(b + v * EBM__VL);
             for (r = 0; r < EBM__RM; r++) {
@@ -857,16 +859,16 @@ static void ebm__mk_taps(const float *A, const ptrdiff_t *row, const ptrdiff_t *
 }
 
 /* Gather form (weight gradient): tmp[r][j] = sum over k < K of
-   A[koff[k] + row[r]] * B[k CB + j]. */
+   A[koff[k] + row[r]] * B[k ldb + j]. */
 static void ebm__mk_gather(const float *A, const ptrdiff_t *row, const ptrdiff_t *koff, size_t K,
-                           const float *B, float *tmp)
+                           const float *B, size_t ldb, float *tmp)
 {
     ebm__vf acc[EBM__RM][EBM__CV];
     int r, v;
     size_t k;
     for (r = 0; r < EBM__RM; r++) for (v = 0; v < EBM__CV; v++) acc[r][v] = ebm__vzero();
     for (k = 0; k < K; k++) {
-        const float *a = A + koff[k], *b = B + k * EBM__CB;
+        const float *a = A + koff[k], *b = B + k * ldb;
         ebm__vf bv[EBM__CV];
         for (v = 0; v < EBM__CV; v++) bv[v] = ebm__vload(b + v * EBM__VL);
         for (r = 0; r < EBM__RM; r++) {
@@ -877,16 +879,81 @@ static void ebm__mk_gather(const float *A, const ptrdiff_t *row, const ptrdiff_t
     for (r = 0; r < EBM__RM; r++) for (v = 0; v < EBM__CV; v++) ebm__vstore(tmp + r * EBM__CB + v * EBM__VL, acc[r][v]);
 }
 
+/* Dot form, for an input gradient with few input channels (the first
+   layer: 1 or 3): a panel of input channels would be mostly padding, so
+   instead each of EBM__RD pixels keeps one vector accumulator per input
+   channel (up to EBM__DC of them) and runs over the output channels:
+   tmp[r][ci] = sum over taps t, channels c < kc of A[row[r] + tap[t] + c] *
+   W[(t EBM__DC + ci) kc + c]. Each accumulator is reduced in a fixed order
+   at the end, so the result is still one thread's fixed sum. */
+#define EBM__RD 4
+#define EBM__DC 4
+static void ebm__mk_dot(const float *A, const ptrdiff_t *row, const ptrdiff_t *tap, int n_taps, int kc,
+                        const float *W, float *tmp)
+{
+    ebm__vf acc[EBM__RD][EBM__DC];
+    float tail[EBM__RD][EBM__DC], lanes[EBM__VL];
+    const int kv = kc - kc % EBM__VL;
+    int r, d, t, c, l;
+    for (r = 0; r < EBM__RD; r++)
+        for (d = 0; d < EBM__DC; d++) { acc[r][d] = ebm__vzero(); tail[r][d] = 0.0f; }
+    for (t = 0; t < n_taps; t++) {
+        const float *w = W + (size_t)t * EBM__DC * kc;
+        for (c = 0; c < kv; c += EBM__VL) {
+            ebm__vf wv[EBM__DC];
+            for (d = 0; d < EBM__DC; d++) wv[d] = ebm__vload(w + (size_t)d * kc + c);
+            for (r = 0; r < EBM__RD; r++) {
+                ebm__vf a = ebm__vload(A + row[r] + tap[t] + c);
+                for (d = 0; d < EBM__DC; d++) acc[r][d] = ebm__vfma(a, wv[d], acc[r][d]);
+            }
+        }
+        for (c = kv; c < kc; c++) /* channels past the last full vector */
+            for (r = 0; r < EBM__RD; r++)
+                for (d = 0; d < EBM__DC; d++) tail[r][d] += A[row[r] + tap[t] + c] * w[(size_t)d * kc + c];
+    }
+    for (r = 0; r < EBM__RD; r++)
+        for (d = 0; d < EBM__DC; d++) {
+            float sum = 0.0f;
+            ebm__vstore(lanes, acc[r][d]);
+            for (l = 0; l < EBM__VL; l++) sum += lanes[l];
+            tmp[r * EBM__DC + d] = sum + tail[r][d];
+        }
+}
+
 static size_t ebm__ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
 
 /* x (N,h,w,C) into the middle of out (N,Hp,Wp,C) at (top, left), zeros around. */
 static void ebm__pad(const float *x, int n, int h, int w, int c, int top, int left, int Hp, int Wp, float *out)
 {
-    int i, y;
-    memset(out, 0, (size_t)n * Hp * Wp * c * sizeof(float));
-    for (i = 0; i < n; i++)
-        for (y = 0; y < h; y++)
-            memcpy(out + (((size_t)i * Hp + y + top) * Wp + left) * c, x + ((size_t)i * h + y) * w * c, (size_t)w * c * sizeof(float));
+    int i;
+    EBM__PARALLEL_FOR
+    for (i = 0; i < n; i++) {
+        int y;
+        for (y = 0; y < Hp; y++) {
+            float *o = out + ((size_t)i * Hp + y) * Wp * c;
+            if (y < top || y >= top + h) { memset(o, 0, (size_t)Wp * c * sizeof(float)); continue; }
+            memset(o, 0, (size_t)left * c * sizeof(float));
+            memcpy(o + (size_t)left * c, x + ((size_t)i * h + y - top) * w * c, (size_t)w * c * sizeof(float));
+            memset(o + (size_t)(left + w) * c, 0, (size_t)(Wp - left - w) * c * sizeof(float));
+        }
+    }
+}
+
+/* Panels of EBM__CB columns, zero past `cols`: out[(i rows + j) CB + c] =
+   src[j ld + i CB + c]. In parallel over rows; a copy, so any split is exact. */
+static void ebm__pack(const float *src, size_t rows, size_t cols, size_t ld, float *out)
+{
+    const size_t n_ct = ebm__ceil_div(cols, EBM__CB);
+    long j;
+    EBM__PARALLEL_FOR
+    for (j = 0; j < (long)rows; j++) {
+        size_t i, c;
+        for (i = 0; i < n_ct; i++)
+            for (c = 0; c < EBM__CB; c++) {
+                size_t col = i * EBM__CB + c;
+                out[(i * rows + (size_t)j) * EBM__CB + c] = col < cols ? src[(size_t)j * ld + col] : 0.0f;
+            }
+    }
 }
 
 /* Carve a 64-byte-aligned piece off a scratch block. */
@@ -925,7 +992,8 @@ static size_t ebm__conv_bwd_data_scratch(const ebm__cgeom *G)
     size_t pad, panels;
     ebm__bwd_pad(G, &lo, &hh, &hw);
     pad = (size_t)G->n * (G->hy + lo + hh) * (G->wy + lo + hw) * G->cy;
-    panels = ebm__ceil_div((size_t)G->cx, EBM__CB) * EBM__CB * G->k * G->k * G->cy;
+    panels = ebm__ceil_div((size_t)G->cx, EBM__CB) * EBM__CB;
+    panels = (panels > EBM__DC ? panels : EBM__DC) * G->k * G->k * G->cy; /* panels, or the dot form's packing */
     return (pad + panels) * sizeof(float) + (size_t)G->k * G->k * sizeof(ptrdiff_t) + 3 * EBM__ALIGN;
 }
 
@@ -948,7 +1016,7 @@ static void ebm__conv_fwd(const ebm__cgeom *G, const float *x, const float *w, c
     const float *A = x;
     float *Bp;
     ptrdiff_t *tap;
-    size_t i, j, c;
+    size_t i, ldb, pstride;
     long t;
     if (G->p) {
         float *xp = (float *)ebm__carve(&sp, (size_t)G->n * Hp * Wp * cx * sizeof(float));
@@ -957,13 +1025,11 @@ static void ebm__conv_fwd(const ebm__cgeom *G, const float *x, const float *w, c
     }
     tap = (ptrdiff_t *)ebm__carve(&sp, (size_t)K * K * sizeof(ptrdiff_t));
     for (i = 0; i < (size_t)K * K; i++) tap[i] = ((ptrdiff_t)(i / K) * Wp + (ptrdiff_t)(i % K)) * cx;
+    /* B: the weights (tap, ci) x co in contiguous panels (faster to stream
+       than reading rows of cy floats in place, measured) */
     Bp = (float *)ebm__carve(&sp, n_ct * EBM__CB * KKC * sizeof(float));
-    for (i = 0; i < n_ct; i++) /* panel i: channels i*CB.., for every (tap, ci); zeros past cy */
-        for (j = 0; j < KKC; j++)
-            for (c = 0; c < EBM__CB; c++) {
-                size_t co = i * EBM__CB + c;
-                Bp[(i * KKC + j) * EBM__CB + c] = co < (size_t)cy ? w[j * cy + co] : 0.0f;
-            }
+    ebm__pack(w, KKC, (size_t)cy, (size_t)cy, Bp);
+    ldb = EBM__CB; pstride = KKC * EBM__CB;
     EBM__PARALLEL_FOR
     for (t = 0; t < n_tiles; t++) {
         const size_t pt = (size_t)t / n_ct, ct = (size_t)t % n_ct, m0 = pt * EBM__RM;
@@ -977,7 +1043,7 @@ static void ebm__conv_fwd(const ebm__cgeom *G, const float *x, const float *w, c
             int n = (int)(m / (size_t)HW), ho = (int)(m % (size_t)HW) / G->wy, wo = (int)(m % (size_t)HW) % G->wy;
             row[r] = (((ptrdiff_t)n * Hp + (ptrdiff_t)ho * s) * Wp + (ptrdiff_t)wo * s) * cx;
         }
-        ebm__mk_taps(A, row, tap, K * K, cx, Bp + ct * KKC * EBM__CB, tmp);
+        ebm__mk_taps(A, row, tap, K * K, cx, Bp + ct * pstride, ldb, tmp);
         for (r = 0; r < nr && r < EBM__RM; r++) {
             float *o = y + (m0 + (size_t)r) * cy + co0;
             for (q = 0; q < nc && q < EBM__CB; q++) o[q] = tmp[r * EBM__CB + q] + (b ? b[co0 + q] : 0.0f);
@@ -999,7 +1065,7 @@ static void ebm__conv_bwd_data(const ebm__cgeom *G, const float *gy, const float
     gyp = (float *)ebm__carve(&sp, (size_t)G->n * Hyp * Wyp * cy * sizeof(float));
     ebm__pad(gy, G->n, G->hy, G->wy, cy, lo, lo, Hyp, Wyp, gyp);
     tap = (ptrdiff_t *)ebm__carve(&sp, (size_t)K * K * sizeof(ptrdiff_t));
-    Bp = (float *)ebm__carve(&sp, n_ct * EBM__CB * K * K * cy * sizeof(float));
+    Bp = (float *)ebm__carve(&sp, (n_ct * EBM__CB > EBM__DC ? n_ct * EBM__CB : EBM__DC) * K * K * cy * sizeof(float));
     for (ph = 0; ph < s; ph++)
         for (pw = 0; pw < s; pw++) {
             /* This phase: input rows hi = fh + s a with (hi + p) mod s = ph, and
@@ -1014,14 +1080,48 @@ static void ebm__conv_bwd_data(const ebm__cgeom *G, const float *gy, const float
             if (M == 0) continue;
             for (a = 0; a < th; a++)
                 for (e = 0; e < tw; e++) tap[a * tw + e] = -((ptrdiff_t)a * Wyp + e) * cy;
-            for (i = 0; i < n_ct; i++) /* panel i: input channels i*CB.. for every (phase tap, co) */
-                for (j = 0; j < KC; j++) {
-                    const int kh = ph + s * (int)(j / cy / tw), kw = pw + s * (int)((j / cy) % tw), co = (int)(j % cy);
-                    for (c = 0; c < EBM__CB; c++) {
-                        size_t ci = i * EBM__CB + c;
-                        Bp[(i * KC + j) * EBM__CB + c] = ci < (size_t)cx ? w[(((size_t)kh * K + kw) * cx + ci) * cy + co] : 0.0f;
+            if (cx <= EBM__DC && cx * 2 <= EBM__CB) { /* few input channels: the dot form */
+                const size_t per = (size_t)cnt_h * cnt_w;
+                const long n_dt = (long)ebm__ceil_div(M, EBM__RD);
+                for (j = 0; j < (size_t)nt; j++) /* Bp[(t DC + ci) cy + co] = w[tap t, ci, co], zero past cx */
+                    for (c = 0; c < EBM__DC; c++)
+                        for (i = 0; i < (size_t)cy; i++) {
+                            const int kh = ph + s * (int)(j / tw), kw = pw + s * (int)(j % tw);
+                            Bp[(j * EBM__DC + c) * cy + i] = c < (size_t)cx ? w[(((size_t)kh * K + kw) * cx + c) * cy + i] : 0.0f;
+                        }
+                EBM__PARALLEL_FOR
+                for (t = 0; t < n_dt; t++) {
+                    const size_t m0 = (size_t)t * EBM__RD;
+                    const int nr = M - m0 < EBM__RD ? (int)(M - m0) : EBM__RD;
+                    ptrdiff_t row[EBM__RD];
+                    size_t pix[EBM__RD];
+                    float tmp[EBM__RD * EBM__DC];
+                    int r, q;
+                    for (r = 0; r < EBM__RD; r++) {
+                        size_t m = m0 + (size_t)(r < nr ? r : nr - 1);
+                        int n = (int)(m / per), ah = (int)(m % per) / cnt_w, aw = (int)(m % per) % cnt_w;
+                        int hi = fh + s * ah, wi = fw + s * aw;
+                        row[r] = (((ptrdiff_t)n * Hyp + (hi + p - ph) / s + lo) * Wyp + (wi + p - pw) / s + lo) * cy;
+                        pix[r] = (((size_t)n * G->hx + hi) * G->wx + wi) * cx;
                     }
+                    if (nt) ebm__mk_dot(gyp, row, tap, nt, cy, Bp, tmp);
+                    else memset(tmp, 0, sizeof tmp);
+                    for (r = 0; r < nr && r < EBM__RD; r++)
+                        for (q = 0; q < cx && q < EBM__DC; q++) gx[pix[r] + q] = tmp[r * EBM__DC + q] + (b ? b[q] : 0.0f);
                 }
+                continue;
+            }
+            EBM__PARALLEL_FOR /* panel i: input channels i*CB.. for every (phase tap, co); a copy */
+            for (t = 0; t < (long)KC; t++) {
+                const size_t jj = (size_t)t;
+                const int kh = ph + s * (int)(jj / cy / tw), kw = pw + s * (int)((jj / cy) % tw), co = (int)(jj % cy);
+                size_t ii, cc;
+                for (ii = 0; ii < n_ct; ii++)
+                    for (cc = 0; cc < EBM__CB; cc++) {
+                        size_t ci = ii * EBM__CB + cc;
+                        Bp[(ii * KC + jj) * EBM__CB + cc] = ci < (size_t)cx ? w[(((size_t)kh * K + kw) * cx + ci) * cy + co] : 0.0f;
+                    }
+            }
             EBM__PARALLEL_FOR
             for (t = 0; t < n_tiles; t++) {
                 const size_t pt = (size_t)t / n_ct, ct = (size_t)t % n_ct, m0 = pt * EBM__RM;
@@ -1039,7 +1139,7 @@ static void ebm__conv_bwd_data(const ebm__cgeom *G, const float *gy, const float
                     row[r] = (((ptrdiff_t)n * Hyp + (hi + p - ph) / s + lo) * Wyp + (wi + p - pw) / s + lo) * cy;
                     pix[r] = (((size_t)n * G->hx + hi) * G->wx + wi) * cx;
                 }
-                if (nt) ebm__mk_taps(gyp, row, tap, nt, cy, Bp + ct * KC * EBM__CB, tmp);
+                if (nt) ebm__mk_taps(gyp, row, tap, nt, cy, Bp + ct * KC * EBM__CB, EBM__CB, tmp);
                 else memset(tmp, 0, sizeof tmp);
                 for (r = 0; r < nr && r < EBM__RM; r++) {
                     float *o = gx + pix[r] + c0;
@@ -1061,7 +1161,7 @@ static void ebm__conv_bwd_weight(const ebm__cgeom *G, const float *x, const floa
     const float *A = x;
     float *Bp;
     ptrdiff_t *koff;
-    size_t i, m, c;
+    size_t m, ldb, pstride;
     long t;
     if (G->p) {
         float *xp = (float *)ebm__carve(&sp, (size_t)G->n * Hp * Wp * cx * sizeof(float));
@@ -1073,13 +1173,10 @@ static void ebm__conv_bwd_weight(const ebm__cgeom *G, const float *x, const floa
         int n = (int)(m / (size_t)HW), ho = (int)(m % (size_t)HW) / G->wy, wo = (int)(m % (size_t)HW) % G->wy;
         koff[m] = (((ptrdiff_t)n * Hp + (ptrdiff_t)ho * s) * Wp + (ptrdiff_t)wo * s) * cx;
     }
+    /* B: gy, pixels x co, in contiguous panels */
     Bp = (float *)ebm__carve(&sp, n_ct * EBM__CB * M * sizeof(float));
-    for (i = 0; i < n_ct; i++)
-        for (m = 0; m < M; m++)
-            for (c = 0; c < EBM__CB; c++) {
-                size_t co = i * EBM__CB + c;
-                Bp[(i * M + m) * EBM__CB + c] = co < (size_t)cy ? gy[m * cy + co] : 0.0f;
-            }
+    ebm__pack(gy, M, (size_t)cy, (size_t)cy, Bp);
+    ldb = EBM__CB; pstride = M * EBM__CB;
     EBM__PARALLEL_FOR
     for (t = 0; t < n_tiles; t++) {
         const size_t rt = (size_t)t / n_ct, ct = (size_t)t % n_ct, r0 = rt * EBM__RM;
@@ -1093,7 +1190,7 @@ static void ebm__conv_bwd_weight(const ebm__cgeom *G, const float *x, const floa
             int kh = (int)(rr / ((size_t)K * cx)), kw = (int)(rr / (size_t)cx) % K, ci = (int)(rr % (size_t)cx);
             row[r] = ((ptrdiff_t)kh * Wp + kw) * cx + ci;
         }
-        ebm__mk_gather(A, row, koff, M, Bp + ct * M * EBM__CB, tmp);
+        ebm__mk_gather(A, row, koff, M, Bp + ct * pstride, ldb, tmp);
         for (r = 0; r < nr && r < EBM__RM; r++) { /* (the second bounds tell the compiler tmp suffices) */
             float *o = gw + (r0 + (size_t)r) * cy + co0;
             for (q = 0; q < nc && q < EBM__CB; q++) o[q] = tmp[r * EBM__CB + q];
@@ -1152,8 +1249,34 @@ EBM__REFERENCE double ebm__act_ref(int type, int order, double a, double x)
    depth d needs order d; sliced score matching needs 3). */
 #define EBM__ACT_MAX_ORDER 3
 
-/* Float kernel: y = act^(order)(x), element-wise. */
-static void ebm__act_fwd(int type, int order, float a, const float *x, float *y, size_t n)
+/* exp(x) for float, branch-free so that loops over it vectorise (Cephes-
+   style: x = n ln2 + r, |r| <= ln2/2, a degree-6 polynomial for e^r, 2^n
+   from the exponent bits). x is clamped to [-87, 88], where the result is a
+   normal float; error ~2 ulp. */
+static float ebm__expf(float x)
+{
+    float n, r, p, scale;
+    uint32_t u;
+    x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
+    n = (x * 1.44269504089f + 12582912.0f) - 12582912.0f; /* round to nearest via 1.5 * 2^23 */
+    r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    u = (uint32_t)((int32_t)n + 127) << 23;
+    memcpy(&scale, &u, 4);
+    return p * scale;
+}
+
+static float ebm__sigmoid(float v) { return 1.0f / (1.0f + ebm__expf(-v)); }
+
+/* y = act^(order)(x) on one range, one branch-free loop per (type, order). */
+static void ebm__act_range(int type, int order, float a, const float *x, float *y, size_t n)
 {
     size_t i;
     switch (type) {
@@ -1162,35 +1285,39 @@ static void ebm__act_fwd(int type, int order, float a, const float *x, float *y,
         else if (order == 1) for (i = 0; i < n; i++) y[i] = x[i] > 0 ? 1.0f : a;
         else memset(y, 0, n * sizeof *y);
         return;
-    case EBM_ACT_SILU: case EBM_ACT_SOFTPLUS:
-        for (i = 0; i < n; i++) {
-            float v = x[i], s = 1.0f / (1.0f + expf(-v)), s1 = s * (1 - s), r;
-            if (type == EBM_ACT_SILU)
-                r = order == 0 ? v * s : order == 1 ? s + v * s1 : order == 2 ? s1 * (2 + v * (1 - 2 * s))
-                  : s1 * ((1 - 2 * s) * (3 + v * (1 - 2 * s)) - 2 * v * s1);
-            else
-                r = order == 0 ? (v > 0 ? v + log1pf(expf(-v)) : log1pf(expf(v)))
-                  : order == 1 ? s : order == 2 ? s1 : s1 * (1 - 2 * s);
-            y[i] = r;
+    case EBM_ACT_SILU: /* x s, s = sigmoid(x), s1 = s (1 - s) */
+        if (order == 0) for (i = 0; i < n; i++) y[i] = x[i] * ebm__sigmoid(x[i]);
+        else if (order == 1) for (i = 0; i < n; i++) { float s = ebm__sigmoid(x[i]); y[i] = s + x[i] * s * (1 - s); }
+        else if (order == 2) for (i = 0; i < n; i++) { float s = ebm__sigmoid(x[i]), s1 = s * (1 - s); y[i] = s1 * (2 + x[i] * (1 - 2 * s)); }
+        else for (i = 0; i < n; i++) {
+            float v = x[i], s = ebm__sigmoid(v), s1 = s * (1 - s);
+            y[i] = s1 * ((1 - 2 * s) * (3 + v * (1 - 2 * s)) - 2 * v * s1);
         }
+        return;
+    case EBM_ACT_SOFTPLUS: /* max(x, 0) + log(1 + e^-|x|) */
+        if (order == 0) for (i = 0; i < n; i++) {
+            float v = x[i], e = ebm__expf(v > 0 ? -v : v);
+            y[i] = (v > 0 ? v : 0.0f) + ebm__logf(1.0f + e);
+        }
+        else if (order == 1) for (i = 0; i < n; i++) y[i] = ebm__sigmoid(x[i]);
+        else if (order == 2) for (i = 0; i < n; i++) { float s = ebm__sigmoid(x[i]); y[i] = s * (1 - s); }
+        else for (i = 0; i < n; i++) { float s = ebm__sigmoid(x[i]); y[i] = s * (1 - s) * (1 - 2 * s); }
         return;
     case EBM_ACT_ELU:
-        for (i = 0; i < n; i++) {
-            float v = x[i];
-            y[i] = v > 0 ? (order == 0 ? v : order == 1 ? 1.0f : 0.0f)
-                         : (order == 0 ? a * expm1f(v) : a * expf(v));
-        }
+        if (order == 0) for (i = 0; i < n; i++) y[i] = x[i] > 0 ? x[i] : a * (ebm__expf(x[i]) - 1.0f);
+        else if (order == 1) for (i = 0; i < n; i++) y[i] = x[i] > 0 ? 1.0f : a * ebm__expf(x[i]);
+        else for (i = 0; i < n; i++) y[i] = x[i] > 0 ? 0.0f : a * ebm__expf(x[i]);
         return;
-    case EBM_ACT_GELU:
+    case EBM_ACT_GELU: /* x Phi(x) (erff from libm: not vectorised) */
         for (i = 0; i < n; i++) {
-            float v = x[i], phi = expf(-0.5f * v * v) * 0.398942280f, P = 0.5f * (1 + erff(v * 0.707106781f));
+            float v = x[i], phi = ebm__expf(-0.5f * v * v) * 0.398942280f, P = 0.5f * (1 + erff(v * 0.707106781f));
             y[i] = order == 0 ? v * P : order == 1 ? P + v * phi : order == 2 ? (2 - v * v) * phi
                  : (v * v * v - 4 * v) * phi;
         }
         return;
-    case EBM_ACT_TANH:
+    case EBM_ACT_TANH: /* 1 - 2 / (e^2x + 1) */
         for (i = 0; i < n; i++) {
-            float t = tanhf(x[i]), d = 1 - t * t;
+            float t = 1.0f - 2.0f / (ebm__expf(2.0f * x[i]) + 1.0f), d = 1 - t * t;
             y[i] = order == 0 ? t : order == 1 ? d : order == 2 ? -2 * t * d : d * (6 * t * t - 2);
         }
         return;
@@ -1198,16 +1325,37 @@ static void ebm__act_fwd(int type, int order, float a, const float *x, float *y,
     EBM_ASSERT(0);
 }
 
+/* Element-wise work is split into fixed chunks run in parallel: each element
+   is computed alone, so any split gives the same bits. */
+#define EBM__CHUNK 16384
+
+/* y = act^(order)(x), element-wise. */
+static void ebm__act_fwd(int type, int order, float a, const float *x, float *y, size_t n)
+{
+    const long nc = (long)ebm__ceil_div(n, EBM__CHUNK);
+    long c;
+    EBM__PARALLEL_FOR_IF(nc > 1)
+    for (c = 0; c < nc; c++) {
+        size_t o = (size_t)c * EBM__CHUNK;
+        ebm__act_range(type, order, a, x + o, y + o, n - o < EBM__CHUNK ? n - o : EBM__CHUNK);
+    }
+}
+
 /* Fused first-order backward: gx = gy * act'(x), without the act'(x) tensor. */
 static void ebm__act_bwd(int type, float a, const float *x, const float *gy, float *gx, size_t n)
 {
-    size_t i;
-    if (type == EBM_ACT_LEAKY_RELU) {
-        for (i = 0; i < n; i++) gx[i] = x[i] > 0 ? gy[i] : a * gy[i];
-        return;
+    const long nc = (long)ebm__ceil_div(n, EBM__CHUNK);
+    long c;
+    EBM__PARALLEL_FOR_IF(nc > 1)
+    for (c = 0; c < nc; c++) {
+        size_t o = (size_t)c * EBM__CHUNK, i, m = n - o < EBM__CHUNK ? n - o : EBM__CHUNK;
+        if (type == EBM_ACT_LEAKY_RELU)
+            for (i = o; i < o + m; i++) gx[i] = x[i] > 0 ? gy[i] : a * gy[i];
+        else {
+            ebm__act_range(type, 1, a, x + o, gx + o, m);
+            for (i = o; i < o + m; i++) gx[i] *= gy[i];
+        }
     }
-    ebm__act_fwd(type, 1, a, x, gx, n);
-    for (i = 0; i < n; i++) gx[i] *= gy[i];
 }
 
 /* ---------------------------------------------------------------- 5. autograd */
@@ -2300,7 +2448,9 @@ EBMDEF int ebm_model_score(ebm_model *m, ebm_graph *g, const float *x, int n, fl
 }
 
 /* The computation of one step of the given kind on a batch: used to measure
-   its memory (data NULL) and by the tests to check the measurement. */
+   its memory (data NULL) and by the tests to check the measurement. v is the
+   projection of the third-order step, or the loss weights (batch values) of
+   EBM_STEP_PARAM_GRAD. */
 static int ebm__step_build(ebm_model *m, ebm_graph *g, int kind, int batch, float *x, float *v)
 {
     int shape[4];
@@ -2311,7 +2461,11 @@ static int ebm__step_build(ebm_model *m, ebm_graph *g, int kind, int batch, floa
     switch (kind) {
     case EBM_STEP_FORWARD: break;
     case EBM_STEP_INPUT_GRAD: ebm_grad(g, y, NULL, 1, &xv, &gx, 0); break;
-    case EBM_STEP_PARAM_GRAD: loss = ebm_mean(g, y); break;
+    case EBM_STEP_PARAM_GRAD: /* the ML loss: sum_i w_i f(x_i), w = +1/m on samples, -1/n on data */
+        shape[1] = shape[2] = shape[3] = 1;
+        loss = ebm_dot(g, y, ebm_leaf(g, v, 4, shape));
+        shape[1] = m->in_h; shape[2] = m->in_w; shape[3] = m->in_c;
+        break;
     case EBM_STEP_SECOND_ORDER:
         if (ebm_grad(g, y, NULL, 1, &xv, &gx, 1) == EBM_OK) loss = ebm_sqnorm(g, gx);
         break;

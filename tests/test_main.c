@@ -236,15 +236,17 @@ static void check_op(const opcase *oc)
                     din[k][j] = save;
                     fd[j] = (sv[0] - sv[1]) / (2 * h);
                 }
-                /* A bilinear op's second derivative in one input alone is 0: both sides are ~0 then. */
+                /* Where the second derivative is identically 0 (a bias, a linear op)
+                   both sides only carry rounding: the difference of differences has
+                   noise ~ 1e-16 |L| / h^2 ~ 1e-7 per coordinate here, and a real
+                   second derivative of these ops is O(0.1). So: both norms below
+                   1e-4 pass as "vanishing", anything else must agree to 2e-3. */
                 {
-                    double nrm = 0;
-                    for (j = 0; j < nin[k]; j++) nrm += fd[j] * fd[j];
-                    if (sqrt(nrm) > 1e-6)
+                    double nf = 0, ng = 0;
+                    for (j = 0; j < nin[k]; j++) { nf += fd[j] * fd[j]; ng += (double)g2[k]->data[j] * g2[k]->data[j]; }
+                    if (sqrt(nf) > 1e-4 || sqrt(ng) > 1e-4)
                         CHECK(rel_err_fd(g2[k]->data, fd, nin[k]) < 2e-3, "%s: second derivative in input %d differs from finite differences (rel %.2e)",
                               oc->name, k, rel_err_fd(g2[k]->data, fd, nin[k]));
-                    else
-                        for (j = 0; j < nin[k]; j++) CHECK(fabs(g2[k]->data[j]) < 1e-5, "%s: second derivative should vanish", oc->name);
                 }
                 free(fd);
             }
@@ -498,7 +500,7 @@ static void test_rng_math_kernels(void)
     int i;
     for (i = 1; i <= 1 << 24; i += 97) {
         float u = (float)i / 16777216.0f, c, s;
-        double e = fabs(ebm__log01(u) - log((double)u)) / (fabs(log((double)u)) + 1e-3);
+        double e = fabs(ebm__logf(u) - log((double)u)) / (fabs(log((double)u)) + 1e-3);
         if (e > worst_log) worst_log = e;
         ebm__cossin2pi(u - 1.0f / 16777216.0f, &c, &s);
         e = fabs(c - cos(6.283185307179586 * (u - 1.0 / 16777216.0))) + fabs(s - sin(6.283185307179586 * (u - 1.0 / 16777216.0)));
@@ -506,19 +508,56 @@ static void test_rng_math_kernels(void)
     }
     CHECK(worst_log < 1e-6, "log error %.2e", worst_log);
     CHECK(worst_trig < 1e-6, "cos/sin error %.2e", worst_trig);
+    /* the activations' exp on its whole range, and log on (1, 2] (softplus) and beyond, in ulps-ish relative terms */
+    {
+        double worst_exp = 0, worst_log2 = 0;
+        for (i = -870000; i <= 880000; i += 37) {
+            double x = i * 1e-4, e = fabs(ebm__expf((float)x) - exp((double)(float)x)) / exp((double)(float)x);
+            if (e > worst_exp) worst_exp = e;
+        }
+        for (i = 1; i <= 1000000; i += 13) {
+            float x = 1.0f + (float)i * 1e-6f * 3.0f;
+            double e = fabs(ebm__logf(x) - log((double)x)) / (fabs(log((double)x)) + 1e-3);
+            if (e > worst_log2) worst_log2 = e;
+        }
+        CHECK(worst_exp < 5e-7, "exp relative error %.2e", worst_exp);
+        CHECK(worst_log2 < 1e-6, "log error above 1: %.2e", worst_log2);
+    }
 }
 
 /* ------------------------------------------------------------------ tests: kernels */
 
+/* Wider channel counts for the kernel comparison only (too big for the
+   per-coordinate differences of the op tests): whole panels read in place
+   (64, 32), panels plus a tail (33, 48), and the reference nets' 3x3-output
+   and first layers. */
+static const int wide_geoms[][8] = {
+    /* n  h  w  ci co k  s  p */
+    { 2, 6, 5, 3, 32, 4, 2, 1 },
+    { 1, 4, 4, 33, 64, 3, 1, 1 },
+    { 3, 7, 7, 64, 48, 4, 2, 1 },
+    { 2, 7, 7, 16, 32, 4, 2, 1 },
+    { 5, 9, 9, 1, 32, 3, 1, 1 },
+    { 2, 3, 3, 64, 1, 3, 1, 0 },
+};
+
 static void test_conv_kernels_match_reference(void)
 {
     int i;
-    for (i = 0; i < N_GEOMS; i++) {
+    const int n_all = N_GEOMS + (int)(sizeof wide_geoms / sizeof wide_geoms[0]);
+    for (i = 0; i < n_all; i++) {
         dctx c;
         ebm__cgeom G;
         size_t nx, nw, ny;
         float *x, *w, *b, *y1, *y2, *s;
-        geom_ctx(i, &c);
+        if (i < N_GEOMS) geom_ctx(i, &c);
+        else {
+            const int *q = wide_geoms[i - N_GEOMS];
+            memset(&c, 0, sizeof c);
+            c.n = q[0]; c.hx = q[1]; c.wx = q[2]; c.cx = q[3]; c.cy = q[4]; c.k = q[5]; c.s = q[6]; c.p = q[7];
+            c.hy = (c.hx + 2 * c.p - c.k) / c.s + 1;
+            c.wy = (c.wx + 2 * c.p - c.k) / c.s + 1;
+        }
         G.n = c.n; G.hx = c.hx; G.wx = c.wx; G.cx = c.cx; G.hy = c.hy; G.wy = c.wy; G.cy = c.cy; G.k = c.k; G.s = c.s; G.p = c.p;
         nx = (size_t)c.n * c.hx * c.wx * c.cx; nw = (size_t)c.k * c.k * c.cx * c.cy; ny = (size_t)c.n * c.hy * c.wy * c.cy;
         {
@@ -1486,7 +1525,7 @@ static const test_case tests[] = {
     { "rng_counter_based", test_rng_counter_based },
     { "rng_normal_statistics", test_rng_normal_statistics },
     { "rng_uniform_statistics", test_rng_uniform_statistics },
-    { "rng_math_kernels", test_rng_math_kernels },
+    { "fast_math_kernels", test_rng_math_kernels },
     { "conv_kernels_match_reference", test_conv_kernels_match_reference },
     { "activation_derivatives", test_activation_derivatives },
     { "op_conv2d", test_op_conv2d },

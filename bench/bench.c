@@ -1,0 +1,299 @@
+/* make bench: speed of the hot paths, as ratios within one run.
+   Per case: ms (median of several runs), GFLOP/s counted like
+   ../shared/bench/torch_langevin.py (nominal convolution FLOPs: 2 H W Co Ci K^2
+   per conv forward, the same again for grad_x), % of the FMA peak this run
+   measures itself, and PyTorch's time for the same network in the same
+   command when /usr/bin/python3 has torch. One line per case:
+     bench <case> ms=.. gflops=.. peak_pct=.. torch_ms=..|na speedup=..|na
+   Usage: bench [--no-torch] [--quick] [case-substring] */
+#define EBM_IMPLEMENTATION
+#include "../ebm.h"
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+static int use_torch = 1, reps = 7;
+static double peak_gflops;
+
+static double median(double *t, int n)
+{
+    int i, j;
+    for (i = 0; i < n; i++) for (j = i + 1; j < n; j++) if (t[j] < t[i]) { double x = t[i]; t[i] = t[j]; t[j] = x; }
+    return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
+}
+
+/* The machine's fp32 FMA peak with the threads the kernels use: independent
+   accumulator chains, enough to cover the FMA latency, per thread. */
+static double measure_peak(void)
+{
+    const long iters = 20000000;
+    double best = 0;
+    int rep;
+    for (rep = 0; rep < 3; rep++) {
+        double t0 = ebm_time_sec(), secs;
+        float sink = 0;
+        int nt = ebm_threads();
+        long th;
+#ifdef _OPENMP
+#pragma omp parallel for reduction(+ : sink)
+#endif
+        for (th = 0; th < nt; th++) {
+            ebm__vf a[12], b = ebm__vbcast(0.999999f), c = ebm__vbcast(1e-7f);
+            float out[EBM__VL];
+            long i;
+            int k;
+            for (k = 0; k < 12; k++) a[k] = ebm__vbcast((float)k);
+            for (i = 0; i < iters; i++)
+                for (k = 0; k < 12; k++) a[k] = ebm__vfma(a[k], b, c);
+            for (k = 1; k < 12; k++) a[0] = ebm__vfma(a[k], b, a[0]);
+            ebm__vstore(out, a[0]);
+            sink += out[0];
+        }
+        secs = ebm_time_sec() - t0;
+        if (sink == 12345.0f) printf(" ");
+        if (2.0 * 12 * EBM__VL * iters * nt / secs / 1e9 > best) best = 2.0 * 12 * EBM__VL * iters * nt / secs / 1e9;
+    }
+    return best;
+}
+
+/* Nominal forward FLOPs of one sample through the model's convolutions. */
+static double model_flops(const ebm_model *m)
+{
+    double f = 0;
+    int i;
+    for (i = 0; i < m->n_layers; i++) {
+        const ebm_layer *L = &m->layer[i];
+        if (L->type == EBM_LAYER_CONV2D) f += 2.0 * L->out_h * L->out_w * L->out_c * L->in_c * L->k * L->k;
+        if (L->type == EBM_LAYER_CONVT2D) f += 2.0 * L->in_h * L->in_w * L->in_c * L->out_c * L->k * L->k;
+        if (L->type == EBM_LAYER_LINEAR) f += 2.0 * L->in_h * L->in_w * L->in_c * L->out_c;
+    }
+    return f;
+}
+
+/* Run the PyTorch peer; its time in ms, or -1. */
+static double torch_ms(const char *args)
+{
+    char cmd[512], line[256];
+    FILE *p;
+    double ms = -1;
+    if (!use_torch) return -1;
+    snprintf(cmd, sizeof cmd, "THREADS=%d /usr/bin/python3 bench/torch_peer.py %s 2>/dev/null", ebm_threads(), args);
+    p = popen(cmd, "r");
+    if (!p) return -1;
+    while (fgets(line, sizeof line, p)) sscanf(line, "torch_ms=%lf", &ms);
+    pclose(p);
+    return ms;
+}
+
+static void report(const char *name, double ms, double flops, double tms)
+{
+    double gf = flops / (ms * 1e-3) / 1e9;
+    printf("bench %s ms=%.3f gflops=%.1f peak_pct=%.1f", name, ms, gf, 100 * gf / peak_gflops);
+    if (tms > 0) printf(" torch_ms=%.3f speedup=%.2f\n", tms, tms / ms);
+    else printf(" torch_ms=na speedup=na\n");
+    fflush(stdout);
+}
+
+static ebm_graph *graph_for(ebm_model *m, int batch, int kind)
+{
+    ebm_graph *g;
+    ebm_error e;
+    size_t bytes;
+    if (ebm_model_step_bytes(m, batch, kind, &bytes, &e) != EBM_OK || ebm_graph_create(&g, bytes, &e) != EBM_OK) {
+        fprintf(stderr, "error: %s\n", e.msg);
+        exit(1);
+    }
+    return g;
+}
+
+/* One Langevin step (forward + grad_x + update) of a ConvNet at a batch. */
+static void case_langevin(const char *name, int C, int hw, int nf, int batch, int act)
+{
+    ebm_model m;
+    ebm_graph *g;
+    ebm_langevin cfg;
+    ebm_rng r;
+    float *x;
+    double t[16], ms;
+    size_t nx = (size_t)batch * C * hw * hw;
+    char args[128];
+    int i;
+    ebm_model_convnet(&m, C, hw, nf, act, 0.2f, 1);
+    g = graph_for(&m, batch, EBM_STEP_INPUT_GRAD);
+    x = (float *)malloc(nx * sizeof *x);
+    r.seed = 1; r.stream = EBM_STREAM_USER;
+    ebm_rng_uniform(&r, 0, 0, -1, 1, x, nx);
+    ebm_langevin_default(&cfg);
+    cfg.n_steps = 1;
+    ebm_langevin_run(&m, g, &cfg, &r, 0, x, batch, NULL);
+    for (i = 0; i < reps; i++) {
+        double t0 = ebm_time_sec();
+        cfg.first_step = (uint32_t)i + 1;
+        if (ebm_langevin_run(&m, g, &cfg, &r, 0, x, batch, NULL) != EBM_OK) { fprintf(stderr, "error: %s\n", ebm_graph_error(g)->msg); exit(1); }
+        t[i] = (ebm_time_sec() - t0) * 1e3;
+    }
+    ms = median(t, reps);
+    snprintf(args, sizeof args, "langevin %d %d %d %d %s", C, hw, nf, batch, act == EBM_ACT_SILU ? "silu" : "leaky");
+    report(name, ms, 2 * model_flops(&m) * batch, torch_ms(args));
+    free(x);
+    ebm_graph_destroy(g);
+    ebm_model_free(&m);
+}
+
+/* The generator: forward, then grad of |g(z)|^2 wrt z and the parameters. */
+static void case_gen(void)
+{
+    ebm_model m;
+    ebm_graph *g;
+    ebm_error e;
+    float *z;
+    double t[16], ms;
+    int i, B = 64, s[4] = { 64, 1, 1, 100 };
+    ebm_rng r;
+    ebm_model_generator28(&m, 100, 64, 1, 1);
+    ebm_graph_create(&g, (size_t)256 << 20, &e);
+    z = (float *)malloc((size_t)B * 100 * sizeof *z);
+    r.seed = 2; r.stream = EBM_STREAM_USER;
+    ebm_rng_normal(&r, 0, 0, z, (size_t)B * 100);
+    for (i = 0; i <= reps; i++) {
+        double t0 = ebm_time_sec();
+        ebm_var *zv, *loss, *gz = NULL;
+        ebm_graph_reset(g);
+        zv = ebm_leaf(g, z, 4, s);
+        loss = ebm_sqnorm(g, ebm_model_forward(&m, g, zv));
+        ebm_model_zero_grad(&m);
+        ebm_grad(g, loss, NULL, 1, &zv, &gz, 0); /* grad wrt z ... */
+        ebm_model_backward(&m, g, loss);          /* ... and wrt the parameters */
+        if (ebm_graph_status(g) != EBM_OK) { fprintf(stderr, "error: %s\n", ebm_graph_error(g)->msg); exit(1); }
+        if (i) t[i - 1] = (ebm_time_sec() - t0) * 1e3;
+    }
+    ms = median(t, reps);
+    report("gen28", ms, 3 * model_flops(&m) * B, torch_ms("gen 100 64 64"));
+    free(z);
+    ebm_graph_destroy(g);
+    ebm_model_free(&m);
+}
+
+/* A whole ML iteration: K = 40 Langevin steps on 64 noise samples, the loss
+   mean f(x-) - mean f(x+) backward on 64 samples and 64 data, an Adam step. */
+static void case_train(void)
+{
+    const int B = 64, K = 40, D = 28 * 28;
+    ebm_model m;
+    ebm_graph *g;
+    ebm_error e;
+    ebm_langevin cfg;
+    ebm_rng r;
+    size_t lbytes, tbytes, predicted;
+    float *x, *data, *w;
+    double t[8], ms, flops;
+    int i, it, n_it = reps < 3 ? reps : 3, s[4] = { 2 * 64, 28, 28, 1 }, ws[4];
+    struct rusage ru;
+    ebm_model_convnet(&m, 1, 28, 32, EBM_ACT_LEAKY_RELU, 0.2f, 1);
+    ebm_model_step_bytes(&m, B, EBM_STEP_INPUT_GRAD, &lbytes, &e);
+    ebm_model_step_bytes(&m, 2 * B, EBM_STEP_PARAM_GRAD, &tbytes, &e);
+    ebm_graph_create(&g, lbytes > tbytes ? lbytes : tbytes, &e);
+    x = (float *)malloc((size_t)2 * B * D * sizeof *x); /* samples then data, one batch for the loss */
+    data = x + (size_t)B * D;
+    w = (float *)malloc((size_t)2 * B * sizeof *w);   /* loss weights: +1/B samples, -1/B data */
+    for (i = 0; i < 2 * B; i++) w[i] = i < B ? 1.0f / B : -1.0f / B;
+    r.seed = 3; r.stream = EBM_STREAM_USER;
+    ebm_rng_uniform(&r, 1000, 0, -1, 1, data, (size_t)B * D);
+    ebm_langevin_default(&cfg);
+    cfg.n_steps = K;
+    for (it = 0; it <= n_it; it++) {
+        double t0 = ebm_time_sec();
+        ebm_var *loss;
+        for (i = 0; i < B; i++) ebm_rng_uniform(&r, (uint64_t)i, 100000u + (uint32_t)it, -1, 1, x + (size_t)i * D, (size_t)D);
+        cfg.first_step = (uint32_t)it * K;
+        ebm_langevin_run(&m, g, &cfg, &r, 0, x, B, NULL);
+        ebm_graph_reset(g);
+        ws[0] = 2 * B; ws[1] = ws[2] = ws[3] = 1;
+        loss = ebm_dot(g, ebm_model_forward(&m, g, ebm_leaf(g, x, 4, s)), ebm_leaf(g, w, 4, ws));
+        ebm_model_zero_grad(&m);
+        ebm_model_backward(&m, g, loss);
+        ebm_adam_step(&m, 1e-4f, 0.9f, 0.999f, 1e-8f, it + 1);
+        if (ebm_graph_status(g) != EBM_OK) { fprintf(stderr, "error: %s\n", ebm_graph_error(g)->msg); exit(1); }
+        if (it) t[it - 1] = (ebm_time_sec() - t0) * 1e3;
+    }
+    ms = median(t, n_it);
+    /* K steps of forward + grad_x on B, then forward + backward (grad_x of
+       inner layers and grad_theta: about 3x forward) on 2B */
+    flops = K * 2 * model_flops(&m) * B + 3 * model_flops(&m) * 2 * B;
+    report("train_nf32", ms, flops, torch_ms("train 1 28 32 64 40"));
+    getrusage(RUSAGE_SELF, &ru);
+    predicted = ebm_model_bytes(&m) + (lbytes > tbytes ? lbytes : tbytes) + (size_t)2 * B * D * 4 + (size_t)2 * B * 4;
+    printf("bench train_nf32_memory peak_rss_mb=%.1f predicted_mb=%.1f (library: model blocks + graph arena + batch)\n",
+           ru.ru_maxrss / 1024.0, predicted / 1048576.0);
+    free(x); free(w);
+    ebm_graph_destroy(g);
+    ebm_model_free(&m);
+}
+
+/* Each conv layer of net28_nf32, each pass, alone (with its packing). */
+static void case_layers(void)
+{
+    ebm_model m;
+    int i, pass;
+    ebm_model_convnet(&m, 1, 28, 32, EBM_ACT_LEAKY_RELU, 0.2f, 1);
+    for (i = 0; i < m.n_layers; i++) {
+        const ebm_layer *L = &m.layer[i];
+        ebm__cgeom G;
+        size_t nx, ny, nw, sb;
+        float *x, *y, *w;
+        void *scr;
+        if (L->type != EBM_LAYER_CONV2D) continue;
+        G.n = 64; G.hx = L->in_h; G.wx = L->in_w; G.cx = L->in_c; G.hy = L->out_h; G.wy = L->out_w; G.cy = L->out_c;
+        G.k = L->k; G.s = L->stride; G.p = L->pad;
+        nx = (size_t)G.n * G.hx * G.wx * G.cx; ny = (size_t)G.n * G.hy * G.wy * G.cy; nw = (size_t)G.k * G.k * G.cx * G.cy;
+        sb = ebm__conv_fwd_scratch(&G);
+        if (ebm__conv_bwd_data_scratch(&G) > sb) sb = ebm__conv_bwd_data_scratch(&G);
+        if (ebm__conv_bwd_weight_scratch(&G) > sb) sb = ebm__conv_bwd_weight_scratch(&G);
+        x = (float *)calloc(nx, 4); y = (float *)calloc(ny, 4); w = (float *)calloc(nw, 4); scr = malloc(sb);
+        for (pass = 0; pass < 3; pass++) {
+            static const char *const names[3] = { "fwd", "bwd_data", "bwd_weight" };
+            double t[16];
+            char name[64];
+            int k;
+            for (k = 0; k <= reps; k++) {
+                double t0 = ebm_time_sec();
+                if (pass == 0) ebm__conv_fwd(&G, x, w, NULL, y, scr);
+                else if (pass == 1) ebm__conv_bwd_data(&G, y, w, NULL, x, scr);
+                else ebm__conv_bwd_weight(&G, x, y, w, scr);
+                if (k) t[k - 1] = (ebm_time_sec() - t0) * 1e3;
+            }
+            snprintf(name, sizeof name, "net28_nf32_L%d_%s", i, names[pass]);
+            report(name, median(t, reps), 2.0 * G.n * G.hy * G.wy * G.cy * G.cx * G.k * G.k, -1);
+        }
+        free(x); free(y); free(w); free(scr);
+    }
+    ebm_model_free(&m);
+}
+
+int main(int argc, char **argv)
+{
+    const char *only = NULL;
+    int i;
+    for (i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--no-torch") == 0) use_torch = 0;
+        else if (strcmp(argv[i], "--quick") == 0) reps = 3;
+        else only = argv[i];
+    }
+    if (use_torch && system("/usr/bin/python3 -c 'import torch' >/dev/null 2>&1") != 0) {
+        use_torch = 0;
+        printf("note: /usr/bin/python3 has no torch (Debian python3-torch): PyTorch figures are na\n");
+    }
+    peak_gflops = measure_peak();
+    printf("bench peak gflops=%.1f threads=%d isa=%s\n", peak_gflops, ebm_threads(), ebm_isa());
+#define RUN(name, call) if (!only || strstr(name, only)) call
+    RUN("net28_nf16", case_langevin("net28_nf16", 1, 28, 16, 64, EBM_ACT_LEAKY_RELU));
+    RUN("net28_nf16_b16", case_langevin("net28_nf16_b16", 1, 28, 16, 16, EBM_ACT_LEAKY_RELU));
+    RUN("net28_nf32", case_langevin("net28_nf32", 1, 28, 32, 64, EBM_ACT_LEAKY_RELU));
+    RUN("net28_nf64", case_langevin("net28_nf64", 1, 28, 64, 64, EBM_ACT_LEAKY_RELU));
+    RUN("net32c3_nf32", case_langevin("net32c3_nf32", 3, 32, 32, 64, EBM_ACT_LEAKY_RELU));
+    RUN("net28_nf32_silu", case_langevin("net28_nf32_silu", 1, 28, 32, 64, EBM_ACT_SILU));
+    RUN("gen28", case_gen());
+    RUN("train_nf32", case_train());
+    RUN("net28_nf32_L", case_layers());
+    return 0;
+}
