@@ -832,26 +832,32 @@ typedef float ebm__vf;
 
 EBMDEF const char *ebm_isa(void) { return EBM__ISA; }
 
-/* Tap form (forward and input gradient): tmp[r][j] = sum over taps t and
-   channels c < kc of A[row[r] + tap[t] + c] * B[(t kc + c) ldb + j]. All
-   EBM__RM rows are computed (a short tile repeats its last row), so the
-   accumulators are a fixed set the compiler keeps in registers. */
-static void ebm__mk_taps(const float *A, const ptrdiff_t *row, const ptrdiff_t *tap, int n_taps, int kc,
-                         const float *B, size_t ldb, float *tmp)
+/* Taps per pointer table: a tile reads its input rows through a table of
+   (tap, pixel) row addresses, built in chunks of this many taps. */
+#define EBM__TAPS 32
+
+/* Tap form (forward and input gradient): for each of EBM__RM pixels r,
+   tmp[r][j] += sum over taps t < nt and channels c < kc of
+   ap[t RM + r][c] * B[(t kc + c) ldb + j]. ap holds the address of the
+   input row each (tap, pixel) reads, or of a row of zeros where the tap
+   falls outside the image: no padded copy is ever made. All EBM__RM rows
+   are computed (a short tile repeats its last pixel), so the accumulators are
+   a fixed set the compiler keeps in registers. */
+static void ebm__mk_taps(const float *const *ap, int nt, int kc, const float *B, size_t ldb, float *tmp)
 {
     ebm__vf acc[EBM__RM][EBM__CV];
     int r, v, t, c;
-    for (r = 0; r < EBM__RM; r++) for (v = 0; v < EBM__CV; v++) acc[r][v] = ebm__vzero();
-    for (t = 0; t < n_taps; t++) {
+    for (r = 0; r < EBM__RM; r++) for (v = 0; v < EBM__CV; v++) acc[r][v] = ebm__vload(tmp + r * EBM__CB + v * EBM__VL);
+    for (t = 0; t < nt; t++) {
         const float *ar[EBM__RM];
-        for (r = 0; r < EBM__RM; r++) ar[r] = A + row[r] + tap[t];
+        for (r = 0; r < EBM__RM; r++) ar[r] = ap[t * EBM__RM + r];
         for (c = 0; c < kc; c++) {
             const float *b = B + ((size_t)t * kc + c) * ldb;
             ebm__vf bv[EBM__CV];
             for (v = 0; v < EBM__CV; v++) bv[v] = ebm__vload(b + v * EBM__VL);
             for (r = 0; r < EBM__RM; r++) {
-                ebm__vf a = ebm__vbcast(ar[r][c]);
-                for (v = 0; v < EBM__CV; v++) acc[r][v] = ebm__vfma(a, bv[v], acc[r][v]);
+                ebm__vf x = ebm__vbcast(ar[r][c]);
+                for (v = 0; v < EBM__CV; v++) acc[r][v] = ebm__vfma(x, bv[v], acc[r][v]);
             }
         }
     }
@@ -883,13 +889,14 @@ static void ebm__mk_gather(const float *A, const ptrdiff_t *row, const ptrdiff_t
    layer: 1 or 3): a panel of input channels would be mostly padding, so
    instead each of EBM__RD pixels keeps one vector accumulator per input
    channel (up to EBM__DC of them) and runs over the output channels:
-   tmp[r][ci] = sum over taps t, channels c < kc of A[row[r] + tap[t] + c] *
-   W[(t EBM__DC + ci) kc + c]. Each accumulator is reduced in a fixed order
-   at the end, so the result is still one thread's fixed sum. */
+   tmp[r][ci] += sum over taps t < nt, channels c < kc of ap[t RD + r][c] *
+   W[(t DC + ci) kc + c]. Each accumulator is reduced in a fixed order at the
+   end of the call, so the result is still one fixed sum. */
 #define EBM__RD 4
 #define EBM__DC 4
-static void ebm__mk_dot(const float *A, const ptrdiff_t *row, const ptrdiff_t *tap, int n_taps, int kc,
-                        const float *W, float *tmp)
+/* A tile's result buffer holds either form's tile. */
+#define EBM__TILE (EBM__RM * EBM__CB > EBM__RD * EBM__DC ? EBM__RM * EBM__CB : EBM__RD * EBM__DC)
+static void ebm__mk_dot(const float *const *ap, int nt, int kc, const float *W, float *tmp)
 {
     ebm__vf acc[EBM__RD][EBM__DC];
     float tail[EBM__RD][EBM__DC], lanes[EBM__VL];
@@ -897,26 +904,26 @@ static void ebm__mk_dot(const float *A, const ptrdiff_t *row, const ptrdiff_t *t
     int r, d, t, c, l;
     for (r = 0; r < EBM__RD; r++)
         for (d = 0; d < EBM__DC; d++) { acc[r][d] = ebm__vzero(); tail[r][d] = 0.0f; }
-    for (t = 0; t < n_taps; t++) {
+    for (t = 0; t < nt; t++) {
         const float *w = W + (size_t)t * EBM__DC * kc;
         for (c = 0; c < kv; c += EBM__VL) {
             ebm__vf wv[EBM__DC];
             for (d = 0; d < EBM__DC; d++) wv[d] = ebm__vload(w + (size_t)d * kc + c);
             for (r = 0; r < EBM__RD; r++) {
-                ebm__vf a = ebm__vload(A + row[r] + tap[t] + c);
-                for (d = 0; d < EBM__DC; d++) acc[r][d] = ebm__vfma(a, wv[d], acc[r][d]);
+                ebm__vf x = ebm__vload(ap[t * EBM__RD + r] + c);
+                for (d = 0; d < EBM__DC; d++) acc[r][d] = ebm__vfma(x, wv[d], acc[r][d]);
             }
         }
         for (c = kv; c < kc; c++) /* channels past the last full vector */
             for (r = 0; r < EBM__RD; r++)
-                for (d = 0; d < EBM__DC; d++) tail[r][d] += A[row[r] + tap[t] + c] * w[(size_t)d * kc + c];
+                for (d = 0; d < EBM__DC; d++) tail[r][d] += ap[t * EBM__RD + r][c] * w[(size_t)d * kc + c];
     }
     for (r = 0; r < EBM__RD; r++)
         for (d = 0; d < EBM__DC; d++) {
             float sum = 0.0f;
             ebm__vstore(lanes, acc[r][d]);
             for (l = 0; l < EBM__VL; l++) sum += lanes[l];
-            tmp[r * EBM__DC + d] = sum + tail[r][d];
+            tmp[r * EBM__DC + d] += sum + tail[r][d];
         }
 }
 
@@ -965,36 +972,20 @@ static void *ebm__carve(unsigned char **p, size_t bytes)
     return q;
 }
 
-/* Scratch each pass needs, in bytes: padded operand, packed panels, offset
+/* Scratch each pass needs, in bytes: a zero row, packed panels, offset
    tables (+ alignment slack). The ops allocate it in the arena, so measuring
    runs count it like any tensor. */
 static size_t ebm__conv_fwd_scratch(const ebm__cgeom *G)
 {
-    size_t pad = G->p ? (size_t)G->n * (G->hx + 2 * G->p) * (G->wx + 2 * G->p) * G->cx : 0;
     size_t panels = ebm__ceil_div((size_t)G->cy, EBM__CB) * EBM__CB * G->k * G->k * G->cx;
-    return (pad + panels) * sizeof(float) + (size_t)G->k * G->k * sizeof(ptrdiff_t) + 3 * EBM__ALIGN;
-}
-
-/* How far gy must be zero-padded (top/left, bottom, right) for every phase
-   of the input gradient to read its taps without bounds checks. */
-static void ebm__bwd_pad(const ebm__cgeom *G, int *lo, int *hi_h, int *hi_w)
-{
-    int l = (G->k - 1 - G->p + G->s - 1) / G->s;
-    int mh = (G->hx - 1 + G->p) / G->s - (G->hy - 1), mw = (G->wx - 1 + G->p) / G->s - (G->wy - 1);
-    *lo = l > 0 ? l : 0;
-    *hi_h = mh > 0 ? mh : 0;
-    *hi_w = mw > 0 ? mw : 0;
+    return (panels + (size_t)G->cx) * sizeof(float) + 3 * EBM__ALIGN;
 }
 
 static size_t ebm__conv_bwd_data_scratch(const ebm__cgeom *G)
 {
-    int lo, hh, hw;
-    size_t pad, panels;
-    ebm__bwd_pad(G, &lo, &hh, &hw);
-    pad = (size_t)G->n * (G->hy + lo + hh) * (G->wy + lo + hw) * G->cy;
-    panels = ebm__ceil_div((size_t)G->cx, EBM__CB) * EBM__CB;
+    size_t panels = ebm__ceil_div((size_t)G->cx, EBM__CB) * EBM__CB;
     panels = (panels > EBM__DC ? panels : EBM__DC) * G->k * G->k * G->cy; /* panels, or the dot form's packing */
-    return (pad + panels) * sizeof(float) + (size_t)G->k * G->k * sizeof(ptrdiff_t) + 3 * EBM__ALIGN;
+    return (panels + (size_t)G->cy) * sizeof(float) + 3 * EBM__ALIGN;
 }
 
 static size_t ebm__conv_bwd_weight_scratch(const ebm__cgeom *G)
@@ -1005,45 +996,48 @@ static size_t ebm__conv_bwd_weight_scratch(const ebm__cgeom *G)
     return (pad + panels) * sizeof(float) + M * sizeof(ptrdiff_t) + 3 * EBM__ALIGN;
 }
 
-/* Forward: tile = (EBM__RM output pixels, one panel of output channels). */
+/* Forward: tile = (EBM__RM output pixels of the whole batch, one panel of
+   output channels). */
 static void ebm__conv_fwd(const ebm__cgeom *G, const float *x, const float *w, const float *b, float *y, void *scratch)
 {
     unsigned char *sp = (unsigned char *)scratch;
-    const int K = G->k, cx = G->cx, cy = G->cy, s = G->s;
-    const int Hp = G->hx + 2 * G->p, Wp = G->wx + 2 * G->p, HW = G->hy * G->wy;
-    const size_t M = (size_t)G->n * HW, n_ct = ebm__ceil_div((size_t)cy, EBM__CB), KKC = (size_t)K * K * cx;
+    const int K = G->k, KK = G->k * G->k, cx = G->cx, cy = G->cy, s = G->s, p = G->p, HW = G->hy * G->wy;
+    const size_t M = (size_t)G->n * HW, n_ct = ebm__ceil_div((size_t)cy, EBM__CB), KKC = (size_t)KK * cx;
     const long n_tiles = (long)(ebm__ceil_div(M, EBM__RM) * n_ct);
-    const float *A = x;
-    float *Bp;
-    ptrdiff_t *tap;
-    size_t i, ldb, pstride;
+    float *zero, *Bp;
     long t;
-    if (G->p) {
-        float *xp = (float *)ebm__carve(&sp, (size_t)G->n * Hp * Wp * cx * sizeof(float));
-        ebm__pad(x, G->n, G->hx, G->wx, cx, G->p, G->p, Hp, Wp, xp);
-        A = xp;
-    }
-    tap = (ptrdiff_t *)ebm__carve(&sp, (size_t)K * K * sizeof(ptrdiff_t));
-    for (i = 0; i < (size_t)K * K; i++) tap[i] = ((ptrdiff_t)(i / K) * Wp + (ptrdiff_t)(i % K)) * cx;
+    zero = (float *)ebm__carve(&sp, (size_t)cx * sizeof(float));
+    memset(zero, 0, (size_t)cx * sizeof(float));
     /* B: the weights (tap, ci) x co in contiguous panels (faster to stream
        than reading rows of cy floats in place, measured) */
     Bp = (float *)ebm__carve(&sp, n_ct * EBM__CB * KKC * sizeof(float));
     ebm__pack(w, KKC, (size_t)cy, (size_t)cy, Bp);
-    ldb = EBM__CB; pstride = KKC * EBM__CB;
     EBM__PARALLEL_FOR
     for (t = 0; t < n_tiles; t++) {
         const size_t pt = (size_t)t / n_ct, ct = (size_t)t % n_ct, m0 = pt * EBM__RM;
         const int nr = M - m0 < EBM__RM ? (int)(M - m0) : EBM__RM;
         const int co0 = (int)(ct * EBM__CB), nc = cy - co0 < EBM__CB ? cy - co0 : EBM__CB;
-        ptrdiff_t row[EBM__RM];
+        const float *ap[EBM__TAPS * EBM__RM];
+        int pn[EBM__RM], ph[EBM__RM], pw[EBM__RM];
         float tmp[EBM__RM * EBM__CB];
-        int r, q;
+        int r, q, t0, tt;
         for (r = 0; r < EBM__RM; r++) {
             size_t m = m0 + (size_t)(r < nr ? r : nr - 1);
-            int n = (int)(m / (size_t)HW), ho = (int)(m % (size_t)HW) / G->wy, wo = (int)(m % (size_t)HW) % G->wy;
-            row[r] = (((ptrdiff_t)n * Hp + (ptrdiff_t)ho * s) * Wp + (ptrdiff_t)wo * s) * cx;
+            pn[r] = (int)(m / (size_t)HW);
+            ph[r] = (int)(m % (size_t)HW) / G->wy * s - p;
+            pw[r] = (int)(m % (size_t)HW) % G->wy * s - p;
         }
-        ebm__mk_taps(A, row, tap, K * K, cx, Bp + ct * pstride, ldb, tmp);
+        memset(tmp, 0, sizeof tmp);
+        for (t0 = 0; t0 < KK; t0 += EBM__TAPS) {
+            const int nt = KK - t0 < EBM__TAPS ? KK - t0 : EBM__TAPS;
+            for (tt = 0; tt < nt; tt++)
+                for (r = 0; r < EBM__RM; r++) {
+                    int hi = ph[r] + (t0 + tt) / K, wi = pw[r] + (t0 + tt) % K;
+                    ap[tt * EBM__RM + r] = hi < 0 || hi >= G->hx || wi < 0 || wi >= G->wx ? zero
+                                         : x + (((size_t)pn[r] * G->hx + hi) * G->wx + wi) * cx;
+                }
+            ebm__mk_taps(ap, nt, cx, Bp + ct * KKC * EBM__CB + (size_t)t0 * cx * EBM__CB, EBM__CB, tmp);
+        }
         for (r = 0; r < nr && r < EBM__RM; r++) {
             float *o = y + (m0 + (size_t)r) * cy + co0;
             for (q = 0; q < nc && q < EBM__CB; q++) o[q] = tmp[r * EBM__CB + q] + (b ? b[co0 + q] : 0.0f);
@@ -1051,99 +1045,81 @@ static void ebm__conv_fwd(const ebm__cgeom *G, const float *x, const float *w, c
     }
 }
 
-/* Input gradient (and transposed convolution), phase by phase. */
+/* Input gradient (and transposed convolution), phase by phase: the input
+   pixels (hi, wi) with (hi + p) mod s = ph (and likewise pw) receive only
+   the taps kh = ph + s a, kw = pw + s e, from gy pixel
+   ((hi + p - kh) / s, (wi + p - kw) / s). */
 static void ebm__conv_bwd_data(const ebm__cgeom *G, const float *gy, const float *w, const float *b, float *gx, void *scratch)
 {
     unsigned char *sp = (unsigned char *)scratch;
     const int K = G->k, cx = G->cx, cy = G->cy, s = G->s, p = G->p;
     const size_t n_ct = ebm__ceil_div((size_t)cx, EBM__CB);
-    int lo, hh, hw, Hyp, Wyp, ph, pw;
-    float *gyp, *Bp;
-    ptrdiff_t *tap;
-    ebm__bwd_pad(G, &lo, &hh, &hw);
-    Hyp = G->hy + lo + hh; Wyp = G->wy + lo + hw;
-    gyp = (float *)ebm__carve(&sp, (size_t)G->n * Hyp * Wyp * cy * sizeof(float));
-    ebm__pad(gy, G->n, G->hy, G->wy, cy, lo, lo, Hyp, Wyp, gyp);
-    tap = (ptrdiff_t *)ebm__carve(&sp, (size_t)K * K * sizeof(ptrdiff_t));
+    const int dot = cx <= EBM__DC && cx * 2 <= EBM__CB; /* few input channels: the dot form */
+    int ph, pw;
+    float *zero, *Bp;
+    zero = (float *)ebm__carve(&sp, (size_t)cy * sizeof(float));
+    memset(zero, 0, (size_t)cy * sizeof(float));
     Bp = (float *)ebm__carve(&sp, (n_ct * EBM__CB > EBM__DC ? n_ct * EBM__CB : EBM__DC) * K * K * cy * sizeof(float));
     for (ph = 0; ph < s; ph++)
         for (pw = 0; pw < s; pw++) {
-            /* This phase: input rows hi = fh + s a with (hi + p) mod s = ph, and
-               the taps kh = ph + s i, which read gy row (hi + p - ph)/s - i. */
-            const int fh = ((ph - p) % s + s) % s, fw = ((pw - p) % s + s) % s;
+            const int fh = ((ph - p) % s + s) % s, fw = ((pw - p) % s + s) % s; /* first row / column of the phase */
             const int cnt_h = fh < G->hx ? (G->hx - fh + s - 1) / s : 0, cnt_w = fw < G->wx ? (G->wx - fw + s - 1) / s : 0;
-            const int th = ph < K ? (K - ph + s - 1) / s : 0, tw = pw < K ? (K - pw + s - 1) / s : 0, nt = th * tw;
-            const size_t M = (size_t)G->n * cnt_h * cnt_w, KC = (size_t)nt * cy;
-            long t, n_tiles = (long)(ebm__ceil_div(M, EBM__RM) * n_ct);
-            size_t i, j, c;
-            int a, e;
+            const int th = ph < K ? (K - ph + s - 1) / s : 0, tw = pw < K ? (K - pw + s - 1) / s : 0, nt_all = th * tw;
+            const size_t M = (size_t)G->n * cnt_h * cnt_w, per = (size_t)cnt_h * cnt_w, KC = (size_t)nt_all * cy;
+            const int RR = dot ? EBM__RD : EBM__RM, CC = dot ? EBM__DC : EBM__CB;
+            const long n_ct_eff = dot ? 1 : (long)n_ct, n_tiles = (long)ebm__ceil_div(M, (size_t)RR) * n_ct_eff;
+            long t;
             if (M == 0) continue;
-            for (a = 0; a < th; a++)
-                for (e = 0; e < tw; e++) tap[a * tw + e] = -((ptrdiff_t)a * Wyp + e) * cy;
-            if (cx <= EBM__DC && cx * 2 <= EBM__CB) { /* few input channels: the dot form */
-                const size_t per = (size_t)cnt_h * cnt_w;
-                const long n_dt = (long)ebm__ceil_div(M, EBM__RD);
-                for (j = 0; j < (size_t)nt; j++) /* Bp[(t DC + ci) cy + co] = w[tap t, ci, co], zero past cx */
-                    for (c = 0; c < EBM__DC; c++)
-                        for (i = 0; i < (size_t)cy; i++) {
-                            const int kh = ph + s * (int)(j / tw), kw = pw + s * (int)(j % tw);
-                            Bp[(j * EBM__DC + c) * cy + i] = c < (size_t)cx ? w[(((size_t)kh * K + kw) * cx + c) * cy + i] : 0.0f;
-                        }
-                EBM__PARALLEL_FOR
-                for (t = 0; t < n_dt; t++) {
-                    const size_t m0 = (size_t)t * EBM__RD;
-                    const int nr = M - m0 < EBM__RD ? (int)(M - m0) : EBM__RD;
-                    ptrdiff_t row[EBM__RD];
-                    size_t pix[EBM__RD];
-                    float tmp[EBM__RD * EBM__DC];
-                    int r, q;
-                    for (r = 0; r < EBM__RD; r++) {
-                        size_t m = m0 + (size_t)(r < nr ? r : nr - 1);
-                        int n = (int)(m / per), ah = (int)(m % per) / cnt_w, aw = (int)(m % per) % cnt_w;
-                        int hi = fh + s * ah, wi = fw + s * aw;
-                        row[r] = (((ptrdiff_t)n * Hyp + (hi + p - ph) / s + lo) * Wyp + (wi + p - pw) / s + lo) * cy;
-                        pix[r] = (((size_t)n * G->hx + hi) * G->wx + wi) * cx;
-                    }
-                    if (nt) ebm__mk_dot(gyp, row, tap, nt, cy, Bp, tmp);
-                    else memset(tmp, 0, sizeof tmp);
-                    for (r = 0; r < nr && r < EBM__RD; r++)
-                        for (q = 0; q < cx && q < EBM__DC; q++) gx[pix[r] + q] = tmp[r * EBM__DC + q] + (b ? b[q] : 0.0f);
-                }
-                continue;
-            }
-            EBM__PARALLEL_FOR /* panel i: input channels i*CB.. for every (phase tap, co); a copy */
+            /* this phase's taps of the weights, transposed so the input channel runs fastest:
+               panels Bp[(i KC + (tap, co)) CB + c] (tap form), or Bp[(tap DC + ci) cy + co] (dot form) */
+            EBM__PARALLEL_FOR
             for (t = 0; t < (long)KC; t++) {
-                const size_t jj = (size_t)t;
-                const int kh = ph + s * (int)(jj / cy / tw), kw = pw + s * (int)((jj / cy) % tw), co = (int)(jj % cy);
+                const size_t jj = (size_t)t, tap = jj / cy;
+                const int kh = ph + s * (int)(tap / tw), kw = pw + s * (int)(tap % tw), co = (int)(jj % cy);
                 size_t ii, cc;
-                for (ii = 0; ii < n_ct; ii++)
-                    for (cc = 0; cc < EBM__CB; cc++) {
-                        size_t ci = ii * EBM__CB + cc;
-                        Bp[(ii * KC + jj) * EBM__CB + cc] = ci < (size_t)cx ? w[(((size_t)kh * K + kw) * cx + ci) * cy + co] : 0.0f;
-                    }
+                if (dot) {
+                    for (cc = 0; cc < EBM__DC; cc++)
+                        Bp[(tap * EBM__DC + cc) * cy + co] = cc < (size_t)cx ? w[(((size_t)kh * K + kw) * cx + cc) * cy + co] : 0.0f;
+                } else
+                    for (ii = 0; ii < n_ct; ii++)
+                        for (cc = 0; cc < EBM__CB; cc++) {
+                            size_t ci = ii * EBM__CB + cc;
+                            Bp[(ii * KC + jj) * EBM__CB + cc] = ci < (size_t)cx ? w[(((size_t)kh * K + kw) * cx + ci) * cy + co] : 0.0f;
+                        }
             }
             EBM__PARALLEL_FOR
             for (t = 0; t < n_tiles; t++) {
-                const size_t pt = (size_t)t / n_ct, ct = (size_t)t % n_ct, m0 = pt * EBM__RM;
-                const int nr = M - m0 < EBM__RM ? (int)(M - m0) : EBM__RM;
-                const int c0 = (int)(ct * EBM__CB), nc = cx - c0 < EBM__CB ? cx - c0 : EBM__CB;
-                const size_t per = (size_t)cnt_h * cnt_w;
-                ptrdiff_t row[EBM__RM];
+                const size_t pt = (size_t)t / (size_t)n_ct_eff, ct = (size_t)t % (size_t)n_ct_eff, m0 = pt * (size_t)RR;
+                const int nr = M - m0 < (size_t)RR ? (int)(M - m0) : RR;
+                const int c0 = (int)(ct * EBM__CB), nc = dot ? cx : (cx - c0 < EBM__CB ? cx - c0 : EBM__CB);
+                const float *ap[EBM__TAPS * EBM__RM];
                 size_t pix[EBM__RM];
-                float tmp[EBM__RM * EBM__CB];
-                int r, q;
-                for (r = 0; r < EBM__RM; r++) {
+                int pn[EBM__RM], qh[EBM__RM], qw[EBM__RM];
+                float tmp[EBM__TILE];
+                int r, q, t0, tt;
+                for (r = 0; r < RR; r++) {
                     size_t m = m0 + (size_t)(r < nr ? r : nr - 1);
-                    int n = (int)(m / per), ah = (int)(m % per) / cnt_w, aw = (int)(m % per) % cnt_w;
-                    int hi = fh + s * ah, wi = fw + s * aw;
-                    row[r] = (((ptrdiff_t)n * Hyp + (hi + p - ph) / s + lo) * Wyp + (wi + p - pw) / s + lo) * cy;
-                    pix[r] = (((size_t)n * G->hx + hi) * G->wx + wi) * cx;
+                    int hi = fh + s * ((int)(m % per) / cnt_w), wi = fw + s * ((int)(m % per) % cnt_w);
+                    pn[r] = (int)(m / per);
+                    qh[r] = (hi + p - ph) / s; /* gy row of tap a = 0 */
+                    qw[r] = (wi + p - pw) / s;
+                    pix[r] = (((size_t)pn[r] * G->hx + hi) * G->wx + wi) * cx;
                 }
-                if (nt) ebm__mk_taps(gyp, row, tap, nt, cy, Bp + ct * KC * EBM__CB, EBM__CB, tmp);
-                else memset(tmp, 0, sizeof tmp);
+                memset(tmp, 0, sizeof tmp);
+                for (t0 = 0; t0 < nt_all; t0 += EBM__TAPS) {
+                    const int nt = nt_all - t0 < EBM__TAPS ? nt_all - t0 : EBM__TAPS;
+                    for (tt = 0; tt < nt; tt++)
+                        for (r = 0; r < RR; r++) {
+                            int ho = qh[r] - (t0 + tt) / tw, wo = qw[r] - (t0 + tt) % tw;
+                            ap[tt * RR + r] = ho < 0 || ho >= G->hy || wo < 0 || wo >= G->wy ? zero
+                                            : gy + (((size_t)pn[r] * G->hy + ho) * G->wy + wo) * cy;
+                        }
+                    if (dot) ebm__mk_dot(ap, nt, cy, Bp + (size_t)t0 * EBM__DC * cy, tmp);
+                    else ebm__mk_taps(ap, nt, cy, Bp + ct * KC * EBM__CB + (size_t)t0 * cy * EBM__CB, EBM__CB, tmp);
+                }
                 for (r = 0; r < nr && r < EBM__RM; r++) {
                     float *o = gx + pix[r] + c0;
-                    for (q = 0; q < nc && q < EBM__CB; q++) o[q] = tmp[r * EBM__CB + q] + (b ? b[c0 + q] : 0.0f);
+                    for (q = 0; q < nc && q < CC; q++) o[q] = tmp[r * CC + q] + (b ? b[c0 + q] : 0.0f);
                 }
             }
         }
