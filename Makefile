@@ -10,7 +10,7 @@ CSTD     = -std=c99 -pedantic
 OMP      = -fopenmp
 B        = build
 
-.PHONY: all demo test test-quick crosscheck clean examples bench
+.PHONY: all demo test test-quick test-arm crosscheck clean examples bench
 
 all: examples
 
@@ -59,6 +59,19 @@ test: $(TEST_BINS) $(EXAMPLES)
 
 test-quick: $(B)/test_c99
 	cd $(B) && ./test_c99
+
+# --- the NEON kernels, cross-compiled for aarch64 and run under qemu-user
+# (Debian: gcc-aarch64-linux-gnu, libc6-dev-arm64-cross, qemu-user). The
+# tests that exercise the kernels and the ops built on them; the statistical
+# ones are too slow under emulation and test nothing ISA-specific.
+ARM_CC    ?= aarch64-linux-gnu-gcc
+ARM_TESTS  = rng_philox rng_lanes fast_math conv_kernels activation_derivatives op_ network_ fused_matches threads_bit step_bytes
+$(B)/test_arm: $(TEST_SRC) | $(B)
+	$(ARM_CC) $(CSTD) $(WARN) -O2 -march=armv8-a $(FPFLAGS) -static -I. tests/test_main.c -o $@ -lm
+test-arm: $(B)/test_arm
+	@grep -q 'EBM__ISA "neon"' ebm.h
+	cd $(B) && qemu-aarch64 ./test_arm $(ARM_TESTS) | tee test_arm.log | grep -v '^ok '; \
+	  grep -q ' 0 failed$$' test_arm.log && grep -q '^ok   conv_kernels_match_reference' test_arm.log
 
 # --- a cross-check against PyTorch (needs Debian's python3-torch; not part of `make test`)
 crosscheck: $(B)/crosscheck | $(B)

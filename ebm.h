@@ -836,96 +836,135 @@ EBMDEF const char *ebm_isa(void) { return EBM__ISA; }
    (tap, pixel) row addresses, built in chunks of this many taps. */
 #define EBM__TAPS 32
 
-/* Tap form (forward and input gradient): for each of EBM__RM pixels r,
+/* Two tile shapes: EBM__RM pixels x 2 vectors of channels (wide panels of
+   EBM__CB), or EBM__RM1 = 2 EBM__RM pixels x 1 vector (narrow panels of
+   EBM__VL) when a layer has no more channels than one vector holds (n_f = 16
+   on AVX-512), so that no half panel is multiplied by zeros. */
+#define EBM__RM1 (2 * EBM__RM)
+
+/* Tap form (forward and input gradient): for each of RMX pixels r,
    tmp[r][j] += sum over taps t < nt and channels c < kc of
-   ap[t RM + r][c] * B[(t kc + c) ldb + j]. ap holds the address of the
-   input row each (tap, pixel) reads, or of a row of zeros where the tap
-   falls outside the image: no padded copy is ever made. All EBM__RM rows
-   are computed (a short tile repeats its last pixel), so the accumulators are
-   a fixed set the compiler keeps in registers. */
-static void ebm__mk_taps(const float *const *ap, int nt, int kc, const float *B, size_t ldb, float *tmp)
+   ap[t RMX + r][c] * B[(t kc + c) ldb + j], j < CVX vectors. ap holds the
+   address of the input row each (tap, pixel) reads, or of a row of zeros
+   where the tap falls outside the image: no padded copy is ever made. All
+   RMX rows are computed (a short tile repeats its last pixel). Each tile
+   shape is its own function, with accumulator arrays of exactly its size,
+   so the compiler keeps them in registers (a shared body sized for the
+   largest shape was measured 20 % slower). */
+#define EBM__DEF_MK_TAPS(name, RMX, CVX)                                                          \
+static void name(const float *const *ap, int nt, int kc, const float *B, size_t ldb, float *tmp)  \
+{                                                                                                 \
+    ebm__vf acc[RMX][CVX];                                                                        \
+    int r, v, t, c;                                                                               \
+    for (r = 0; r < RMX; r++) for (v = 0; v < CVX; v++) acc[r][v] = ebm__vload(tmp + (r * CVX + v) * EBM__VL); \
+    for (t = 0; t < nt; t++) {                                                                    \
+        const float *ar[RMX];                                                                     \
+        for (r = 0; r < RMX; r++) ar[r] = ap[t * RMX + r];                                        \
+        for (c = 0; c < kc; c++) {                                                                \
+            const float *b = B + ((size_t)t * kc + c) * ldb;                                      \
+            ebm__vf bv[CVX];                                                                      \
+            for (v = 0; v < CVX; v++) bv[v] = ebm__vload(b + v * EBM__VL);                        \
+            for (r = 0; r < RMX; r++) {                                                           \
+                ebm__vf x = ebm__vbcast(ar[r][c]);                                                \
+                for (v = 0; v < CVX; v++) acc[r][v] = ebm__vfma(x, bv[v], acc[r][v]);             \
+            }                                                                                     \
+        }                                                                                         \
+    }                                                                                             \
+    for (r = 0; r < RMX; r++) for (v = 0; v < CVX; v++) ebm__vstore(tmp + (r * CVX + v) * EBM__VL, acc[r][v]); \
+}
+EBM__DEF_MK_TAPS(ebm__mk_taps_wide, EBM__RM, EBM__CV)
+EBM__DEF_MK_TAPS(ebm__mk_taps_narrow, EBM__RM1, 1)
+
+static void ebm__mk_taps(const float *const *ap, int nt, int kc, const float *B, size_t ldb, float *tmp, int narrow)
 {
-    ebm__vf acc[EBM__RM][EBM__CV];
-    int r, v, t, c;
-    for (r = 0; r < EBM__RM; r++) for (v = 0; v < EBM__CV; v++) acc[r][v] = ebm__vload(tmp + r * EBM__CB + v * EBM__VL);
-    for (t = 0; t < nt; t++) {
-        const float *ar[EBM__RM];
-        for (r = 0; r < EBM__RM; r++) ar[r] = ap[t * EBM__RM + r];
-        for (c = 0; c < kc; c++) {
-            const float *b = B + ((size_t)t * kc + c) * ldb;
-            ebm__vf bv[EBM__CV];
-            for (v = 0; v < EBM__CV; v++) bv[v] = ebm__vload(b + v * EBM__VL);
-            for (r = 0; r < EBM__RM; r++) {
-                ebm__vf x = ebm__vbcast(ar[r][c]);
-                for (v = 0; v < EBM__CV; v++) acc[r][v] = ebm__vfma(x, bv[v], acc[r][v]);
-            }
-        }
-    }
-    for (r = 0; r < EBM__RM; r++) for (v = 0; v < EBM__CV; v++) ebm__vstore(tmp + r * EBM__CB + v * EBM__VL, acc[r][v]);
+    if (narrow) ebm__mk_taps_narrow(ap, nt, kc, B, ldb, tmp);
+    else ebm__mk_taps_wide(ap, nt, kc, B, ldb, tmp);
 }
 
 /* Gather form (weight gradient): tmp[r][j] = sum over k < K of
    A[koff[k] + row[r]] * B[k ldb + j]. */
+#define EBM__DEF_MK_GATHER(name, RMX, CVX)                                                        \
+static void name(const float *A, const ptrdiff_t *row, const ptrdiff_t *koff, size_t K,          \
+                 const float *B, size_t ldb, float *tmp)                                          \
+{                                                                                                 \
+    ebm__vf acc[RMX][CVX];                                                                        \
+    int r, v;                                                                                     \
+    size_t k;                                                                                     \
+    for (r = 0; r < RMX; r++) for (v = 0; v < CVX; v++) acc[r][v] = ebm__vzero();                \
+    for (k = 0; k < K; k++) {                                                                     \
+        const float *a = A + koff[k], *b = B + k * ldb;                                           \
+        ebm__vf bv[CVX];                                                                          \
+        for (v = 0; v < CVX; v++) bv[v] = ebm__vload(b + v * EBM__VL);                            \
+        for (r = 0; r < RMX; r++) {                                                               \
+            ebm__vf av = ebm__vbcast(a[row[r]]);                                                  \
+            for (v = 0; v < CVX; v++) acc[r][v] = ebm__vfma(av, bv[v], acc[r][v]);                \
+        }                                                                                         \
+    }                                                                                             \
+    for (r = 0; r < RMX; r++) for (v = 0; v < CVX; v++) ebm__vstore(tmp + (r * CVX + v) * EBM__VL, acc[r][v]); \
+}
+EBM__DEF_MK_GATHER(ebm__mk_gather_wide, EBM__RM, EBM__CV)
+EBM__DEF_MK_GATHER(ebm__mk_gather_narrow, EBM__RM1, 1)
+
 static void ebm__mk_gather(const float *A, const ptrdiff_t *row, const ptrdiff_t *koff, size_t K,
-                           const float *B, size_t ldb, float *tmp)
+                           const float *B, size_t ldb, float *tmp, int narrow)
 {
-    ebm__vf acc[EBM__RM][EBM__CV];
-    int r, v;
-    size_t k;
-    for (r = 0; r < EBM__RM; r++) for (v = 0; v < EBM__CV; v++) acc[r][v] = ebm__vzero();
-    for (k = 0; k < K; k++) {
-        const float *a = A + koff[k], *b = B + k * ldb;
-        ebm__vf bv[EBM__CV];
-        for (v = 0; v < EBM__CV; v++) bv[v] = ebm__vload(b + v * EBM__VL);
-        for (r = 0; r < EBM__RM; r++) {
-            ebm__vf av = ebm__vbcast(a[row[r]]);
-            for (v = 0; v < EBM__CV; v++) acc[r][v] = ebm__vfma(av, bv[v], acc[r][v]);
-        }
-    }
-    for (r = 0; r < EBM__RM; r++) for (v = 0; v < EBM__CV; v++) ebm__vstore(tmp + r * EBM__CB + v * EBM__VL, acc[r][v]);
+    if (narrow) ebm__mk_gather_narrow(A, row, koff, K, B, ldb, tmp);
+    else ebm__mk_gather_wide(A, row, koff, K, B, ldb, tmp);
 }
 
 /* Dot form, for an input gradient with few input channels (the first
    layer: 1 or 3): a panel of input channels would be mostly padding, so
-   instead each of EBM__RD pixels keeps one vector accumulator per input
-   channel (up to EBM__DC of them) and runs over the output channels:
-   tmp[r][ci] += sum over taps t < nt, channels c < kc of ap[t RD + r][c] *
-   W[(t DC + ci) kc + c]. Each accumulator is reduced in a fixed order at the
-   end of the call, so the result is still one fixed sum. */
+   instead each of RDX pixels keeps one vector accumulator per input channel
+   (DCX of them) and runs over the output channels: tmp[r][ci] += sum over
+   taps t < nt, channels c < kc of ap[t RDX + r][c] W[(t DCX + ci) kc + c].
+   Each accumulator is reduced in a fixed order at the end of the call, so
+   the result is still one fixed sum. Shapes: 8 pixels x 1 channel, or 4 x 4. */
 #define EBM__RD 4
 #define EBM__DC 4
-/* A tile's result buffer holds either form's tile. */
-#define EBM__TILE (EBM__RM * EBM__CB > EBM__RD * EBM__DC ? EBM__RM * EBM__CB : EBM__RD * EBM__DC)
-static void ebm__mk_dot(const float *const *ap, int nt, int kc, const float *W, float *tmp)
-{
-    ebm__vf acc[EBM__RD][EBM__DC];
-    float tail[EBM__RD][EBM__DC], lanes[EBM__VL];
-    const int kv = kc - kc % EBM__VL;
-    int r, d, t, c, l;
-    for (r = 0; r < EBM__RD; r++)
-        for (d = 0; d < EBM__DC; d++) { acc[r][d] = ebm__vzero(); tail[r][d] = 0.0f; }
-    for (t = 0; t < nt; t++) {
-        const float *w = W + (size_t)t * EBM__DC * kc;
-        for (c = 0; c < kv; c += EBM__VL) {
-            ebm__vf wv[EBM__DC];
-            for (d = 0; d < EBM__DC; d++) wv[d] = ebm__vload(w + (size_t)d * kc + c);
-            for (r = 0; r < EBM__RD; r++) {
-                ebm__vf x = ebm__vload(ap[t * EBM__RD + r] + c);
-                for (d = 0; d < EBM__DC; d++) acc[r][d] = ebm__vfma(x, wv[d], acc[r][d]);
-            }
-        }
-        for (c = kv; c < kc; c++) /* channels past the last full vector */
-            for (r = 0; r < EBM__RD; r++)
-                for (d = 0; d < EBM__DC; d++) tail[r][d] += ap[t * EBM__RD + r][c] * w[(size_t)d * kc + c];
-    }
-    for (r = 0; r < EBM__RD; r++)
-        for (d = 0; d < EBM__DC; d++) {
-            float sum = 0.0f;
-            ebm__vstore(lanes, acc[r][d]);
-            for (l = 0; l < EBM__VL; l++) sum += lanes[l];
-            tmp[r * EBM__DC + d] += sum + tail[r][d];
-        }
+#define EBM__RD1 8
+#define EBM__DEF_MK_DOT(name, RDX, DCX)                                                           \
+static void name(const float *const *ap, int nt, int kc, const float *W, float *tmp)             \
+{                                                                                                 \
+    ebm__vf acc[RDX][DCX];                                                                        \
+    float tail[RDX][DCX], lanes[EBM__VL];                                                         \
+    const int kv = kc - kc % EBM__VL;                                                             \
+    int r, d, t, c, l;                                                                            \
+    for (r = 0; r < RDX; r++)                                                                     \
+        for (d = 0; d < DCX; d++) { acc[r][d] = ebm__vzero(); tail[r][d] = 0.0f; }                \
+    for (t = 0; t < nt; t++) {                                                                    \
+        const float *w = W + (size_t)t * DCX * kc;                                                \
+        for (c = 0; c < kv; c += EBM__VL) {                                                       \
+            ebm__vf wv[DCX];                                                                      \
+            for (d = 0; d < DCX; d++) wv[d] = ebm__vload(w + (size_t)d * kc + c);                 \
+            for (r = 0; r < RDX; r++) {                                                           \
+                ebm__vf x = ebm__vload(ap[t * RDX + r] + c);                                      \
+                for (d = 0; d < DCX; d++) acc[r][d] = ebm__vfma(x, wv[d], acc[r][d]);             \
+            }                                                                                     \
+        }                                                                                         \
+        for (c = kv; c < kc; c++) /* channels past the last full vector */                        \
+            for (r = 0; r < RDX; r++)                                                             \
+                for (d = 0; d < DCX; d++) tail[r][d] += ap[t * RDX + r][c] * w[(size_t)d * kc + c]; \
+    }                                                                                             \
+    for (r = 0; r < RDX; r++)                                                                     \
+        for (d = 0; d < DCX; d++) {                                                               \
+            float sum = 0.0f;                                                                     \
+            ebm__vstore(lanes, acc[r][d]);                                                        \
+            for (l = 0; l < EBM__VL; l++) sum += lanes[l];                                        \
+            tmp[r * DCX + d] += sum + tail[r][d];                                                 \
+        }                                                                                         \
 }
+EBM__DEF_MK_DOT(ebm__mk_dot_one, EBM__RD1, 1)
+EBM__DEF_MK_DOT(ebm__mk_dot_few, EBM__RD, EBM__DC)
+
+static void ebm__mk_dot(const float *const *ap, int nt, int kc, const float *W, float *tmp, int one)
+{
+    if (one) ebm__mk_dot_one(ap, nt, kc, W, tmp);
+    else ebm__mk_dot_few(ap, nt, kc, W, tmp);
+}
+
+/* A tile's result buffer and pointer table hold any of the shapes above. */
+#define EBM__TILE (EBM__RM * EBM__CB > EBM__RD * EBM__DC ? EBM__RM * EBM__CB : EBM__RD * EBM__DC)
+#define EBM__ROWS (EBM__RM1 > EBM__RD1 ? EBM__RM1 : EBM__RD1)
 
 static size_t ebm__ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
 
@@ -946,19 +985,19 @@ static void ebm__pad(const float *x, int n, int h, int w, int c, int top, int le
     }
 }
 
-/* Panels of EBM__CB columns, zero past `cols`: out[(i rows + j) CB + c] =
-   src[j ld + i CB + c]. In parallel over rows; a copy, so any split is exact. */
-static void ebm__pack(const float *src, size_t rows, size_t cols, size_t ld, float *out)
+/* Panels of `width` columns, zero past `cols`: out[(i rows + j) width + c] =
+   src[j ld + i width + c]. In parallel over rows; a copy, so any split is exact. */
+static void ebm__pack(const float *src, size_t rows, size_t cols, size_t ld, float *out, size_t width)
 {
-    const size_t n_ct = ebm__ceil_div(cols, EBM__CB);
+    const size_t n_ct = ebm__ceil_div(cols, width);
     long j;
     EBM__PARALLEL_FOR
     for (j = 0; j < (long)rows; j++) {
         size_t i, c;
         for (i = 0; i < n_ct; i++)
-            for (c = 0; c < EBM__CB; c++) {
-                size_t col = i * EBM__CB + c;
-                out[(i * rows + (size_t)j) * EBM__CB + c] = col < cols ? src[(size_t)j * ld + col] : 0.0f;
+            for (c = 0; c < width; c++) {
+                size_t col = i * width + c;
+                out[(i * rows + (size_t)j) * width + c] = col < cols ? src[(size_t)j * ld + col] : 0.0f;
             }
     }
 }
@@ -972,18 +1011,22 @@ static void *ebm__carve(unsigned char **p, size_t bytes)
     return q;
 }
 
+/* Panel width for a channel count: narrow when one vector holds them all. */
+static int ebm__narrow(int channels) { return channels <= EBM__VL; }
+static size_t ebm__panel(int channels) { return ebm__narrow(channels) ? EBM__VL : EBM__CB; }
+
 /* Scratch each pass needs, in bytes: a zero row, packed panels, offset
    tables (+ alignment slack). The ops allocate it in the arena, so measuring
    runs count it like any tensor. */
 static size_t ebm__conv_fwd_scratch(const ebm__cgeom *G)
 {
-    size_t panels = ebm__ceil_div((size_t)G->cy, EBM__CB) * EBM__CB * G->k * G->k * G->cx;
+    size_t panels = ebm__ceil_div((size_t)G->cy, ebm__panel(G->cy)) * ebm__panel(G->cy) * G->k * G->k * G->cx;
     return (panels + (size_t)G->cx) * sizeof(float) + 3 * EBM__ALIGN;
 }
 
 static size_t ebm__conv_bwd_data_scratch(const ebm__cgeom *G)
 {
-    size_t panels = ebm__ceil_div((size_t)G->cx, EBM__CB) * EBM__CB;
+    size_t panels = ebm__ceil_div((size_t)G->cx, ebm__panel(G->cx)) * ebm__panel(G->cx);
     panels = (panels > EBM__DC ? panels : EBM__DC) * G->k * G->k * G->cy; /* panels, or the dot form's packing */
     return (panels + (size_t)G->cy) * sizeof(float) + 3 * EBM__ALIGN;
 }
@@ -992,36 +1035,37 @@ static size_t ebm__conv_bwd_weight_scratch(const ebm__cgeom *G)
 {
     size_t M = (size_t)G->n * G->hy * G->wy;
     size_t pad = G->p ? (size_t)G->n * (G->hx + 2 * G->p) * (G->wx + 2 * G->p) * G->cx : 0;
-    size_t panels = ebm__ceil_div((size_t)G->cy, EBM__CB) * EBM__CB * M;
+    size_t panels = ebm__ceil_div((size_t)G->cy, ebm__panel(G->cy)) * ebm__panel(G->cy) * M;
     return (pad + panels) * sizeof(float) + M * sizeof(ptrdiff_t) + 3 * EBM__ALIGN;
 }
 
-/* Forward: tile = (EBM__RM output pixels of the whole batch, one panel of
-   output channels). */
+/* Forward: tile = (RM output pixels of the whole batch, one panel of output
+   channels). */
 static void ebm__conv_fwd(const ebm__cgeom *G, const float *x, const float *w, const float *b, float *y, void *scratch)
 {
     unsigned char *sp = (unsigned char *)scratch;
     const int K = G->k, KK = G->k * G->k, cx = G->cx, cy = G->cy, s = G->s, p = G->p, HW = G->hy * G->wy;
-    const size_t M = (size_t)G->n * HW, n_ct = ebm__ceil_div((size_t)cy, EBM__CB), KKC = (size_t)KK * cx;
-    const long n_tiles = (long)(ebm__ceil_div(M, EBM__RM) * n_ct);
+    const int narrow = ebm__narrow(cy), RR = narrow ? EBM__RM1 : EBM__RM;
+    const size_t CBW = ebm__panel(cy), M = (size_t)G->n * HW, n_ct = ebm__ceil_div((size_t)cy, CBW), KKC = (size_t)KK * cx;
+    const long n_tiles = (long)(ebm__ceil_div(M, (size_t)RR) * n_ct);
     float *zero, *Bp;
     long t;
     zero = (float *)ebm__carve(&sp, (size_t)cx * sizeof(float));
     memset(zero, 0, (size_t)cx * sizeof(float));
     /* B: the weights (tap, ci) x co in contiguous panels (faster to stream
        than reading rows of cy floats in place, measured) */
-    Bp = (float *)ebm__carve(&sp, n_ct * EBM__CB * KKC * sizeof(float));
-    ebm__pack(w, KKC, (size_t)cy, (size_t)cy, Bp);
+    Bp = (float *)ebm__carve(&sp, n_ct * CBW * KKC * sizeof(float));
+    ebm__pack(w, KKC, (size_t)cy, (size_t)cy, Bp, CBW);
     EBM__PARALLEL_FOR
     for (t = 0; t < n_tiles; t++) {
-        const size_t pt = (size_t)t / n_ct, ct = (size_t)t % n_ct, m0 = pt * EBM__RM;
-        const int nr = M - m0 < EBM__RM ? (int)(M - m0) : EBM__RM;
-        const int co0 = (int)(ct * EBM__CB), nc = cy - co0 < EBM__CB ? cy - co0 : EBM__CB;
-        const float *ap[EBM__TAPS * EBM__RM];
-        int pn[EBM__RM], ph[EBM__RM], pw[EBM__RM];
-        float tmp[EBM__RM * EBM__CB];
+        const size_t pt = (size_t)t / n_ct, ct = (size_t)t % n_ct, m0 = pt * (size_t)RR;
+        const int nr = M - m0 < (size_t)RR ? (int)(M - m0) : RR;
+        const int co0 = (int)(ct * CBW), nc = cy - co0 < (int)CBW ? cy - co0 : (int)CBW;
+        const float *ap[EBM__TAPS * EBM__ROWS];
+        int pn[EBM__ROWS], ph[EBM__ROWS], pw[EBM__ROWS];
+        float tmp[EBM__TILE];
         int r, q, t0, tt;
-        for (r = 0; r < EBM__RM; r++) {
+        for (r = 0; r < RR; r++) {
             size_t m = m0 + (size_t)(r < nr ? r : nr - 1);
             pn[r] = (int)(m / (size_t)HW);
             ph[r] = (int)(m % (size_t)HW) / G->wy * s - p;
@@ -1031,16 +1075,16 @@ static void ebm__conv_fwd(const ebm__cgeom *G, const float *x, const float *w, c
         for (t0 = 0; t0 < KK; t0 += EBM__TAPS) {
             const int nt = KK - t0 < EBM__TAPS ? KK - t0 : EBM__TAPS;
             for (tt = 0; tt < nt; tt++)
-                for (r = 0; r < EBM__RM; r++) {
+                for (r = 0; r < RR; r++) {
                     int hi = ph[r] + (t0 + tt) / K, wi = pw[r] + (t0 + tt) % K;
-                    ap[tt * EBM__RM + r] = hi < 0 || hi >= G->hx || wi < 0 || wi >= G->wx ? zero
-                                         : x + (((size_t)pn[r] * G->hx + hi) * G->wx + wi) * cx;
+                    ap[tt * RR + r] = hi < 0 || hi >= G->hx || wi < 0 || wi >= G->wx ? zero
+                                    : x + (((size_t)pn[r] * G->hx + hi) * G->wx + wi) * cx;
                 }
-            ebm__mk_taps(ap, nt, cx, Bp + ct * KKC * EBM__CB + (size_t)t0 * cx * EBM__CB, EBM__CB, tmp);
+            ebm__mk_taps(ap, nt, cx, Bp + ct * KKC * CBW + (size_t)t0 * cx * CBW, CBW, tmp, narrow);
         }
-        for (r = 0; r < nr && r < EBM__RM; r++) {
+        for (r = 0; r < nr && r < EBM__ROWS; r++) {
             float *o = y + (m0 + (size_t)r) * cy + co0;
-            for (q = 0; q < nc && q < EBM__CB; q++) o[q] = tmp[r * EBM__CB + q] + (b ? b[co0 + q] : 0.0f);
+            for (q = 0; q < nc && r * (int)CBW + q < EBM__TILE; q++) o[q] = tmp[r * (int)CBW + q] + (b ? b[co0 + q] : 0.0f);
         }
     }
 }
@@ -1053,48 +1097,50 @@ static void ebm__conv_bwd_data(const ebm__cgeom *G, const float *gy, const float
 {
     unsigned char *sp = (unsigned char *)scratch;
     const int K = G->k, cx = G->cx, cy = G->cy, s = G->s, p = G->p;
-    const size_t n_ct = ebm__ceil_div((size_t)cx, EBM__CB);
     const int dot = cx <= EBM__DC && cx * 2 <= EBM__CB; /* few input channels: the dot form */
+    const int one = cx == 1, narrow = ebm__narrow(cx);
+    const size_t CBW = ebm__panel(cx), n_ct = ebm__ceil_div((size_t)cx, CBW);
+    const int RR = dot ? (one ? EBM__RD1 : EBM__RD) : (narrow ? EBM__RM1 : EBM__RM);
+    const int CC = dot ? (one ? 1 : EBM__DC) : (int)CBW;
     int ph, pw;
     float *zero, *Bp;
     zero = (float *)ebm__carve(&sp, (size_t)cy * sizeof(float));
     memset(zero, 0, (size_t)cy * sizeof(float));
-    Bp = (float *)ebm__carve(&sp, (n_ct * EBM__CB > EBM__DC ? n_ct * EBM__CB : EBM__DC) * K * K * cy * sizeof(float));
+    Bp = (float *)ebm__carve(&sp, (n_ct * CBW > EBM__DC ? n_ct * CBW : EBM__DC) * K * K * cy * sizeof(float));
     for (ph = 0; ph < s; ph++)
         for (pw = 0; pw < s; pw++) {
             const int fh = ((ph - p) % s + s) % s, fw = ((pw - p) % s + s) % s; /* first row / column of the phase */
             const int cnt_h = fh < G->hx ? (G->hx - fh + s - 1) / s : 0, cnt_w = fw < G->wx ? (G->wx - fw + s - 1) / s : 0;
             const int th = ph < K ? (K - ph + s - 1) / s : 0, tw = pw < K ? (K - pw + s - 1) / s : 0, nt_all = th * tw;
             const size_t M = (size_t)G->n * cnt_h * cnt_w, per = (size_t)cnt_h * cnt_w, KC = (size_t)nt_all * cy;
-            const int RR = dot ? EBM__RD : EBM__RM, CC = dot ? EBM__DC : EBM__CB;
             const long n_ct_eff = dot ? 1 : (long)n_ct, n_tiles = (long)ebm__ceil_div(M, (size_t)RR) * n_ct_eff;
             long t;
             if (M == 0) continue;
             /* this phase's taps of the weights, transposed so the input channel runs fastest:
-               panels Bp[(i KC + (tap, co)) CB + c] (tap form), or Bp[(tap DC + ci) cy + co] (dot form) */
+               panels Bp[(i KC + (tap, co)) CBW + c] (tap form), or Bp[(tap CC + ci) cy + co] (dot form) */
             EBM__PARALLEL_FOR
             for (t = 0; t < (long)KC; t++) {
                 const size_t jj = (size_t)t, tap = jj / cy;
                 const int kh = ph + s * (int)(tap / tw), kw = pw + s * (int)(tap % tw), co = (int)(jj % cy);
                 size_t ii, cc;
                 if (dot) {
-                    for (cc = 0; cc < EBM__DC; cc++)
-                        Bp[(tap * EBM__DC + cc) * cy + co] = cc < (size_t)cx ? w[(((size_t)kh * K + kw) * cx + cc) * cy + co] : 0.0f;
+                    for (cc = 0; cc < (size_t)CC; cc++)
+                        Bp[(tap * CC + cc) * cy + co] = cc < (size_t)cx ? w[(((size_t)kh * K + kw) * cx + cc) * cy + co] : 0.0f;
                 } else
                     for (ii = 0; ii < n_ct; ii++)
-                        for (cc = 0; cc < EBM__CB; cc++) {
-                            size_t ci = ii * EBM__CB + cc;
-                            Bp[(ii * KC + jj) * EBM__CB + cc] = ci < (size_t)cx ? w[(((size_t)kh * K + kw) * cx + ci) * cy + co] : 0.0f;
+                        for (cc = 0; cc < CBW; cc++) {
+                            size_t ci = ii * CBW + cc;
+                            Bp[(ii * KC + jj) * CBW + cc] = ci < (size_t)cx ? w[(((size_t)kh * K + kw) * cx + ci) * cy + co] : 0.0f;
                         }
             }
             EBM__PARALLEL_FOR
             for (t = 0; t < n_tiles; t++) {
                 const size_t pt = (size_t)t / (size_t)n_ct_eff, ct = (size_t)t % (size_t)n_ct_eff, m0 = pt * (size_t)RR;
                 const int nr = M - m0 < (size_t)RR ? (int)(M - m0) : RR;
-                const int c0 = (int)(ct * EBM__CB), nc = dot ? cx : (cx - c0 < EBM__CB ? cx - c0 : EBM__CB);
-                const float *ap[EBM__TAPS * EBM__RM];
-                size_t pix[EBM__RM];
-                int pn[EBM__RM], qh[EBM__RM], qw[EBM__RM];
+                const int c0 = (int)(ct * CBW), nc = dot ? cx : (cx - c0 < (int)CBW ? cx - c0 : (int)CBW);
+                const float *ap[EBM__TAPS * EBM__ROWS];
+                size_t pix[EBM__ROWS];
+                int pn[EBM__ROWS], qh[EBM__ROWS], qw[EBM__ROWS];
                 float tmp[EBM__TILE];
                 int r, q, t0, tt;
                 for (r = 0; r < RR; r++) {
@@ -1114,30 +1160,31 @@ static void ebm__conv_bwd_data(const ebm__cgeom *G, const float *gy, const float
                             ap[tt * RR + r] = ho < 0 || ho >= G->hy || wo < 0 || wo >= G->wy ? zero
                                             : gy + (((size_t)pn[r] * G->hy + ho) * G->wy + wo) * cy;
                         }
-                    if (dot) ebm__mk_dot(ap, nt, cy, Bp + (size_t)t0 * EBM__DC * cy, tmp);
-                    else ebm__mk_taps(ap, nt, cy, Bp + ct * KC * EBM__CB + (size_t)t0 * cy * EBM__CB, EBM__CB, tmp);
+                    if (dot) ebm__mk_dot(ap, nt, cy, Bp + (size_t)t0 * CC * cy, tmp, one);
+                    else ebm__mk_taps(ap, nt, cy, Bp + ct * KC * CBW + (size_t)t0 * cy * CBW, CBW, tmp, narrow);
                 }
-                for (r = 0; r < nr && r < EBM__RM; r++) {
+                for (r = 0; r < nr && r < EBM__ROWS; r++) {
                     float *o = gx + pix[r] + c0;
-                    for (q = 0; q < nc && q < CC; q++) o[q] = tmp[r * CC + q] + (b ? b[c0 + q] : 0.0f);
+                    for (q = 0; q < nc && r * CC + q < EBM__TILE; q++) o[q] = tmp[r * CC + q] + (b ? b[c0 + q] : 0.0f);
                 }
             }
         }
 }
 
-/* Weight gradient: tile = (EBM__RM rows (kh,kw,ci), one panel of co), summed
+/* Weight gradient: tile = (RM rows (kh,kw,ci), one panel of co), summed
    over every output pixel of the batch in order. */
 static void ebm__conv_bwd_weight(const ebm__cgeom *G, const float *x, const float *gy, float *gw, void *scratch)
 {
     unsigned char *sp = (unsigned char *)scratch;
     const int K = G->k, cx = G->cx, cy = G->cy, s = G->s;
     const int Hp = G->hx + 2 * G->p, Wp = G->wx + 2 * G->p, HW = G->hy * G->wy;
-    const size_t M = (size_t)G->n * HW, n_ct = ebm__ceil_div((size_t)cy, EBM__CB), R = (size_t)K * K * cx;
-    const long n_tiles = (long)(ebm__ceil_div(R, EBM__RM) * n_ct);
+    const int narrow = ebm__narrow(cy), RR = narrow ? EBM__RM1 : EBM__RM;
+    const size_t CBW = ebm__panel(cy), M = (size_t)G->n * HW, n_ct = ebm__ceil_div((size_t)cy, CBW), R = (size_t)K * K * cx;
+    const long n_tiles = (long)(ebm__ceil_div(R, (size_t)RR) * n_ct);
     const float *A = x;
     float *Bp;
     ptrdiff_t *koff;
-    size_t m, ldb, pstride;
+    size_t m;
     long t;
     if (G->p) {
         float *xp = (float *)ebm__carve(&sp, (size_t)G->n * Hp * Wp * cx * sizeof(float));
@@ -1150,26 +1197,25 @@ static void ebm__conv_bwd_weight(const ebm__cgeom *G, const float *x, const floa
         koff[m] = (((ptrdiff_t)n * Hp + (ptrdiff_t)ho * s) * Wp + (ptrdiff_t)wo * s) * cx;
     }
     /* B: gy, pixels x co, in contiguous panels */
-    Bp = (float *)ebm__carve(&sp, n_ct * EBM__CB * M * sizeof(float));
-    ebm__pack(gy, M, (size_t)cy, (size_t)cy, Bp);
-    ldb = EBM__CB; pstride = M * EBM__CB;
+    Bp = (float *)ebm__carve(&sp, n_ct * CBW * M * sizeof(float));
+    ebm__pack(gy, M, (size_t)cy, (size_t)cy, Bp, CBW);
     EBM__PARALLEL_FOR
     for (t = 0; t < n_tiles; t++) {
-        const size_t rt = (size_t)t / n_ct, ct = (size_t)t % n_ct, r0 = rt * EBM__RM;
-        const int nr = R - r0 < EBM__RM ? (int)(R - r0) : EBM__RM;
-        const int co0 = (int)(ct * EBM__CB), nc = cy - co0 < EBM__CB ? cy - co0 : EBM__CB;
-        ptrdiff_t row[EBM__RM];
-        float tmp[EBM__RM * EBM__CB];
+        const size_t rt = (size_t)t / n_ct, ct = (size_t)t % n_ct, r0 = rt * (size_t)RR;
+        const int nr = R - r0 < (size_t)RR ? (int)(R - r0) : RR;
+        const int co0 = (int)(ct * CBW), nc = cy - co0 < (int)CBW ? cy - co0 : (int)CBW;
+        ptrdiff_t row[EBM__ROWS];
+        float tmp[EBM__TILE];
         int r, q;
-        for (r = 0; r < EBM__RM; r++) {
+        for (r = 0; r < RR; r++) {
             size_t rr = r0 + (size_t)(r < nr ? r : nr - 1);
             int kh = (int)(rr / ((size_t)K * cx)), kw = (int)(rr / (size_t)cx) % K, ci = (int)(rr % (size_t)cx);
             row[r] = ((ptrdiff_t)kh * Wp + kw) * cx + ci;
         }
-        ebm__mk_gather(A, row, koff, M, Bp + ct * pstride, ldb, tmp);
-        for (r = 0; r < nr && r < EBM__RM; r++) { /* (the second bounds tell the compiler tmp suffices) */
+        ebm__mk_gather(A, row, koff, M, Bp + ct * M * CBW, CBW, tmp, narrow);
+        for (r = 0; r < nr && r < EBM__ROWS; r++) { /* (the second bounds tell the compiler tmp suffices) */
             float *o = gw + (r0 + (size_t)r) * cy + co0;
-            for (q = 0; q < nc && q < EBM__CB; q++) o[q] = tmp[r * EBM__CB + q];
+            for (q = 0; q < nc && r * (int)CBW + q < EBM__TILE; q++) o[q] = tmp[r * (int)CBW + q];
         }
     }
 }

@@ -21,12 +21,15 @@ static const char *t_name;  /* the running test's name */
 
 typedef struct { const char *name; test_fn fn; } test_case;
 
-/* Run the tests whose name contains `filter` (all if NULL); print the summary. */
-static int run_tests(const test_case *tests, int n, const char *filter)
+/* Run the tests whose name contains one of the filters (all if there are
+   none); print the summary. */
+static int run_tests(const test_case *tests, int n, int n_filters, char **filters)
 {
-    int i, passed = 0, failed = 0;
+    int i, j, passed = 0, failed = 0;
     for (i = 0; i < n; i++) {
-        if (filter && !strstr(tests[i].name, filter)) continue;
+        int chosen = n_filters == 0;
+        for (j = 0; j < n_filters; j++) chosen |= strstr(tests[i].name, filters[j]) != NULL;
+        if (!chosen) continue;
         t_failed = 0;
         t_name = tests[i].name;
         tests[i].fn();

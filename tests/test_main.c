@@ -1560,5 +1560,5 @@ static const test_case tests[] = {
 
 int main(int argc, char **argv)
 {
-    return run_tests(tests, (int)(sizeof tests / sizeof tests[0]), argc > 1 ? argv[1] : NULL);
+    return run_tests(tests, (int)(sizeof tests / sizeof tests[0]), argc - 1, argv + 1);
 }
