@@ -1560,5 +1560,6 @@ static const test_case tests[] = {
 
 int main(int argc, char **argv)
 {
+    printf("# kernels: isa=%s, threads=%d\n", ebm_isa(), ebm_threads());
     return run_tests(tests, (int)(sizeof tests / sizeof tests[0]), argc - 1, argv + 1);
 }
