@@ -844,15 +844,18 @@ EBMDEF const char *ebm_isa(void) { return EBM__ISA; }
 
 /* Tap form (forward and input gradient): for each of RMX pixels r,
    tmp[r][j] += sum over taps t < nt and channels c < kc of
-   ap[t RMX + r][c] * B[(t kc + c) ldb + j], j < CVX vectors. ap holds the
+   ap[t RMX + r][c] * bt[t][c ldb + j], j < CVX vectors. ap holds the
    address of the input row each (tap, pixel) reads, or of a row of zeros
-   where the tap falls outside the image: no padded copy is ever made. All
+   where the tap falls outside the image: no padded copy is ever made; bt
+   the tap's rows of weights. A tap that is outside for every pixel of the
+   tile is left out of the list altogether (a 1x1 -> 7x7 transposed conv
+   would otherwise multiply 48 zero rows for each real one). All
    RMX rows are computed (a short tile repeats its last pixel). Each tile
    shape is its own function, with accumulator arrays of exactly its size,
    so the compiler keeps them in registers (a shared body sized for the
    largest shape was measured 20 % slower). */
 #define EBM__DEF_MK_TAPS(name, RMX, CVX)                                                          \
-static void name(const float *const *ap, int nt, int kc, const float *B, size_t ldb, float *tmp)  \
+static void name(const float *const *ap, const float *const *bt, int nt, int kc, size_t ldb, float *tmp) \
 {                                                                                                 \
     ebm__vf acc[RMX][CVX];                                                                        \
     int r, v, t, c;                                                                               \
@@ -861,7 +864,7 @@ static void name(const float *const *ap, int nt, int kc, const float *B, size_t 
         const float *ar[RMX];                                                                     \
         for (r = 0; r < RMX; r++) ar[r] = ap[t * RMX + r];                                        \
         for (c = 0; c < kc; c++) {                                                                \
-            const float *b = B + ((size_t)t * kc + c) * ldb;                                      \
+            const float *b = bt[t] + (size_t)c * ldb;                                             \
             ebm__vf bv[CVX];                                                                      \
             for (v = 0; v < CVX; v++) bv[v] = ebm__vload(b + v * EBM__VL);                        \
             for (r = 0; r < RMX; r++) {                                                           \
@@ -875,10 +878,10 @@ static void name(const float *const *ap, int nt, int kc, const float *B, size_t 
 EBM__DEF_MK_TAPS(ebm__mk_taps_wide, EBM__RM, EBM__CV)
 EBM__DEF_MK_TAPS(ebm__mk_taps_narrow, EBM__RM1, 1)
 
-static void ebm__mk_taps(const float *const *ap, int nt, int kc, const float *B, size_t ldb, float *tmp, int narrow)
+static void ebm__mk_taps(const float *const *ap, const float *const *bt, int nt, int kc, size_t ldb, float *tmp, int narrow)
 {
-    if (narrow) ebm__mk_taps_narrow(ap, nt, kc, B, ldb, tmp);
-    else ebm__mk_taps_wide(ap, nt, kc, B, ldb, tmp);
+    if (narrow) ebm__mk_taps_narrow(ap, bt, nt, kc, ldb, tmp);
+    else ebm__mk_taps_wide(ap, bt, nt, kc, ldb, tmp);
 }
 
 /* Gather form (weight gradient): tmp[r][j] = sum over k < K of
@@ -1061,7 +1064,7 @@ static void ebm__conv_fwd(const ebm__cgeom *G, const float *x, const float *w, c
         const size_t pt = (size_t)t / n_ct, ct = (size_t)t % n_ct, m0 = pt * (size_t)RR;
         const int nr = M - m0 < (size_t)RR ? (int)(M - m0) : RR;
         const int co0 = (int)(ct * CBW), nc = cy - co0 < (int)CBW ? cy - co0 : (int)CBW;
-        const float *ap[EBM__TAPS * EBM__ROWS];
+        const float *ap[EBM__TAPS * EBM__ROWS], *bt[EBM__TAPS];
         int pn[EBM__ROWS], ph[EBM__ROWS], pw[EBM__ROWS];
         float tmp[EBM__TILE];
         int r, q, t0, tt;
@@ -1074,13 +1077,19 @@ static void ebm__conv_fwd(const ebm__cgeom *G, const float *x, const float *w, c
         memset(tmp, 0, sizeof tmp);
         for (t0 = 0; t0 < KK; t0 += EBM__TAPS) {
             const int nt = KK - t0 < EBM__TAPS ? KK - t0 : EBM__TAPS;
-            for (tt = 0; tt < nt; tt++)
+            int kept = 0;
+            for (tt = 0; tt < nt; tt++) {
+                int inside = 0;
                 for (r = 0; r < RR; r++) {
                     int hi = ph[r] + (t0 + tt) / K, wi = pw[r] + (t0 + tt) % K;
-                    ap[tt * RR + r] = hi < 0 || hi >= G->hx || wi < 0 || wi >= G->wx ? zero
-                                    : x + (((size_t)pn[r] * G->hx + hi) * G->wx + wi) * cx;
+                    int in = hi >= 0 && hi < G->hx && wi >= 0 && wi < G->wx;
+                    ap[kept * RR + r] = in ? x + (((size_t)pn[r] * G->hx + hi) * G->wx + wi) * cx : zero;
+                    inside |= in;
                 }
-            ebm__mk_taps(ap, nt, cx, Bp + ct * KKC * CBW + (size_t)t0 * cx * CBW, CBW, tmp, narrow);
+                bt[kept] = Bp + ct * KKC * CBW + (size_t)(t0 + tt) * cx * CBW;
+                kept += inside;
+            }
+            if (kept) ebm__mk_taps(ap, bt, kept, cx, CBW, tmp, narrow);
         }
         for (r = 0; r < nr && r < EBM__ROWS; r++) {
             float *o = y + (m0 + (size_t)r) * cy + co0;
@@ -1138,7 +1147,7 @@ static void ebm__conv_bwd_data(const ebm__cgeom *G, const float *gy, const float
                 const size_t pt = (size_t)t / (size_t)n_ct_eff, ct = (size_t)t % (size_t)n_ct_eff, m0 = pt * (size_t)RR;
                 const int nr = M - m0 < (size_t)RR ? (int)(M - m0) : RR;
                 const int c0 = (int)(ct * CBW), nc = dot ? cx : (cx - c0 < (int)CBW ? cx - c0 : (int)CBW);
-                const float *ap[EBM__TAPS * EBM__ROWS];
+                const float *ap[EBM__TAPS * EBM__ROWS], *bt[EBM__TAPS];
                 size_t pix[EBM__ROWS];
                 int pn[EBM__ROWS], qh[EBM__ROWS], qw[EBM__ROWS];
                 float tmp[EBM__TILE];
@@ -1154,14 +1163,20 @@ static void ebm__conv_bwd_data(const ebm__cgeom *G, const float *gy, const float
                 memset(tmp, 0, sizeof tmp);
                 for (t0 = 0; t0 < nt_all; t0 += EBM__TAPS) {
                     const int nt = nt_all - t0 < EBM__TAPS ? nt_all - t0 : EBM__TAPS;
-                    for (tt = 0; tt < nt; tt++)
+                    int kept = 0;
+                    for (tt = 0; tt < nt; tt++) {
+                        int inside = 0;
                         for (r = 0; r < RR; r++) {
                             int ho = qh[r] - (t0 + tt) / tw, wo = qw[r] - (t0 + tt) % tw;
-                            ap[tt * RR + r] = ho < 0 || ho >= G->hy || wo < 0 || wo >= G->wy ? zero
-                                            : gy + (((size_t)pn[r] * G->hy + ho) * G->wy + wo) * cy;
+                            int in = ho >= 0 && ho < G->hy && wo >= 0 && wo < G->wy;
+                            ap[(dot ? tt : kept) * RR + r] = in ? gy + (((size_t)pn[r] * G->hy + ho) * G->wy + wo) * cy : zero;
+                            inside |= in;
                         }
-                    if (dot) ebm__mk_dot(ap, nt, cy, Bp + (size_t)t0 * CC * cy, tmp, one);
-                    else ebm__mk_taps(ap, nt, cy, Bp + ct * KC * CBW + (size_t)t0 * cy * CBW, CBW, tmp, narrow);
+                        bt[kept] = Bp + ct * KC * CBW + (size_t)(t0 + tt) * cy * CBW;
+                        kept += inside;
+                    }
+                    if (dot) ebm__mk_dot(ap, nt, cy, Bp + (size_t)t0 * CC * cy, tmp, one); /* (its weights are per tap: all kept) */
+                    else if (kept) ebm__mk_taps(ap, bt, kept, cy, CBW, tmp, narrow);
                 }
                 for (r = 0; r < nr && r < EBM__ROWS; r++) {
                     float *o = gx + pix[r] + c0;
