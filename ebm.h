@@ -2731,6 +2731,9 @@ EBMDEF void ebm_langevin_default(ebm_langevin *c)
 
 static int ebm__finite(float x) { return x == x && x < 1e30f && x > -1e30f; }
 
+/* Samples are updated in this many fixed groups (in parallel). */
+#define EBM__SAMPLE_CHUNKS 16
+
 /* Keep a coordinate in [lo, hi]: clamp, or mirror at the wall (then clamp, for
    a step longer than the box). */
 static float ebm__box(float v, int box, float lo, float hi)
@@ -2780,7 +2783,7 @@ EBMDEF int ebm_langevin_run(ebm_model *m, ebm_graph *g, const ebm_langevin *c, c
                             uint64_t first_sample, float *x, int n, double *grad_norm)
 {
     int shape[4], k, i;
-    size_t D, j;
+    size_t D;
     float a, b, inv_q;
     double gsum = 0;
     if (!g) return EBM_EINVAL;
@@ -2794,24 +2797,38 @@ EBMDEF int ebm_langevin_run(ebm_model *m, ebm_graph *g, const ebm_langevin *c, c
         xv = ebm_leaf(g, x, 4, shape);
         y = ebm_model_forward(m, g, xv);
         if (ebm_grad(g, y, NULL, 1, &xv, &gx, 0) != EBM_OK) return g->err.status;
-        /* x_{k+1} = x_k + a (grad f - x / sigma_q^2) + b xi, one sample at a
-           time, the noise drawn in chunks on the stack. */
-        for (i = 0; i < n; i++) {
-            float *xs = x + (size_t)i * D;
-            const float *gs = gx->data + (size_t)i * D;
-            double nrm = 0;
-            float xi[256];
-            for (j = 0; j < D; j += 256) {
-                size_t t, len = D - j < 256 ? D - j : 256;
-                ebm__rng_normal_at(rng, first_sample + (uint64_t)i, c->first_step + (uint32_t)k, j, xi, len);
-                for (t = 0; t < len; t++) {
-                    float v = xs[j + t], gr = gs[j + t];
-                    nrm += (double)gr * gr;
-                    v = v + a * (gr - inv_q * v) + b * xi[t];
-                    xs[j + t] = c->box == EBM_BOX_NONE ? v : ebm__box(v, c->box, c->lo, c->hi);
+        /* x_{k+1} = x_k + a (grad f - x / sigma_q^2) + b xi, sample by sample,
+           the noise drawn in chunks on the stack. Samples are split into
+           EBM__SAMPLE_CHUNKS fixed groups run in parallel; each group sums
+           its |grad f| and the groups are added in order, so r_t does not
+           depend on the thread count. */
+        {
+            double part[EBM__SAMPLE_CHUNKS];
+            long q;
+            EBM__PARALLEL_FOR_IF(n > 1)
+            for (q = 0; q < EBM__SAMPLE_CHUNKS; q++) {
+                int i0 = (int)((long)n * q / EBM__SAMPLE_CHUNKS), i1 = (int)((long)n * (q + 1) / EBM__SAMPLE_CHUNKS), ii;
+                part[q] = 0;
+                for (ii = i0; ii < i1; ii++) {
+                    float *xs = x + (size_t)ii * D;
+                    const float *gs = gx->data + (size_t)ii * D;
+                    double nrm = 0;
+                    float xi[256];
+                    size_t jj;
+                    for (jj = 0; jj < D; jj += 256) {
+                        size_t t, len = D - jj < 256 ? D - jj : 256;
+                        ebm__rng_normal_at(rng, first_sample + (uint64_t)ii, c->first_step + (uint32_t)k, jj, xi, len);
+                        for (t = 0; t < len; t++) {
+                            float v = xs[jj + t], gr = gs[jj + t];
+                            nrm += (double)gr * gr;
+                            v = v + a * (gr - inv_q * v) + b * xi[t];
+                            xs[jj + t] = c->box == EBM_BOX_NONE ? v : ebm__box(v, c->box, c->lo, c->hi);
+                        }
+                    }
+                    part[q] += sqrt(nrm);
                 }
             }
-            gsum += sqrt(nrm);
+            for (i = 0; i < EBM__SAMPLE_CHUNKS; i++) gsum += part[i];
         }
     }
     if (grad_norm) *grad_norm = c->n_steps ? gsum / ((double)c->n_steps * n) : 0.0;

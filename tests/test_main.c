@@ -1321,6 +1321,16 @@ static void test_langevin_same_bits_in_any_batch(void)
     CHECK(ebm_langevin_run(&m, g, &cfg, &r, 100, b, 3, NULL) == EBM_OK, "run: %s", gmsg(g));
     CHECK(ebm_langevin_run(&m, g, &cfg, &r, 103, b + 3 * D, 7, NULL) == EBM_OK, "run: %s", gmsg(g));
     CHECK(memcmp(a, b, 10 * D * sizeof(float)) == 0, "a chain's result depends on its batch");
+    { /* and not on the thread count (the update runs in parallel groups of samples) */
+        double r1 = 0, r2 = 0;
+        rnd(a, 10 * D, -1, 1);
+        memcpy(b, a, 10 * D * sizeof(float));
+        ebm_set_threads(1);
+        ebm_langevin_run(&m, g, &cfg, &r, 0, a, 10, &r1);
+        ebm_set_threads(2);
+        ebm_langevin_run(&m, g, &cfg, &r, 0, b, 10, &r2);
+        CHECK(memcmp(a, b, 10 * D * sizeof(float)) == 0 && r1 == r2, "1 and 2 threads give different chains (r_t %.9g vs %.9g)", r1, r2);
+    }
     {
         size_t i;
         int inside = 1;
