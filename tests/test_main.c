@@ -529,8 +529,8 @@ static void test_rng_math_kernels(void)
 
 /* Wider channel counts for the kernel comparison only (too big for the
    per-coordinate differences of the op tests): whole panels read in place
-   (64, 32), panels plus a tail (33, 48), and the reference nets' 3x3-output
-   and first layers. */
+   (64, 32), panels plus a tail (33, 48), the reference nets' 3x3-output
+   and first layers, and a weight gradient large enough to be blocked. */
 static const int wide_geoms[][8] = {
     /* n  h  w  ci co k  s  p */
     { 2, 6, 5, 3, 32, 4, 2, 1 },
@@ -539,6 +539,7 @@ static const int wide_geoms[][8] = {
     { 2, 7, 7, 16, 32, 4, 2, 1 },
     { 5, 9, 9, 1, 32, 3, 1, 1 },
     { 2, 3, 3, 64, 1, 3, 1, 0 },
+    { 4, 12, 12, 32, 32, 3, 1, 1 }, /* weight gradient: grouped row tiles and several pixel chunks */
 };
 
 static void test_conv_kernels_match_reference(void)
