@@ -1043,8 +1043,11 @@ static size_t ebm__conv_bwd_weight_scratch(const ebm__cgeom *G)
 }
 
 /* Forward: tile = (RM output pixels of the whole batch, one panel of output
-   channels). */
-static void ebm__conv_fwd(const ebm__cgeom *G, const float *x, const float *w, const float *b, float *y, void *scratch)
+   channels). With `leaky` the write-back applies LeakyReLU(slope) as well
+   (the models fuse a conv and the LeakyReLU after it: one pass over the
+   output instead of three, and no pre-activation tensor). */
+static void ebm__conv_fwd(const ebm__cgeom *G, const float *x, const float *w, const float *b, float *y, void *scratch,
+                          int leaky, float slope)
 {
     unsigned char *sp = (unsigned char *)scratch;
     const int K = G->k, KK = G->k * G->k, cx = G->cx, cy = G->cy, s = G->s, p = G->p, HW = G->hy * G->wy;
@@ -1093,7 +1096,10 @@ static void ebm__conv_fwd(const ebm__cgeom *G, const float *x, const float *w, c
         }
         for (r = 0; r < nr && r < EBM__ROWS; r++) {
             float *o = y + (m0 + (size_t)r) * cy + co0;
-            for (q = 0; q < nc && r * (int)CBW + q < EBM__TILE; q++) o[q] = tmp[r * (int)CBW + q] + (b ? b[co0 + q] : 0.0f);
+            const float *tr = tmp + r * (int)CBW;
+            for (q = 0; q < nc && r * (int)CBW + q < EBM__TILE; q++) o[q] = tr[q] + (b ? b[co0 + q] : 0.0f);
+            if (leaky) /* a fused LeakyReLU */
+                for (q = 0; q < nc; q++) o[q] = o[q] > 0 ? o[q] : slope * o[q];
         }
     }
 }
@@ -1664,7 +1670,10 @@ static ebm_var *ebm__check_conv(ebm_graph *g, const char *op, ebm_var *w, int k_
     return w;
 }
 
-EBMDEF ebm_var *ebm_conv2d(ebm_graph *g, ebm_var *x, ebm_var *w, ebm_var *b, int stride, int pad)
+/* conv2d, optionally followed by LeakyReLU(slope >= 0) in the same pass
+   (ip[2] = 1). Its backward reads the activation's derivative off the
+   output: with slope >= 0 the output has the sign of the pre-activation. */
+static ebm_var *ebm__conv2d(ebm_graph *g, ebm_var *x, ebm_var *w, ebm_var *b, int stride, int pad, int leaky, float slope)
 {
     int shape[4], k;
     ebm_var *y;
@@ -1682,17 +1691,41 @@ EBMDEF ebm_var *ebm_conv2d(ebm_graph *g, ebm_var *x, ebm_var *w, ebm_var *b, int
         return ebm__gfail(g, EBM_EINVAL, "conv2d: %dx%d kernel does not fit a %dx%d input with padding %d", k, k, x->shape[1], x->shape[2], pad);
     y = ebm__node(g, EBM__OP_CONV, 4, shape, x, w, b, 0);
     if (!y) return NULL;
-    y->ip[0] = stride; y->ip[1] = pad;
+    y->ip[0] = stride; y->ip[1] = pad; y->ip[2] = leaky; y->fp[0] = slope;
     {
         ebm__cgeom G;
         ebm__mark mk = ebm__mark_get(g);
         void *scratch;
         ebm__geom(&G, x, y, k, stride, pad);
         if (!ebm__data(g, ebm__conv_fwd_scratch(&G), &scratch)) return NULL;
-        if (y->data) ebm__conv_fwd(&G, x->data, w->data, b ? b->data : NULL, y->data, scratch);
+        if (y->data) ebm__conv_fwd(&G, x->data, w->data, b ? b->data : NULL, y->data, scratch, leaky, slope);
         ebm__mark_set(g, mk);
     }
     return y;
+}
+
+EBMDEF ebm_var *ebm_conv2d(ebm_graph *g, ebm_var *x, ebm_var *w, ebm_var *b, int stride, int pad)
+{
+    return ebm__conv2d(g, x, w, b, stride, pad, 0, 0.0f);
+}
+
+/* gy times LeakyReLU'(pre-activation) of a fused conv y, read off y. The
+   factor is piecewise constant, so in a recorded backward it enters as a
+   constant (LeakyReLU's second derivative is 0). */
+static ebm_var *ebm__leaky_mask(ebm_graph *g, ebm_var *gy, ebm_var *y)
+{
+    ebm_var *r;
+    int saved = g->record;
+    if (!g->record) {
+        r = ebm__node(g, EBM__OP_LEAF, y->ndim, y->shape, NULL, NULL, NULL, 0);
+        if (r && r->data) ebm__act_bwd(EBM_ACT_LEAKY_RELU, y->fp[0], y->data, gy->data, r->data, y->size);
+        return r;
+    }
+    g->record = 0;
+    r = ebm__node(g, EBM__OP_LEAF, y->ndim, y->shape, NULL, NULL, NULL, 0);
+    if (r && r->data) ebm__act_fwd(EBM_ACT_LEAKY_RELU, 1, y->fp[0], y->data, r->data, y->size);
+    g->record = saved;
+    return ebm_mul(g, gy, r);
 }
 
 EBMDEF ebm_var *ebm_conv2d_transpose(ebm_graph *g, ebm_var *y, ebm_var *w, ebm_var *b, int stride, int pad,
@@ -2127,7 +2160,8 @@ static void ebm__backward(ebm_graph *g, ebm_var *v)
 {
     ebm_var *gy = v->grad, *a = v->in[0], *b = v->in[1], *c = v->in[2];
     switch (v->op) {
-    case EBM__OP_CONV: /* y = F(x, w) + b */
+    case EBM__OP_CONV: /* y = F(x, w) + b, or LeakyReLU of it */
+        if (v->ip[2] && !(gy = ebm__leaky_mask(g, gy, v))) break;
         if (a->needed) ebm__acc(g, a, ebm_conv2d_transpose(g, gy, b, NULL, v->ip[0], v->ip[1], a->shape[1], a->shape[2]));
         if (b->needed) ebm__acc(g, b, ebm_conv2d_weight_grad(g, a, gy, b->shape[0], v->ip[0], v->ip[1]));
         if (c && c->needed) ebm__acc(g, c, ebm__chsum(g, gy));
@@ -2450,7 +2484,13 @@ EBMDEF ebm_var *ebm_model_forward(ebm_model *m, ebm_graph *g, ebm_var *x)
         }
         if (L->b_size) b = ebm__param(g, m, L->b_off, 1, &bs);
         switch (L->type) {
-        case EBM_LAYER_CONV2D: x = ebm_conv2d(g, x, w, b, L->stride, L->pad); break;
+        case EBM_LAYER_CONV2D: /* a LeakyReLU (slope >= 0) right after is fused into the conv */
+            if (i + 1 < m->n_layers && m->layer[i + 1].type == EBM_LAYER_ACT && m->layer[i + 1].act == EBM_ACT_LEAKY_RELU &&
+                m->layer[i + 1].act_param >= 0) {
+                x = ebm__conv2d(g, x, w, b, L->stride, L->pad, 1, m->layer[i + 1].act_param);
+                i++;
+            } else x = ebm_conv2d(g, x, w, b, L->stride, L->pad);
+            break;
         case EBM_LAYER_CONVT2D: x = ebm_conv2d_transpose(g, x, w, b, L->stride, L->pad, L->out_h, L->out_w); break;
         case EBM_LAYER_LINEAR:
             shape[0] = x->shape[0]; shape[1] = 1; shape[2] = 1; shape[3] = L->out_c;

@@ -274,7 +274,7 @@ static void case_layers(int nf)
             int k;
             for (k = 0; k <= reps; k++) {
                 double t0 = ebm_time_sec();
-                if (pass == 0) ebm__conv_fwd(&G, x, w, NULL, y, scr);
+                if (pass == 0) ebm__conv_fwd(&G, x, w, NULL, y, scr, 0, 0.0f);
                 else if (pass == 1) ebm__conv_bwd_data(&G, y, w, NULL, x, scr);
                 else ebm__conv_bwd_weight(&G, x, y, w, scr);
                 if (k) t[k - 1] = (ebm_time_sec() - t0) * 1e3;

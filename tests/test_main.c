@@ -571,7 +571,7 @@ static void test_conv_kernels_match_reference(void)
             scr = malloc(sb);
             x = falloc(M); w = falloc(M); b = falloc(M); y1 = falloc(M); y2 = falloc(M); s = falloc(M);
             rnd(x, nx, -1, 1); rnd(w, nw, -1, 1); rnd(b, M, -1, 1); rnd(gy, ny, -1, 1);
-            ebm__conv_fwd(&G, x, w, b, y1, scr);
+            ebm__conv_fwd(&G, x, w, b, y1, scr, 0, 0.0f);
             ebm__conv_fwd_ref(&G, x, w, b, y2);
             CHECK(rel_err_ff(y1, y2, ny) < 2e-6, "geometry %d: forward kernel vs reference rel %.2e", i, rel_err_ff(y1, y2, ny));
             ebm__conv_bwd_data(&G, gy, w, b, y1, scr);
@@ -969,6 +969,58 @@ static void test_fused_matches_composite_on_network(void)
         ebm_graph_destroy(g);
         ebm_model_free(&m);
     }
+}
+
+static void test_fused_conv_leaky_matches_separate_ops(void)
+{
+    /* The model fuses conv + LeakyReLU into one op whose backward reads the
+       mask off the output; built from the separate public ops instead, the
+       same network must give the same bits for f, grad_x and grad_theta. */
+    ebm_model m;
+    ebm_graph *g = new_graph(16);
+    float x[NX], *g1, *g2;
+    int s[4] = { NB, 8, 8, 2 }, i;
+    ebm_var *xv, *y, *gx1 = NULL, *gx2 = NULL, *h;
+    float f1[NB], gxs[NX];
+    small_net(&m, EBM_ACT_LEAKY_RELU, 7);
+    g1 = falloc(m.n_params); g2 = falloc(m.n_params);
+    rnd(x, NX, -1, 1);
+    xv = ebm_leaf(g, x, 4, s);
+    y = ebm_model_forward(&m, g, xv);
+    CHECK(y != NULL && y->op == EBM__OP_CONV && y->in[0]->op == EBM__OP_CONV && y->in[0]->ip[2] == 1, "the model did not fuse");
+    ebm_grad(g, ebm_sum(g, y), NULL, 1, &xv, &gx1, 0);
+    ebm_model_zero_grad(&m);
+    ebm_model_backward(&m, g, ebm_sum(g, y));
+    memcpy(g1, m.grads, m.n_params * sizeof(float));
+    memcpy(f1, y->data, sizeof f1);
+    if (gx1) memcpy(gxs, gx1->data, sizeof gxs); /* (the graph is reset next) */
+    ebm_graph_reset(g);
+    {   /* the same net from public ops: conv, leaky_relu, conv, leaky_relu, conv */
+        ebm_var *P[6];
+        int k = 0;
+        for (i = 0; i < m.n_layers; i++) {
+            const ebm_layer *L = &m.layer[i];
+            int ws[4] = { L->k, L->k, L->in_c, L->out_c }, bs = L->out_c;
+            if (L->type != EBM_LAYER_CONV2D) continue;
+            P[k++] = ebm__param(g, &m, L->w_off, 4, ws);
+            P[k++] = ebm__param(g, &m, L->b_off, 1, &bs);
+        }
+        xv = ebm_leaf(g, x, 4, s);
+        h = ebm_leaky_relu(g, ebm_conv2d(g, xv, P[0], P[1], 1, 1), 0.2f);
+        h = ebm_leaky_relu(g, ebm_conv2d(g, h, P[2], P[3], 2, 1), 0.2f);
+        y = ebm_conv2d(g, h, P[4], P[5], 1, 0);
+    }
+    ebm_grad(g, ebm_sum(g, y), NULL, 1, &xv, &gx2, 0);
+    ebm_model_zero_grad(&m);
+    ebm_model_backward(&m, g, ebm_sum(g, y));
+    memcpy(g2, m.grads, m.n_params * sizeof(float));
+    CHECK(ebm_graph_status(g) == EBM_OK, "graph: %s", gmsg(g));
+    CHECK(memcmp(f1, y->data, sizeof f1) == 0, "energies differ");
+    CHECK(gx1 && gx2 && memcmp(gxs, gx2->data, NX * sizeof(float)) == 0, "grad_x differs");
+    CHECK(memcmp(g1, g2, m.n_params * sizeof(float)) == 0, "grad_theta differs");
+    free(g1); free(g2);
+    ebm_graph_destroy(g);
+    ebm_model_free(&m);
 }
 
 /* Everything a step computes, for the thread test: f, grad_x, grad_theta, and the third-order objective's grad_theta. */
@@ -1551,6 +1603,7 @@ static const test_case tests[] = {
     { "network_hessian_vector", test_network_hessian_vector },
     { "network_mixed_and_third_order", test_network_mixed_and_third_order },
     { "fused_matches_composite_on_network", test_fused_matches_composite_on_network },
+    { "fused_conv_leaky_matches_separate_ops", test_fused_conv_leaky_matches_separate_ops },
     { "threads_bit_identical", test_threads_bit_identical },
     { "reference_networks", test_reference_networks },
     { "init_matches_pytorch_defaults", test_init_matches_pytorch_defaults },
