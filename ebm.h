@@ -425,7 +425,9 @@ EBMDEF int ebm_npy_save(const char *path, const float *data, int ndim, const int
 #endif
 
 /* A parallel loop over a fixed set of tiles: each iteration writes its own
-   outputs, so the result cannot depend on which thread ran it. */
+   outputs, so the result cannot depend on which thread ran it. The _IF form
+   stays on one thread when the work is too small to share (the split is the
+   same either way). */
 #ifdef _OPENMP
 #define EBM__PRAGMA(x) _Pragma(#x)
 #define EBM__PARALLEL_FOR EBM__PRAGMA(omp parallel for schedule(static))
@@ -975,7 +977,7 @@ static size_t ebm__ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
 static void ebm__pad(const float *x, int n, int h, int w, int c, int top, int left, int Hp, int Wp, float *out)
 {
     int i;
-    EBM__PARALLEL_FOR
+    EBM__PARALLEL_FOR_IF(n > 1)
     for (i = 0; i < n; i++) {
         int y;
         for (y = 0; y < Hp; y++) {
@@ -994,7 +996,7 @@ static void ebm__pack(const float *src, size_t rows, size_t cols, size_t ld, flo
 {
     const size_t n_ct = ebm__ceil_div(cols, width);
     long j;
-    EBM__PARALLEL_FOR
+    EBM__PARALLEL_FOR_IF(rows * cols > 16384)
     for (j = 0; j < (long)rows; j++) {
         size_t i, c;
         for (i = 0; i < n_ct; i++)
@@ -1062,7 +1064,7 @@ static void ebm__conv_fwd(const ebm__cgeom *G, const float *x, const float *w, c
        than reading rows of cy floats in place, measured) */
     Bp = (float *)ebm__carve(&sp, n_ct * CBW * KKC * sizeof(float));
     ebm__pack(w, KKC, (size_t)cy, (size_t)cy, Bp, CBW);
-    EBM__PARALLEL_FOR
+    EBM__PARALLEL_FOR_IF(n_tiles > 1)
     for (t = 0; t < n_tiles; t++) {
         const size_t pt = (size_t)t / n_ct, ct = (size_t)t % n_ct, m0 = pt * (size_t)RR;
         const int nr = M - m0 < (size_t)RR ? (int)(M - m0) : RR;
@@ -1133,7 +1135,7 @@ static void ebm__conv_bwd_data(const ebm__cgeom *G, const float *gy, const float
             if (M == 0) continue;
             /* this phase's taps of the weights, transposed so the input channel runs fastest:
                panels Bp[(i KC + (tap, co)) CBW + c] (tap form), or Bp[(tap CC + ci) cy + co] (dot form) */
-            EBM__PARALLEL_FOR
+            EBM__PARALLEL_FOR_IF(KC > 4096)
             for (t = 0; t < (long)KC; t++) {
                 const size_t jj = (size_t)t, tap = jj / cy;
                 const int kh = ph + s * (int)(tap / tw), kw = pw + s * (int)(tap % tw), co = (int)(jj % cy);
@@ -1148,7 +1150,7 @@ static void ebm__conv_bwd_data(const ebm__cgeom *G, const float *gy, const float
                             Bp[(ii * KC + jj) * CBW + cc] = ci < (size_t)cx ? w[(((size_t)kh * K + kw) * cx + ci) * cy + co] : 0.0f;
                         }
             }
-            EBM__PARALLEL_FOR
+            EBM__PARALLEL_FOR_IF(n_tiles > 1)
             for (t = 0; t < n_tiles; t++) {
                 const size_t pt = (size_t)t / (size_t)n_ct_eff, ct = (size_t)t % (size_t)n_ct_eff, m0 = pt * (size_t)RR;
                 const int nr = M - m0 < (size_t)RR ? (int)(M - m0) : RR;
@@ -1228,7 +1230,7 @@ static void ebm__conv_bwd_weight(const ebm__cgeom *G, const float *x, const floa
     /* B: gy, pixels x co, in contiguous panels */
     Bp = (float *)ebm__carve(&sp, n_ct * CBW * M * sizeof(float));
     ebm__pack(gy, M, (size_t)cy, (size_t)cy, Bp, CBW);
-    EBM__PARALLEL_FOR
+    EBM__PARALLEL_FOR_IF(n_tasks > 1)
     for (t = 0; t < n_tasks; t++) {
         const size_t gt = (size_t)t / n_ct, ct = (size_t)t % n_ct;
         const size_t rt0 = gt * (size_t)group, rt1 = rt0 + (size_t)group < n_rt ? rt0 + (size_t)group : n_rt;
