@@ -37,6 +37,7 @@
        6. models        layer sequences, PyTorch-default initialisation, memory
                         prediction, the reference networks, Adam and SGD
        6b. samplers     Langevin dynamics (both forms, Gaussian reference, box), MALA
+       6c. 2-D data     built-in data sets with known densities, exact NLL
        7. file formats  NPY
 
    OPTIONS (#define before including the implementation)
@@ -383,6 +384,31 @@ EBMDEF int ebm_langevin_run(ebm_model *m, ebm_graph *g, const ebm_langevin *cfg,
    *accept_rate (if not NULL) receives the fraction of accepted proposals. */
 EBMDEF int ebm_mala_run(ebm_model *m, ebm_graph *g, const ebm_langevin *cfg, const ebm_rng *rng,
                         uint64_t first_sample, float *x, int n, double *accept_rate);
+
+/* ---------------------------------------------------------------- 2-D data */
+
+/* The built-in 2-D data sets of ALGORITHMS.md section 7, whose densities are
+   known, so a model's exact NLL can be compared with the truth:
+     8 Gaussians: centres 2 sqrt2 (cos k pi/4, sin k pi/4), std 0.5/sqrt2;
+     rings: radii 1..4 with weights proportional to the radius, angle
+       uniform, radial noise std 0.1;
+     checkerboard: uniform on the 8 squares (i + j even) of side 2 of a 4x4
+       board on [-4, 4]^2. */
+enum { EBM_TOY_8GAUSSIANS, EBM_TOY_RINGS, EBM_TOY_CHECKERBOARD, EBM_TOY_COUNT };
+/* "8gaussians", "rings", "checkerboard", or NULL. */
+EBMDEF const char *ebm_toy_name(int set);
+/* The data box: [-4.5, 4.5]^2, or [-4, 4]^2 for the checkerboard. */
+EBMDEF void ebm_toy_box(int set, float *lo, float *hi);
+/* Points first .. first+n-1 of the set into xy (x, y pairs), each a pure
+   function of (rng, its index). */
+EBMDEF int ebm_toy_sample(int set, const ebm_rng *rng, uint64_t first, float *xy, int n);
+/* The true log density at (x, y). */
+EBMDEF double ebm_toy_logpdf(int set, double x, double y);
+/* Exact NLL of the points xy[n] under p(x) = exp(f(x)) / Z on the box
+   [lo, hi]^2 (a model with input (2, 1, 1) and one output), log Z from a
+   res x res grid of cell centres. g must hold a forward of 256 points. */
+EBMDEF int ebm_model_nll2d(ebm_model *m, ebm_graph *g, float lo, float hi, int res, const float *xy, int n,
+                           double *nll, double *log_z);
 
 /* ---------------------------------------------------------------- files */
 
@@ -2977,6 +3003,139 @@ EBMDEF int ebm_mala_run(ebm_model *m, ebm_graph *g, const ebm_langevin *c, const
         }
     }
     if (accept_rate) *accept_rate = c->n_steps ? accepted / ((double)c->n_steps * n) : 0.0;
+    return EBM_OK;
+}
+
+/* ---------------------------------------------------------------- 6c. 2-D data and exact NLL */
+
+EBMDEF const char *ebm_toy_name(int set)
+{
+    static const char *const names[] = { "8gaussians", "rings", "checkerboard" };
+    return set >= 0 && set < EBM_TOY_COUNT ? names[set] : NULL;
+}
+
+EBMDEF void ebm_toy_box(int set, float *lo, float *hi)
+{
+    float h = set == EBM_TOY_CHECKERBOARD ? 4.0f : 4.5f;
+    if (lo) *lo = -h;
+    if (hi) *hi = h;
+}
+
+#define EBM__PI 3.14159265358979323846
+#define EBM__TOY_G_STD 0.35355339059327376 /* 0.5 / sqrt 2 */
+#define EBM__TOY_R_STD 0.1
+
+EBMDEF int ebm_toy_sample(int set, const ebm_rng *rng, uint64_t first, float *xy, int n)
+{
+    int i;
+    if (set < 0 || set >= EBM_TOY_COUNT || !rng || !xy || n < 0) return EBM_EINVAL;
+    for (i = 0; i < n; i++) {
+        float u[4], z[4];
+        double x, y;
+        /* per point: 4 uniforms (step 0) and 4 normals (step 1) at its index */
+        ebm_rng_uniform(rng, first + (uint64_t)i, 0, 0.0f, 1.0f, u, 4);
+        ebm_rng_normal(rng, first + (uint64_t)i, 1, z, 4);
+        if (set == EBM_TOY_8GAUSSIANS) {
+            int k = (int)(u[0] * 8) & 7;
+            x = 2 * 1.4142135623730951 * cos(k * EBM__PI / 4) + EBM__TOY_G_STD * z[0];
+            y = 2 * 1.4142135623730951 * sin(k * EBM__PI / 4) + EBM__TOY_G_STD * z[1];
+        } else if (set == EBM_TOY_RINGS) { /* radius k+1 with probability (k+1)/10 */
+            double t = u[0] * 10, r, a = 2 * EBM__PI * u[1];
+            int k = t < 1 ? 0 : t < 3 ? 1 : t < 6 ? 2 : 3;
+            r = (k + 1) + EBM__TOY_R_STD * z[0];
+            x = r * cos(a);
+            y = r * sin(a);
+        } else { /* one of the 8 squares (i + j even), uniform inside */
+            int c = (int)(u[0] * 8) & 7, row = c / 2, col = 2 * (c % 2) + (row % 2);
+            x = -4 + 2 * col + 2 * u[1];
+            y = -4 + 2 * row + 2 * u[2];
+        }
+        xy[2 * i] = (float)x;
+        xy[2 * i + 1] = (float)y;
+    }
+    return EBM_OK;
+}
+
+EBMDEF double ebm_toy_logpdf(int set, double x, double y)
+{
+    if (set == EBM_TOY_8GAUSSIANS) { /* log of the mixture, by log-sum-exp */
+        double l[8], mx = -1e300, s = 0, v = EBM__TOY_G_STD * EBM__TOY_G_STD;
+        int k;
+        for (k = 0; k < 8; k++) {
+            double dx = x - 2 * 1.4142135623730951 * cos(k * EBM__PI / 4), dy = y - 2 * 1.4142135623730951 * sin(k * EBM__PI / 4);
+            l[k] = -(dx * dx + dy * dy) / (2 * v) - log(2 * EBM__PI * v) - log(8.0);
+            if (l[k] > mx) mx = l[k];
+        }
+        for (k = 0; k < 8; k++) s += exp(l[k] - mx);
+        return mx + log(s);
+    }
+    if (set == EBM_TOY_RINGS) { /* p(x) = sum_k w_k N(|x|; r_k, s^2) / (2 pi |x|) */
+        double rho = sqrt(x * x + y * y), p = 0;
+        int k;
+        if (rho < 1e-12) return -1e300;
+        for (k = 1; k <= 4; k++) {
+            double d = (rho - k) / EBM__TOY_R_STD;
+            p += (k / 10.0) * exp(-0.5 * d * d) / (EBM__TOY_R_STD * 2.5066282746310002);
+        }
+        return log(p / (2 * EBM__PI * rho));
+    }
+    if (set == EBM_TOY_CHECKERBOARD) {
+        int i, j;
+        if (x < -4 || x >= 4 || y < -4 || y >= 4) return -1e300;
+        i = (int)floor((x + 4) / 2); j = (int)floor((y + 4) / 2);
+        return (i + j) % 2 == 0 ? -log(32.0) : -1e300;
+    }
+    return -1e300;
+}
+
+EBMDEF int ebm_model_nll2d(ebm_model *m, ebm_graph *g, float lo, float hi, int res, const float *xy, int n,
+                           double *nll, double *log_z)
+{
+    const int chunk = 256;
+    float pts[2 * 256];
+    double mx = -1e300, sum = 0, cell, total = 0;
+    int oh, ow, oc, i, pass;
+    if (!g) return EBM_EINVAL;
+    ebm_graph_reset(g);
+    if (!m || !m->params || !nll || res < 2 || n < 0 || (n > 0 && !xy) || !(lo < hi))
+        return ebm__gfail(g, EBM_EINVAL, "nll2d: bad arguments"), EBM_EINVAL;
+    ebm_model_out_shape(m, &oh, &ow, &oc);
+    if (m->in_c != 2 || m->in_h != 1 || m->in_w != 1 || oh * ow * oc != 1)
+        return ebm__gfail(g, EBM_EINVAL, "nll2d: the model must map (2,1,1) to one energy"), EBM_EINVAL;
+    cell = (double)(hi - lo) / res;
+    /* log Z = log sum over cells of exp(f(centre)) * cell area: two passes
+       (maximum, then the shifted sum) keep it finite for any scale of f */
+    for (pass = 0; pass < 2; pass++)
+        for (i = 0; i < res * res; i += chunk) {
+            int c, nb = res * res - i < chunk ? res * res - i : chunk, s4[4];
+            ebm_var *y;
+            for (c = 0; c < nb; c++) {
+                pts[2 * c] = lo + (float)(((i + c) % res + 0.5) * cell);
+                pts[2 * c + 1] = lo + (float)(((i + c) / res + 0.5) * cell);
+            }
+            ebm_graph_reset(g);
+            s4[0] = nb; s4[1] = 1; s4[2] = 1; s4[3] = 2;
+            y = ebm_model_forward(m, g, ebm_leaf(g, pts, 4, s4));
+            if (!y) return g->err.status;
+            for (c = 0; c < nb; c++) {
+                if (pass == 0) { if (y->data[c] > mx) mx = y->data[c]; }
+                else sum += exp(y->data[c] - mx);
+            }
+        }
+    if (log_z) *log_z = mx + log(sum) + 2 * log(cell);
+    for (i = 0; i < n; i += chunk) {
+        int c, nb = n - i < chunk ? n - i : chunk, s4[4];
+        ebm_var *y;
+        ebm_graph_reset(g);
+        s4[0] = nb; s4[1] = 1; s4[2] = 1; s4[3] = 2;
+        y = ebm_model_forward(m, g, ebm_leaf(g, (float *)(uintptr_t)(xy + 2 * i), 4, s4));
+        if (!y) return g->err.status;
+        for (c = 0; c < nb; c++) {
+            float px = xy[2 * (i + c)], py = xy[2 * (i + c) + 1];
+            total += (px < lo || px > hi || py < lo || py > hi) ? 1e300 : -(double)y->data[c];
+        }
+    }
+    *nll = n ? total / n + mx + log(sum) + 2 * log(cell) : 0;
     return EBM_OK;
 }
 
