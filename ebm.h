@@ -1042,6 +1042,31 @@ static void *ebm__carve(unsigned char **p, size_t bytes)
     return q;
 }
 
+/* Fill a tile's pointer table for taps t0 .. t0+nt-1 (tap t at kernel
+   offset (t / tw, t % tw)): pixel r of the tile reads source pixel
+   (bh[r] + dir (t / tw), bw[r] + dir (t % tw)) of image pn[r] of an
+   (N, H, W, C) source, or the zero row where that falls outside. Taps that
+   fall outside for every pixel are dropped unless keep_all is set; bt gets
+   each kept tap's weight rows (B + t bstride). Returns the taps kept. */
+static int ebm__tap_table(const float *src, int H, int W, int C, const float *zero, const int *pn, const int *bh,
+                          const int *bw, int dir, int tw, int RR, int t0, int nt, int keep_all, const float *B,
+                          size_t bstride, const float **ap, const float **bt)
+{
+    int tt, r, kept = 0;
+    for (tt = 0; tt < nt; tt++) {
+        const int dh = dir * ((t0 + tt) / tw), dw = dir * ((t0 + tt) % tw);
+        int inside = 0;
+        for (r = 0; r < RR; r++) {
+            const int h = bh[r] + dh, w = bw[r] + dw, in = h >= 0 && h < H && w >= 0 && w < W;
+            ap[kept * RR + r] = in ? src + (((size_t)pn[r] * H + h) * W + w) * C : zero;
+            inside |= in;
+        }
+        if (bt) bt[kept] = B + (size_t)(t0 + tt) * bstride;
+        kept += inside || keep_all;
+    }
+    return kept;
+}
+
 /* Panel width for a channel count: narrow when one vector holds them all. */
 static int ebm__narrow(int channels) { return channels <= EBM__VL; }
 static size_t ebm__panel(int channels) { return ebm__narrow(channels) ? EBM__VL : EBM__CB; }
@@ -1098,7 +1123,7 @@ static void ebm__conv_fwd(const ebm__cgeom *G, const float *x, const float *w, c
         const float *ap[EBM__TAPS * EBM__ROWS], *bt[EBM__TAPS];
         int pn[EBM__ROWS], ph[EBM__ROWS], pw[EBM__ROWS];
         float tmp[EBM__TILE];
-        int r, q, t0, tt;
+        int r, q, t0;
         for (r = 0; r < RR; r++) {
             size_t m = m0 + (size_t)(r < nr ? r : nr - 1);
             pn[r] = (int)(m / (size_t)HW);
@@ -1108,18 +1133,8 @@ static void ebm__conv_fwd(const ebm__cgeom *G, const float *x, const float *w, c
         memset(tmp, 0, sizeof tmp);
         for (t0 = 0; t0 < KK; t0 += EBM__TAPS) {
             const int nt = KK - t0 < EBM__TAPS ? KK - t0 : EBM__TAPS;
-            int kept = 0;
-            for (tt = 0; tt < nt; tt++) {
-                int inside = 0;
-                for (r = 0; r < RR; r++) {
-                    int hi = ph[r] + (t0 + tt) / K, wi = pw[r] + (t0 + tt) % K;
-                    int in = hi >= 0 && hi < G->hx && wi >= 0 && wi < G->wx;
-                    ap[kept * RR + r] = in ? x + (((size_t)pn[r] * G->hx + hi) * G->wx + wi) * cx : zero;
-                    inside |= in;
-                }
-                bt[kept] = Bp + ct * KKC * CBW + (size_t)(t0 + tt) * cx * CBW;
-                kept += inside;
-            }
+            const int kept = ebm__tap_table(x, G->hx, G->wx, cx, zero, pn, ph, pw, 1, K, RR, t0, nt, 0,
+                                            Bp + ct * KKC * CBW, (size_t)cx * CBW, ap, bt);
             if (kept) ebm__mk_taps(ap, bt, kept, cx, CBW, tmp, narrow);
         }
         for (r = 0; r < nr && r < EBM__ROWS; r++) {
@@ -1185,7 +1200,7 @@ static void ebm__conv_bwd_data(const ebm__cgeom *G, const float *gy, const float
                 size_t pix[EBM__ROWS];
                 int pn[EBM__ROWS], qh[EBM__ROWS], qw[EBM__ROWS];
                 float tmp[EBM__TILE];
-                int r, q, t0, tt;
+                int r, q, t0;
                 for (r = 0; r < RR; r++) {
                     size_t m = m0 + (size_t)(r < nr ? r : nr - 1);
                     int hi = fh + s * ((int)(m % per) / cnt_w), wi = fw + s * ((int)(m % per) % cnt_w);
@@ -1197,19 +1212,10 @@ static void ebm__conv_bwd_data(const ebm__cgeom *G, const float *gy, const float
                 memset(tmp, 0, sizeof tmp);
                 for (t0 = 0; t0 < nt_all; t0 += EBM__TAPS) {
                     const int nt = nt_all - t0 < EBM__TAPS ? nt_all - t0 : EBM__TAPS;
-                    int kept = 0;
-                    for (tt = 0; tt < nt; tt++) {
-                        int inside = 0;
-                        for (r = 0; r < RR; r++) {
-                            int ho = qh[r] - (t0 + tt) / tw, wo = qw[r] - (t0 + tt) % tw;
-                            int in = ho >= 0 && ho < G->hy && wo >= 0 && wo < G->wy;
-                            ap[(dot ? tt : kept) * RR + r] = in ? gy + (((size_t)pn[r] * G->hy + ho) * G->wy + wo) * cy : zero;
-                            inside |= in;
-                        }
-                        bt[kept] = Bp + ct * KC * CBW + (size_t)(t0 + tt) * cy * CBW;
-                        kept += inside;
-                    }
-                    if (dot) ebm__mk_dot(ap, nt, cy, Bp + (size_t)t0 * CC * cy, tmp, one); /* (its weights are per tap: all kept) */
+                    /* (the dot form keeps every tap: its weights are indexed by tap) */
+                    const int kept = ebm__tap_table(gy, G->hy, G->wy, cy, zero, pn, qh, qw, -1, tw, RR, t0, nt, dot,
+                                                    Bp + ct * KC * CBW, (size_t)cy * CBW, ap, bt);
+                    if (dot) ebm__mk_dot(ap, nt, cy, Bp + (size_t)t0 * CC * cy, tmp, one);
                     else if (kept) ebm__mk_taps(ap, bt, kept, cy, CBW, tmp, narrow);
                 }
                 for (r = 0; r < nr && r < EBM__ROWS; r++) {

@@ -528,8 +528,8 @@ static void test_rng_math_kernels(void)
 /* ------------------------------------------------------------------ tests: kernels */
 
 /* Wider channel counts for the kernel comparison only (too big for the
-   per-coordinate differences of the op tests): whole panels read in place
-   (64, 32), panels plus a tail (33, 48), the reference nets' 3x3-output
+   per-coordinate differences of the op tests): whole panels (64, 32),
+   panels plus a tail (33, 48), the reference nets' 3x3-output
    and first layers, and a weight gradient large enough to be blocked. */
 static const int wide_geoms[][8] = {
     /* n  h  w  ci co k  s  p */
