@@ -1156,6 +1156,7 @@ static void ebm__conv_bwd_data(const ebm__cgeom *G, const float *gy, const float
     unsigned char *sp = (unsigned char *)scratch;
     const int K = G->k, cx = G->cx, cy = G->cy, s = G->s, p = G->p;
     const int dot = cx <= EBM__DC && cx * 2 <= EBM__CB; /* few input channels: the dot form */
+    const int pos_major = G->hy * G->wy <= 4;
     const int one = cx == 1, narrow = ebm__narrow(cx);
     const size_t CBW = ebm__panel(cx), n_ct = ebm__ceil_div((size_t)cx, CBW);
     const int RR = dot ? (one ? EBM__RD1 : EBM__RD) : (narrow ? EBM__RM1 : EBM__RM);
@@ -1203,8 +1204,11 @@ static void ebm__conv_bwd_data(const ebm__cgeom *G, const float *gy, const float
                 int r, q, t0;
                 for (r = 0; r < RR; r++) {
                     size_t m = m0 + (size_t)(r < nr ? r : nr - 1);
-                    int hi = fh + s * ((int)(m % per) / cnt_w), wi = fw + s * ((int)(m % per) % cnt_w);
-                    pn[r] = (int)(m / per);
+                    /* pixel m: (image, position), or (position, image) when gy is spatially tiny, so
+                       that a tile's pixels share their taps (a 1x1 -> 7x7 transposed conv) */
+                    const size_t pos = pos_major ? m / (size_t)G->n : m % per;
+                    int hi = fh + s * ((int)pos / cnt_w), wi = fw + s * ((int)pos % cnt_w);
+                    pn[r] = (int)(pos_major ? m % (size_t)G->n : m / per);
                     qh[r] = (hi + p - ph) / s; /* gy row of tap a = 0 */
                     qw[r] = (wi + p - pw) / s;
                     pix[r] = (((size_t)pn[r] * G->hx + hi) * G->wx + wi) * cx;
