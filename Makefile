@@ -10,7 +10,7 @@ CSTD     = -std=c99 -pedantic
 OMP      = -fopenmp
 B        = build
 
-.PHONY: all demo test test-quick test-arm crosscheck clean examples bench
+.PHONY: all demo test test-quick test-arm crosscheck clean examples bench resume-check
 
 all: examples
 
@@ -18,19 +18,20 @@ $(B):
 	mkdir -p $(B)
 
 # --- examples
-EXAMPLES = $(B)/hello_energy $(B)/toy2d
+EXAMPLES = $(B)/hello_energy $(B)/toy2d $(B)/train_images $(B)/evaluate
 examples: $(EXAMPLES)
 # (_POSIX_C_SOURCE: a monotonic clock for the progress lines in strict C99)
 $(B)/%: examples/%.c ebm.h | $(B)
 	$(CC) $(CSTD) $(WARN) $(OPT) $(FPFLAGS) $(OMP) -D_POSIX_C_SOURCE=200809L -I. $< -o $@ -lm
 
 # The main job on built-in data: maximum-likelihood training of an energy on
-# 8 Gaussians with MALA chains, scored by its exact NLL (~20 s).
+# 8 Gaussians with persistent MALA chains, scored by its exact NLL, and its
+# picture (data | learned density | samples) in build/ (~25 s).
 demo: $(B)/toy2d
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} ./$(B)/toy2d
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} ./$(B)/toy2d --out $(B)/toy2d_8gaussians_convergent.png
 
 # --- tests: one harness, five builds
-TEST_SRC = tests/test_main.c tests/harness.h ebm.h
+TEST_SRC = tests/test_main.c tests/test_train.c tests/harness.h ebm.h
 $(B)/test_c99: $(TEST_SRC) | $(B)
 	$(CC) $(CSTD) $(WARN) $(OPT) $(FPFLAGS) $(OMP) -I. tests/test_main.c -o $@ -lm
 $(B)/test_cxx: $(TEST_SRC) | $(B)
@@ -58,8 +59,24 @@ test: $(TEST_BINS) $(EXAMPLES)
 	  p=$$((p + tp)); f=$$((f + tf)); \
 	done; \
 	echo "== example smoke runs"; if ./$(B)/hello_energy > $(B)/hello.log 2>&1 && grep -q '^params=' $(B)/hello.log; then p=$$((p+1)); else echo "hello_energy failed"; cat $(B)/hello.log; f=$$((f+1)); fi; \
-	if OMP_NUM_THREADS=2 ./$(B)/toy2d --iters 250 > $(B)/toy2d.log 2>&1 && grep -q '^nll=' $(B)/toy2d.log; then p=$$((p+1)); else echo "toy2d failed"; cat $(B)/toy2d.log; f=$$((f+1)); fi; \
+	if OMP_NUM_THREADS=2 ./$(B)/toy2d --iters 250 --out $(B)/toy2d_smoke.png > $(B)/toy2d.log 2>&1 && grep -q '^toy2d data=8gaussians recipe=convergent nll=' $(B)/toy2d.log; then p=$$((p+1)); else echo "toy2d failed"; cat $(B)/toy2d.log; f=$$((f+1)); fi; \
+	if [ -f $(FMNIST)/train-images-idx3-ubyte.gz ]; then \
+	  if $(MAKE) -s resume-check > $(B)/resume.log 2>&1; then p=$$((p+1)); else echo "train_images resume check failed"; cat $(B)/resume.log; f=$$((f+1)); fi; \
+	else echo "skipped: train_images resume check (apt-get install dataset-fashion-mnist)"; fi; \
 	echo "$$p passed, $$f failed"; [ $$f -eq 0 ]
+
+# The image trainer on Fashion-MNIST: 6 iterations straight, and 3 + resume
+# to 6, must give byte-identical checkpoints and samples.
+FMNIST = /usr/share/datasets/fashion-mnist
+RUN_SMALL = OMP_NUM_THREADS=2 ./$(B)/train_images --nf 8 --k 5 --buffer 300 --start persistent --samples 8 --total-iters 6
+resume-check: $(B)/train_images
+	rm -rf $(B)/rc_a $(B)/rc_b
+	$(RUN_SMALL) --iters 6 --out $(B)/rc_a > /dev/null
+	$(RUN_SMALL) --iters 3 --out $(B)/rc_b > /dev/null
+	OMP_NUM_THREADS=2 ./$(B)/train_images --resume --iters 6 --samples 8 --out $(B)/rc_b | grep -q 'status=ok'
+	cmp $(B)/rc_a/ckpt.bin $(B)/rc_b/ckpt.bin
+	cmp $(B)/rc_a/samples.npy $(B)/rc_b/samples.npy
+	@echo "resume-check: byte-identical"
 
 test-quick: $(B)/test_c99
 	cd $(B) && ./test_c99

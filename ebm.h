@@ -38,7 +38,10 @@
                         prediction, the reference networks, Adam and SGD
        6b. samplers     Langevin dynamics (both forms, Gaussian reference, box), MALA
        6c. 2-D data     built-in data sets with known densities, exact NLL
-       7. file formats  NPY
+       6d. trainer      maximum likelihood: chain starts, replay buffer,
+                        diagnostics d_t and r_t, divergence, schedules
+       7. file formats  NPY; CRC-32, inflate and gzip; IDX and CIFAR-10
+                        readers; PNG grids and plots; checkpoints
 
    OPTIONS (#define before including the implementation)
        EBM_STATIC             make every function static (private to one file)
@@ -308,6 +311,8 @@ EBMDEF int ebm_model_generator28(ebm_model *m, int nz, int ngf, int c, uint64_t 
 /* Run the model on x (N,H,W,C) in g; returns (N, out_h, out_w, out_c). The
    parameters enter the graph as leaves owned by m. */
 EBMDEF ebm_var *ebm_model_forward(ebm_model *m, ebm_graph *g, ebm_var *x);
+/* The first n_layers layers only (features of an inner layer). */
+EBMDEF ebm_var *ebm_model_forward_partial(ebm_model *m, ebm_graph *g, ebm_var *x, int n_layers);
 /* Add d loss / d theta to m->grads for every parameter leaf of m in g. */
 EBMDEF int ebm_model_backward(ebm_model *m, ebm_graph *g, ebm_var *loss);
 EBMDEF void ebm_model_zero_grad(ebm_model *m);
@@ -381,9 +386,19 @@ EBMDEF int ebm_langevin_run(ebm_model *m, ebm_graph *g, const ebm_langevin *cfg,
    exp((f(x) - |x|^2 / (2 sigma_q^2)) / T), T = b^2 / (2a) (T = 1 in the eps
    form), so the chain's stationary law is exactly that target. Needs, besides
    an EBM_STEP_INPUT_GRAD step, 3 n D + 2 n floats in g's arena (D = H W C).
-   *accept_rate (if not NULL) receives the fraction of accepted proposals. */
+   *accept_rate (if not NULL) receives the fraction of accepted proposals,
+   *grad_norm (if not NULL) r_t as for ebm_langevin_run, at the chain's states. */
 EBMDEF int ebm_mala_run(ebm_model *m, ebm_graph *g, const ebm_langevin *cfg, const ebm_rng *rng,
-                        uint64_t first_sample, float *x, int n, double *accept_rate);
+                        uint64_t first_sample, float *x, int n, double *accept_rate, double *grad_norm);
+
+/* MALA burn-in with step adaptation: n_burn steps in rounds of 10, after each
+   round the step is multiplied by exp(2 (rate - target)) (eps form: eps; step
+   and noise form: step, with noise scaled by its square root so that the
+   temperature stays the same). *adapted receives cfg with the final step; the
+   chains x are left burned in. Adapt during burn-in only: a chain whose step
+   keeps changing does not keep its target law. */
+EBMDEF int ebm_mala_adapt(ebm_model *m, ebm_graph *g, const ebm_langevin *cfg, const ebm_rng *rng, uint64_t first_sample,
+                          float *x, int n, int n_burn, double target_rate, ebm_langevin *adapted);
 
 /* ---------------------------------------------------------------- 2-D data */
 
@@ -410,10 +425,148 @@ EBMDEF double ebm_toy_logpdf(int set, double x, double y);
 EBMDEF int ebm_model_nll2d(ebm_model *m, ebm_graph *g, float lo, float hi, int res, const float *xy, int n,
                            double *nll, double *log_z);
 
+/* ---------------------------------------------------------------- training */
+
+/* Maximum-likelihood training (ALGORITHMS.md section 1): each iteration runs
+   chains x- towards the model, takes the data batch x+ plus N(0, data_noise^2)
+   noise, and descends L = mean f(x-) - mean f(x+). Where the chains start: */
+enum { EBM_START_UNIFORM,   /* fresh U(lo, hi) noise every iteration (short-run) */
+       EBM_START_GAUSSIAN,  /* fresh N(0, 1) noise every iteration */
+       EBM_START_DATA,      /* the data batch, plus N(0, start_noise^2) (contrastive divergence) */
+       EBM_START_PERSISTENT /* a replay buffer: each chain continues one of buffer_size
+                               stored chains, restarted from noise with probability reinit */ };
+enum { EBM_OPT_ADAM, EBM_OPT_SGD };
+enum { EBM_LR_CONSTANT, EBM_LR_COSINE, EBM_LR_LINEAR }; /* from lr to lr_min over total_iters */
+typedef struct ebm_train_config {
+    int batch;           /* data points and chains per iteration */
+    int start;           /* EBM_START_* */
+    int restart;         /* noise for persistent restarts and fresh samples: EBM_START_UNIFORM or _GAUSSIAN */
+    int buffer_size;     /* persistent: stored chains */
+    float reinit;        /* persistent: restart probability */
+    float start_noise;   /* data starts: std of the noise added */
+    ebm_langevin chain;  /* the sampler; its box is the data box */
+    int mala;            /* 1: Metropolis-adjusted chains (ebm_mala_run) */
+    float data_noise;    /* std of the noise added to every data batch */
+    float energy_reg;    /* alpha: adds alpha (mean f(x+)^2 + mean f(x-)^2) to the loss
+                            (Du & Mordatch 2019), which keeps energies from running away */
+    int optimizer;       /* EBM_OPT_* */
+    float lr, beta1, beta2, momentum; /* Adam (beta1, beta2) or SGD (momentum) */
+    int schedule;        /* EBM_LR_* */
+    long warmup;         /* iterations of linear warm-up from 0 to lr */
+    long total_iters;    /* length of the schedule */
+    float lr_min;        /* the schedule's end */
+    float max_abs_dt;    /* |d_t| above this is divergence */
+    uint64_t seed;       /* keys every random number of the run */
+} ebm_train_config;
+
+/* The short-run image recipe of ALGORITHMS.md section 2: batch 64, uniform
+   starts, K = 100, step 1, noise 0.01, clamped to [-1, 1], data noise 0.03,
+   Adam lr 1e-4 (0.9, 0.999), constant; persistent settings 10000 / 0.05. */
+EBMDEF void ebm_train_config_default(ebm_train_config *c);
+/* "uniform", "gaussian", "data", "persistent", or NULL. */
+EBMDEF const char *ebm_start_name(int start);
+
+/* A trainer: the model (not owned), its graph and buffers (owned), the
+   iteration count and the last iteration's diagnostics. */
+typedef struct ebm_trainer {
+    ebm_train_config cfg;
+    ebm_model *model;
+    ebm_graph *graph;
+    float *x, *w;       /* the batch [x-; x+] (2 batch samples) and the loss weights */
+    float *buffer;      /* persistent chains, buffer_size samples */
+    long iter;          /* iterations completed */
+    float lr_scale;     /* multiplies the schedule (lowered by a rollback) */
+    double d_t;         /* mean f(x+) - mean f(x-) */
+    double r_t;         /* mean |grad_x f| along the chains */
+    double f_pos, f_neg, accept, lr;
+    ebm_error err;      /* why the last call failed */
+} ebm_trainer;
+
+/* Set up a trainer for an allocated model m with settings c. */
+EBMDEF int ebm_trainer_init(ebm_trainer *t, ebm_model *m, const ebm_train_config *c, ebm_error *err);
+EBMDEF void ebm_trainer_free(ebm_trainer *t);
+/* One iteration on the data batch x_data (batch samples, (N,H,W,C), in the
+   box). Sample i of iteration t has global index t*batch + i, which keys its
+   noise, so a run is a pure function of the seed and the data order. Returns
+   EBM_EDIVERGED (and leaves the model as it was before the iteration) when an
+   energy, gradient or sample is not finite or |d_t| > max_abs_dt. */
+EBMDEF int ebm_trainer_step(ebm_trainer *t, const float *x_data);
+/* The learning rate of the next iteration (schedule times lr_scale). */
+EBMDEF float ebm_trainer_lr(const ebm_trainer *t);
+/* n fresh samples, started as the recipe starts its chains (noise; for data
+   starts, the given x_data; persistent recipes from their restart noise,
+   never the buffer), run n_steps. Samples first.. of their own streams, so
+   the same first gives the same starting noise and Langevin noise whenever
+   it is called. */
+EBMDEF int ebm_trainer_sample(ebm_trainer *t, uint64_t first, const float *x_data, float *x, int n, int n_steps);
+/* Fill x (n samples of D floats) with U(lo, hi) (EBM_START_UNIFORM) or N(0, 1)
+   (EBM_START_GAUSSIAN) noise for samples first.. at the given step. */
+EBMDEF int ebm_chain_start(int kind, const ebm_rng *r, uint64_t first, uint32_t step, float lo, float hi, float *x, int n, size_t D);
+
+/* Checkpoints (crash-safe: written to <path>.tmp, then renamed; CRC-32
+   checked on load). A trainer's holds everything to continue bit-identically:
+   model, optimiser moments, settings, iteration, replay buffer. */
+EBMDEF int ebm_trainer_save(const ebm_trainer *t, const char *path, ebm_error *err);
+/* Build model m (uninitialised; it is overwritten) and trainer t from a
+   checkpoint. The caller frees both. */
+EBMDEF int ebm_trainer_load(ebm_trainer *t, ebm_model *m, const char *path, ebm_error *err);
+/* A model alone: save, or build m (uninitialised) from any checkpoint. */
+EBMDEF int ebm_model_save(const ebm_model *m, const char *path, ebm_error *err);
+EBMDEF int ebm_model_load(ebm_model *m, const char *path, ebm_error *err);
+
+/* ---------------------------------------------------------------- data sets */
+
+/* Images as bytes, channels last (n, h, w, c), with labels 0..n_classes-1. */
+typedef struct ebm_dataset {
+    int n, h, w, c, n_classes;
+    unsigned char *pixels;
+    int *labels; /* NULL when loaded without labels */
+} ebm_dataset;
+
+#ifndef EBM_DATA_MAX_BYTES /* the most bytes a data file may declare */
+#define EBM_DATA_MAX_BYTES ((size_t)1 << 30)
+#endif
+#ifndef EBM_CKPT_MAX_BYTES
+#define EBM_CKPT_MAX_BYTES ((size_t)1 << 32)
+#endif
+#ifndef EBM_FASHION_MNIST_DIR /* where Debian's dataset-fashion-mnist puts it */
+#define EBM_FASHION_MNIST_DIR "/usr/share/datasets/fashion-mnist"
+#endif
+
+/* IDX images (3 dimensions) and optional labels (1), gzip or raw (no zlib:
+   ebm.h carries its own inflate). Memory is the size the header declares,
+   checked against EBM_DATA_MAX_BYTES; a stream that holds more or less is an error. */
+EBMDEF int ebm_idx_load(ebm_dataset *ds, const char *images_path, const char *labels_path, ebm_error *err);
+/* MNIST or Fashion-MNIST from a directory with the standard file names
+   (.gz or not); dir NULL means EBM_FASHION_MNIST_DIR; test 0 = train, 1 = t10k. */
+EBMDEF int ebm_mnist_load(ebm_dataset *ds, const char *dir, int test, ebm_error *err);
+/* CIFAR-10 binary batches (data_batch_*.bin, test_batch.bin), concatenated. */
+EBMDEF int ebm_cifar10_load(ebm_dataset *ds, const char *const *paths, int n_paths, ebm_error *err);
+EBMDEF void ebm_dataset_free(ebm_dataset *ds);
+/* A batch by global sample index: sample first+i is image idx(r, first+i),
+   drawn uniformly with replacement, as floats in [-1, 1]; labels may be NULL. */
+EBMDEF int ebm_dataset_batch(const ebm_dataset *ds, const ebm_rng *r, uint64_t first, int n, float *x, int *labels);
+/* Images first .. first+n-1 in order, as floats in [-1, 1]. */
+EBMDEF void ebm_dataset_get(const ebm_dataset *ds, int first, int n, float *x);
+
 /* ---------------------------------------------------------------- files */
 
 /* Write a float32 little-endian NPY file of the given shape. */
 EBMDEF int ebm_npy_save(const char *path, const float *data, int ndim, const int *shape, ebm_error *err);
+/* Read a float32 little-endian C-order NPY file of 1..4 dimensions: *data
+   (free with EBM_FREE / free) and shape[4]; at most EBM_DATA_MAX_BYTES. */
+EBMDEF int ebm_npy_load(const char *path, float **data, int *ndim, int shape[4], ebm_error *err);
+/* 8-bit PNG (channels 1 = grey, 3 = RGB), rows top to bottom; description
+   (may be NULL) goes in a tEXt chunk. */
+EBMDEF int ebm_png_save(const char *path, const unsigned char *pixels, int w, int h, int channels, const char *description,
+                        ebm_error *err);
+/* n images (N,H,W,C) in [-1, 1] as a grid of cols columns, label (may be
+   NULL) written above it and in the file's description. */
+EBMDEF int ebm_png_save_grid(const char *path, const float *x, int n, int h, int w, int c, int cols, const char *label,
+                             ebm_error *err);
+/* n_series curves y[s*n + i], one panel each with its name, range and zero
+   line; each pixel column shows the band and the mean of its points. */
+EBMDEF int ebm_png_save_plot(const char *path, const float *y, int n_series, int n, const char *const *names, ebm_error *err);
 
 #ifdef __cplusplus
 }
@@ -562,20 +715,20 @@ EBMDEF void ebm_philox4x32(const uint32_t ctr[4], const uint32_t key[2], uint32_
    written as plain loops over lanes so the compiler vectorises them. */
 #define EBM__LANES 16
 static void ebm__philox_lanes(uint32_t first_block, uint32_t c1, uint32_t c2, uint32_t c3,
-                              uint32_t k0, uint32_t k1, uint32_t o[4][EBM__LANES])
+                              uint32_t k0, uint32_t k1, uint32_t o[4][EBM__LANES], int nl)
 {
     uint32_t x0[EBM__LANES], x1[EBM__LANES], x2[EBM__LANES], x3[EBM__LANES];
     int i, r;
-    for (i = 0; i < EBM__LANES; i++) { x0[i] = first_block + (uint32_t)i; x1[i] = c1; x2[i] = c2; x3[i] = c3; }
+    for (i = 0; i < nl; i++) { x0[i] = first_block + (uint32_t)i; x1[i] = c1; x2[i] = c2; x3[i] = c3; }
     for (r = 0; r < 10; r++) {
-        for (i = 0; i < EBM__LANES; i++) {
+        for (i = 0; i < nl; i++) {
             uint64_t p0 = (uint64_t)EBM__PHILOX_M0 * x0[i], p1 = (uint64_t)EBM__PHILOX_M1 * x2[i];
             uint32_t y0 = (uint32_t)(p1 >> 32) ^ x1[i] ^ k0, y2 = (uint32_t)(p0 >> 32) ^ x3[i] ^ k1;
             x1[i] = (uint32_t)p1; x3[i] = (uint32_t)p0; x0[i] = y0; x2[i] = y2;
         }
         k0 += EBM__PHILOX_W0; k1 += EBM__PHILOX_W1;
     }
-    for (i = 0; i < EBM__LANES; i++) { o[0][i] = x0[i]; o[1][i] = x1[i]; o[2][i] = x2[i]; o[3][i] = x3[i]; }
+    for (i = 0; i < nl; i++) { o[0][i] = x0[i]; o[1][i] = x1[i]; o[2][i] = x2[i]; o[3][i] = x3[i]; }
 }
 
 /* 24 random bits -> [0, 1) exactly representable. */
@@ -646,7 +799,7 @@ EBMDEF void ebm_rng_uniform(const ebm_rng *r, uint64_t sample, uint32_t step,
     ebm__key(r, &k0, &k1);
     while (base < n) {
         size_t i, m = n - base < 4 * EBM__LANES ? n - base : 4 * EBM__LANES;
-        ebm__philox_lanes((uint32_t)(base / 4), step, (uint32_t)sample, r->stream, k0, k1, o);
+        ebm__philox_lanes((uint32_t)(base / 4), step, (uint32_t)sample, r->stream, k0, k1, o, (int)((m + 3) / 4));
         for (i = 0; i < m; i++) out[base + i] = lo + span * ebm__u01(o[i & 3][i >> 2]);
         base += m;
     }
@@ -663,9 +816,10 @@ static void ebm__rng_normal_at(const ebm_rng *r, uint64_t sample, uint32_t step,
     while (base < n) {
         size_t i, m = n - base < 4 * EBM__LANES ? n - base : 4 * EBM__LANES;
         int l;
-        ebm__philox_lanes((uint32_t)((coord0 + base) / 4), step, (uint32_t)sample, r->stream, k0, k1, o);
+        int nl = (int)((m + 3) / 4); /* only the lanes a short tail needs (a 2-D point: one) */
+        ebm__philox_lanes((uint32_t)((coord0 + base) / 4), step, (uint32_t)sample, r->stream, k0, k1, o, nl);
         /* Box-Muller on (u0, u1) and (u2, u3); u0, u2 in (0, 1] so the log is finite. */
-        for (l = 0; l < EBM__LANES; l++) {
+        for (l = 0; l < nl; l++) {
             float ra = sqrtf(-2.0f * ebm__logf(ebm__u01(o[0][l]) + (1.0f / 16777216.0f)));
             float rb = sqrtf(-2.0f * ebm__logf(ebm__u01(o[2][l]) + (1.0f / 16777216.0f)));
             float ca, sa, cb, sb;
@@ -2501,13 +2655,19 @@ static ebm_var *ebm__param(ebm_graph *g, ebm_model *m, size_t off, int ndim, con
 
 EBMDEF ebm_var *ebm_model_forward(ebm_model *m, ebm_graph *g, ebm_var *x)
 {
+    return ebm_model_forward_partial(m, g, x, m ? m->n_layers : 0);
+}
+
+EBMDEF ebm_var *ebm_model_forward_partial(ebm_model *m, ebm_graph *g, ebm_var *x, int n_layers)
+{
     int i;
     EBM__BEGIN(g);
+    if (m && (n_layers < 1 || n_layers > m->n_layers)) return ebm__gfail(g, EBM_EINVAL, "model_forward: %d layers of %d", n_layers, m->n_layers);
     if (!m || !m->params) return ebm__gfail(g, EBM_EINVAL, "model_forward: the model is not allocated");
     if (!x) return ebm__gfail(g, EBM_EINVAL, "model_forward: NULL input");
     if (x->ndim != 4 || x->shape[1] != m->in_h || x->shape[2] != m->in_w || x->shape[3] != m->in_c)
         return ebm__gfail(g, EBM_EINVAL, "model_forward: input must be (N,%d,%d,%d)", m->in_h, m->in_w, m->in_c);
-    for (i = 0; i < m->n_layers && x; i++) {
+    for (i = 0; i < n_layers && x; i++) {
         const ebm_layer *L = &m->layer[i];
         int ws[4], bs = L->out_c, shape[4];
         ebm_var *w = NULL, *b = NULL;
@@ -2523,7 +2683,7 @@ EBMDEF ebm_var *ebm_model_forward(ebm_model *m, ebm_graph *g, ebm_var *x)
         if (L->b_size) b = ebm__param(g, m, L->b_off, 1, &bs);
         switch (L->type) {
         case EBM_LAYER_CONV2D: /* a LeakyReLU (slope >= 0) right after is fused into the conv */
-            if (i + 1 < m->n_layers && m->layer[i + 1].type == EBM_LAYER_ACT && m->layer[i + 1].act == EBM_ACT_LEAKY_RELU &&
+            if (i + 1 < n_layers && m->layer[i + 1].type == EBM_LAYER_ACT && m->layer[i + 1].act == EBM_ACT_LEAKY_RELU &&
                 m->layer[i + 1].act_param >= 0) {
                 x = ebm__conv2d(g, x, w, b, L->stride, L->pad, 1, m->layer[i + 1].act_param);
                 i++;
@@ -2767,7 +2927,7 @@ EBMDEF int ebm_adam_step(ebm_model *m, float lr, float beta1, float beta2, float
     double bc1, bc2;
     float step, inv_sqrt_bc2;
     if (!m || !m->params) return EBM_EINVAL;
-    if (!ebm__finite_pos(lr) || !(beta1 >= 0 && beta1 < 1) || !(beta2 >= 0 && beta2 < 1) || !ebm__finite_pos(eps) || t < 1)
+    if (!(lr >= 0 && lr < 1e30f) || !(beta1 >= 0 && beta1 < 1) || !(beta2 >= 0 && beta2 < 1) || !ebm__finite_pos(eps) || t < 1)
         return ebm__mfail(m, EBM_EINVAL, "adam: lr %g, betas (%g, %g), eps %g, step %ld out of range",
                           (double)lr, (double)beta1, (double)beta2, (double)eps, t);
     bc1 = 1.0 - pow((double)beta1, (double)t);
@@ -2787,7 +2947,7 @@ EBMDEF int ebm_sgd_step(ebm_model *m, float lr, float momentum)
 {
     size_t i;
     if (!m || !m->params) return EBM_EINVAL;
-    if (!ebm__finite_pos(lr) || !(momentum >= 0 && momentum < 1))
+    if (!(lr >= 0 && lr < 1e30f) || !(momentum >= 0 && momentum < 1))
         return ebm__mfail(m, EBM_EINVAL, "sgd: lr %g, momentum %g out of range", (double)lr, (double)momentum);
     for (i = 0; i < m->n_params; i++) {
         m->m1[i] = momentum * m->m1[i] + m->grads[i]; /* PyTorch: buf = momentum buf + g */
@@ -2953,12 +3113,12 @@ static int ebm__energy_grad(ebm_model *m, ebm_graph *g, float *x, int n, float *
 }
 
 EBMDEF int ebm_mala_run(ebm_model *m, ebm_graph *g, const ebm_langevin *c, const ebm_rng *rng,
-                        uint64_t first_sample, float *x, int n, double *accept_rate)
+                        uint64_t first_sample, float *x, int n, double *accept_rate, double *grad_norm)
 {
     int k, i;
     size_t D, j, nD;
     float a, b, inv_q, *xp, *gc, *gp, *fc, *fp;
-    double T, accepted = 0;
+    double T, accepted = 0, gsum = 0;
     ebm_rng ur;
     ebm__mark mk;
     if (!g) return EBM_EINVAL;
@@ -2979,6 +3139,11 @@ EBMDEF int ebm_mala_run(ebm_model *m, ebm_graph *g, const ebm_langevin *c, const
     for (k = 0; k < c->n_steps; k++) {
         uint32_t step = c->first_step + (uint32_t)k;
         /* proposal x' = x + a (grad f - x/sigma_q^2) + b xi */
+        for (i = 0; i < n; i++) {
+            double nrm = 0;
+            for (j = 0; j < D; j++) nrm += (double)gc[(size_t)i * D + j] * gc[(size_t)i * D + j];
+            gsum += sqrt(nrm);
+        }
         for (i = 0; i < n; i++) {
             float xi[256];
             for (j = 0; j < D; j += 256) {
@@ -3013,6 +3178,32 @@ EBMDEF int ebm_mala_run(ebm_model *m, ebm_graph *g, const ebm_langevin *c, const
         }
     }
     if (accept_rate) *accept_rate = c->n_steps ? accepted / ((double)c->n_steps * n) : 0.0;
+    if (grad_norm) *grad_norm = c->n_steps ? gsum / ((double)c->n_steps * n) : 0.0;
+    return EBM_OK;
+}
+
+EBMDEF int ebm_mala_adapt(ebm_model *m, ebm_graph *g, const ebm_langevin *cfg, const ebm_rng *rng, uint64_t first_sample,
+                          float *x, int n, int n_burn, double target_rate, ebm_langevin *adapted)
+{
+    ebm_langevin c;
+    int done = 0, rc;
+    if (!g) return EBM_EINVAL;
+    if (!cfg || !adapted || n_burn < 0 || !(target_rate > 0 && target_rate < 1))
+        return ebm__gfail(g, EBM_EINVAL, "mala_adapt: NULL settings or output, n_burn < 0 or target rate outside (0, 1)"), EBM_EINVAL;
+    c = *cfg;
+    while (done < n_burn) {
+        double rate = 0, f;
+        c.n_steps = n_burn - done < 10 ? n_burn - done : 10;
+        c.first_step = cfg->first_step + (uint32_t)done; /* fresh noise every round */
+        if ((rc = ebm_mala_run(m, g, &c, rng, first_sample, x, n, &rate, NULL)) != EBM_OK) return rc;
+        done += c.n_steps;
+        f = exp(2.0 * (rate - target_rate)); /* more acceptance than wanted: longer steps */
+        if (c.form == EBM_LANGEVIN_EPS) c.eps = (float)(c.eps * sqrt(f));
+        else { c.step = (float)(c.step * f); c.noise = (float)(c.noise * sqrt(f)); }
+    }
+    c.n_steps = cfg->n_steps;
+    c.first_step = cfg->first_step + (uint32_t)n_burn;
+    *adapted = c;
     return EBM_OK;
 }
 
@@ -3149,6 +3340,295 @@ EBMDEF int ebm_model_nll2d(ebm_model *m, ebm_graph *g, float lo, float hi, int r
     return EBM_OK;
 }
 
+/* ---------------------------------------------------------------- 6d. maximum-likelihood trainer */
+
+EBMDEF void ebm_train_config_default(ebm_train_config *c)
+{
+    if (!c) return;
+    memset(c, 0, sizeof *c);
+    c->batch = 64;
+    c->start = EBM_START_UNIFORM;
+    c->buffer_size = 10000;
+    c->reinit = 0.05f;
+    c->start_noise = 0.0f;
+    ebm_langevin_default(&c->chain);
+    c->data_noise = 0.03f;
+    c->optimizer = EBM_OPT_ADAM;
+    c->lr = 1e-4f;
+    c->beta1 = 0.9f;
+    c->beta2 = 0.999f;
+    c->momentum = 0.0f;
+    c->schedule = EBM_LR_CONSTANT;
+    c->lr_min = 0.0f;
+    c->max_abs_dt = 1e3f;
+    c->seed = 1;
+}
+
+static const char *const ebm__start_names[] = { "uniform", "gaussian", "data", "persistent" };
+EBMDEF const char *ebm_start_name(int start) { return start >= 0 && start < 4 ? ebm__start_names[start] : NULL; }
+
+/* The random streams of a trainer (seed = cfg.seed): one per use, so that
+   changing one setting does not shift the numbers of another. */
+enum { EBM__S_DATA_NOISE = 16, EBM__S_START, EBM__S_COIN, EBM__S_CHAIN, EBM__S_BUFFER, EBM__S_FRESH_START, EBM__S_FRESH_CHAIN };
+static ebm_rng ebm__stream(uint64_t seed, uint32_t s) { ebm_rng r; r.seed = seed; r.stream = s; return r; }
+
+EBMDEF int ebm_chain_start(int kind, const ebm_rng *r, uint64_t first, uint32_t step, float lo, float hi, float *x, int n, size_t D)
+{
+    int i;
+    if (!r || !x || n < 0 || (kind != EBM_START_UNIFORM && kind != EBM_START_GAUSSIAN)) return EBM_EINVAL;
+    for (i = 0; i < n; i++) {
+        if (kind == EBM_START_UNIFORM) ebm_rng_uniform(r, first + (uint64_t)i, step, lo, hi, x + (size_t)i * D, D);
+        else ebm_rng_normal(r, first + (uint64_t)i, step, x + (size_t)i * D, D);
+    }
+    return EBM_OK;
+}
+
+/* Memory of one iteration: the chain (Langevin, or MALA's state on top) on
+   `batch` samples, or the parameter gradient on the 2 batch of samples and data. */
+static int ebm__trainer_bytes(ebm_model *m, const ebm_train_config *c, size_t *bytes, ebm_error *err)
+{
+    size_t a, b, D = (size_t)m->in_h * m->in_w * m->in_c;
+    int rc;
+    if ((rc = ebm_model_step_bytes(m, c->batch, EBM_STEP_INPUT_GRAD, &a, err)) != EBM_OK) return rc;
+    if ((rc = ebm_model_step_bytes(m, 2 * c->batch, EBM_STEP_PARAM_GRAD, &b, err)) != EBM_OK) return rc;
+    a += (3 * (size_t)c->batch * D + 2 * (size_t)c->batch) * sizeof(float) + 4 * EBM__ALIGN; /* MALA's state */
+    *bytes = (a > b ? a : b) + 4096;
+    return EBM_OK;
+}
+
+static int ebm__tfail(ebm_trainer *t, int status, const char *fmt, ...)
+{
+    va_list ap;
+    t->err.status = status;
+    va_start(ap, fmt);
+    vsnprintf(t->err.msg, sizeof t->err.msg, fmt, ap);
+    va_end(ap);
+    return status;
+}
+
+static int ebm__config_check(const ebm_train_config *c, ebm_error *err)
+{
+    if (c->batch < 1 || c->batch > (1 << 20)) return ebm__fail(err, EBM_EINVAL, "trainer: batch %d", c->batch);
+    if (c->start < EBM_START_UNIFORM || c->start > EBM_START_PERSISTENT) return ebm__fail(err, EBM_EINVAL, "trainer: unknown chain start %d", c->start);
+    if (c->start == EBM_START_PERSISTENT && (c->buffer_size < 1 || c->buffer_size > (1 << 24)))
+        return ebm__fail(err, EBM_EINVAL, "trainer: replay buffer of %d", c->buffer_size);
+    if (!(c->reinit >= 0 && c->reinit <= 1)) return ebm__fail(err, EBM_EINVAL, "trainer: re-initialisation probability %g", (double)c->reinit);
+    if (!(c->data_noise >= 0 && c->data_noise < 1e3f) || !(c->start_noise >= 0 && c->start_noise < 1e3f))
+        return ebm__fail(err, EBM_EINVAL, "trainer: data noise %g / start noise %g", (double)c->data_noise, (double)c->start_noise);
+    if (!(c->energy_reg >= 0 && c->energy_reg < 1e6f)) return ebm__fail(err, EBM_EINVAL, "trainer: energy_reg %g", (double)c->energy_reg);
+    if (c->optimizer != EBM_OPT_ADAM && c->optimizer != EBM_OPT_SGD) return ebm__fail(err, EBM_EINVAL, "trainer: unknown optimiser %d", c->optimizer);
+    if (!ebm__finite_pos(c->lr) || !(c->lr_min >= 0 && c->lr_min <= c->lr)) return ebm__fail(err, EBM_EINVAL, "trainer: learning rate %g (min %g)", (double)c->lr, (double)c->lr_min);
+    if (!(c->beta1 >= 0 && c->beta1 < 1 && c->beta2 >= 0 && c->beta2 < 1 && c->momentum >= 0 && c->momentum < 1))
+        return ebm__fail(err, EBM_EINVAL, "trainer: beta1 %g, beta2 %g, momentum %g must be in [0, 1)", (double)c->beta1, (double)c->beta2, (double)c->momentum);
+    if (c->schedule < EBM_LR_CONSTANT || c->schedule > EBM_LR_LINEAR || c->warmup < 0 || (c->schedule != EBM_LR_CONSTANT && c->total_iters < 1))
+        return ebm__fail(err, EBM_EINVAL, "trainer: schedule %d needs total_iters >= 1 (got %ld) and warmup >= 0", c->schedule, c->total_iters);
+    if (!ebm__finite_pos(c->max_abs_dt)) return ebm__fail(err, EBM_EINVAL, "trainer: max_abs_dt %g", (double)c->max_abs_dt);
+    return EBM_OK;
+}
+
+EBMDEF int ebm_trainer_init(ebm_trainer *t, ebm_model *m, const ebm_train_config *c, ebm_error *err)
+{
+    size_t D, bytes;
+    int rc, oh, ow, oc;
+    ebm_rng rb;
+    if (!t) return ebm__fail(err, EBM_EINVAL, "trainer_init: NULL trainer");
+    memset(t, 0, sizeof *t);
+    if (!m || !m->params || !c) return ebm__fail(err, EBM_EINVAL, "trainer_init: NULL or unallocated model, or NULL settings");
+    if ((rc = ebm__config_check(c, err)) != EBM_OK) return rc;
+    ebm_model_out_shape(m, &oh, &ow, &oc);
+    if (oh * ow * oc != 1) return ebm__fail(err, EBM_EINVAL, "trainer_init: the model gives %d values per sample, not one energy", oh * ow * oc);
+    t->cfg = *c;
+    t->model = m;
+    t->lr_scale = 1.0f;
+    D = (size_t)m->in_h * m->in_w * m->in_c;
+    if ((rc = ebm__trainer_bytes(m, c, &bytes, err)) != EBM_OK) return rc;
+    if ((rc = ebm_graph_create(&t->graph, bytes, err)) != EBM_OK) return rc;
+    t->x = (float *)EBM_MALLOC((2 * (size_t)c->batch * D + 2 * (size_t)c->batch) * sizeof(float));
+    if (c->start == EBM_START_PERSISTENT) t->buffer = (float *)EBM_MALLOC((size_t)c->buffer_size * D * sizeof(float));
+    if (!t->x || (c->start == EBM_START_PERSISTENT && !t->buffer)) {
+        ebm_trainer_free(t);
+        return ebm__fail(err, EBM_ENOMEM, "trainer_init: no memory for the batch or the replay buffer");
+    }
+    t->w = t->x + 2 * (size_t)c->batch * D;
+    /* the replay buffer starts as noise of the kind fresh chains start from */
+    rb = ebm__stream(c->seed, EBM__S_BUFFER);
+    if (t->buffer) ebm_chain_start(c->restart, &rb, 0, 0, c->chain.lo, c->chain.hi, t->buffer, c->buffer_size, D);
+    ebm__ok(err);
+    return EBM_OK;
+}
+
+EBMDEF void ebm_trainer_free(ebm_trainer *t)
+{
+    if (!t) return;
+    ebm_graph_destroy(t->graph);
+    EBM_FREE(t->x);
+    EBM_FREE(t->buffer);
+    memset(t, 0, sizeof *t);
+}
+
+EBMDEF float ebm_trainer_lr(const ebm_trainer *t)
+{
+    const ebm_train_config *c = &t->cfg;
+    double lr = c->lr, p;
+    if (c->warmup > 0 && t->iter < c->warmup) lr *= (double)(t->iter + 1) / (double)c->warmup;
+    else if (c->schedule != EBM_LR_CONSTANT) {
+        p = (double)(t->iter - c->warmup) / (double)(c->total_iters - c->warmup > 0 ? c->total_iters - c->warmup : 1);
+        if (p > 1) p = 1;
+        if (c->schedule == EBM_LR_COSINE) lr = c->lr_min + 0.5 * (c->lr - c->lr_min) * (1 + cos(EBM__PI * p));
+        else lr = c->lr + (c->lr_min - c->lr) * p;
+    }
+    return (float)(lr * t->lr_scale);
+}
+
+/* Fresh chains or chains from the buffer for samples first .. first+n-1. */
+static void ebm__chain_starts(ebm_trainer *t, uint64_t first, const float *x_data, float *x, int n)
+{
+    const ebm_train_config *c = &t->cfg;
+    size_t D = (size_t)t->model->in_h * t->model->in_w * t->model->in_c, j;
+    ebm_rng rs = ebm__stream(c->seed, EBM__S_START), rc = ebm__stream(c->seed, EBM__S_COIN);
+    int i;
+    if (c->start == EBM_START_UNIFORM || c->start == EBM_START_GAUSSIAN) {
+        ebm_chain_start(c->start, &rs, first, 0, c->chain.lo, c->chain.hi, x, n, D);
+        return;
+    }
+    if (c->start == EBM_START_DATA) { /* contrastive divergence: the data batch, plus noise */
+        memcpy(x, x_data, (size_t)n * D * sizeof(float));
+        if (c->start_noise > 0)
+            for (i = 0; i < n; i++) {
+                float xi[256];
+                for (j = 0; j < D; j += 256) {
+                    size_t k, len = D - j < 256 ? D - j : 256;
+                    ebm__rng_normal_at(&rs, first + (uint64_t)i, 0, j, xi, len);
+                    for (k = 0; k < len; k++) x[(size_t)i * D + j + k] += c->start_noise * xi[k];
+                }
+            }
+        return;
+    }
+    /* persistent: sample i continues the chain in slot (first + i) mod size,
+       or, with probability reinit, restarts it from noise */
+    for (i = 0; i < n; i++) {
+        float u;
+        size_t slot = (size_t)((first + (uint64_t)i) % (uint64_t)c->buffer_size);
+        ebm_rng_uniform(&rc, first + (uint64_t)i, 0, 0.0f, 1.0f, &u, 1);
+        if (u < c->reinit) ebm_chain_start(c->restart, &rs, first + (uint64_t)i, 0, c->chain.lo, c->chain.hi, x + (size_t)i * D, 1, D);
+        else memcpy(x + (size_t)i * D, t->buffer + slot * D, D * sizeof(float));
+    }
+}
+
+static int ebm__chain_run(ebm_trainer *t, const ebm_rng *r, uint64_t first, float *x, int n, int n_steps, double *rt, double *acc)
+{
+    ebm_langevin ch = t->cfg.chain;
+    ch.n_steps = n_steps;
+    ch.first_step = 0;
+    *acc = 1.0;
+    if (t->cfg.mala) return ebm_mala_run(t->model, t->graph, &ch, r, first, x, n, acc, rt);
+    return ebm_langevin_run(t->model, t->graph, &ch, r, first, x, n, rt);
+}
+
+static int ebm__all_finite(const float *p, size_t n)
+{
+    size_t i;
+    float s = 0;
+    for (i = 0; i < n; i++) s += p[i] * 0.0f; /* NaN or inf anywhere makes s NaN */
+    return s == 0;
+}
+
+EBMDEF int ebm_trainer_step(ebm_trainer *t, const float *x_data)
+{
+    const ebm_train_config *c;
+    ebm_graph *g;
+    size_t D, j;
+    int B, i, shape[4], ws[4];
+    uint64_t first;
+    float *xneg, *xpos, lr;
+    double fp = 0, fn = 0, rt = 0, acc = 1;
+    ebm_rng rn, rch;
+    ebm_var *y;
+    if (!t || !t->model) return EBM_EINVAL;
+    if (!x_data) return ebm__tfail(t, EBM_EINVAL, "trainer_step: NULL data batch");
+    c = &t->cfg; g = t->graph; B = c->batch;
+    D = (size_t)t->model->in_h * t->model->in_w * t->model->in_c;
+    first = (uint64_t)t->iter * (uint64_t)B; /* global index of this iteration's first sample */
+    xneg = t->x; xpos = t->x + (size_t)B * D;
+    /* 1. x- : chains from their starts, K steps */
+    ebm__chain_starts(t, first, x_data, xneg, B);
+    rch = ebm__stream(c->seed, EBM__S_CHAIN);
+    if (ebm__chain_run(t, &rch, first, xneg, B, c->chain.n_steps, &rt, &acc) != EBM_OK)
+        return ebm__tfail(t, ebm_graph_status(g), "trainer_step: %s", ebm_graph_error(g)->msg);
+    if (!ebm__all_finite(xneg, (size_t)B * D))
+        return ebm__tfail(t, EBM_EDIVERGED, "diverged at iteration %ld: the chains' samples are not finite", t->iter);
+    if (c->start == EBM_START_PERSISTENT)
+        for (i = 0; i < B; i++) memcpy(t->buffer + (size_t)((first + (uint64_t)i) % (uint64_t)c->buffer_size) * D, xneg + (size_t)i * D, D * sizeof(float));
+    /* 2. x+ : the data, plus N(0, data_noise^2) */
+    rn = ebm__stream(c->seed, EBM__S_DATA_NOISE);
+    memcpy(xpos, x_data, (size_t)B * D * sizeof(float));
+    if (c->data_noise > 0)
+        for (i = 0; i < B; i++) {
+            float xi[256];
+            for (j = 0; j < D; j += 256) {
+                size_t k, len = D - j < 256 ? D - j : 256;
+                ebm__rng_normal_at(&rn, first + (uint64_t)i, 0, j, xi, len);
+                for (k = 0; k < len; k++) xpos[(size_t)i * D + j + k] += c->data_noise * xi[k];
+            }
+        }
+    /* 3. grad_theta of L = mean f(x-) - mean f(x+) [+ alpha (mean f(x+)^2 +
+       mean f(x-)^2)], both halves in one batch: L's gradient is that of
+       sum_i w_i f(x_i) with w_i = +-1/B [+ 2 alpha f(x_i) / B], the weights
+       set from the forward pass before the backward one reads them. */
+    ebm_model_zero_grad(t->model);
+    ebm_graph_reset(g);
+    shape[0] = 2 * B; shape[1] = t->model->in_h; shape[2] = t->model->in_w; shape[3] = t->model->in_c;
+    ws[0] = 2 * B; ws[1] = ws[2] = ws[3] = 1;
+    y = ebm_model_forward(t->model, g, ebm_leaf(g, t->x, 4, shape));
+    if (ebm_graph_status(g) != EBM_OK) return ebm__tfail(t, ebm_graph_status(g), "trainer_step: %s", ebm_graph_error(g)->msg);
+    for (i = 0; i < 2 * B; i++) t->w[i] = (i < B ? 1.0f : -1.0f) / (float)B + 2.0f * c->energy_reg * y->data[i] / (float)B;
+    ebm_model_backward(t->model, g, ebm_dot(g, y, ebm_leaf(g, t->w, 4, ws)));
+    if (ebm_graph_status(g) != EBM_OK) return ebm__tfail(t, ebm_graph_status(g), "trainer_step: %s", ebm_graph_error(g)->msg);
+    for (i = 0; i < B; i++) { fn += y->data[i]; fp += y->data[B + i]; }
+    t->f_neg = fn / B; t->f_pos = fp / B;
+    t->d_t = t->f_pos - t->f_neg;
+    t->r_t = rt;
+    t->accept = acc;
+    /* 4. divergence: never take a step from non-finite or runaway values */
+    if (!(t->d_t == t->d_t) || !ebm__all_finite(t->model->grads, t->model->n_params))
+        return ebm__tfail(t, EBM_EDIVERGED, "diverged at iteration %ld: non-finite energies or gradients", t->iter);
+    if (fabs(t->d_t) > c->max_abs_dt)
+        return ebm__tfail(t, EBM_EDIVERGED, "diverged at iteration %ld: |d_t| = %.3g exceeds %.3g", t->iter, fabs(t->d_t), (double)c->max_abs_dt);
+    lr = ebm_trainer_lr(t);
+    t->lr = lr;
+    if ((c->optimizer == EBM_OPT_ADAM ? ebm_adam_step(t->model, lr, c->beta1, c->beta2, 1e-8f, t->iter + 1)
+                                      : ebm_sgd_step(t->model, lr, c->momentum)) != EBM_OK)
+        return ebm__tfail(t, t->model->err.status, "trainer_step: %s", t->model->err.msg);
+    t->iter++;
+    t->err.status = EBM_OK;
+    return EBM_OK;
+}
+
+EBMDEF int ebm_trainer_sample(ebm_trainer *t, uint64_t first, const float *x_data, float *x, int n, int n_steps)
+{
+    const ebm_train_config *c;
+    ebm_rng rs, rch;
+    size_t D;
+    double rt, acc;
+    int i, rc;
+    if (!t || !t->model || !x || n < 1) return EBM_EINVAL;
+    c = &t->cfg;
+    if (c->start == EBM_START_DATA && !x_data) return ebm__tfail(t, EBM_EINVAL, "trainer_sample: data-started chains need a data batch");
+    D = (size_t)t->model->in_h * t->model->in_w * t->model->in_c;
+    rs = ebm__stream(c->seed, EBM__S_FRESH_START);
+    rch = ebm__stream(c->seed, EBM__S_FRESH_CHAIN);
+    if (c->start == EBM_START_DATA) memcpy(x, x_data, (size_t)n * D * sizeof(float));
+    else ebm_chain_start(c->start == EBM_START_GAUSSIAN ? EBM_START_GAUSSIAN : c->start == EBM_START_PERSISTENT ? c->restart : EBM_START_UNIFORM,
+                         &rs, first, 0, c->chain.lo, c->chain.hi, x, n, D);
+    /* in chunks of the batch the graph was sized for */
+    for (i = 0; i < n; i += c->batch) {
+        int m = n - i < c->batch ? n - i : c->batch;
+        if ((rc = ebm__chain_run(t, &rch, first + (uint64_t)i, x + (size_t)i * D, m, n_steps, &rt, &acc)) != EBM_OK)
+            return ebm__tfail(t, rc, "trainer_sample: %s", ebm_graph_error(t->graph)->msg);
+    }
+    return EBM_OK;
+}
+
 /* ---------------------------------------------------------------- 7. file formats */
 
 /* NPY v1.0: magic, a little-endian header length, a Python dict padded with
@@ -3187,6 +3667,963 @@ EBMDEF int ebm_npy_save(const char *path, const float *data, int ndim, const int
             fwrite(r, 1, 4, f);
         }
     if (ferror(f) | fclose(f)) return ebm__fail(err, EBM_EIO, "npy_save: write to %s failed", path);
+    ebm__ok(err);
+    return EBM_OK;
+}
+
+/* --- checksums: CRC-32 (gzip, PNG, checkpoints) and Adler-32 (zlib) --- */
+
+static uint32_t ebm__crc32(uint32_t crc, const unsigned char *p, size_t n)
+{
+    static uint32_t table[256];
+    static volatile int ready = 0; /* a benign race: every thread writes the same table */
+    size_t i;
+    if (!ready) {
+        uint32_t k, c;
+        int j;
+        for (k = 0; k < 256; k++) {
+            for (c = k, j = 0; j < 8; j++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+            table[k] = c;
+        }
+        ready = 1;
+    }
+    crc = ~crc;
+    for (i = 0; i < n; i++) crc = table[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
+    return ~crc;
+}
+
+static uint32_t ebm__adler32(uint32_t a, const unsigned char *p, size_t n)
+{
+    uint32_t s1 = a & 0xffff, s2 = a >> 16;
+    while (n) {
+        size_t blk = n < 5552 ? n : 5552, i; /* 5552: the most bytes before s2 can overflow */
+        for (i = 0; i < blk; i++) { s1 += p[i]; s2 += s1; }
+        s1 %= 65521; s2 %= 65521;
+        p += blk; n -= blk;
+    }
+    return (s2 << 16) | s1;
+}
+
+static uint32_t ebm__be32(const unsigned char *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
+static uint32_t ebm__le32(const unsigned char *p) { return (uint32_t)p[3] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[1] << 8 | p[0]; }
+
+/* Read a whole file into memory, refusing one larger than cap bytes. */
+static int ebm__read_file(const char *path, size_t cap, unsigned char **out, size_t *len, ebm_error *err)
+{
+    FILE *f;
+    long sz;
+    unsigned char *buf;
+    *out = NULL; *len = 0;
+    if (!path) return ebm__fail(err, EBM_EINVAL, "NULL path");
+    f = fopen(path, "rb");
+    if (!f) return ebm__fail(err, EBM_EIO, "cannot open %s", path);
+    if (fseek(f, 0, SEEK_END) != 0 || (sz = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
+        fclose(f);
+        return ebm__fail(err, EBM_EIO, "cannot size %s", path);
+    }
+    if ((unsigned long)sz > cap) {
+        fclose(f);
+        return ebm__fail(err, EBM_EFORMAT, "%s: %ld bytes is more than the %lu this reader accepts", path, sz, (unsigned long)cap);
+    }
+    buf = (unsigned char *)EBM_MALLOC(sz ? (size_t)sz : 1);
+    if (!buf) { fclose(f); return ebm__fail(err, EBM_ENOMEM, "%s: no memory for %ld bytes", path, sz); }
+    if (fread(buf, 1, (size_t)sz, f) != (size_t)sz) {
+        fclose(f); EBM_FREE(buf);
+        return ebm__fail(err, EBM_EIO, "%s: read failed", path);
+    }
+    fclose(f);
+    *out = buf; *len = (size_t)sz;
+    return EBM_OK;
+}
+
+/* --- inflate (RFC 1951) and gzip (RFC 1952) ---
+   A small decoder written for bounded memory: it writes into a buffer of a
+   capacity the caller fixed from a header, and a stream that would write
+   past it is an error (or, with stop_when_full, a clean early stop, used to
+   read just a header). Huffman codes are decoded 9 bits at a time through a
+   table, longer codes bit by bit in canonical order. */
+
+#define EBM__FAST_BITS 9
+typedef struct {
+    uint16_t fast[1 << EBM__FAST_BITS]; /* (length << 9 | symbol), 0 = not in the table */
+    uint16_t count[16];                 /* codes of each length */
+    uint16_t symbol[288];               /* symbols ordered by (length, value) */
+} ebm__huff;
+
+typedef struct {
+    const unsigned char *src;
+    size_t len, pos;
+    uint32_t bitbuf;
+    int bitcnt;
+    unsigned char *dst;
+    size_t cap, out;
+    int bad; /* the input ended early or held an invalid code */
+} ebm__inflater;
+
+static uint32_t ebm__bits(ebm__inflater *s, int n)
+{
+    uint32_t v;
+    while (s->bitcnt < n) {
+        if (s->pos >= s->len) { s->bad = 1; return 0; }
+        s->bitbuf |= (uint32_t)s->src[s->pos++] << s->bitcnt;
+        s->bitcnt += 8;
+    }
+    v = s->bitbuf & ((1u << n) - 1u);
+    s->bitbuf >>= n;
+    s->bitcnt -= n;
+    return v;
+}
+
+/* Build a canonical code from lengths; an over-subscribed set is an error. */
+static int ebm__huff_build(ebm__huff *h, const unsigned char *lens, int n)
+{
+    uint16_t offs[16], next[16];
+    int i, len, left = 1;
+    uint32_t code = 0;
+    memset(h->count, 0, sizeof h->count);
+    memset(h->fast, 0, sizeof h->fast);
+    for (i = 0; i < n; i++) h->count[lens[i]]++;
+    h->count[0] = 0;
+    for (len = 1; len < 16; len++) {
+        left = (left << 1) - h->count[len];
+        if (left < 0) return -1;
+    }
+    offs[1] = 0;
+    for (len = 1; len < 15; len++) offs[len + 1] = (uint16_t)(offs[len] + h->count[len]);
+    /* next[len]: the first code of each length, by the canonical rule */
+    code = 0;
+    for (len = 1; len < 16; len++) { next[len] = (uint16_t)code; code = (code + h->count[len]) << 1; }
+    for (i = 0; i < n; i++) {
+        int l = lens[i];
+        if (!l) continue;
+        h->symbol[offs[l]++] = (uint16_t)i;
+        if (l <= EBM__FAST_BITS) {
+            uint32_t c = next[l], rev = 0;
+            int b;
+            for (b = 0; b < l; b++) rev |= ((c >> b) & 1u) << (l - 1 - b); /* codes are sent MSB first */
+            for (; rev < (1u << EBM__FAST_BITS); rev += 1u << l) h->fast[rev] = (uint16_t)(l << 9 | i);
+        }
+        next[l]++;
+    }
+    return 0;
+}
+
+static int ebm__huff_decode(ebm__inflater *s, const ebm__huff *h)
+{
+    uint32_t code = 0, first = 0, index = 0;
+    int len;
+    while (s->bitcnt < 16 && s->pos < s->len) { s->bitbuf |= (uint32_t)s->src[s->pos++] << s->bitcnt; s->bitcnt += 8; }
+    {
+        uint16_t e = h->fast[s->bitbuf & ((1u << EBM__FAST_BITS) - 1u)];
+        if (e && (e >> 9) <= s->bitcnt) {
+            s->bitbuf >>= e >> 9;
+            s->bitcnt -= e >> 9;
+            return e & 511;
+        }
+    }
+    for (len = 1; len < 16; len++) { /* canonical decode: codes of each length are consecutive */
+        code |= ebm__bits(s, 1);
+        if (s->bad) return -1;
+        if (code < first + h->count[len]) return h->symbol[index + (code - first)];
+        index += h->count[len];
+        first = (first + h->count[len]) << 1;
+        code <<= 1;
+    }
+    s->bad = 1;
+    return -1;
+}
+
+static const uint16_t ebm__len_base[29] = { 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83, 99, 115, 131, 163, 195, 227, 258 };
+static const unsigned char ebm__len_extra[29] = { 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0 };
+static const uint16_t ebm__dist_base[30] = { 1, 2, 3, 4, 5, 7, 9, 13, 17, 25, 33, 49, 65, 97, 129, 193, 257, 385, 513, 769, 1025, 1537,
+                                             2049, 3073, 4097, 6145, 8193, 12289, 16385, 24577 };
+static const unsigned char ebm__dist_extra[30] = { 0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13 };
+
+/* Returns 0 on success, 1 when stop_when_full stopped at a full buffer, -1
+   on a malformed stream, -2 when the stream holds more than cap bytes. */
+static int ebm__inflate(ebm__inflater *s, int stop_when_full)
+{
+    int last;
+    do {
+        int type;
+        last = (int)ebm__bits(s, 1);
+        type = (int)ebm__bits(s, 2);
+        if (s->bad) return -1;
+        if (type == 0) { /* stored: byte-aligned LEN, ~LEN, then LEN raw bytes */
+            uint32_t n, nn;
+            s->bitbuf >>= s->bitcnt & 7; s->bitcnt -= s->bitcnt & 7;
+            n = ebm__bits(s, 16); nn = ebm__bits(s, 16);
+            if (s->bad || n != (~nn & 0xffffu)) return -1;
+            while (n && s->bitcnt) { /* bytes already in the bit buffer */
+                if (s->out >= s->cap) return stop_when_full ? 1 : -2;
+                s->dst[s->out++] = (unsigned char)ebm__bits(s, 8);
+                n--;
+            }
+            if (n > s->len - s->pos) return -1;
+            if (n > s->cap - s->out) {
+                if (!stop_when_full) return -2;
+                memcpy(s->dst + s->out, s->src + s->pos, s->cap - s->out);
+                s->out = s->cap;
+                return 1;
+            }
+            memcpy(s->dst + s->out, s->src + s->pos, n);
+            s->out += n; s->pos += n;
+        } else if (type == 1 || type == 2) {
+            ebm__huff lit, dist;
+            unsigned char lens[320];
+            int i, nlit = 288, ndist = 30;
+            if (type == 1) { /* the fixed code of RFC 1951 3.2.6 */
+                for (i = 0; i < 144; i++) lens[i] = 8;
+                for (; i < 256; i++) lens[i] = 9;
+                for (; i < 280; i++) lens[i] = 7;
+                for (; i < 288; i++) lens[i] = 8;
+                for (i = 0; i < 30; i++) lens[288 + i] = 5;
+            } else { /* dynamic: the code lengths are themselves Huffman-coded */
+                static const unsigned char order[19] = { 16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15 };
+                unsigned char cl[19];
+                ebm__huff clh;
+                int ncl;
+                nlit = (int)ebm__bits(s, 5) + 257; ndist = (int)ebm__bits(s, 5) + 1; ncl = (int)ebm__bits(s, 4) + 4;
+                if (s->bad || nlit > 286 || ndist > 30) return -1;
+                memset(cl, 0, sizeof cl);
+                for (i = 0; i < ncl; i++) cl[order[i]] = (unsigned char)ebm__bits(s, 3);
+                if (s->bad || ebm__huff_build(&clh, cl, 19) != 0) return -1;
+                for (i = 0; i < nlit + ndist;) {
+                    int sym = ebm__huff_decode(s, &clh), rep, val = 0;
+                    if (sym < 0) return -1;
+                    if (sym < 16) { lens[i++] = (unsigned char)sym; continue; }
+                    if (sym == 16) { if (i == 0) return -1; val = lens[i - 1]; rep = 3 + (int)ebm__bits(s, 2); }
+                    else if (sym == 17) rep = 3 + (int)ebm__bits(s, 3);
+                    else rep = 11 + (int)ebm__bits(s, 7);
+                    if (s->bad || i + rep > nlit + ndist) return -1;
+                    while (rep--) lens[i++] = (unsigned char)val;
+                }
+                if (lens[256] == 0) return -1; /* no end-of-block code */
+                memmove(lens + 288, lens + nlit, (size_t)ndist);
+                for (i = nlit; i < 288; i++) lens[i] = 0;
+                for (i = 288 + ndist; i < 318; i++) lens[i] = 0;
+            }
+            if (ebm__huff_build(&lit, lens, 288) != 0 || ebm__huff_build(&dist, lens + 288, 30) != 0) return -1;
+            for (;;) {
+                int sym = ebm__huff_decode(s, &lit);
+                if (sym < 0) return -1;
+                if (sym < 256) {
+                    if (s->out >= s->cap) return stop_when_full ? 1 : -2;
+                    s->dst[s->out++] = (unsigned char)sym;
+                } else if (sym == 256) {
+                    break;
+                } else {
+                    size_t n, d, k;
+                    int ds;
+                    sym -= 257;
+                    if (sym >= 29) return -1;
+                    n = ebm__len_base[sym] + ebm__bits(s, ebm__len_extra[sym]);
+                    ds = ebm__huff_decode(s, &dist);
+                    if (ds < 0 || ds >= 30) return -1;
+                    d = ebm__dist_base[ds] + ebm__bits(s, ebm__dist_extra[ds]);
+                    if (s->bad || d > s->out) return -1;
+                    if (n > s->cap - s->out) {
+                        if (!stop_when_full) return -2;
+                        n = s->cap - s->out;
+                        for (k = 0; k < n; k++, s->out++) s->dst[s->out] = s->dst[s->out - d];
+                        return 1;
+                    }
+                    for (k = 0; k < n; k++, s->out++) s->dst[s->out] = s->dst[s->out - d]; /* may overlap: byte by byte */
+                }
+            }
+        } else return -1;
+        if (s->bad) return -1;
+    } while (!last);
+    return 0;
+}
+
+/* Decode a file's bytes into dst[cap]: gzip (magic 1f 8b) or raw. *out_len
+   receives the length written. With stop_when_full, a stream longer than cap
+   is cut at cap without error (to read a header); without it, the whole
+   stream must fit, and gzip's CRC-32 and length are checked. */
+static int ebm__decode(const char *what, const unsigned char *src, size_t len, unsigned char *dst, size_t cap,
+                       int stop_when_full, size_t *out_len, ebm_error *err)
+{
+    ebm__inflater s;
+    size_t p = 10;
+    int flags, rc;
+    *out_len = 0;
+    if (len < 2 || src[0] != 0x1f || src[1] != 0x8b) { /* raw */
+        size_t n = len < cap ? len : cap;
+        if (len > cap && !stop_when_full) return ebm__fail(err, EBM_EFORMAT, "%s: %lu bytes, more than the %lu its header declares", what, (unsigned long)len, (unsigned long)cap);
+        memcpy(dst, src, n);
+        *out_len = n;
+        return EBM_OK;
+    }
+    if (len < 18 || src[2] != 8) return ebm__fail(err, EBM_EFORMAT, "%s: not a deflate gzip stream", what);
+    flags = src[3];
+    if (flags & 0xe0) return ebm__fail(err, EBM_EFORMAT, "%s: reserved gzip flags set", what);
+    if (flags & 4) { /* FEXTRA */
+        size_t xl;
+        if (p + 2 > len) return ebm__fail(err, EBM_EFORMAT, "%s: truncated gzip header", what);
+        xl = (size_t)src[p] | (size_t)src[p + 1] << 8;
+        p += 2 + xl;
+    }
+    if (flags & 8) { while (p < len && src[p]) p++; p++; }  /* FNAME */
+    if (flags & 16) { while (p < len && src[p]) p++; p++; } /* FCOMMENT */
+    if (flags & 2) p += 2;                                  /* FHCRC */
+    if (p + 8 > len) return ebm__fail(err, EBM_EFORMAT, "%s: truncated gzip header", what);
+    memset(&s, 0, sizeof s);
+    s.src = src + p; s.len = len - 8 - p; /* the 8-byte trailer is not deflate data */
+    s.dst = dst; s.cap = cap;
+    rc = ebm__inflate(&s, stop_when_full);
+    *out_len = s.out;
+    if (rc == 1) return EBM_OK;
+    if (rc == -2) return ebm__fail(err, EBM_EFORMAT, "%s: decompresses to more than the %lu bytes its header declares", what, (unsigned long)cap);
+    if (rc < 0) return ebm__fail(err, EBM_EFORMAT, "%s: corrupt or truncated deflate data", what);
+    {
+        const unsigned char *t = src + p + s.pos;
+        /* trailing bytes after the deflate stream: the trailer must follow the used part */
+        if ((size_t)(t - src) + 8 > len) return ebm__fail(err, EBM_EFORMAT, "%s: truncated gzip trailer", what);
+        if (ebm__le32(t) != ebm__crc32(0, dst, s.out)) return ebm__fail(err, EBM_EFORMAT, "%s: gzip CRC-32 mismatch", what);
+        if (ebm__le32(t + 4) != (uint32_t)s.out) return ebm__fail(err, EBM_EFORMAT, "%s: gzip length mismatch", what);
+    }
+    return EBM_OK;
+}
+
+/* --- data sets: IDX (MNIST, Fashion-MNIST) and CIFAR-10 binary --- */
+
+EBMDEF void ebm_dataset_free(ebm_dataset *ds)
+{
+    if (!ds) return;
+    EBM_FREE(ds->pixels);
+    EBM_FREE(ds->labels);
+    memset(ds, 0, sizeof *ds);
+}
+
+/* One IDX file of unsigned bytes: magic 00 00 08 ndim, ndim big-endian
+   dimensions, then the data. The dimensions fix the size, checked against
+   EBM_DATA_MAX_BYTES before anything is allocated. */
+static int ebm__idx_read(const char *path, int want_ndim, int dims[3], unsigned char **data, size_t *n_bytes, ebm_error *err)
+{
+    unsigned char *file = NULL, hdr[16], *buf;
+    size_t flen = 0, got = 0, total = 1;
+    int i, rc;
+    *data = NULL;
+    if ((rc = ebm__read_file(path, EBM_DATA_MAX_BYTES, &file, &flen, err)) != EBM_OK) return rc;
+    if ((rc = ebm__decode(path, file, flen, hdr, (size_t)(4 + 4 * want_ndim), 1, &got, err)) != EBM_OK) { EBM_FREE(file); return rc; }
+    if (got < 4 || hdr[0] || hdr[1] || hdr[2] != 8 || hdr[3] != want_ndim) {
+        EBM_FREE(file);
+        return ebm__fail(err, EBM_EFORMAT, "%s: not an IDX file of unsigned bytes with %d dimensions", path, want_ndim);
+    }
+    if (got < (size_t)(4 + 4 * want_ndim)) { EBM_FREE(file); return ebm__fail(err, EBM_EFORMAT, "%s: truncated IDX header", path); }
+    for (i = 0; i < want_ndim; i++) {
+        uint32_t d = ebm__be32(hdr + 4 + 4 * i);
+        if (d < 1 || d > (1u << 24) || total * d > EBM_DATA_MAX_BYTES) {
+            EBM_FREE(file);
+            return ebm__fail(err, EBM_EFORMAT, "%s: dimension %d is %lu (too large or zero)", path, i, (unsigned long)d);
+        }
+        dims[i] = (int)d;
+        total *= d;
+    }
+    total += (size_t)(4 + 4 * want_ndim);
+    buf = (unsigned char *)EBM_MALLOC(total);
+    if (!buf) { EBM_FREE(file); return ebm__fail(err, EBM_ENOMEM, "%s: no memory for %lu bytes", path, (unsigned long)total); }
+    rc = ebm__decode(path, file, flen, buf, total, 0, &got, err);
+    EBM_FREE(file);
+    if (rc == EBM_OK && got != total) rc = ebm__fail(err, EBM_EFORMAT, "%s: truncated: %lu of %lu bytes", path, (unsigned long)got, (unsigned long)total);
+    if (rc != EBM_OK) { EBM_FREE(buf); return rc; }
+    memmove(buf, buf + 4 + 4 * want_ndim, total - (size_t)(4 + 4 * want_ndim));
+    *data = buf;
+    *n_bytes = total - (size_t)(4 + 4 * want_ndim);
+    return EBM_OK;
+}
+
+EBMDEF int ebm_idx_load(ebm_dataset *ds, const char *images_path, const char *labels_path, ebm_error *err)
+{
+    int dims[3] = { 0, 0, 0 }, ldims[3] = { 0, 0, 0 }, rc;
+    size_t nb, i;
+    unsigned char *lab = NULL;
+    if (!ds) return ebm__fail(err, EBM_EINVAL, "idx_load: NULL data set");
+    memset(ds, 0, sizeof *ds);
+    if ((rc = ebm__idx_read(images_path, 3, dims, &ds->pixels, &nb, err)) != EBM_OK) return rc;
+    ds->n = dims[0]; ds->h = dims[1]; ds->w = dims[2]; ds->c = 1;
+    if (labels_path) {
+        if ((rc = ebm__idx_read(labels_path, 1, ldims, &lab, &nb, err)) != EBM_OK) { ebm_dataset_free(ds); return rc; }
+        if (ldims[0] != ds->n) {
+            EBM_FREE(lab); ebm_dataset_free(ds);
+            return ebm__fail(err, EBM_EFORMAT, "%s: %d labels for %d images", labels_path, ldims[0], dims[0]);
+        }
+        ds->labels = (int *)EBM_MALLOC((size_t)ds->n * sizeof(int));
+        if (!ds->labels) { EBM_FREE(lab); ebm_dataset_free(ds); return ebm__fail(err, EBM_ENOMEM, "idx_load: no memory for labels"); }
+        for (i = 0; i < (size_t)ds->n; i++) {
+            if (lab[i] > 9) {
+                int bad = lab[i];
+                EBM_FREE(lab); ebm_dataset_free(ds);
+                return ebm__fail(err, EBM_EFORMAT, "%s: label %d of image %lu is not a class 0..9", labels_path, bad, (unsigned long)i);
+            }
+            ds->labels[i] = lab[i];
+        }
+        ds->n_classes = 10;
+        EBM_FREE(lab);
+    }
+    ebm__ok(err);
+    return EBM_OK;
+}
+
+EBMDEF int ebm_mnist_load(ebm_dataset *ds, const char *dir, int test, ebm_error *err)
+{
+    static const char *const names[2][2] = { { "train-images-idx3-ubyte", "train-labels-idx1-ubyte" },
+                                             { "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte" } };
+    char img[1024], lab[1024];
+    FILE *f;
+    if (!dir) dir = EBM_FASHION_MNIST_DIR;
+    /* the .gz name if it exists, else the raw one */
+    snprintf(img, sizeof img, "%s/%s.gz", dir, names[test != 0][0]);
+    snprintf(lab, sizeof lab, "%s/%s.gz", dir, names[test != 0][1]);
+    if ((f = fopen(img, "rb")) != NULL) fclose(f);
+    else { snprintf(img, sizeof img, "%s/%s", dir, names[test != 0][0]); snprintf(lab, sizeof lab, "%s/%s", dir, names[test != 0][1]); }
+    if ((f = fopen(lab, "rb")) != NULL) fclose(f);
+    else if (lab[strlen(lab) - 1] == 'z' && lab[strlen(lab) - 2] == 'g') lab[strlen(lab) - 3] = 0;
+    return ebm_idx_load(ds, img, lab, err);
+}
+
+/* CIFAR-10 binary: records of one label byte and 3072 pixel bytes (the red,
+   green and blue 32x32 planes), stored here channels-last. */
+EBMDEF int ebm_cifar10_load(ebm_dataset *ds, const char *const *paths, int n_paths, ebm_error *err)
+{
+    const size_t rec = 1 + 3072;
+    size_t total = 0, len, r, j;
+    unsigned char *file;
+    int p, rc;
+    if (!ds || !paths || n_paths < 1) return ebm__fail(err, EBM_EINVAL, "cifar10_load: NULL data set or no files");
+    memset(ds, 0, sizeof *ds);
+    for (p = 0; p < n_paths; p++) { /* sizes first, so memory is allocated once and bounded */
+        FILE *f = paths[p] ? fopen(paths[p], "rb") : NULL;
+        long sz;
+        if (!f) return ebm__fail(err, EBM_EIO, "cannot open %s", paths[p] ? paths[p] : "(null)");
+        if (fseek(f, 0, SEEK_END) != 0 || (sz = ftell(f)) < 0) { fclose(f); return ebm__fail(err, EBM_EIO, "cannot size %s", paths[p]); }
+        fclose(f);
+        if (sz == 0 || (size_t)sz % rec != 0) return ebm__fail(err, EBM_EFORMAT, "%s: %ld bytes is not a whole number of 3073-byte CIFAR-10 records", paths[p], sz);
+        total += (size_t)sz / rec;
+        if (total * 3072 > EBM_DATA_MAX_BYTES) return ebm__fail(err, EBM_EFORMAT, "cifar10_load: more than %lu bytes of images", (unsigned long)EBM_DATA_MAX_BYTES);
+    }
+    ds->pixels = (unsigned char *)EBM_MALLOC(total * 3072);
+    ds->labels = (int *)EBM_MALLOC(total * sizeof(int));
+    if (!ds->pixels || !ds->labels) { ebm_dataset_free(ds); return ebm__fail(err, EBM_ENOMEM, "cifar10_load: no memory for %lu images", (unsigned long)total); }
+    ds->h = ds->w = 32; ds->c = 3; ds->n_classes = 10;
+    for (p = 0; p < n_paths; p++) {
+        if ((rc = ebm__read_file(paths[p], EBM_DATA_MAX_BYTES, &file, &len, err)) != EBM_OK) { ebm_dataset_free(ds); return rc; }
+        if (len == 0 || len % rec != 0 || (size_t)ds->n + len / rec > total) {
+            EBM_FREE(file); ebm_dataset_free(ds);
+            return ebm__fail(err, EBM_EFORMAT, "%s: changed size while being read", paths[p]);
+        }
+        for (r = 0; r < len / rec; r++) {
+            const unsigned char *s = file + r * rec;
+            unsigned char *d = ds->pixels + (size_t)ds->n * 3072;
+            if (s[0] > 9) {
+                int bad = s[0];
+                EBM_FREE(file); ebm_dataset_free(ds);
+                return ebm__fail(err, EBM_EFORMAT, "%s: record %lu has label %d, not a class 0..9", paths[p], (unsigned long)r, bad);
+            }
+            ds->labels[ds->n] = s[0];
+            for (j = 0; j < 1024; j++) { d[3 * j] = s[1 + j]; d[3 * j + 1] = s[1 + 1024 + j]; d[3 * j + 2] = s[1 + 2048 + j]; }
+            ds->n++;
+        }
+        EBM_FREE(file);
+    }
+    ebm__ok(err);
+    return EBM_OK;
+}
+
+EBMDEF int ebm_dataset_batch(const ebm_dataset *ds, const ebm_rng *r, uint64_t first, int n, float *x, int *labels)
+{
+    size_t D;
+    int i;
+    if (!ds || !ds->pixels || !r || !x || n < 0 || ds->n < 1) return EBM_EINVAL;
+    D = (size_t)ds->h * ds->w * ds->c;
+    for (i = 0; i < n; i++) {
+        uint32_t ctr[4], key[2], u[4];
+        size_t idx, j;
+        const unsigned char *p;
+        ctr[0] = 0xDA7Au; ctr[1] = 0; ctr[2] = (uint32_t)(first + (uint64_t)i); ctr[3] = r->stream;
+        key[0] = (uint32_t)r->seed; key[1] = (uint32_t)(r->seed >> 32);
+        ebm_philox4x32(ctr, key, u);
+        idx = (size_t)((((uint64_t)u[0] << 32 | u[1]) % (uint64_t)ds->n)); /* bias below 2^-32: none that matters */
+        p = ds->pixels + idx * D;
+        for (j = 0; j < D; j++) x[(size_t)i * D + j] = (float)p[j] * (2.0f / 255.0f) - 1.0f;
+        if (labels) labels[i] = ds->labels ? ds->labels[idx] : -1;
+    }
+    return EBM_OK;
+}
+
+EBMDEF void ebm_dataset_get(const ebm_dataset *ds, int first, int n, float *x)
+{
+    size_t D = (size_t)ds->h * ds->w * ds->c, j, total = (size_t)n * D;
+    const unsigned char *p = ds->pixels + (size_t)first * D;
+    for (j = 0; j < total; j++) x[j] = (float)p[j] * (2.0f / 255.0f) - 1.0f;
+}
+
+/* --- PNG: 8-bit grey or RGB, zlib "stored" blocks (no compression: the
+   writer stays a page long, and sample grids are small) --- */
+
+static void ebm__put32(unsigned char *p, uint32_t v) { p[0] = (unsigned char)(v >> 24); p[1] = (unsigned char)(v >> 16); p[2] = (unsigned char)(v >> 8); p[3] = (unsigned char)v; }
+
+static void ebm__png_chunk(FILE *f, const char *type, const unsigned char *data, size_t n)
+{
+    unsigned char b[4];
+    uint32_t crc = ebm__crc32(0, (const unsigned char *)type, 4);
+    crc = ebm__crc32(crc, data, n);
+    ebm__put32(b, (uint32_t)n);
+    fwrite(b, 1, 4, f);
+    fwrite(type, 1, 4, f);
+    if (n) fwrite(data, 1, n, f);
+    ebm__put32(b, crc);
+    fwrite(b, 1, 4, f);
+}
+
+EBMDEF int ebm_png_save(const char *path, const unsigned char *pixels, int w, int h, int channels, const char *description,
+                        ebm_error *err)
+{
+    size_t row = (size_t)w * (size_t)channels + 1, raw_n, z_n, i, o, nblk;
+    unsigned char ihdr[13], *z;
+    FILE *f;
+    uint32_t adler = 1;
+    int y;
+    if (!path || !pixels || w < 1 || h < 1 || w > 1 << 15 || h > 1 << 15 || (channels != 1 && channels != 3))
+        return ebm__fail(err, EBM_EINVAL, "png_save: bad arguments (%dx%d, %d channels)", w, h, channels);
+    raw_n = row * (size_t)h;
+    nblk = (raw_n + 65534) / 65535;
+    z_n = 2 + raw_n + 5 * nblk + 4;
+    z = (unsigned char *)EBM_MALLOC(z_n);
+    if (!z) return ebm__fail(err, EBM_ENOMEM, "png_save: no memory");
+    /* zlib stream: header, stored blocks of <= 65535 bytes of filter-0 rows, Adler-32 */
+    z[0] = 0x78; z[1] = 0x01;
+    o = 2;
+    for (i = 0; i < raw_n;) {
+        size_t n = raw_n - i < 65535 ? raw_n - i : 65535, k;
+        z[o++] = (unsigned char)(i + n == raw_n); /* BFINAL, BTYPE 00 */
+        z[o++] = (unsigned char)(n & 0xff); z[o++] = (unsigned char)(n >> 8);
+        z[o++] = (unsigned char)(~n & 0xff); z[o++] = (unsigned char)((~n >> 8) & 0xff);
+        for (k = 0; k < n; k++, i++) {
+            size_t r = i / row, c = i % row;
+            z[o++] = c == 0 ? 0 : pixels[r * (row - 1) + c - 1];
+        }
+    }
+    for (y = 0; y < h; y++) { /* Adler-32 of the filtered rows */
+        unsigned char zero = 0;
+        adler = ebm__adler32(adler, &zero, 1);
+        adler = ebm__adler32(adler, pixels + (size_t)y * (row - 1), row - 1);
+    }
+    ebm__put32(z + o, adler);
+    o += 4;
+    f = fopen(path, "wb");
+    if (!f) { EBM_FREE(z); return ebm__fail(err, EBM_EIO, "png_save: cannot open %s for writing", path); }
+    fwrite("\x89PNG\r\n\x1a\n", 1, 8, f);
+    ebm__put32(ihdr, (uint32_t)w); ebm__put32(ihdr + 4, (uint32_t)h);
+    ihdr[8] = 8; ihdr[9] = channels == 1 ? 0 : 2; ihdr[10] = ihdr[11] = ihdr[12] = 0;
+    ebm__png_chunk(f, "IHDR", ihdr, 13);
+    if (description) { /* a tEXt chunk: keyword, NUL, Latin-1 text */
+        size_t dl = strlen(description);
+        unsigned char *t = (unsigned char *)EBM_MALLOC(12 + dl);
+        if (t) {
+            memcpy(t, "Description", 12);
+            memcpy(t + 12, description, dl);
+            ebm__png_chunk(f, "tEXt", t, 12 + dl);
+            EBM_FREE(t);
+        }
+    }
+    ebm__png_chunk(f, "IDAT", z, o);
+    ebm__png_chunk(f, "IEND", NULL, 0);
+    EBM_FREE(z);
+    if (ferror(f) | fclose(f)) return ebm__fail(err, EBM_EIO, "png_save: write to %s failed", path);
+    ebm__ok(err);
+    return EBM_OK;
+}
+
+/* A 3x5 pixel font for the labels of grids and plots: digits, signs and the
+   letters the library writes. Rows top to bottom, 3 bits each, MSB left. */
+static int ebm__glyph(char ch)
+{
+    static const char *const chars = "0123456789-.+_=:/,()%abcdefghijklmnopqrstuvwxyz";
+    static const uint16_t bits[] = {
+        075557, 026227, 071747, 071717, 055711, 074717, 074757, 071111, 075757, 075717, /* 0-9 */
+        000700, 000002, 002720, 000007, 007070, 002020, 011244, 000024, 012221, 042224, 051245,
+        025755, 065656, 034443, 065556, 074647, 074644, 034553, 055755, 072227, 011152, 055655, 044447, 057755, /* a-m */
+        065555, 025552, 065644, 025563, 065655, 034216, 072222, 055557, 055552, 055775, 055255, 055222, 071247 /* n-z */ };
+    const char *p;
+    if (ch >= 'A' && ch <= 'Z') ch = (char)(ch - 'A' + 'a');
+    p = ch ? strchr(chars, ch) : NULL;
+    return p ? bits[p - chars] : 0;
+}
+
+/* Draw text at (x0, y0), each font pixel s x s, into an RGB image. */
+static void ebm__text(unsigned char *img, int w, int h, int x0, int y0, int s, const char *txt, const unsigned char rgb[3])
+{
+    int gx, r, c, a, b;
+    for (gx = 0; txt[gx]; gx++) {
+        int g = ebm__glyph(txt[gx]);
+        for (r = 0; r < 5; r++)
+            for (c = 0; c < 3; c++)
+                if (g >> (14 - 3 * r - c) & 1)
+                    for (a = 0; a < s; a++)
+                        for (b = 0; b < s; b++) {
+                            int X = x0 + (4 * gx + c) * s + b, Y = y0 + r * s + a;
+                            if (X >= 0 && X < w && Y >= 0 && Y < h) memcpy(img + 3 * ((size_t)Y * w + X), rgb, 3);
+                        }
+    }
+}
+
+EBMDEF int ebm_png_save_grid(const char *path, const float *x, int n, int h, int w, int c, int cols, const char *label,
+                             ebm_error *err)
+{
+    const int pad = 2, top = label ? 14 : 0;
+    int rows, W, H, i, yy, xx, k, rc;
+    unsigned char *img;
+    if (!x || n < 1 || h < 1 || w < 1 || (c != 1 && c != 3) || cols < 1) return ebm__fail(err, EBM_EINVAL, "png_save_grid: bad arguments");
+    if (cols > n) cols = n;
+    rows = (n + cols - 1) / cols;
+    W = cols * (w + pad) + pad; H = rows * (h + pad) + pad + top;
+    if ((long)W * H > (1L << 28)) return ebm__fail(err, EBM_EINVAL, "png_save_grid: %dx%d is too large", W, H);
+    img = (unsigned char *)EBM_MALLOC((size_t)W * H * 3);
+    if (!img) return ebm__fail(err, EBM_ENOMEM, "png_save_grid: no memory");
+    memset(img, 96, (size_t)W * H * 3);
+    for (i = 0; i < n; i++) { /* [-1, 1] -> 0..255, clipped */
+        int X = pad + (i % cols) * (w + pad), Y = top + pad + (i / cols) * (h + pad);
+        for (yy = 0; yy < h; yy++)
+            for (xx = 0; xx < w; xx++)
+                for (k = 0; k < 3; k++) {
+                    float v = x[(((size_t)i * h + yy) * w + xx) * c + (c == 3 ? k : 0)];
+                    v = (v + 1.0f) * 127.5f + 0.5f;
+                    img[3 * ((size_t)(Y + yy) * W + X + xx) + k] = (unsigned char)(v != v ? 0 : v < 0 ? 0 : v > 255 ? 255 : (int)v);
+                }
+    }
+    if (label) {
+        static const unsigned char white[3] = { 255, 255, 255 };
+        ebm__text(img, W, H, pad, 2, 2, label, white);
+    }
+    rc = ebm_png_save(path, img, W, H, 3, label, err);
+    EBM_FREE(img);
+    return rc;
+}
+
+EBMDEF int ebm_png_save_plot(const char *path, const float *y, int n_series, int n, const char *const *names, ebm_error *err)
+{
+    const int PW = 640, PH = 180, M = 40; /* panel size, left margin for the labels */
+    static const unsigned char ink[3] = { 20, 60, 160 }, band[3] = { 170, 190, 230 }, axis[3] = { 150, 150, 150 }, txt[3] = { 0, 0, 0 };
+    int W = PW + M + 8, H, s, col, rc;
+    unsigned char *img;
+    if (!path || !y || n_series < 1 || n_series > 16 || n < 1) return ebm__fail(err, EBM_EINVAL, "png_save_plot: bad arguments");
+    H = n_series * (PH + 24) + 4;
+    img = (unsigned char *)EBM_MALLOC((size_t)W * H * 3);
+    if (!img) return ebm__fail(err, EBM_ENOMEM, "png_save_plot: no memory");
+    memset(img, 255, (size_t)W * H * 3);
+    for (s = 0; s < n_series; s++) {
+        const float *v = y + (size_t)s * n;
+        int y0 = s * (PH + 24) + 18, i, have = 0;
+        float lo = 0, hi = 0;
+        char buf[64];
+        for (i = 0; i < n; i++) /* range of the finite values */
+            if (v[i] == v[i] && v[i] < 1e30f && v[i] > -1e30f) { if (!have || v[i] < lo) lo = v[i]; if (!have || v[i] > hi) hi = v[i]; have = 1; }
+        if (hi - lo < 1e-12f) { hi += 0.5f; lo -= 0.5f; }
+        snprintf(buf, sizeof buf, "%s  n=%d", names && names[s] ? names[s] : "", n);
+        ebm__text(img, W, H, M, y0 - 14, 2, buf, txt);
+        snprintf(buf, sizeof buf, "%.3g", (double)hi); ebm__text(img, W, H, 2, y0, 1, buf, txt);
+        snprintf(buf, sizeof buf, "%.3g", (double)lo); ebm__text(img, W, H, 2, y0 + PH - 5, 1, buf, txt);
+        for (col = 0; col < PW; col++) memcpy(img + 3 * ((size_t)(y0 + PH) * W + M + col), axis, 3);
+        if (lo < 0 && hi > 0) { /* the zero line */
+            int zr = y0 + (int)((hi - 0) / (hi - lo) * (PH - 1));
+            for (col = 0; col < PW; col += 2) memcpy(img + 3 * ((size_t)zr * W + M + col), axis, 3);
+        }
+        for (col = 0; col < PW; col++) { /* each column: the band of its points and their mean */
+            int i0 = (int)((long)n * col / PW), i1 = (int)((long)n * (col + 1) / PW), r, rlo, rhi, rm;
+            double mn = 0;
+            float a = 0, b = 0;
+            int cnt = 0;
+            if (i1 <= i0) i1 = i0 + 1;
+            if (i0 >= n) break;
+            for (i = i0; i < i1 && i < n; i++)
+                if (v[i] == v[i] && v[i] < 1e30f && v[i] > -1e30f) { if (!cnt || v[i] < a) a = v[i]; if (!cnt || v[i] > b) b = v[i]; mn += v[i]; cnt++; }
+            if (!cnt) continue;
+            mn /= cnt;
+            rhi = y0 + (int)((hi - b) / (hi - lo) * (PH - 1));
+            rlo = y0 + (int)((hi - a) / (hi - lo) * (PH - 1));
+            rm = y0 + (int)((hi - mn) / (hi - lo) * (PH - 1));
+            for (r = rhi; r <= rlo; r++) memcpy(img + 3 * ((size_t)r * W + M + col), band, 3);
+            memcpy(img + 3 * ((size_t)rm * W + M + col), ink, 3);
+            if (rm + 1 < H) memcpy(img + 3 * ((size_t)(rm + 1) * W + M + col), ink, 3);
+        }
+    }
+    rc = ebm_png_save(path, img, W, H, 3, names && names[0] ? names[0] : NULL, err);
+    EBM_FREE(img);
+    return rc;
+}
+
+
+EBMDEF int ebm_npy_load(const char *path, float **data, int *ndim, int shape[4], ebm_error *err)
+{
+    unsigned char *file;
+    size_t len, hl, off, n = 1, i;
+    char hdr[512];
+    const char *p;
+    int rc, d = 0;
+    if (!data || !ndim || !shape) return ebm__fail(err, EBM_EINVAL, "npy_load: NULL output");
+    *data = NULL; *ndim = 0;
+    if ((rc = ebm__read_file(path, EBM_DATA_MAX_BYTES + 4096, &file, &len, err)) != EBM_OK) return rc;
+    if (len < 10 || memcmp(file, "\x93NUMPY", 6) != 0 || (file[6] != 1 && file[6] != 2)) { EBM_FREE(file); return ebm__fail(err, EBM_EFORMAT, "%s: not an NPY file", path); }
+    if (file[6] == 1) { hl = (size_t)file[8] | (size_t)file[9] << 8; off = 10; }
+    else { if (len < 12) { EBM_FREE(file); return ebm__fail(err, EBM_EFORMAT, "%s: truncated", path); } hl = ebm__le32(file + 8); off = 12; }
+    if (hl >= sizeof hdr || off + hl > len) { EBM_FREE(file); return ebm__fail(err, EBM_EFORMAT, "%s: bad header length", path); }
+    memcpy(hdr, file + off, hl);
+    hdr[hl] = 0;
+    off += hl;
+    if (!strstr(hdr, "'descr': '<f4'") || !strstr(hdr, "'fortran_order': False") || !(p = strstr(hdr, "'shape': ("))) {
+        EBM_FREE(file);
+        return ebm__fail(err, EBM_EFORMAT, "%s: only little-endian float32 C-order arrays are read", path);
+    }
+    for (p += 10; *p && *p != ')';) {
+        long v;
+        char *end;
+        while (*p == ' ' || *p == ',') p++;
+        if (*p == ')') break;
+        v = strtol(p, &end, 10);
+        if (end == p || v < 0 || v > (1L << 30) || d == 4) { EBM_FREE(file); return ebm__fail(err, EBM_EFORMAT, "%s: bad or more than 4 dimensions", path); }
+        shape[d++] = (int)v;
+        n *= (size_t)v;
+        if (n > EBM_DATA_MAX_BYTES / 4) { EBM_FREE(file); return ebm__fail(err, EBM_EFORMAT, "%s: too large", path); }
+        p = end;
+    }
+    if (d < 1 || len - off != n * 4) { EBM_FREE(file); return ebm__fail(err, EBM_EFORMAT, "%s: %lu data bytes for %lu floats", path, (unsigned long)(len - off), (unsigned long)n); }
+    *data = (float *)EBM_MALLOC(n ? n * 4 : 4);
+    if (!*data) { EBM_FREE(file); return ebm__fail(err, EBM_ENOMEM, "%s: no memory", path); }
+    for (i = 0; i < n; i++) { uint32_t u = ebm__le32(file + off + 4 * i); memcpy(*data + i, &u, 4); }
+    *ndim = d;
+    EBM_FREE(file);
+    ebm__ok(err);
+    return EBM_OK;
+}
+
+/* --- checkpoints ---
+   Little-endian: "EBMCKPT\0", u32 version, then sections, then the CRC-32 of
+   every byte before it. Model: input (C, H, W), the layer table, the
+   parameters and both optimiser moments. Trainer (optional): every setting,
+   the iteration, the learning-rate scale, the replay buffer. Written to
+   "<path>.tmp", flushed, closed, then renamed over <path>, so a crash leaves
+   either the old file or the new one. */
+
+#define EBM__CKPT_VERSION 1u
+typedef struct { FILE *f; uint32_t crc; int bad; } ebm__writer;
+
+static void ebm__wbytes(ebm__writer *w, const void *p, size_t n)
+{
+    if (w->bad || !n) return;
+    w->crc = ebm__crc32(w->crc, (const unsigned char *)p, n);
+    if (fwrite(p, 1, n, w->f) != n) w->bad = 1;
+}
+static void ebm__wu32(ebm__writer *w, uint32_t v)
+{
+    unsigned char b[4];
+    b[0] = (unsigned char)v; b[1] = (unsigned char)(v >> 8); b[2] = (unsigned char)(v >> 16); b[3] = (unsigned char)(v >> 24);
+    ebm__wbytes(w, b, 4);
+}
+static void ebm__wu64(ebm__writer *w, uint64_t v) { ebm__wu32(w, (uint32_t)v); ebm__wu32(w, (uint32_t)(v >> 32)); }
+static void ebm__wf32(ebm__writer *w, float v) { uint32_t u; memcpy(&u, &v, 4); ebm__wu32(w, u); }
+static void ebm__wf64(ebm__writer *w, double v) { uint64_t u; memcpy(&u, &v, 8); ebm__wu64(w, u); }
+static void ebm__wfloats(ebm__writer *w, const float *p, size_t n)
+{
+    size_t i;
+    uint16_t one = 1;
+    if (*(unsigned char *)&one == 1) { ebm__wbytes(w, p, n * sizeof(float)); return; }
+    for (i = 0; i < n; i++) ebm__wf32(w, p[i]);
+}
+
+typedef struct { const unsigned char *p; size_t len, pos; int bad; } ebm__reader;
+static const unsigned char *ebm__rbytes(ebm__reader *r, size_t n)
+{
+    const unsigned char *q;
+    if (r->bad || n > r->len - r->pos) { r->bad = 1; return NULL; }
+    q = r->p + r->pos;
+    r->pos += n;
+    return q;
+}
+static uint32_t ebm__ru32(ebm__reader *r) { const unsigned char *q = ebm__rbytes(r, 4); return q ? ebm__le32(q) : 0; }
+static uint64_t ebm__ru64(ebm__reader *r) { uint64_t lo = ebm__ru32(r); return lo | (uint64_t)ebm__ru32(r) << 32; }
+static float ebm__rf32(ebm__reader *r) { uint32_t u = ebm__ru32(r); float v; memcpy(&v, &u, 4); return v; }
+static double ebm__rf64(ebm__reader *r) { uint64_t u = ebm__ru64(r); double v; memcpy(&v, &u, 8); return v; }
+static int ebm__rfloats(ebm__reader *r, float *dst, size_t n)
+{
+    size_t i;
+    const unsigned char *q;
+    if (n > (r->len - r->pos) / 4) { r->bad = 1; return -1; }
+    q = ebm__rbytes(r, n * 4);
+    for (i = 0; i < n; i++) { uint32_t u = ebm__le32(q + 4 * i); memcpy(dst + i, &u, 4); }
+    return 0;
+}
+
+static void ebm__write_model(ebm__writer *w, const ebm_model *m)
+{
+    int i;
+    ebm__wu32(w, (uint32_t)m->in_c); ebm__wu32(w, (uint32_t)m->in_h); ebm__wu32(w, (uint32_t)m->in_w);
+    ebm__wu32(w, (uint32_t)m->n_layers);
+    for (i = 0; i < m->n_layers; i++) {
+        const ebm_layer *L = &m->layer[i];
+        ebm__wu32(w, (uint32_t)L->type); ebm__wu32(w, (uint32_t)L->out_c); ebm__wu32(w, (uint32_t)L->k);
+        ebm__wu32(w, (uint32_t)L->stride); ebm__wu32(w, (uint32_t)L->pad); ebm__wu32(w, (uint32_t)L->out_pad);
+        ebm__wu32(w, (uint32_t)L->bias); ebm__wu32(w, (uint32_t)L->act); ebm__wf32(w, L->act_param);
+    }
+    ebm__wu64(w, (uint64_t)m->n_params);
+    ebm__wfloats(w, m->params, m->n_params);
+    ebm__wfloats(w, m->m1, m->n_params);
+    ebm__wfloats(w, m->m2, m->n_params);
+}
+
+static void ebm__write_config(ebm__writer *w, const ebm_train_config *c)
+{
+    const ebm_langevin *l = &c->chain;
+    ebm__wu32(w, (uint32_t)c->batch); ebm__wu32(w, (uint32_t)c->start); ebm__wu32(w, (uint32_t)c->restart);
+    ebm__wu32(w, (uint32_t)c->buffer_size); ebm__wf32(w, c->reinit); ebm__wf32(w, c->start_noise);
+    ebm__wu32(w, (uint32_t)l->form); ebm__wf32(w, l->eps); ebm__wf32(w, l->step); ebm__wf32(w, l->noise); ebm__wf32(w, l->sigma_q);
+    ebm__wu32(w, (uint32_t)l->box); ebm__wf32(w, l->lo); ebm__wf32(w, l->hi); ebm__wu32(w, (uint32_t)l->n_steps);
+    ebm__wu32(w, (uint32_t)c->mala); ebm__wf32(w, c->data_noise); ebm__wf32(w, c->energy_reg);
+    ebm__wu32(w, (uint32_t)c->optimizer); ebm__wf32(w, c->lr); ebm__wf32(w, c->beta1); ebm__wf32(w, c->beta2); ebm__wf32(w, c->momentum);
+    ebm__wu32(w, (uint32_t)c->schedule); ebm__wu64(w, (uint64_t)c->warmup); ebm__wu64(w, (uint64_t)c->total_iters); ebm__wf32(w, c->lr_min);
+    ebm__wf32(w, c->max_abs_dt); ebm__wu64(w, c->seed);
+}
+
+static void ebm__read_config(ebm__reader *r, ebm_train_config *c)
+{
+    ebm_langevin *l = &c->chain;
+    memset(c, 0, sizeof *c);
+    c->batch = (int)ebm__ru32(r); c->start = (int)ebm__ru32(r); c->restart = (int)ebm__ru32(r);
+    c->buffer_size = (int)ebm__ru32(r); c->reinit = ebm__rf32(r); c->start_noise = ebm__rf32(r);
+    l->form = (int)ebm__ru32(r); l->eps = ebm__rf32(r); l->step = ebm__rf32(r); l->noise = ebm__rf32(r); l->sigma_q = ebm__rf32(r);
+    l->box = (int)ebm__ru32(r); l->lo = ebm__rf32(r); l->hi = ebm__rf32(r); l->n_steps = (int)ebm__ru32(r);
+    c->mala = (int)ebm__ru32(r); c->data_noise = ebm__rf32(r); c->energy_reg = ebm__rf32(r);
+    c->optimizer = (int)ebm__ru32(r); c->lr = ebm__rf32(r); c->beta1 = ebm__rf32(r); c->beta2 = ebm__rf32(r); c->momentum = ebm__rf32(r);
+    c->schedule = (int)ebm__ru32(r); c->warmup = (long)ebm__ru64(r); c->total_iters = (long)ebm__ru64(r); c->lr_min = ebm__rf32(r);
+    c->max_abs_dt = ebm__rf32(r); c->seed = ebm__ru64(r);
+}
+
+/* Write through a temporary file and rename it into place. */
+static int ebm__ckpt_write(const char *path, const ebm_model *m, const ebm_trainer *t, ebm_error *err)
+{
+    char tmp[1024];
+    ebm__writer w;
+    unsigned char crc[4];
+    if (!path || !m || !m->params) return ebm__fail(err, EBM_EINVAL, "checkpoint: NULL path or unallocated model");
+    if (strlen(path) + 5 > sizeof tmp) return ebm__fail(err, EBM_EINVAL, "checkpoint: path too long");
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    w.f = fopen(tmp, "wb"); w.crc = 0; w.bad = 0;
+    if (!w.f) return ebm__fail(err, EBM_EIO, "checkpoint: cannot open %s for writing", tmp);
+    ebm__wbytes(&w, "EBMCKPT", 8);
+    ebm__wu32(&w, EBM__CKPT_VERSION);
+    ebm__wu32(&w, t ? 1u : 0u);
+    ebm__write_model(&w, m);
+    if (t) {
+        size_t D = (size_t)m->in_h * m->in_w * m->in_c;
+        ebm__write_config(&w, &t->cfg);
+        ebm__wu64(&w, (uint64_t)t->iter);
+        ebm__wf32(&w, t->lr_scale);
+        ebm__wf64(&w, t->d_t); ebm__wf64(&w, t->r_t);
+        ebm__wu32(&w, t->buffer ? 1u : 0u);
+        if (t->buffer) ebm__wfloats(&w, t->buffer, (size_t)t->cfg.buffer_size * D);
+    }
+    crc[0] = (unsigned char)w.crc; crc[1] = (unsigned char)(w.crc >> 8); crc[2] = (unsigned char)(w.crc >> 16); crc[3] = (unsigned char)(w.crc >> 24);
+    if (!w.bad && fwrite(crc, 1, 4, w.f) != 4) w.bad = 1;
+    if (fflush(w.f) != 0) w.bad = 1;
+    if (ferror(w.f) | fclose(w.f) | w.bad) { remove(tmp); return ebm__fail(err, EBM_EIO, "checkpoint: write to %s failed", tmp); }
+    if (rename(tmp, path) != 0) { remove(tmp); return ebm__fail(err, EBM_EIO, "checkpoint: cannot rename %s to %s", tmp, path); }
+    ebm__ok(err);
+    return EBM_OK;
+}
+
+EBMDEF int ebm_model_save(const ebm_model *m, const char *path, ebm_error *err) { return ebm__ckpt_write(path, m, NULL, err); }
+EBMDEF int ebm_trainer_save(const ebm_trainer *t, const char *path, ebm_error *err)
+{
+    if (!t || !t->model) return ebm__fail(err, EBM_EINVAL, "trainer_save: NULL trainer");
+    return ebm__ckpt_write(path, t->model, t, err);
+}
+
+/* Read and check a checkpoint, building m from its layer table; *r is left
+   after the model section, *has_trainer says whether a trainer section follows. */
+static int ebm__ckpt_open(const char *path, ebm_model *m, unsigned char **file, ebm__reader *r, int *has_trainer, ebm_error *err)
+{
+    size_t len;
+    int rc, i, nl;
+    uint64_t np;
+    memset(m, 0, sizeof *m);
+    if ((rc = ebm__read_file(path, EBM_CKPT_MAX_BYTES, file, &len, err)) != EBM_OK) return rc;
+    r->p = *file; r->len = len; r->pos = 0; r->bad = 0;
+    if (len < 24 || memcmp(*file, "EBMCKPT", 8) != 0) return ebm__fail(err, EBM_EFORMAT, "%s: not an ebm.h checkpoint", path);
+    if (ebm__le32(*file + len - 4) != ebm__crc32(0, *file, len - 4)) return ebm__fail(err, EBM_EFORMAT, "%s: checksum mismatch (truncated or corrupted)", path);
+    r->len = len - 4;
+    ebm__rbytes(r, 8);
+    if (ebm__ru32(r) != EBM__CKPT_VERSION) return ebm__fail(err, EBM_EFORMAT, "%s: checkpoint version %u, this build reads %u", path, ebm__le32(*file + 8), EBM__CKPT_VERSION);
+    *has_trainer = (int)ebm__ru32(r);
+    {
+        int c = (int)ebm__ru32(r), h = (int)ebm__ru32(r), w = (int)ebm__ru32(r);
+        if (ebm_model_init(m, c, h, w) != EBM_OK) return ebm__fail(err, EBM_EFORMAT, "%s: %s", path, m->err.msg);
+    }
+    nl = (int)ebm__ru32(r);
+    if (r->bad || nl < 1 || nl > EBM_MAX_LAYERS) return ebm__fail(err, EBM_EFORMAT, "%s: %d layers", path, nl);
+    for (i = 0; i < nl && !r->bad; i++) {
+        int type = (int)ebm__ru32(r), oc = (int)ebm__ru32(r), k = (int)ebm__ru32(r), s = (int)ebm__ru32(r), p = (int)ebm__ru32(r);
+        int op = (int)ebm__ru32(r), b = (int)ebm__ru32(r), act = (int)ebm__ru32(r);
+        float ap = ebm__rf32(r);
+        if (type == EBM_LAYER_CONV2D) ebm_model_add_conv2d(m, oc, k, s, p, b);
+        else if (type == EBM_LAYER_CONVT2D) ebm_model_add_conv_transpose2d(m, oc, k, s, p, op, b);
+        else if (type == EBM_LAYER_LINEAR) ebm_model_add_linear(m, oc, b);
+        else if (type == EBM_LAYER_ACT) ebm_model_add_act(m, act, ap);
+        else if (type == EBM_LAYER_AVGPOOL) ebm_model_add_avgpool(m, k, s);
+        else if (type == EBM_LAYER_MAXPOOL) ebm_model_add_maxpool(m, k, s);
+        else return ebm__fail(err, EBM_EFORMAT, "%s: unknown layer type %d", path, type);
+        if (m->status != EBM_OK) return ebm__fail(err, EBM_EFORMAT, "%s: layer %d: %s", path, i, m->err.msg);
+    }
+    np = ebm__ru64(r);
+    if (r->bad) return ebm__fail(err, EBM_EFORMAT, "%s: truncated model section", path);
+    if (ebm_model_alloc(m, 0) != EBM_OK) return ebm__fail(err, m->status, "%s: %s", path, m->err.msg);
+    if (np != (uint64_t)m->n_params) { ebm_model_free(m); return ebm__fail(err, EBM_EFORMAT, "%s: %lu parameters for a model of %lu", path, (unsigned long)np, (unsigned long)m->n_params); }
+    if (ebm__rfloats(r, m->params, m->n_params) || ebm__rfloats(r, m->m1, m->n_params) || ebm__rfloats(r, m->m2, m->n_params)) {
+        ebm_model_free(m);
+        return ebm__fail(err, EBM_EFORMAT, "%s: truncated parameters", path);
+    }
+    return EBM_OK;
+}
+
+EBMDEF int ebm_model_load(ebm_model *m, const char *path, ebm_error *err)
+{
+    unsigned char *file = NULL;
+    ebm__reader r;
+    int has_t, rc;
+    if (!m) return ebm__fail(err, EBM_EINVAL, "model_load: NULL model");
+    rc = ebm__ckpt_open(path, m, &file, &r, &has_t, err);
+    EBM_FREE(file);
+    /* a trainer's checkpoint holds a model too: its trainer section is skipped */
+    if (rc == EBM_OK) ebm__ok(err);
+    return rc;
+}
+
+EBMDEF int ebm_trainer_load(ebm_trainer *t, ebm_model *m, const char *path, ebm_error *err)
+{
+    unsigned char *file = NULL;
+    ebm__reader r;
+    ebm_train_config c;
+    int has_t, rc;
+    size_t D;
+    if (!t || !m) return ebm__fail(err, EBM_EINVAL, "trainer_load: NULL trainer or model");
+    memset(t, 0, sizeof *t);
+    if ((rc = ebm__ckpt_open(path, m, &file, &r, &has_t, err)) != EBM_OK) { EBM_FREE(file); return rc; }
+    if (!has_t) { EBM_FREE(file); ebm_model_free(m); return ebm__fail(err, EBM_EFORMAT, "%s: holds a model only, no trainer state", path); }
+    ebm__read_config(&r, &c);
+    if (r.bad || (rc = ebm_trainer_init(t, m, &c, err)) != EBM_OK) {
+        EBM_FREE(file); ebm_model_free(m);
+        return r.bad ? ebm__fail(err, EBM_EFORMAT, "%s: truncated settings", path) : ebm__fail(err, EBM_EFORMAT, "%s: bad settings: %s", path, err ? err->msg : "");
+    }
+    D = (size_t)m->in_h * m->in_w * m->in_c;
+    t->iter = (long)ebm__ru64(&r);
+    t->lr_scale = ebm__rf32(&r);
+    t->d_t = ebm__rf64(&r); t->r_t = ebm__rf64(&r);
+    if ((ebm__ru32(&r) != 0) != (t->buffer != NULL) || (t->buffer && ebm__rfloats(&r, t->buffer, (size_t)c.buffer_size * D)) || r.bad ||
+        r.pos != r.len || t->iter < 0 || !ebm__finite_pos(t->lr_scale)) {
+        EBM_FREE(file); ebm_trainer_free(t); ebm_model_free(m);
+        return ebm__fail(err, EBM_EFORMAT, "%s: truncated or inconsistent trainer state", path);
+    }
+    EBM_FREE(file);
     ebm__ok(err);
     return EBM_OK;
 }

@@ -154,6 +154,55 @@ static void case_langevin(const char *name, int C, int hw, int nf, int batch, in
     ebm_model_free(&m);
 }
 
+/* The sampler's own cost per step (noise, update, box, r_t; MALA's proposal
+   and accept test) beyond the network's forward + grad_x, on the smallest
+   reference net (where it weighs most): K = 10 steps of each, alternated,
+   medians. Target: under 5 %. */
+static void case_sampler_overhead(int nf)
+{
+    ebm_model m;
+    ebm_graph *g;
+    ebm_langevin cfg;
+    ebm_rng r;
+    float *x;
+    const int batch = 64, K = 10, shape[4] = { 64, 28, 28, 1 };
+    double tn[16], tl[16], tm[16], net, lang, mala;
+    size_t nx = (size_t)batch * 784, bytes, extra = (3 * nx + 2 * (size_t)batch) * sizeof(float) + 4096;
+    ebm_error e;
+    int i, k;
+    ebm_model_convnet(&m, 1, 28, nf, EBM_ACT_LEAKY_RELU, 0.2f, 1);
+    ebm_model_step_bytes(&m, batch, EBM_STEP_INPUT_GRAD, &bytes, &e);
+    if (ebm_graph_create(&g, bytes + extra, &e) != EBM_OK) { fprintf(stderr, "error: %s\n", e.msg); exit(1); }
+    x = (float *)malloc(nx * sizeof *x);
+    r.seed = 1; r.stream = EBM_STREAM_USER;
+    ebm_rng_uniform(&r, 0, 0, -1, 1, x, nx);
+    ebm_langevin_default(&cfg);
+    cfg.n_steps = K;
+    for (i = 0; i < reps; i++) {
+        double t0 = ebm_time_sec();
+        for (k = 0; k < K; k++) { /* the network alone: forward and grad_x */
+            ebm_var *xv, *y, *gx;
+            ebm_graph_reset(g);
+            xv = ebm_leaf(g, x, 4, shape);
+            y = ebm_model_forward(&m, g, xv);
+            ebm_grad(g, y, NULL, 1, &xv, &gx, 0);
+        }
+        tn[i] = (ebm_time_sec() - t0) * 1e3 / K;
+        t0 = ebm_time_sec();
+        ebm_langevin_run(&m, g, &cfg, &r, 0, x, batch, NULL);
+        tl[i] = (ebm_time_sec() - t0) * 1e3 / K;
+        t0 = ebm_time_sec();
+        ebm_mala_run(&m, g, &cfg, &r, 0, x, batch, NULL, NULL);
+        tm[i] = (ebm_time_sec() - t0) * 1e3 / K;
+    }
+    net = median(tn, reps); lang = median(tl, reps); mala = median(tm, reps);
+    printf("bench sampler_overhead_nf%d net_ms=%.3f langevin_ms=%.3f mala_ms=%.3f langevin_overhead_pct=%.1f mala_overhead_pct=%.1f target_pct=5\n",
+           nf, net, lang, mala, 100 * (lang - net) / net, 100 * (mala - net) / net);
+    free(x);
+    ebm_graph_destroy(g);
+    ebm_model_free(&m);
+}
+
 /* The generator: forward, then grad of |g(z)|^2 wrt z and the parameters. */
 static void case_gen(void)
 {
@@ -314,6 +363,7 @@ int main(int argc, char **argv)
     RUN("net28_nf64", case_langevin("net28_nf64", 1, 28, 64, 64, EBM_ACT_LEAKY_RELU));
     RUN("net32c3_nf32", case_langevin("net32c3_nf32", 3, 32, 32, 64, EBM_ACT_LEAKY_RELU));
     RUN("net28_nf32_silu", case_langevin("net28_nf32_silu", 1, 28, 32, 64, EBM_ACT_SILU));
+    RUN("sampler_overhead_nf16", case_sampler_overhead(16));
     RUN("gen28", case_gen());
     /* in a process of its own (this program again), so that its peak memory
        is its own: getrusage's peak covers a process's whole life */

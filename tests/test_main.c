@@ -1441,7 +1441,7 @@ static void test_mala_exact_on_gaussian(void)
     ebm_langevin_default(&cfg);
     cfg.form = EBM_LANGEVIN_EPS; cfg.eps = 0.5f; cfg.sigma_q = 1.0f; cfg.box = EBM_BOX_NONE; cfg.n_steps = 300;
     r.seed = 9; r.stream = EBM_STREAM_USER + 4;
-    CHECK(ebm_mala_run(&m, g, &cfg, &r, 0, x, n, &acc) == EBM_OK, "mala: %s", gmsg(g));
+    CHECK(ebm_mala_run(&m, g, &cfg, &r, 0, x, n, &acc, NULL) == EBM_OK, "mala: %s", gmsg(g));
     sample_moments(x, N, &mean, &var);
     CHECK(fabs(mean - c) < 5 * sqrt(1.0 / (double)N), "mean %.5f, want %.5f", mean, (double)c);
     CHECK(fabs(var - 1.0) < 5 * sqrt(2.0 / (double)N), "variance %.5f, want 1 +- %.5f", var, 5 * sqrt(2.0 / (double)N));
@@ -1449,7 +1449,7 @@ static void test_mala_exact_on_gaussian(void)
     /* a wall at [-0.5, 0.5]: proposals outside are rejected, never clamped */
     cfg.box = EBM_BOX_CLAMP; cfg.lo = -0.5f; cfg.hi = 0.5f; cfg.n_steps = 20;
     memset(x, 0, N * sizeof(float));
-    CHECK(ebm_mala_run(&m, g, &cfg, &r, 0, x, 50, &acc) == EBM_OK, "mala: %s", gmsg(g));
+    CHECK(ebm_mala_run(&m, g, &cfg, &r, 0, x, 50, &acc, NULL) == EBM_OK, "mala: %s", gmsg(g));
     for (i = 0; i < (size_t)50 * 64; i++) CHECK(x[i] > -0.5f && x[i] < 0.5f, "%g outside the wall", (double)x[i]);
     free(x);
     ebm_graph_destroy(g);
@@ -1525,7 +1525,7 @@ static void test_nll2d_and_short_training(void)
     for (t = 0; t < 300; t++) {
         ebm_toy_sample(EBM_TOY_8GAUSSIANS, &rd, (uint64_t)t * 128, xpos, 128);
         for (i = 0; i < 128; i++) memcpy(xneg + 2 * i, buf + 2 * ((t * 128 + i) % 1024), 2 * sizeof(float));
-        ebm_mala_run(&m, g, &cfg, &rn, (uint64_t)t * 128, xneg, 128, NULL);
+        ebm_mala_run(&m, g, &cfg, &rn, (uint64_t)t * 128, xneg, 128, NULL, NULL);
         for (i = 0; i < 128; i++) memcpy(buf + 2 * ((t * 128 + i) % 1024), xneg + 2 * i, 2 * sizeof(float));
         ebm_model_zero_grad(&m);
         for (k = 0; k < 2; k++) {
@@ -1668,6 +1668,8 @@ static void test_npy_save(void)
     CHECK(ebm_npy_save("/nonexistent-dir/x.npy", d, 3, shape, &e) == EBM_EIO, "unwritable path: %s", ebm_status_name(e.status));
 }
 
+#include "test_train.c"
+
 static const test_case tests[] = {
     { "rng_philox_known_answers", test_rng_philox_known_answers },
     { "rng_lanes_match_scalar_philox", test_rng_lanes_match_scalar_philox },
@@ -1707,6 +1709,16 @@ static const test_case tests[] = {
     { "nll2d_and_short_training", test_nll2d_and_short_training },
     { "bad_arguments", test_bad_arguments },
     { "failing_allocator", test_failing_allocator },
+    { "idx_reader", test_idx_reader },
+    { "cifar10_reader", test_cifar10_reader },
+    { "png_writer", test_png_writer },
+    { "npy_roundtrip", test_npy_roundtrip },
+    { "checkpoint_resume_bit_identical", test_checkpoint_resume_bit_identical },
+    { "checkpoint_refuses_damage", test_checkpoint_refuses_damage },
+    { "trainer_detects_divergence", test_trainer_detects_divergence },
+    { "trainer_gradient_is_the_loss_gradient", test_trainer_gradient_is_the_loss_gradient },
+    { "trainer_bad_settings", test_trainer_bad_settings },
+    { "samplers_on_2d_mixture", test_samplers_on_2d_mixture },
     { "npy_save", test_npy_save },
 };
 

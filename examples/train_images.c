@@ -1,0 +1,317 @@
+/* train_images: maximum-likelihood training of the reference ConvNet energy on
+   Fashion-MNIST, MNIST or CIFAR-10 with Langevin chains (ALGORITHMS.md
+   sections 1-2), with a time budget, checkpoints, resume, divergence handling,
+   PNG sample grids from fresh chains, a CSV log of d_t and r_t with its plot,
+   and samples.npy at the end. Run with --help for the flags.
+
+   Files in --out DIR: ckpt.bin (everything to resume), log.csv, curves.png,
+   grid_<iter>.png and grid_final.png (fresh chains, labelled), samples.npy
+   (N, C, H, W) float32 in [-1, 1]. */
+#define EBM_IMPLEMENTATION
+#include "ebm.h"
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+#include <unistd.h> /* isatty, for the progress line */
+#include <sys/stat.h>
+
+typedef struct { const char *name, *help; char type; void *p; } flag;
+
+static void usage(const flag *f, int nf)
+{
+    int i;
+    printf("usage: train_images [flags]\n");
+    for (i = 0; i < nf; i++) printf("  --%-14s %s\n", f[i].name, f[i].help);
+}
+
+static int parse(int argc, char **argv, const flag *f, int nf)
+{
+    int i, j;
+    for (i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { usage(f, nf); exit(0); }
+        for (j = 0; j < nf; j++)
+            if (!strncmp(argv[i], "--", 2) && !strcmp(argv[i] + 2, f[j].name)) break;
+        if (j == nf) { fprintf(stderr, "error: unknown flag %s (see --help)\n", argv[i]); return -1; }
+        if (f[j].type == 'b') { *(int *)f[j].p = 1; continue; }
+        if (i + 1 >= argc) { fprintf(stderr, "error: %s needs a value\n", argv[i]); return -1; }
+        i++;
+        if (f[j].type == 'i') *(int *)f[j].p = atoi(argv[i]);
+        else if (f[j].type == 'l') *(long *)f[j].p = atol(argv[i]);
+        else if (f[j].type == 'f') *(float *)f[j].p = (float)atof(argv[i]);
+        else *(const char **)f[j].p = argv[i];
+    }
+    return 0;
+}
+
+static int lookup(const char *what, const char *v, const char *const *names, int n)
+{
+    int i;
+    for (i = 0; i < n; i++) if (!strcmp(v, names[i])) return i;
+    fprintf(stderr, "error: unknown %s '%s'\n", what, v);
+    return -1;
+}
+
+/* Read the CSV log back for the plot: columns iter, seconds, lr, d_t, r_t, ... */
+static void plot_log(const char *dir)
+{
+    char path[1100], line[512];
+    FILE *f;
+    float *y = NULL;
+    int n = 0, cap = 0;
+    snprintf(path, sizeof path, "%s/log.csv", dir);
+    if (!(f = fopen(path, "r"))) return;
+    while (fgets(line, sizeof line, f)) {
+        double it, sec, lr, dt, rt;
+        if (sscanf(line, "%lf,%lf,%lf,%lf,%lf", &it, &sec, &lr, &dt, &rt) != 5) continue;
+        if (n == cap) { float *ny; cap = cap ? 2 * cap : 4096; ny = (float *)realloc(y, 2 * (size_t)cap * sizeof *y); if (!ny) break; y = ny; }
+        y[2 * n] = (float)dt; y[2 * n + 1] = (float)rt;
+        n++;
+    }
+    fclose(f);
+    if (n > 0) {
+        static const char *const names[2] = { "d_t", "r_t" };
+        float *p = (float *)malloc(2 * (size_t)n * sizeof *p);
+        int i;
+        ebm_error err;
+        if (p) {
+            for (i = 0; i < n; i++) { p[i] = y[2 * i]; p[n + i] = y[2 * i + 1]; }
+            snprintf(path, sizeof path, "%s/curves.png", dir);
+            if (ebm_png_save_plot(path, p, 2, n, names, &err) != EBM_OK) fprintf(stderr, "warning: %s\n", err.msg);
+            free(p);
+        }
+    }
+    free(y);
+}
+
+static int save_grid(ebm_trainer *t, const char *dir, const char *tag, const float *x_data, float *x, int n, int k)
+{
+    char path[1100], label[200];
+    ebm_error err;
+    ebm_model *m = t->model;
+    const ebm_train_config *c = &t->cfg;
+    if (ebm_trainer_sample(t, 0, x_data, x, n, k) != EBM_OK) { fprintf(stderr, "error: %s\n", t->err.msg); return -1; }
+    snprintf(label, sizeof label, "fresh %s start, %s k=%d, iter %ld", c->start == EBM_START_PERSISTENT ? ebm_start_name(c->restart) : ebm_start_name(c->start),
+             c->mala ? "mala" : "langevin", k, t->iter);
+    snprintf(path, sizeof path, "%s/grid_%s.png", dir, tag);
+    if (ebm_png_save_grid(path, x, n, m->in_h, m->in_w, m->in_c, 8, label, &err) != EBM_OK) { fprintf(stderr, "error: %s\n", err.msg); return -1; }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    static const char *const datasets[] = { "fashion", "mnist", "cifar10" }, *const starts[] = { "uniform", "gaussian", "data", "persistent" };
+    static const char *const opts[] = { "adam", "sgd" }, *const scheds[] = { "constant", "cosine", "linear" }, *const boxes[] = { "none", "clamp", "reflect" };
+    static const char *const acts[] = { "lrelu", "silu", "softplus", "elu", "gelu", "tanh" }, *const diverge[] = { "stop", "rollback" };
+    const char *data = "fashion", *data_dir = NULL, *out = "run", *start = "uniform", *restart = "uniform", *opt = "adam", *sched = "cosine";
+    const char *box = "clamp", *act = "lrelu", *on_div = "rollback";
+    int nf = 16, resume = 0, seed = 1, n_samples = 64, sample_k = 0, threads = 0, mala = 0, rollbacks = 0;
+    long iters = 0;
+    float minutes = 0, save_minutes = 2, act_param = 0.2f;
+    ebm_train_config c;
+    ebm_model m;
+    ebm_trainer t;
+    ebm_dataset ds;
+    ebm_error err;
+    ebm_rng rdata;
+    float *xb, *xs;
+    size_t D;
+    double t0, last_save, last_print = 0, it0;
+    int d, rc = 0, tty = isatty(2), diverged = 0;
+    char path[1100];
+    FILE *log;
+    ebm_train_config_default(&c);
+    c.chain.n_steps = 40; c.energy_reg = 0;
+    {
+        flag f[] = {
+            { "data", "fashion | mnist | cifar10 (default fashion)", 's', &data },
+            { "data-dir", "directory of the data files (default: Debian's for fashion)", 's', &data_dir },
+            { "out", "directory for checkpoints, grids, log, samples (default run)", 's', &out },
+            { "minutes", "time budget in minutes (0: none)", 'f', &minutes },
+            { "iters", "stop after this many iterations in total (0: none)", 'l', &iters },
+            { "resume", "continue from OUT/ckpt.bin (its settings win)", 'b', &resume },
+            { "seed", "keys every random number (default 1)", 'i', &seed },
+            { "threads", "OpenMP threads (default: all)", 'i', &threads },
+            { "nf", "ConvNet width n_f (default 16)", 'i', &nf },
+            { "act", "lrelu | silu | softplus | elu | gelu | tanh (default lrelu)", 's', &act },
+            { "act-param", "LeakyReLU slope / ELU alpha (default 0.2)", 'f', &act_param },
+            { "batch", "batch size (default 64)", 'i', &c.batch },
+            { "start", "chain start: uniform | gaussian | data | persistent (default uniform)", 's', &start },
+            { "restart", "noise of restarts and fresh chains: uniform | gaussian", 's', &restart },
+            { "buffer", "replay buffer size (default 10000)", 'i', &c.buffer_size },
+            { "reinit", "replay restart probability (default 0.05)", 'f', &c.reinit },
+            { "start-noise", "noise std added to data starts (default 0)", 'f', &c.start_noise },
+            { "k", "Langevin steps per iteration K (default 40)", 'i', &c.chain.n_steps },
+            { "step", "Langevin step s (default 1)", 'f', &c.chain.step },
+            { "noise", "Langevin noise tau (default 0.01)", 'f', &c.chain.noise },
+            { "box", "none | clamp | reflect (default clamp to [-1, 1])", 's', &box },
+            { "mala", "Metropolis-adjusted chains", 'b', &mala },
+            { "data-noise", "noise std added to data (default 0.03)", 'f', &c.data_noise },
+            { "energy-reg", "alpha of alpha (f+^2 + f-^2) (default 0)", 'f', &c.energy_reg },
+            { "optimizer", "adam | sgd (default adam)", 's', &opt },
+            { "lr", "learning rate (default 1e-4)", 'f', &c.lr },
+            { "lr-min", "end of the schedule (default 0)", 'f', &c.lr_min },
+            { "schedule", "constant | cosine | linear over the run (default cosine)", 's', &sched },
+            { "warmup", "iterations of warm-up (default 0)", 'l', &c.warmup },
+            { "total-iters", "schedule length (default: --iters, or estimated from --minutes)", 'l', &c.total_iters },
+            { "beta1", "Adam beta1 (default 0.9)", 'f', &c.beta1 },
+            { "beta2", "Adam beta2 (default 0.999)", 'f', &c.beta2 },
+            { "momentum", "SGD momentum (default 0)", 'f', &c.momentum },
+            { "max-dt", "|d_t| that counts as divergence (default 1000)", 'f', &c.max_abs_dt },
+            { "on-diverge", "stop | rollback (to the last checkpoint at half the lr)", 's', &on_div },
+            { "samples", "fresh samples written to samples.npy at the end (default 64)", 'i', &n_samples },
+            { "sample-k", "Langevin steps of fresh chains (default: K, at least 100 for persistent)", 'i', &sample_k },
+            { "save-minutes", "minutes between checkpoints and grids (default 2)", 'f', &save_minutes },
+        };
+        int ds_i, st, rs, op, sc, bx, ac, dv;
+        if (parse(argc, argv, f, (int)(sizeof f / sizeof f[0])) != 0) return 2;
+        if ((ds_i = lookup("data set", data, datasets, 3)) < 0 || (st = lookup("start", start, starts, 4)) < 0 ||
+            (rs = lookup("restart", restart, starts, 2)) < 0 || (op = lookup("optimizer", opt, opts, 2)) < 0 ||
+            (sc = lookup("schedule", sched, scheds, 3)) < 0 || (bx = lookup("box", box, boxes, 3)) < 0 ||
+            (ac = lookup("activation", act, acts, 6)) < 0 || (dv = lookup("on-diverge", on_div, diverge, 2)) < 0)
+            return 2;
+        if (minutes <= 0 && iters <= 0) { fprintf(stderr, "error: give --minutes or --iters\n"); return 2; }
+        c.start = st; c.restart = rs; c.optimizer = op; c.schedule = sc; c.chain.box = bx; c.mala = mala; c.seed = (uint64_t)seed;
+        on_div = diverge[dv];
+        if (threads > 0) ebm_set_threads(threads);
+        /* data */
+        if (ds_i == 2) {
+            char names[5][1100];
+            const char *paths[5];
+            int i;
+            if (!data_dir) { fprintf(stderr, "error: --data cifar10 needs --data-dir (data_batch_1.bin ... data_batch_5.bin)\n"); return 2; }
+            for (i = 0; i < 5; i++) { snprintf(names[i], sizeof names[i], "%s/data_batch_%d.bin", data_dir, i + 1); paths[i] = names[i]; }
+            if (ebm_cifar10_load(&ds, paths, 5, &err) != EBM_OK) { fprintf(stderr, "error: %s\n", err.msg); return 1; }
+        } else {
+            if (ds_i == 1 && !data_dir) { fprintf(stderr, "error: --data mnist needs --data-dir\n"); return 2; }
+            if (ebm_mnist_load(&ds, data_dir, 0, &err) != EBM_OK) {
+                fprintf(stderr, "error: %s\n%s", err.msg, ds_i == 0 ? "(Fashion-MNIST: apt-get install dataset-fashion-mnist)\n" : "");
+                return 1;
+            }
+        }
+        mkdir(out, 0777);
+        snprintf(path, sizeof path, "%s/ckpt.bin", out);
+        if (resume) {
+            if (ebm_trainer_load(&t, &m, path, &err) != EBM_OK) { fprintf(stderr, "error: cannot resume: %s\n", err.msg); return 1; }
+            if (m.in_h != ds.h || m.in_w != ds.w || m.in_c != ds.c) { fprintf(stderr, "error: the checkpoint's model is for other images\n"); return 1; }
+            printf("resumed %s at iteration %ld (its settings replace the flags)\n", path, t.iter);
+        } else {
+            if (ebm_model_convnet(&m, ds.c, ds.h, nf, ac, act_param, (uint64_t)seed) != EBM_OK) { fprintf(stderr, "error: %s\n", m.err.msg); return 2; }
+            if (c.schedule != EBM_LR_CONSTANT && c.total_iters <= 0) {
+                if (iters > 0) c.total_iters = iters;
+                else { /* fix the schedule's length from a short timing run, so it is in the checkpoint */
+                    ebm_trainer probe;
+                    float *xp = (float *)malloc((size_t)c.batch * ds.h * ds.w * ds.c * sizeof(float));
+                    double ts;
+                    int i;
+                    ebm_train_config pc = c;
+                    pc.schedule = EBM_LR_CONSTANT;
+                    rdata.seed = (uint64_t)seed; rdata.stream = EBM_STREAM_USER;
+                    if (!xp || ebm_trainer_init(&probe, &m, &pc, &err) != EBM_OK) { fprintf(stderr, "error: %s\n", err.msg); return 1; }
+                    ebm_dataset_batch(&ds, &rdata, 0, c.batch, xp, NULL);
+                    ebm_trainer_step(&probe, xp); /* warm-up */
+                    ts = ebm_time_sec();
+                    for (i = 0; i < 3; i++) ebm_trainer_step(&probe, xp);
+                    c.total_iters = (long)(minutes * 60.0 / ((ebm_time_sec() - ts) / 3.0));
+                    if (c.total_iters < 1) c.total_iters = 1;
+                    ebm_trainer_free(&probe);
+                    free(xp);
+                    ebm_model_free(&m); /* the probe trained it: start again from the seed */
+                    ebm_model_convnet(&m, ds.c, ds.h, nf, ac, act_param, (uint64_t)seed);
+                    printf("schedule length from a timing probe: %ld iterations for %.1f minutes\n", c.total_iters, (double)minutes);
+                }
+            }
+            if (ebm_trainer_init(&t, &m, &c, &err) != EBM_OK) { fprintf(stderr, "error: %s\n", err.msg); return 2; }
+        }
+    }
+    c = t.cfg;
+    if (sample_k <= 0) sample_k = c.start == EBM_START_PERSISTENT && c.chain.n_steps < 100 ? 100 : c.chain.n_steps;
+    D = (size_t)ds.h * ds.w * ds.c;
+    xb = (float *)malloc((size_t)c.batch * D * sizeof *xb);
+    xs = (float *)malloc((size_t)(n_samples > 64 ? n_samples : 64) * D * sizeof *xs);
+    if (!xb || !xs) { fprintf(stderr, "error: out of memory\n"); return 1; }
+    rdata.seed = c.seed; rdata.stream = EBM_STREAM_USER; /* data order: a function of the seed and the iteration */
+    ebm_model_print(&m, stdout);
+    printf("data %s: %d images %dx%dx%d; batch %d, start %s, K %d, step %g, noise %g, %s, lr %g (%s to %g over %ld), data noise %g, energy reg %g, %d threads, %s\n",
+           data, ds.n, ds.h, ds.w, ds.c, c.batch, ebm_start_name(c.start), c.chain.n_steps, (double)c.chain.step, (double)c.chain.noise,
+           c.mala ? "MALA" : "unadjusted", (double)c.lr, scheds[c.schedule], (double)c.lr_min, c.total_iters, (double)c.data_noise,
+           (double)c.energy_reg, ebm_threads(), ebm_isa());
+    snprintf(path, sizeof path, "%s/log.csv", out);
+    log = fopen(path, resume ? "a" : "w");
+    if (!log) { fprintf(stderr, "error: cannot write %s\n", path); return 1; }
+    if (!resume) fprintf(log, "iter,seconds,lr,d_t,r_t,f_pos,f_neg,accept\n");
+    t0 = last_save = ebm_time_sec();
+    it0 = (double)t.iter;
+    for (;;) {
+        double now = ebm_time_sec();
+        if ((iters > 0 && t.iter >= iters) || (minutes > 0 && now - t0 >= minutes * 60.0)) break;
+        ebm_dataset_batch(&ds, &rdata, (uint64_t)t.iter * (uint64_t)c.batch, c.batch, xb, NULL);
+        d = ebm_trainer_step(&t, xb);
+        if (d == EBM_EDIVERGED) {
+            fprintf(stderr, "\n%s\n", t.err.msg);
+            snprintf(path, sizeof path, "%s/ckpt.bin", out);
+            if (!strcmp(on_div, "rollback") && rollbacks < 8) {
+                float scale = t.lr_scale * 0.5f;
+                ebm_trainer_free(&t); ebm_model_free(&m);
+                if (ebm_trainer_load(&t, &m, path, &err) != EBM_OK) { fprintf(stderr, "error: no checkpoint to roll back to: %s\n", err.msg); diverged = 1; rc = 3; break; }
+                t.lr_scale = scale;
+                rollbacks++;
+                fprintf(stderr, "rolled back to iteration %ld with learning rate x%g\n", t.iter, (double)scale);
+                fprintf(log, "# rollback to %ld, lr scale %g\n", t.iter, (double)scale);
+                continue;
+            }
+            diverged = 1; rc = 3;
+            break;
+        }
+        if (d != EBM_OK) { fprintf(stderr, "error: %s\n", t.err.msg); rc = 1; break; }
+        now = ebm_time_sec();
+        fprintf(log, "%ld,%.2f,%.4g,%.6g,%.6g,%.6g,%.6g,%.4f\n", t.iter, now - t0, t.lr, t.d_t, t.r_t, t.f_pos, t.f_neg, t.accept);
+        if (now - last_print >= (tty ? 1.0 : 30.0)) {
+            double rate = (t.iter - it0) / (now - t0), left = -1;
+            if (minutes > 0) left = minutes * 60.0 - (now - t0);
+            if (iters > 0 && rate > 0 && (left < 0 || (iters - t.iter) / rate < left)) left = (iters - t.iter) / rate;
+            fprintf(tty ? stderr : stdout, "%siter %6ld  %.2f it/s  ETA %5.0f s  d_t %+9.4f  r_t %8.4f  lr %.3g%s", tty ? "\r" : "", t.iter, rate, left,
+                    t.d_t, t.r_t, t.lr, tty ? "  " : "\n");
+            fflush(tty ? stderr : stdout);
+            last_print = now;
+        }
+        if (now - last_save >= save_minutes * 60.0) {
+            char tag[32];
+            snprintf(path, sizeof path, "%s/ckpt.bin", out);
+            if (ebm_trainer_save(&t, path, &err) != EBM_OK) fprintf(stderr, "warning: %s\n", err.msg);
+            snprintf(tag, sizeof tag, "%06ld", t.iter);
+            save_grid(&t, out, tag, xb, xs, 64, sample_k);
+            fflush(log);
+            last_save = ebm_time_sec();
+        }
+    }
+    if (tty) fprintf(stderr, "\n");
+    fclose(log);
+    plot_log(out);
+    if (!diverged && rc == 0) {
+        int shape[4];
+        float *nchw = (float *)malloc((size_t)n_samples * D * sizeof *nchw);
+        snprintf(path, sizeof path, "%s/ckpt.bin", out);
+        if (ebm_trainer_save(&t, path, &err) != EBM_OK) fprintf(stderr, "warning: %s\n", err.msg);
+        save_grid(&t, out, "final", xb, xs, 64, sample_k);
+        if (n_samples > 0 && nchw) { /* (N, C, H, W), float32 in [-1, 1] */
+            int i;
+            for (i = 0; i < n_samples; i += 64) {
+                int n = n_samples - i < 64 ? n_samples - i : 64;
+                ebm_dataset_batch(&ds, &rdata, 0xFFFF0000u + (uint64_t)i, n, xb, NULL); /* data starts only */
+                if (ebm_trainer_sample(&t, (uint64_t)i, xb, xs + (size_t)i * D, n, sample_k) != EBM_OK) { fprintf(stderr, "error: %s\n", t.err.msg); rc = 1; break; }
+            }
+            ebm_nhwc_to_nchw(xs, nchw, n_samples, ds.c, ds.h, ds.w);
+            shape[0] = n_samples; shape[1] = ds.c; shape[2] = ds.h; shape[3] = ds.w;
+            snprintf(path, sizeof path, "%s/samples.npy", out);
+            if (ebm_npy_save(path, nchw, 4, shape, &err) != EBM_OK) fprintf(stderr, "error: %s\n", err.msg);
+        }
+        free(nchw);
+    }
+    printf("train_images data=%s iters=%ld seconds=%.1f d_t=%.5g r_t=%.5g rollbacks=%d diverged=%d status=%s\n", data, t.iter, ebm_time_sec() - t0,
+           t.d_t, t.r_t, rollbacks, diverged, rc == 0 ? "ok" : diverged ? "diverged" : "error");
+    free(xb); free(xs);
+    ebm_trainer_free(&t);
+    ebm_model_free(&m);
+    ebm_dataset_free(&ds);
+    return rc;
+}

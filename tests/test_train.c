@@ -1,0 +1,456 @@
+/* Tests of the data readers, file formats, the trainer and checkpoints.
+   Included by test_main.c (one harness, one binary per build). */
+
+/* An IDX file (20 images of 8x8) gzip-compressed by Python's gzip at level 9:
+   one dynamic-Huffman block. Its pixels sum to 161093. */
+static const unsigned char idx_gz_dynamic[] = { 31,139,8,0,0,0,0,0,2,3,85,148,33,80,170,65,28,196,119,230,141,51,142,197,242,21,10,133,66,177,80,40,20,10,197,98,177,80,44,20,202,43,22,139,51,59,20,11,197,242,10,197,66,161,80,44,20,10,133,66,161,88,44,22,10,133,66,222,183,255,187,3,53,124,109,111,231,119,187,123,31,112,249,7,64,229,239,50,125,141,222,112,60,223,170,222,165,102,56,176,243,0,174,85,73,207,2,174,91,247,79,90,242,234,230,142,224,231,5,249,247,245,93,104,104,40,108,81,239,14,52,83,91,207,111,43,89,168,137,190,116,115,247,248,207,66,221,90,200,98,77,118,7,208,230,80,235,60,112,10,80,125,159,216,249,4,133,47,232,21,31,96,111,200,249,246,88,239,234,101,182,57,192,66,173,89,81,207,144,133,212,100,137,171,176,134,173,97,107,160,1,216,218,12,211,53,208,182,35,195,241,105,178,252,178,80,92,36,6,188,127,72,137,225,88,151,97,55,172,201,12,220,87,8,6,193,39,62,47,154,183,12,134,70,207,108,219,163,186,3,154,65,120,24,157,133,68,11,97,173,27,18,139,79,52,147,53,26,28,142,101,216,17,215,251,42,221,10,106,221,195,57,92,201,176,223,12,14,44,24,148,175,87,35,71,211,245,158,166,38,119,41,48,54,229,91,5,195,80,115,28,209,29,188,184,139,90,199,66,236,171,182,32,237,212,34,35,7,100,107,51,152,154,8,71,153,97,10,2,125,189,233,59,7,133,80,33,124,7,27,37,135,176,222,192,93,192,12,85,155,75,41,193,234,162,201,19,195,88,73,104,195,16,202,57,40,246,176,34,105,107,199,228,46,0,83,187,139,152,1,102,169,221,17,232,91,33,2,187,134,204,192,84,218,66,76,12,57,48,164,46,130,129,29,138,82,56,158,3,59,37,219,227,120,206,2,171,60,28,195,246,225,235,9,233,132,167,38,249,68,12,71,117,14,74,14,76,183,178,112,229,192,78,123,56,117,81,54,169,52,247,20,49,59,111,216,129,69,136,71,50,39,123,234,66,41,7,195,186,102,120,147,106,231,154,233,154,19,195,227,7,126,37,123,160,175,100,6,69,23,43,48,134,83,222,133,187,200,12,185,11,100,235,180,176,82,154,18,67,129,37,60,28,11,189,201,58,34,98,214,144,167,230,19,136,7,20,123,136,133,169,172,252,20,88,234,34,231,160,252,210,126,230,0,225,53,54,217,83,48,48,11,89,30,241,211,132,153,225,59,7,166,235,161,88,35,91,195,139,68,126,196,22,158,199,235,191,196,49,253,22,12,219,201,15,40,237,97,23,195,65,102,64,212,92,126,36,189,33,206,176,76,165,93,91,200,51,44,245,163,139,136,24,249,1,101,134,212,69,89,57,45,212,175,46,232,61,200,227,245,143,164,205,159,57,32,71,76,37,134,255,184,53,231,239,16,5,0,0 };
+/* An IDX label file (5 labels 1..5), gzip level 9: one fixed-Huffman block. */
+static const unsigned char idx_gz_fixed[] = { 31,139,8,0,0,0,0,0,2,3,99,96,224,96,100,96,96,96,101,100,98,102,97,5,0,163,51,145,139,13,0,0,0 };
+
+static int write_bytes(const char *path, const unsigned char *p, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    fwrite(p, 1, n, f);
+    return fclose(f);
+}
+
+static unsigned char *read_bytes(const char *path, size_t *n)
+{
+    unsigned char *p = NULL;
+    ebm_error e;
+    if (ebm__read_file(path, (size_t)1 << 30, &p, n, &e) != EBM_OK) return NULL;
+    return p;
+}
+
+static void test_idx_reader(void)
+{
+    ebm_dataset ds;
+    ebm_error e;
+    unsigned char raw[16 + 3 * 4 * 5], lab[8 + 3], *bad;
+    long sum = 0;
+    size_t i, n;
+    int k;
+    /* gzip, dynamic and fixed Huffman blocks, as written by another encoder */
+    write_bytes("t_img.gz", idx_gz_dynamic, sizeof idx_gz_dynamic);
+    CHECK(ebm_idx_load(&ds, "t_img.gz", NULL, &e) == EBM_OK, "dynamic-block gzip: %s", e.msg);
+    CHECK(ds.n == 20 && ds.h == 8 && ds.w == 8 && ds.c == 1 && ds.labels == NULL, "shape %d %d %d %d", ds.n, ds.h, ds.w, ds.c);
+    for (i = 0; ds.pixels && i < 20 * 64; i++) sum += ds.pixels[i];
+    CHECK(sum == 161093, "pixel sum %ld, expected 161093", sum);
+    ebm_dataset_free(&ds);
+    write_bytes("t_lab5.gz", idx_gz_fixed, sizeof idx_gz_fixed);
+    {
+        unsigned char *p = read_bytes("t_lab5.gz", &n), out[16];
+        size_t got = 0;
+        CHECK(p && ebm__decode("t", p, n, out, 13, 0, &got, &e) == EBM_OK && got == 13 && out[8] == 1 && out[12] == 5, "fixed-block gzip: %s", e.msg);
+        CHECK(p && ebm__decode("t", p, n, out, 12, 0, &got, &e) == EBM_EFORMAT, "a stream longer than its declared size was accepted");
+        CHECK(p && ebm__decode("t", p, n, out, 8, 1, &got, &e) == EBM_OK && got == 8, "stop-when-full did not stop cleanly");
+        free(p);
+    }
+    /* raw IDX with labels: 3 images of 4x5 */
+    memset(raw, 0, sizeof raw);
+    raw[2] = 8; raw[3] = 3; raw[7] = 3; raw[11] = 4; raw[15] = 5;
+    for (k = 0; k < 60; k++) raw[16 + k] = (unsigned char)(k * 4);
+    memset(lab, 0, sizeof lab);
+    lab[2] = 8; lab[3] = 1; lab[7] = 3; lab[8] = 7; lab[9] = 0; lab[10] = 9;
+    write_bytes("t_img.idx", raw, sizeof raw);
+    write_bytes("t_lab.idx", lab, sizeof lab);
+    CHECK(ebm_idx_load(&ds, "t_img.idx", "t_lab.idx", &e) == EBM_OK, "raw idx: %s", e.msg);
+    CHECK(ds.n == 3 && ds.h == 4 && ds.w == 5 && ds.labels && ds.labels[0] == 7 && ds.labels[2] == 9 && ds.pixels[59] == 236, "raw idx contents");
+    {
+        float x[20];
+        ebm_dataset_get(&ds, 2, 1, x);
+        CHECK(x[0] == 160 * (2.0f / 255.0f) - 1.0f && x[19] == 236 * (2.0f / 255.0f) - 1.0f, "pixels to [-1, 1]: %g %g", x[0], x[19]);
+    }
+    ebm_dataset_free(&ds);
+    /* hostile files: each refused with EFORMAT and a message, nothing leaked */
+    write_bytes("t_bad", raw, sizeof raw - 1); /* truncated */
+    CHECK(ebm_idx_load(&ds, "t_bad", NULL, &e) == EBM_EFORMAT && strstr(e.msg, "truncated"), "truncated: %s", e.msg);
+    raw[3] = 2; write_bytes("t_bad", raw, sizeof raw); raw[3] = 3; /* wrong dimension count */
+    CHECK(ebm_idx_load(&ds, "t_bad", NULL, &e) == EBM_EFORMAT, "wrong magic accepted");
+    raw[4] = 0x7f; write_bytes("t_bad", raw, sizeof raw); raw[4] = 0; /* declares 2 GB */
+    CHECK(ebm_idx_load(&ds, "t_bad", NULL, &e) == EBM_EFORMAT && strstr(e.msg, "too large"), "oversized header: %s", e.msg);
+    lab[9] = 10; write_bytes("t_lab.idx", lab, sizeof lab);
+    CHECK(ebm_idx_load(&ds, "t_img.idx", "t_lab.idx", &e) == EBM_EFORMAT, "label 10 accepted");
+    lab[9] = 0; lab[7] = 2; write_bytes("t_lab.idx", lab, sizeof lab);
+    CHECK(ebm_idx_load(&ds, "t_img.idx", "t_lab.idx", &e) == EBM_EFORMAT, "label count mismatch accepted");
+    bad = (unsigned char *)malloc(sizeof idx_gz_dynamic);
+    memcpy(bad, idx_gz_dynamic, sizeof idx_gz_dynamic);
+    bad[200] ^= 0x10; write_bytes("t_bad", bad, sizeof idx_gz_dynamic); /* corrupted deflate data */
+    CHECK(ebm_idx_load(&ds, "t_bad", NULL, &e) == EBM_EFORMAT, "corrupted gzip accepted");
+    write_bytes("t_bad", idx_gz_dynamic, sizeof idx_gz_dynamic - 20); /* truncated gzip */
+    CHECK(ebm_idx_load(&ds, "t_bad", NULL, &e) == EBM_EFORMAT, "truncated gzip accepted");
+    {
+        ebm_rng r;
+        r.seed = 5; r.stream = 1;
+        for (k = 0; k < 20; k++) { /* random bytes, with and without a gzip magic */
+            float f[200];
+            unsigned char b[800];
+            ebm_rng_uniform(&r, (uint64_t)k, 0, 0.0f, 256.0f, f, 200);
+            for (i = 0; i < 800; i++) b[i] = (unsigned char)f[i % 200] ^ (unsigned char)(i * 31);
+            if (k & 1) { b[0] = 0x1f; b[1] = 0x8b; b[2] = 8; b[3] = 0; }
+            write_bytes("t_bad", b, 100 + 35 * (size_t)k);
+            CHECK(ebm_idx_load(&ds, "t_bad", NULL, &e) != EBM_OK && e.msg[0], "random file %d accepted", k);
+        }
+    }
+    CHECK(ebm_idx_load(&ds, "t_does_not_exist", NULL, &e) == EBM_EIO, "missing file");
+    free(bad);
+    remove("t_img.gz"); remove("t_lab5.gz"); remove("t_img.idx"); remove("t_lab.idx"); remove("t_bad");
+}
+
+static void test_cifar10_reader(void)
+{
+    unsigned char rec[3 * 3073];
+    const char *paths[2] = { "t_c1.bin", "t_c2.bin" };
+    ebm_dataset ds;
+    ebm_error e;
+    int r, j;
+    for (r = 0; r < 3; r++) {
+        rec[r * 3073] = (unsigned char)(r + 2);
+        for (j = 0; j < 3072; j++) rec[r * 3073 + 1 + j] = (unsigned char)((j / 1024) * 50 + r + (j % 1024) % 7); /* plane * 50 + ... */
+    }
+    write_bytes("t_c1.bin", rec, 2 * 3073);
+    write_bytes("t_c2.bin", rec + 2 * 3073, 3073);
+    CHECK(ebm_cifar10_load(&ds, paths, 2, &e) == EBM_OK, "cifar: %s", e.msg);
+    CHECK(ds.n == 3 && ds.h == 32 && ds.w == 32 && ds.c == 3 && ds.labels[0] == 2 && ds.labels[2] == 4, "cifar shape/labels");
+    /* channels last: pixel p of image r is (R, G, B) from the three planes */
+    CHECK(ds.pixels && ds.pixels[3 * 5 + 0] == 0 + 0 + 5 && ds.pixels[3 * 5 + 1] == 50 + 5 && ds.pixels[3 * 5 + 2] == 100 + 5 &&
+              ds.pixels[2 * 3072 + 3 * 8 + 2] == 100 + 2 + 1, "cifar layout");
+    ebm_dataset_free(&ds);
+    write_bytes("t_c2.bin", rec, 3072); /* not whole records */
+    CHECK(ebm_cifar10_load(&ds, paths, 2, &e) == EBM_EFORMAT, "truncated cifar accepted");
+    rec[0] = 10;
+    write_bytes("t_c2.bin", rec, 3073);
+    CHECK(ebm_cifar10_load(&ds, paths, 2, &e) == EBM_EFORMAT && strstr(e.msg, "label"), "bad label accepted: %s", e.msg);
+    remove("t_c1.bin"); remove("t_c2.bin");
+}
+
+/* PNG: the file's chunks carry correct CRCs, and inflating its IDAT gives back
+   the filtered rows of the image. */
+static void test_png_writer(void)
+{
+    unsigned char img[3 * 7 * 5], *p, out[200];
+    size_t n, off = 8, got = 0;
+    int i, seen_idat = 0;
+    ebm_error e;
+    for (i = 0; i < 3 * 7 * 5; i++) img[i] = (unsigned char)(i * 13);
+    CHECK(ebm_png_save("t.png", img, 7, 5, 3, "a test", &e) == EBM_OK, "png: %s", e.msg);
+    p = read_bytes("t.png", &n);
+    CHECK(p && n > 8 && memcmp(p, "\x89PNG\r\n\x1a\n", 8) == 0, "png signature");
+    while (p && off + 12 <= n) {
+        uint32_t len = ebm__be32(p + off);
+        CHECK(off + 12 + len <= n, "chunk overruns the file");
+        if (off + 12 + len > n) break;
+        CHECK(ebm__crc32(0, p + off + 4, 4 + len) == ebm__be32(p + off + 8 + len), "chunk CRC");
+        if (!memcmp(p + off + 4, "IDAT", 4)) {
+            ebm__inflater s;
+            memset(&s, 0, sizeof s);
+            s.src = p + off + 10; s.len = len - 6; s.dst = out; s.cap = sizeof out;
+            CHECK(ebm__inflate(&s, 0) == 0, "IDAT does not inflate");
+            got = s.out;
+            CHECK(ebm__be32(p + off + 8 + len - 4) == ebm__adler32(1, out, got), "zlib Adler-32");
+            seen_idat = 1;
+        }
+        off += 12 + len;
+    }
+    CHECK(seen_idat && got == 5 * (1 + 21), "IDAT: %lu bytes", (unsigned long)got);
+    for (i = 0; i < 5 && got == 110; i++) CHECK(out[i * 22] == 0 && !memcmp(out + i * 22 + 1, img + i * 21, 21), "row %d", i);
+    CHECK(ebm_png_save("t.png", img, 0, 5, 3, NULL, &e) == EBM_EINVAL, "zero width accepted");
+    free(p);
+    remove("t.png");
+}
+
+static void test_npy_roundtrip(void)
+{
+    float a[2 * 3 * 4], *b = NULL;
+    int shape[3] = { 2, 3, 4 }, s2[4], nd = 0, i, same = 1;
+    ebm_error e;
+    for (i = 0; i < 24; i++) a[i] = (float)i * 0.5f - 3;
+    CHECK(ebm_npy_save("t.npy", a, 3, shape, &e) == EBM_OK, "save");
+    CHECK(ebm_npy_load("t.npy", &b, &nd, s2, &e) == EBM_OK, "load: %s", e.msg);
+    for (i = 0; b && i < 24; i++) same &= a[i] == b[i];
+    CHECK(nd == 3 && s2[0] == 2 && s2[1] == 3 && s2[2] == 4 && same, "roundtrip");
+    free(b);
+    write_bytes("t.npy", (const unsigned char *)"\x93NUMPY\x01\x00\x10\x00{'descr': '<f8'", 26);
+    CHECK(ebm_npy_load("t.npy", &b, &nd, s2, &e) == EBM_EFORMAT, "bad npy accepted");
+    remove("t.npy");
+}
+
+/* A small trainer on 2-D data: MLP energy, persistent chains. */
+static void toy_trainer(ebm_trainer *t, ebm_model *m, int start, float lr, uint64_t seed)
+{
+    ebm_train_config c;
+    ebm_error e;
+    ebm_model_mlp_prior(m, 2, 32, EBM_ACT_SILU, 0.0f, seed);
+    ebm_train_config_default(&c);
+    c.batch = 32; c.start = start; c.buffer_size = 100; c.reinit = 0.1f;
+    c.chain.form = EBM_LANGEVIN_EPS; c.chain.eps = 0.3f; c.chain.box = EBM_BOX_REFLECT; c.chain.lo = -4.5f; c.chain.hi = 4.5f; c.chain.n_steps = 5;
+    c.data_noise = 0.01f; c.lr = lr; c.energy_reg = 0.01f; c.schedule = EBM_LR_COSINE; c.total_iters = 40; c.seed = seed;
+    CHECK(ebm_trainer_init(t, m, &c, &e) == EBM_OK, "trainer_init: %s", e.msg);
+}
+
+static void toy_batch(long iter, float *x)
+{
+    ebm_rng r;
+    r.seed = 3; r.stream = 77;
+    ebm_toy_sample(EBM_TOY_8GAUSSIANS, &r, (uint64_t)iter * 32, x, 32);
+}
+
+/* A run interrupted by a checkpoint and resumed equals, bit for bit, one that
+   never stopped: model, optimiser moments, replay buffer, diagnostics. */
+static void test_checkpoint_resume_bit_identical(void)
+{
+    ebm_trainer a, b;
+    ebm_model ma, mb;
+    ebm_error e;
+    float x[64], saved[100 * 2];
+    int i, s;
+    for (s = EBM_START_UNIFORM; s <= EBM_START_PERSISTENT; s++) {
+        toy_trainer(&a, &ma, s, 1e-2f, 9);
+        for (i = 0; i < 20; i++) { toy_batch(i, x); CHECK(ebm_trainer_step(&a, x) == EBM_OK, "step: %s", a.err.msg); }
+        CHECK(ebm_trainer_save(&a, "t.ckpt", &e) == EBM_OK, "save: %s", e.msg);
+        if (a.buffer) memcpy(saved, a.buffer, sizeof saved);
+        for (i = 20; i < 30; i++) { toy_batch(i, x); ebm_trainer_step(&a, x); }
+        CHECK(ebm_trainer_load(&b, &mb, "t.ckpt", &e) == EBM_OK, "load: %s", e.msg);
+        CHECK(b.iter == 20, "iteration %ld", b.iter);
+        CHECK(!a.buffer || (b.buffer && !memcmp(saved, b.buffer, sizeof saved)), "the replay buffer did not round-trip");
+        CHECK(!memcmp(&a.cfg, &b.cfg, sizeof a.cfg), "the settings did not round-trip");
+        for (i = 20; i < 30 && b.model; i++) { toy_batch(i, x); ebm_trainer_step(&b, x); }
+        CHECK(b.model && memcmp(ma.params, mb.params, ma.n_params * 4) == 0 && memcmp(ma.m1, mb.m1, ma.n_params * 4) == 0 &&
+                  memcmp(ma.m2, mb.m2, ma.n_params * 4) == 0 && a.d_t == b.d_t && a.r_t == b.r_t,
+              "start %s: resumed run differs", ebm_start_name(s));
+        if (s == EBM_START_PERSISTENT) CHECK(b.buffer && memcmp(a.buffer, b.buffer, 100 * 2 * 4) == 0, "replay buffer differs");
+        ebm_trainer_free(&a); ebm_model_free(&ma);
+        ebm_trainer_free(&b); ebm_model_free(&mb);
+    }
+    remove("t.ckpt");
+}
+
+/* A corrupted or truncated checkpoint is refused with EFORMAT and a reason. */
+static void test_checkpoint_refuses_damage(void)
+{
+    ebm_trainer a, b;
+    ebm_model ma, mb;
+    ebm_error e;
+    unsigned char *p;
+    size_t n;
+    toy_trainer(&a, &ma, EBM_START_PERSISTENT, 1e-2f, 4);
+    CHECK(ebm_trainer_save(&a, "t.ckpt", &e) == EBM_OK, "save");
+    p = read_bytes("t.ckpt", &n);
+    CHECK(p != NULL, "read back");
+    if (p) {
+        p[n / 2] ^= 1;
+        write_bytes("t_bad.ckpt", p, n);
+        CHECK(ebm_trainer_load(&b, &mb, "t_bad.ckpt", &e) == EBM_EFORMAT && strstr(e.msg, "checksum"), "corrupted: %s", e.msg);
+        p[n / 2] ^= 1;
+        write_bytes("t_bad.ckpt", p, n - 7);
+        CHECK(ebm_trainer_load(&b, &mb, "t_bad.ckpt", &e) == EBM_EFORMAT, "truncated checkpoint accepted");
+        write_bytes("t_bad.ckpt", p, 10);
+        CHECK(ebm_trainer_load(&b, &mb, "t_bad.ckpt", &e) == EBM_EFORMAT, "stub checkpoint accepted");
+        free(p);
+    }
+    CHECK(ebm_model_load(&mb, "t.ckpt", &e) == EBM_OK && mb.n_params == ma.n_params && !memcmp(mb.params, ma.params, ma.n_params * 4),
+          "model from a trainer checkpoint: %s", e.msg);
+    ebm_model_free(&mb);
+    ebm_trainer_free(&a); ebm_model_free(&ma);
+    remove("t.ckpt"); remove("t_bad.ckpt");
+}
+
+/* An absurd learning rate: the trainer reports divergence and leaves the
+   model as it was before the failing iteration (never a non-finite step). */
+static void test_trainer_detects_divergence(void)
+{
+    ebm_trainer a;
+    ebm_model ma;
+    float x[64], *before;
+    int i, rc = EBM_OK, finite = 1;
+    size_t j;
+    toy_trainer(&a, &ma, EBM_START_UNIFORM, 1e6f, 2);
+    a.cfg.schedule = EBM_LR_CONSTANT;
+    a.cfg.energy_reg = 0;
+    a.cfg.optimizer = EBM_OPT_SGD;
+    before = (float *)malloc(ma.n_params * sizeof *before);
+    for (i = 0; i < 50 && rc == EBM_OK; i++) {
+        memcpy(before, ma.params, ma.n_params * sizeof *before);
+        toy_batch(i, x);
+        rc = ebm_trainer_step(&a, x);
+    }
+    CHECK(rc == EBM_EDIVERGED && strstr(a.err.msg, "diverged"), "lr 1e6 not reported as divergence (rc %d after %d iterations)", rc, i);
+    for (j = 0; j < ma.n_params; j++) finite &= ma.params[j] == ma.params[j] && fabsf(ma.params[j]) < 1e30f;
+    CHECK(finite && memcmp(before, ma.params, ma.n_params * 4) == 0, "the diverging iteration changed the model");
+    free(before);
+    ebm_trainer_free(&a); ebm_model_free(&ma);
+}
+
+/* The trainer's parameter gradient is that of its loss, mean f(x-) - mean
+   f(x+) + alpha (mean f(x+)^2 + mean f(x-)^2): with K = 0 data-started chains
+   and no noise the loss is a function of theta alone; one SGD step of lr 1
+   reveals the gradient, compared with central differences in double. */
+static void test_trainer_gradient_is_the_loss_gradient(void)
+{
+    ebm_trainer a;
+    ebm_model m;
+    ebm_train_config c;
+    ebm_error e;
+    float x[64], xn[64], *theta, *after;
+    double worst = 0;
+    size_t j;
+    int i;
+    ebm_model_mlp_prior(&m, 2, 8, EBM_ACT_SILU, 0.0f, 5);
+    ebm_train_config_default(&c);
+    c.batch = 32; c.start = EBM_START_DATA; c.start_noise = 0.5f; c.chain.n_steps = 0; c.data_noise = 0;
+    c.optimizer = EBM_OPT_SGD; c.lr = 1.0f; c.energy_reg = 3.0f; c.schedule = EBM_LR_CONSTANT; c.max_abs_dt = 1e20f;
+    CHECK(ebm_trainer_init(&a, &m, &c, &e) == EBM_OK, "init: %s", e.msg);
+    toy_batch(0, x);
+    theta = (float *)malloc(m.n_params * sizeof *theta);
+    memcpy(theta, m.params, m.n_params * sizeof *theta);
+    /* the chain starts x-: data + 0.5 noise, as the trainer draws them */
+    {
+        ebm_rng rs;
+        size_t k;
+        rs.seed = c.seed; rs.stream = EBM__S_START;
+        for (i = 0; i < 32; i++) {
+            float xi[2];
+            ebm__rng_normal_at(&rs, (uint64_t)i, 0, 0, xi, 2);
+            for (k = 0; k < 2; k++) xn[2 * i + k] = x[2 * i + k] + 0.5f * xi[k];
+        }
+    }
+    CHECK(ebm_trainer_step(&a, x) == EBM_OK, "step: %s", a.err.msg);
+    after = (float *)malloc(m.n_params * sizeof *after);
+    memcpy(after, m.params, m.n_params * sizeof *after);
+    for (j = 0; j < m.n_params; j += 37) {
+        double lp[2], h = 1e-2, g_fd, g_tr = (double)theta[j] - after[j];
+        int sgn;
+        for (sgn = 0; sgn < 2; sgn++) {
+            float fpz[32], fnz[32];
+            double fp = 0, fn = 0, fp2 = 0, fn2 = 0;
+            memcpy(m.params, theta, m.n_params * sizeof *theta);
+            m.params[j] = (float)(theta[j] + (sgn ? -h : h));
+            ebm_model_score(&m, a.graph, x, 32, fpz, NULL);
+            ebm_model_score(&m, a.graph, xn, 32, fnz, NULL);
+            for (i = 0; i < 32; i++) { fp += fpz[i] / 32.0; fn += fnz[i] / 32.0; fp2 += (double)fpz[i] * fpz[i] / 32.0; fn2 += (double)fnz[i] * fnz[i] / 32.0; }
+            lp[sgn] = fn - fp + 3.0 * (fp2 + fn2);
+        }
+        g_fd = (lp[0] - lp[1]) / (2 * h);
+        if (fabs(g_fd - g_tr) / (fabs(g_fd) + 1e-3) > worst) worst = fabs(g_fd - g_tr) / (fabs(g_fd) + 1e-3);
+    }
+    CHECK(worst < 2e-2, "trainer gradient vs finite differences: worst relative error %.3g", worst);
+    free(theta); free(after);
+    ebm_trainer_free(&a); ebm_model_free(&m);
+}
+
+static void test_trainer_bad_settings(void)
+{
+    ebm_trainer t;
+    ebm_model m;
+    ebm_train_config c;
+    ebm_error e;
+    ebm_model_mlp_prior(&m, 2, 8, EBM_ACT_SILU, 0.0f, 5);
+    ebm_train_config_default(&c);
+    c.batch = 0;
+    CHECK(ebm_trainer_init(&t, &m, &c, &e) == EBM_EINVAL && e.msg[0], "batch 0 accepted");
+    ebm_train_config_default(&c);
+    c.reinit = 2;
+    CHECK(ebm_trainer_init(&t, &m, &c, &e) == EBM_EINVAL, "reinit 2 accepted");
+    ebm_train_config_default(&c);
+    c.schedule = EBM_LR_COSINE; c.total_iters = 0;
+    CHECK(ebm_trainer_init(&t, &m, &c, &e) == EBM_EINVAL, "cosine schedule without a length accepted");
+    ebm_train_config_default(&c);
+    c.lr = -1;
+    CHECK(ebm_trainer_init(&t, &m, &c, &e) == EBM_EINVAL, "negative lr accepted");
+    ebm_model_free(&m);
+}
+
+/* A 2-D Gaussian mixture written as an energy with reference q = N(0, s^2 I):
+   f(x) = (softplus(u) + softplus(-u)) / 2 = log(2 cosh(u/2)), u = 2 mu.x / s^2
+   + log(w1/w2), gives exp(f) q proportional to w1 N(mu, s^2) + w2 N(-mu, s^2). */
+static void mixture_energy(ebm_model *m, const double mu[2], double s, double w1)
+{
+    ebm_model_init(m, 2, 1, 1);
+    ebm_model_add_linear(m, 2, 1);
+    ebm_model_add_act(m, EBM_ACT_SOFTPLUS, 0.0f);
+    ebm_model_add_linear(m, 1, 0);
+    ebm_model_alloc(m, 1);
+    /* linear weights are (I, O): w[i * O + o]; then the biases */
+    m->params[m->layer[0].w_off + 0] = (float)(2 * mu[0] / (s * s)); m->params[m->layer[0].w_off + 1] = (float)(-2 * mu[0] / (s * s));
+    m->params[m->layer[0].w_off + 2] = (float)(2 * mu[1] / (s * s)); m->params[m->layer[0].w_off + 3] = (float)(-2 * mu[1] / (s * s));
+    m->params[m->layer[0].b_off + 0] = (float)log(w1 / (1 - w1)); m->params[m->layer[0].b_off + 1] = (float)-log(w1 / (1 - w1));
+    m->params[m->layer[2].w_off + 0] = 0.5f; m->params[m->layer[2].w_off + 1] = 0.5f;
+}
+
+/* Moments along mu's direction (a) and across it (b), the fraction on mu's
+   side, each with its standard error from the samples themselves. */
+typedef struct { double mean_a, var_a, var_b, frac, se_mean, se_var_a, se_var_b, se_frac; } mix_stats;
+static mix_stats mixture_stats(const float *x, int n, const double mu[2])
+{
+    mix_stats st;
+    double nm = sqrt(mu[0] * mu[0] + mu[1] * mu[1]), ua = mu[0] / nm, ub = mu[1] / nm, m4a = 0, m4b = 0, sb = 0;
+    int i;
+    memset(&st, 0, sizeof st);
+    for (i = 0; i < n; i++) {
+        double a = x[2 * i] * ua + x[2 * i + 1] * ub;
+        st.mean_a += a / n; st.frac += (a > 0) / (double)n; sb += (-x[2 * i] * ub + x[2 * i + 1] * ua) / n;
+    }
+    for (i = 0; i < n; i++) {
+        double a = x[2 * i] * ua + x[2 * i + 1] * ub - st.mean_a, b = -x[2 * i] * ub + x[2 * i + 1] * ua - sb;
+        st.var_a += a * a / n; st.var_b += b * b / n; m4a += a * a * a * a / n; m4b += b * b * b * b / n;
+    }
+    st.se_mean = sqrt(st.var_a / n); st.se_frac = sqrt(st.frac * (1 - st.frac) / n);
+    st.se_var_a = sqrt((m4a - st.var_a * st.var_a) / n); st.se_var_b = sqrt((m4b - st.var_b * st.var_b) / n);
+    return st;
+}
+
+/* MALA (step adapted in burn-in, then fixed) and unadjusted Langevin on the
+   mixture 0.7 N(mu, s^2) + 0.3 N(-mu, s^2), mu = (0.8, 0.6), s = 0.6, with
+   8,000 independent chains from N(0, 1.5^2): the mean, variance along and
+   across mu and the weight of mu's side agree with the exact values
+     mean 0.4 |mu|, var along s^2 + |mu|^2 (1 - 0.4^2), var across s^2,
+     P(side of mu) = 0.7 Phi(|mu|/s) + 0.3 Phi(-|mu|/s)
+   within 5 standard errors (MALA: exact; 100 adapting steps, then 300).
+   Unadjusted Langevin (600 steps of eps = 0.2) has a step-size bias of order
+   eps^2; for a Gaussian of variance v it is v eps^2 / (4 v - eps^2) on the
+   variance (1% here), so its variances are allowed 2 v eps^2 / 4 on top of
+   the sampling error. */
+static void test_samplers_on_2d_mixture(void)
+{
+    const double mu[2] = { 0.8, 0.6 }, s = 0.6, w1 = 0.7, nm = 1.0;
+    const int n = 8000;
+    const double mean_true = (2 * w1 - 1) * nm, var_a_true = s * s + nm * nm * (1 - (2 * w1 - 1) * (2 * w1 - 1)), var_b_true = s * s;
+    const double phi = 0.5 * (1 + erf(nm / s / sqrt(2.0))), frac_true = w1 * phi + (1 - w1) * (1 - phi);
+    ebm_model m;
+    ebm_graph *g = new_graph(64);
+    ebm_langevin cfg, ad;
+    ebm_rng r, r0;
+    float *x = falloc(2 * (size_t)n);
+    double acc = 0;
+    int i, method;
+    mixture_energy(&m, mu, s, w1);
+    r0.seed = 21; r0.stream = EBM_STREAM_USER + 9;
+    for (method = 0; method < 2; method++) {
+        mix_stats st;
+        double bias_a = 0, bias_b = 0;
+        ebm_chain_start(EBM_START_GAUSSIAN, &r0, 0, 0, 0, 0, x, n, 2);
+        for (i = 0; i < 2 * n; i++) x[i] *= 1.5f;
+        ebm_langevin_default(&cfg);
+        cfg.form = EBM_LANGEVIN_EPS; cfg.sigma_q = (float)s; cfg.box = EBM_BOX_NONE;
+        r.seed = 5; r.stream = EBM_STREAM_USER + 10 + (uint32_t)method;
+        if (method == 0) {
+            cfg.eps = 0.1f; cfg.n_steps = 300;
+            CHECK(ebm_mala_adapt(&m, g, &cfg, &r, 0, x, n, 100, 0.57, &ad) == EBM_OK, "adapt: %s", gmsg(g));
+            CHECK(ebm_mala_run(&m, g, &ad, &r, 0, x, n, &acc, NULL) == EBM_OK, "mala: %s", gmsg(g));
+            CHECK(acc > 0.47 && acc < 0.67, "MALA acceptance %.3f after adapting eps 0.1 -> %.3f towards 0.57", acc, (double)ad.eps);
+        } else {
+            cfg.eps = 0.2f; cfg.n_steps = 600;
+            CHECK(ebm_langevin_run(&m, g, &cfg, &r, 0, x, n, NULL) == EBM_OK, "langevin: %s", gmsg(g));
+            bias_a = 2 * var_a_true * cfg.eps * cfg.eps / 4; bias_b = 2 * var_b_true * cfg.eps * cfg.eps / 4;
+        }
+        st = mixture_stats(x, n, mu);
+        CHECK(fabs(st.mean_a - mean_true) < 5 * st.se_mean, "%s: mean along mu %.4f, exact %.4f (5 se %.4f)", method ? "langevin" : "mala", st.mean_a, mean_true, 5 * st.se_mean);
+        CHECK(fabs(st.var_a - var_a_true) < 5 * st.se_var_a + bias_a, "%s: variance along mu %.4f, exact %.4f (5 se %.4f + bias %.4f)", method ? "langevin" : "mala", st.var_a, var_a_true, 5 * st.se_var_a, bias_a);
+        CHECK(fabs(st.var_b - var_b_true) < 5 * st.se_var_b + bias_b, "%s: variance across mu %.4f, exact %.4f (5 se %.4f + bias %.4f)", method ? "langevin" : "mala", st.var_b, var_b_true, 5 * st.se_var_b, bias_b);
+        CHECK(fabs(st.frac - frac_true) < 5 * st.se_frac, "%s: weight of mu's side %.4f, exact %.4f (5 se %.4f)", method ? "langevin" : "mala", st.frac, frac_true, 5 * st.se_frac);
+    }
+    free(x);
+    ebm_graph_destroy(g);
+    ebm_model_free(&m);
+}
