@@ -3115,8 +3115,8 @@ static int ebm__energy_grad(ebm_model *m, ebm_graph *g, float *x, int n, float *
 EBMDEF int ebm_mala_run(ebm_model *m, ebm_graph *g, const ebm_langevin *c, const ebm_rng *rng,
                         uint64_t first_sample, float *x, int n, double *accept_rate, double *grad_norm)
 {
-    int k, i;
-    size_t D, j, nD;
+    int k;
+    size_t D, nD;
     float a, b, inv_q, *xp, *gc, *gp, *fc, *fp;
     double T, accepted = 0, gsum = 0;
     ebm_rng ur;
@@ -3138,44 +3138,62 @@ EBMDEF int ebm_mala_run(ebm_model *m, ebm_graph *g, const ebm_langevin *c, const
     if (ebm__energy_grad(m, g, x, n, fc, gc) != EBM_OK) return g->err.status;
     for (k = 0; k < c->n_steps; k++) {
         uint32_t step = c->first_step + (uint32_t)k;
-        /* proposal x' = x + a (grad f - x/sigma_q^2) + b xi */
-        for (i = 0; i < n; i++) {
-            double nrm = 0;
-            for (j = 0; j < D; j++) nrm += (double)gc[(size_t)i * D + j] * gc[(size_t)i * D + j];
-            gsum += sqrt(nrm);
-        }
-        for (i = 0; i < n; i++) {
-            float xi[256];
-            for (j = 0; j < D; j += 256) {
-                size_t t, len = D - j < 256 ? D - j : 256, o = (size_t)i * D + j;
-                ebm__rng_normal_at(rng, first_sample + (uint64_t)i, step, j, xi, len);
-                for (t = 0; t < len; t++) xp[o + t] = x[o + t] + a * (gc[o + t] - inv_q * x[o + t]) + b * xi[t];
+        double part_g[EBM__SAMPLE_CHUNKS], part_a[EBM__SAMPLE_CHUNKS];
+        long q;
+        /* proposal x' = x + a (grad f - x/sigma_q^2) + b xi, in the fixed
+           sample groups of ebm_langevin_run (r_t summed per group, in order) */
+        EBM__PARALLEL_FOR_IF(n > 1)
+        for (q = 0; q < EBM__SAMPLE_CHUNKS; q++) {
+            int i0 = (int)((long)n * q / EBM__SAMPLE_CHUNKS), i1 = (int)((long)n * (q + 1) / EBM__SAMPLE_CHUNKS), ii;
+            part_g[q] = 0;
+            for (ii = i0; ii < i1; ii++) {
+                float xi[256];
+                double nrm = 0;
+                size_t jj;
+                for (jj = 0; jj < D; jj += 256) {
+                    size_t t, len = D - jj < 256 ? D - jj : 256, o = (size_t)ii * D + jj;
+                    ebm__rng_normal_at(rng, first_sample + (uint64_t)ii, step, jj, xi, len);
+                    for (t = 0; t < len; t++) {
+                        nrm += (double)gc[o + t] * gc[o + t];
+                        xp[o + t] = x[o + t] + a * (gc[o + t] - inv_q * x[o + t]) + b * xi[t];
+                    }
+                }
+                part_g[q] += sqrt(nrm);
             }
         }
+        for (q = 0; q < EBM__SAMPLE_CHUNKS; q++) gsum += part_g[q];
         ebm__mark_set(g, mk);
         if (ebm__energy_grad(m, g, xp, n, fp, gp) != EBM_OK) return g->err.status;
-        for (i = 0; i < n; i++) {
-            const float *X = x + (size_t)i * D, *P = xp + (size_t)i * D, *GX = gc + (size_t)i * D, *GP = gp + (size_t)i * D;
-            double lq_fwd = 0, lq_bwd = 0, nx = 0, np_ = 0, log_alpha;
-            float u;
-            int inside = 1;
-            for (j = 0; j < D; j++) {
-                double df = P[j] - X[j] - a * (GX[j] - inv_q * X[j]); /* x' - mu(x) */
-                double db = X[j] - P[j] - a * (GP[j] - inv_q * P[j]); /* x - mu(x') */
-                lq_fwd += df * df; lq_bwd += db * db;
-                nx += (double)X[j] * X[j]; np_ += (double)P[j] * P[j];
-                if (c->box != EBM_BOX_NONE && (P[j] < c->lo || P[j] > c->hi)) inside = 0;
-            }
-            log_alpha = ((fp[i] - 0.5 * inv_q * np_) - (fc[i] - 0.5 * inv_q * nx)) / T
-                      + (lq_fwd - lq_bwd) / (2.0 * (double)b * b);
-            ebm_rng_uniform(&ur, first_sample + (uint64_t)i, step, 0.0f, 1.0f, &u, 1);
-            if (inside && log((double)u + 1e-300) < log_alpha) {
-                memcpy(x + (size_t)i * D, P, D * sizeof(float));
-                memcpy(gc + (size_t)i * D, GP, D * sizeof(float));
-                fc[i] = fp[i];
-                accepted += 1;
+        /* accept or reject each sample: the Metropolis-Hastings test */
+        EBM__PARALLEL_FOR_IF(n > 1)
+        for (q = 0; q < EBM__SAMPLE_CHUNKS; q++) {
+            int i0 = (int)((long)n * q / EBM__SAMPLE_CHUNKS), i1 = (int)((long)n * (q + 1) / EBM__SAMPLE_CHUNKS), ii;
+            part_a[q] = 0;
+            for (ii = i0; ii < i1; ii++) {
+                const float *X = x + (size_t)ii * D, *P = xp + (size_t)ii * D, *GX = gc + (size_t)ii * D, *GP = gp + (size_t)ii * D;
+                double lq_fwd = 0, lq_bwd = 0, nx = 0, np_ = 0, log_alpha;
+                float u;
+                int inside = 1;
+                size_t jj;
+                for (jj = 0; jj < D; jj++) {
+                    double df = P[jj] - X[jj] - a * (GX[jj] - inv_q * X[jj]); /* x' - mu(x) */
+                    double db = X[jj] - P[jj] - a * (GP[jj] - inv_q * P[jj]); /* x - mu(x') */
+                    lq_fwd += df * df; lq_bwd += db * db;
+                    nx += (double)X[jj] * X[jj]; np_ += (double)P[jj] * P[jj];
+                    if (c->box != EBM_BOX_NONE && (P[jj] < c->lo || P[jj] > c->hi)) inside = 0;
+                }
+                log_alpha = ((fp[ii] - 0.5 * inv_q * np_) - (fc[ii] - 0.5 * inv_q * nx)) / T
+                          + (lq_fwd - lq_bwd) / (2.0 * (double)b * b);
+                ebm_rng_uniform(&ur, first_sample + (uint64_t)ii, step, 0.0f, 1.0f, &u, 1);
+                if (inside && log((double)u + 1e-300) < log_alpha) {
+                    memcpy(x + (size_t)ii * D, P, D * sizeof(float));
+                    memcpy(gc + (size_t)ii * D, GP, D * sizeof(float));
+                    fc[ii] = fp[ii];
+                    part_a[q] += 1;
+                }
             }
         }
+        for (q = 0; q < EBM__SAMPLE_CHUNKS; q++) accepted += part_a[q];
     }
     if (accept_rate) *accept_rate = c->n_steps ? accepted / ((double)c->n_steps * n) : 0.0;
     if (grad_norm) *grad_norm = c->n_steps ? gsum / ((double)c->n_steps * n) : 0.0;
