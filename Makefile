@@ -66,7 +66,8 @@ test: $(TEST_BINS) $(EXAMPLES)
 	echo "$$p passed, $$f failed"; [ $$f -eq 0 ]
 
 # The image trainer on Fashion-MNIST: 6 iterations straight, and 3 + resume
-# to 6, must give byte-identical checkpoints and samples.
+# to 6, must give byte-identical checkpoints and samples; a diverging run
+# must stop with status 3, or roll back.
 FMNIST = /usr/share/datasets/fashion-mnist
 RUN_SMALL = OMP_NUM_THREADS=2 ./$(B)/train_images --nf 8 --k 5 --buffer 300 --start persistent --samples 8 --total-iters 6
 resume-check: $(B)/train_images
@@ -77,6 +78,14 @@ resume-check: $(B)/train_images
 	cmp $(B)/rc_a/ckpt.bin $(B)/rc_b/ckpt.bin
 	cmp $(B)/rc_a/samples.npy $(B)/rc_b/samples.npy
 	@echo "resume-check: byte-identical"
+	@# an absurd learning rate: reported as divergence (exit 3), or rolled back to the last checkpoint
+	rm -rf $(B)/rc_d; OMP_NUM_THREADS=2 ./$(B)/train_images --nf 8 --k 5 --lr 10 --iters 40 --samples 0 --on-diverge stop \
+	  --out $(B)/rc_d > $(B)/rc_d.log 2>&1; test $$? -eq 3
+	grep -q 'status=diverged' $(B)/rc_d.log
+	rm -rf $(B)/rc_d; OMP_NUM_THREADS=2 ./$(B)/train_images --nf 8 --k 5 --lr 10 --iters 40 --samples 0 --save-minutes 0 \
+	  --on-diverge rollback --out $(B)/rc_d > $(B)/rc_d.log 2>&1 || true
+	grep -q 'rolled back to iteration' $(B)/rc_d.log
+	@echo "resume-check: divergence stopped and rolled back"
 
 test-quick: $(B)/test_c99
 	cd $(B) && ./test_c99

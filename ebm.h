@@ -1,4 +1,4 @@
-/* ebm.h - energy-based models in plain C, one header.                 v0.1.0
+/* ebm.h - energy-based models in plain C, one header.                 v0.2.0
 
    Train and sample energy-based models p(x) = exp(f(x)) q(x) / Z with a ConvNet
    f, Langevin MCMC and autograd (including gradients of gradients), using only
@@ -23,6 +23,15 @@
        ebm_model_score(&m, g, x, 8, f, dx);                // f(x) and grad_x f(x)
        ebm_graph_destroy(g); ebm_model_free(&m);
 
+   TRAINING (maximum likelihood with Langevin chains; see examples/)
+
+       ebm_train_config c; ebm_trainer t;
+       ebm_train_config_default(&c);                       // short-run image recipe
+       ebm_model_convnet(&m, 1, 28, 16, EBM_ACT_LEAKY_RELU, 0.2f, 1);
+       ebm_trainer_init(&t, &m, &c, &err);
+       for (...) { fill xb with c.batch data images; ebm_trainer_step(&t, xb); }
+       ebm_trainer_save(&t, "ckpt.bin", &err);             // resume: ebm_trainer_load
+
    Images are float32, channels last (N, H, W, C) inside the library; the
    PyTorch-layout helpers (ebm_nchw_to_nhwc, ebm_model_export_torch) convert at
    the edges.
@@ -40,6 +49,8 @@
        6c. 2-D data     built-in data sets with known densities, exact NLL
        6d. trainer      maximum likelihood: chain starts, replay buffer,
                         diagnostics d_t and r_t, divergence, schedules
+       6e. generator    the short-run chain as a function of its noise, and
+                        its gradient by reverse mode through every step
        7. file formats  NPY; CRC-32, inflate and gzip; IDX and CIFAR-10
                         readers; PNG grids and plots; checkpoints
 
@@ -49,6 +60,10 @@
        EBM_ASSERT(c)          internal-invariant check (default: assert)
        EBM_NO_SIMD            use the scalar reference kernels (slower)
        EBM_MAX_LAYERS         layers per model (default 32)
+       EBM_DATA_MAX_BYTES     the most bytes a data file may declare (default 1 GiB)
+       EBM_CKPT_MAX_BYTES     the largest checkpoint read (default 4 GiB)
+       EBM_FASHION_MNIST_DIR  default directory of ebm_mnist_load
+                              ("/usr/share/datasets/fashion-mnist", Debian's)
    Compile with -ffp-contract=off (or without -ffast-math and with no FMA
    contraction) for results that are identical in C and C++ builds;
    -fopenmp to use threads.
@@ -71,7 +86,7 @@
 #ifndef EBM_H
 #define EBM_H
 
-#define EBM_VERSION "0.1.0"
+#define EBM_VERSION "0.2.0"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -513,6 +528,51 @@ EBMDEF int ebm_trainer_load(ebm_trainer *t, ebm_model *m, const char *path, ebm_
 /* A model alone: save, or build m (uninitialised) from any checkpoint. */
 EBMDEF int ebm_model_save(const ebm_model *m, const char *path, ebm_error *err);
 EBMDEF int ebm_model_load(ebm_model *m, const char *path, ebm_error *err);
+
+/* ---------------------------------------------------------------- the chain as a generator */
+
+/* A short-run chain x_K = M(z, u) (ALGORITHMS.md section 3) is a generator of
+   its initial noise z and Langevin noise u (u keyed by rng and the sample
+   indices). ebm_chain_record runs cfg->n_steps unadjusted steps from z
+   (n samples) like ebm_langevin_run and keeps every state: states holds
+   (K + 1) n D floats, states[k n D ..] = x_k; x_K is the last block.
+   ebm_chain_backward then maps dL/dx_K (gK, n D floats) to dL/dz (gz) by
+   reverse mode through every step: dL/dx_k = J_k^T dL/dx_{k+1} with
+   J_k = B_k ((1 - a / sigma_q^2) I + a H(x_k)), H the Hessian of f (a
+   Hessian-vector product per step) and B_k the box's derivative (1 inside,
+   0 where clamped, -1 where reflected). Size g for EBM_STEP_SECOND_ORDER. */
+EBMDEF int ebm_chain_record(ebm_model *m, ebm_graph *g, const ebm_langevin *cfg, const ebm_rng *rng, uint64_t first_sample,
+                            const float *z, int n, float *states);
+EBMDEF int ebm_chain_backward(ebm_model *m, ebm_graph *g, const ebm_langevin *cfg, const ebm_rng *rng, uint64_t first_sample,
+                              const float *states, int n, const float *gK, float *gz);
+
+/* Reconstruct target images (n samples) by gradient descent on the chain's
+   initial noise z (in/out; start it as the recipe starts its chains): each of
+   n_iters Adam steps (lr, betas 0.9 / 0.999) runs the chain and descends the
+   mean squared error of x_K against the target on the pixels where mask is 1
+   (mask NULL: all; 0/1 per coordinate, n D values: inpainting's known pixels).
+   x_out (may be NULL) receives the final x_K, *mse its error on the mask.
+   Allocates (K + 3) n D floats for the duration of the call. */
+EBMDEF int ebm_chain_reconstruct(ebm_model *m, ebm_graph *g, const ebm_langevin *cfg, const ebm_rng *rng, uint64_t first_sample,
+                                 const float *target, const float *mask, int n, float *z, int n_iters, float lr, float *x_out,
+                                 double *mse);
+/* Initial noises between z1 and z2 (D floats each) at rho in [0, 1]: linear
+   (1 - rho) z1 + rho z2 for uniform noise, or spherical for Gaussian noise,
+   c z1 + sqrt(1 - c^2) z2 with c = cos(rho pi/2), which keeps N(0, I). */
+EBMDEF void ebm_noise_interpolate(const float *z1, const float *z2, size_t D, float rho, int spherical, float *out);
+
+/* Conditional Langevin: after every step of ebm_langevin_run the chain is
+   put back on the set of images consistent with what is known:
+     EBM_KNOWN_PIXELS     x = known where mask is 1 (inpainting; known and
+                          mask are n D values, mask 0/1);
+     EBM_KNOWN_DOWNSAMPLE each 2x2 block is shifted so that its mean equals
+                          the known (n, H/2, W/2, C) image (2x super-resolution:
+                          the orthogonal projection onto images with that
+                          average-pooled copy); mask unused.
+   The projection is applied to x first, so the chain starts consistent. */
+enum { EBM_KNOWN_PIXELS, EBM_KNOWN_DOWNSAMPLE };
+EBMDEF int ebm_langevin_conditional(ebm_model *m, ebm_graph *g, const ebm_langevin *cfg, const ebm_rng *rng,
+                                    uint64_t first_sample, float *x, int n, int kind, const float *known, const float *mask);
 
 /* ---------------------------------------------------------------- data sets */
 
@@ -3428,6 +3488,7 @@ static int ebm__config_check(const ebm_train_config *c, ebm_error *err)
 {
     if (c->batch < 1 || c->batch > (1 << 20)) return ebm__fail(err, EBM_EINVAL, "trainer: batch %d", c->batch);
     if (c->start < EBM_START_UNIFORM || c->start > EBM_START_PERSISTENT) return ebm__fail(err, EBM_EINVAL, "trainer: unknown chain start %d", c->start);
+    if (c->restart != EBM_START_UNIFORM && c->restart != EBM_START_GAUSSIAN) return ebm__fail(err, EBM_EINVAL, "trainer: restarts must be uniform or Gaussian noise (got %d)", c->restart);
     if (c->start == EBM_START_PERSISTENT && (c->buffer_size < 1 || c->buffer_size > (1 << 24)))
         return ebm__fail(err, EBM_EINVAL, "trainer: replay buffer of %d", c->buffer_size);
     if (!(c->reinit >= 0 && c->reinit <= 1)) return ebm__fail(err, EBM_EINVAL, "trainer: re-initialisation probability %g", (double)c->reinit);
@@ -3498,11 +3559,27 @@ EBMDEF float ebm_trainer_lr(const ebm_trainer *t)
     return (float)(lr * t->lr_scale);
 }
 
+/* x[i] += sigma N(0, I) for samples first+i (step 0 of stream r). */
+static void ebm__add_noise(const ebm_rng *r, uint64_t first, float sigma, float *x, int n, size_t D)
+{
+    int i;
+    size_t j, k;
+    if (sigma <= 0) return;
+    for (i = 0; i < n; i++) {
+        float xi[256];
+        for (j = 0; j < D; j += 256) {
+            size_t len = D - j < 256 ? D - j : 256;
+            ebm__rng_normal_at(r, first + (uint64_t)i, 0, j, xi, len);
+            for (k = 0; k < len; k++) x[(size_t)i * D + j + k] += sigma * xi[k];
+        }
+    }
+}
+
 /* Fresh chains or chains from the buffer for samples first .. first+n-1. */
 static void ebm__chain_starts(ebm_trainer *t, uint64_t first, const float *x_data, float *x, int n)
 {
     const ebm_train_config *c = &t->cfg;
-    size_t D = (size_t)t->model->in_h * t->model->in_w * t->model->in_c, j;
+    size_t D = (size_t)t->model->in_h * t->model->in_w * t->model->in_c;
     ebm_rng rs = ebm__stream(c->seed, EBM__S_START), rc = ebm__stream(c->seed, EBM__S_COIN);
     int i;
     if (c->start == EBM_START_UNIFORM || c->start == EBM_START_GAUSSIAN) {
@@ -3511,15 +3588,7 @@ static void ebm__chain_starts(ebm_trainer *t, uint64_t first, const float *x_dat
     }
     if (c->start == EBM_START_DATA) { /* contrastive divergence: the data batch, plus noise */
         memcpy(x, x_data, (size_t)n * D * sizeof(float));
-        if (c->start_noise > 0)
-            for (i = 0; i < n; i++) {
-                float xi[256];
-                for (j = 0; j < D; j += 256) {
-                    size_t k, len = D - j < 256 ? D - j : 256;
-                    ebm__rng_normal_at(&rs, first + (uint64_t)i, 0, j, xi, len);
-                    for (k = 0; k < len; k++) x[(size_t)i * D + j + k] += c->start_noise * xi[k];
-                }
-            }
+        ebm__add_noise(&rs, first, c->start_noise, x, n, D);
         return;
     }
     /* persistent: sample i continues the chain in slot (first + i) mod size,
@@ -3555,7 +3624,7 @@ EBMDEF int ebm_trainer_step(ebm_trainer *t, const float *x_data)
 {
     const ebm_train_config *c;
     ebm_graph *g;
-    size_t D, j;
+    size_t D;
     int B, i, shape[4], ws[4];
     uint64_t first;
     float *xneg, *xpos, lr;
@@ -3580,15 +3649,7 @@ EBMDEF int ebm_trainer_step(ebm_trainer *t, const float *x_data)
     /* 2. x+ : the data, plus N(0, data_noise^2) */
     rn = ebm__stream(c->seed, EBM__S_DATA_NOISE);
     memcpy(xpos, x_data, (size_t)B * D * sizeof(float));
-    if (c->data_noise > 0)
-        for (i = 0; i < B; i++) {
-            float xi[256];
-            for (j = 0; j < D; j += 256) {
-                size_t k, len = D - j < 256 ? D - j : 256;
-                ebm__rng_normal_at(&rn, first + (uint64_t)i, 0, j, xi, len);
-                for (k = 0; k < len; k++) xpos[(size_t)i * D + j + k] += c->data_noise * xi[k];
-            }
-        }
+    ebm__add_noise(&rn, first, c->data_noise, xpos, B, D);
     /* 3. grad_theta of L = mean f(x-) - mean f(x+) [+ alpha (mean f(x+)^2 +
        mean f(x-)^2)], both halves in one batch: L's gradient is that of
        sum_i w_i f(x_i) with w_i = +-1/B [+ 2 alpha f(x_i) / B], the weights
@@ -3643,6 +3704,172 @@ EBMDEF int ebm_trainer_sample(ebm_trainer *t, uint64_t first, const float *x_dat
         int m = n - i < c->batch ? n - i : c->batch;
         if ((rc = ebm__chain_run(t, &rch, first + (uint64_t)i, x + (size_t)i * D, m, n_steps, &rt, &acc)) != EBM_OK)
             return ebm__tfail(t, rc, "trainer_sample: %s", ebm_graph_error(t->graph)->msg);
+    }
+    return EBM_OK;
+}
+
+/* ---------------------------------------------------------------- 6e. the chain as a generator */
+
+EBMDEF int ebm_chain_record(ebm_model *m, ebm_graph *g, const ebm_langevin *cfg, const ebm_rng *rng, uint64_t first_sample,
+                            const float *z, int n, float *states)
+{
+    ebm_langevin one;
+    size_t D, nD;
+    int k, rc;
+    if (!g) return EBM_EINVAL;
+    if (!m || !cfg || !z || !states || n < 1 || cfg->n_steps < 0)
+        return ebm__gfail(g, EBM_EINVAL, "chain_record: NULL argument, n < 1 or K < 0"), EBM_EINVAL;
+    D = (size_t)m->in_h * m->in_w * m->in_c;
+    nD = (size_t)n * D;
+    memcpy(states, z, nD * sizeof(float));
+    one = *cfg;
+    one.n_steps = 1;
+    for (k = 0; k < cfg->n_steps; k++) { /* step by step, the same bits as one K-step run */
+        memcpy(states + (size_t)(k + 1) * nD, states + (size_t)k * nD, nD * sizeof(float));
+        one.first_step = cfg->first_step + (uint32_t)k;
+        if ((rc = ebm_langevin_run(m, g, &one, rng, first_sample, states + (size_t)(k + 1) * nD, n, NULL)) != EBM_OK) return rc;
+    }
+    return EBM_OK;
+}
+
+EBMDEF int ebm_chain_backward(ebm_model *m, ebm_graph *g, const ebm_langevin *cfg, const ebm_rng *rng, uint64_t first_sample,
+                              const float *states, int n, const float *gK, float *gz)
+{
+    int k, i, shape[4];
+    size_t D, nD, j;
+    float a, b, inv_q;
+    if (!g) return EBM_EINVAL;
+    if (!gK || !gz || !states) return ebm__gfail(g, EBM_EINVAL, "chain_backward: NULL states or gradients"), EBM_EINVAL;
+    if (ebm__sampler_begin(m, g, cfg, rng, states, n, &a, &b) != EBM_OK) return g->err.status;
+    inv_q = cfg->sigma_q > 0 ? 1.0f / (cfg->sigma_q * cfg->sigma_q) : 0.0f;
+    D = (size_t)m->in_h * m->in_w * m->in_c;
+    nD = (size_t)n * D;
+    shape[0] = n; shape[1] = m->in_h; shape[2] = m->in_w; shape[3] = m->in_c;
+    if (gz != gK) memcpy(gz, gK, nD * sizeof(float)); /* gz may be gK */
+    for (k = cfg->n_steps - 1; k >= 0; k--) {
+        const float *xk = states + (size_t)k * nD;
+        ebm_var *xv, *y, *gx = NULL, *hv = NULL, *v;
+        ebm_graph_reset(g);
+        v = ebm_tensor(g, 4, shape);
+        xv = ebm_leaf(g, (float *)(uintptr_t)xk, 4, shape);
+        y = ebm_model_forward(m, g, xv);
+        if (ebm_grad(g, y, NULL, 1, &xv, &gx, 1) != EBM_OK || !v) return g->err.status;
+        /* v = B_k dL/dx_{k+1}: the box's derivative at this step's pre-box value */
+        for (i = 0; i < n; i++) {
+            float xi[256];
+            for (j = 0; j < D; j += 256) {
+                size_t t, len = D - j < 256 ? D - j : 256, o = (size_t)i * D + j;
+                ebm__rng_normal_at(rng, first_sample + (uint64_t)i, cfg->first_step + (uint32_t)k, j, xi, len);
+                for (t = 0; t < len; t++) {
+                    float pre = xk[o + t] + a * (gx->data[o + t] - inv_q * xk[o + t]) + b * xi[t], d = 1.0f;
+                    if (cfg->box == EBM_BOX_REFLECT) { /* as ebm__box: mirror at hi, then at lo, then clamp */
+                        if (pre > cfg->hi) { pre = 2 * cfg->hi - pre; d = -d; }
+                        if (pre < cfg->lo) { pre = 2 * cfg->lo - pre; d = -d; }
+                    }
+                    if (cfg->box != EBM_BOX_NONE && (pre < cfg->lo || pre > cfg->hi)) d = 0.0f;
+                    v->data[o + t] = d * gz[o + t];
+                }
+            }
+        }
+        /* dL/dx_k = (1 - a / sigma_q^2) v + a H v, H v = grad_x (v . grad_x f) */
+        if (ebm_grad(g, ebm_dot(g, gx, v), NULL, 1, &xv, &hv, 0) != EBM_OK) return g->err.status;
+        for (j = 0; j < nD; j++) gz[j] = (1.0f - a * inv_q) * v->data[j] + a * hv->data[j];
+    }
+    return EBM_OK;
+}
+
+EBMDEF int ebm_chain_reconstruct(ebm_model *m, ebm_graph *g, const ebm_langevin *cfg, const ebm_rng *rng, uint64_t first_sample,
+                                 const float *target, const float *mask, int n, float *z, int n_iters, float lr, float *x_out,
+                                 double *mse)
+{
+    size_t D, nD, j;
+    float *st, *m1, *m2, *gk;
+    double err = 0, cnt = 0;
+    int it, rc = EBM_OK;
+    if (!g) return EBM_EINVAL;
+    if (!m || !cfg || !target || !z || n < 1 || n_iters < 0 || !(lr >= 0))
+        return ebm__gfail(g, EBM_EINVAL, "chain_reconstruct: NULL argument, n < 1, n_iters < 0 or lr < 0"), EBM_EINVAL;
+    D = (size_t)m->in_h * m->in_w * m->in_c;
+    nD = (size_t)n * D;
+    st = (float *)EBM_MALLOC(((size_t)cfg->n_steps + 4) * nD * sizeof(float));
+    if (!st) return ebm__gfail(g, EBM_ENOMEM, "chain_reconstruct: no memory for %d states", cfg->n_steps + 1), EBM_ENOMEM;
+    m1 = st + ((size_t)cfg->n_steps + 1) * nD; m2 = m1 + nD; gk = m2 + nD;
+    memset(m1, 0, 2 * nD * sizeof(float));
+    for (j = 0; j < nD; j++) cnt += mask ? mask[j] : 1.0;
+    if (cnt <= 0) cnt = 1;
+    for (it = 0; it <= n_iters; it++) {
+        const float *xK;
+        if ((rc = ebm_chain_record(m, g, cfg, rng, first_sample, z, n, st)) != EBM_OK) break;
+        xK = st + (size_t)cfg->n_steps * nD;
+        err = 0;
+        for (j = 0; j < nD; j++) {
+            float w = mask ? mask[j] : 1.0f, e = xK[j] - target[j];
+            err += (double)w * e * e;
+            gk[j] = (float)(2.0 * w * e / cnt);
+        }
+        err /= cnt;
+        if (it == n_iters) break; /* the error of the final z */
+        if ((rc = ebm_chain_backward(m, g, cfg, rng, first_sample, st, n, gk, gk)) != EBM_OK) break;
+        { /* Adam on z, PyTorch's rule */
+            const float b1 = 0.9f, b2 = 0.999f;
+            float c1 = 1.0f - (float)pow(b1, it + 1), c2 = 1.0f - (float)pow(b2, it + 1);
+            for (j = 0; j < nD; j++) {
+                m1[j] = b1 * m1[j] + (1 - b1) * gk[j];
+                m2[j] = b2 * m2[j] + (1 - b2) * gk[j] * gk[j];
+                z[j] -= lr / c1 * m1[j] / (sqrtf(m2[j] / c2) + 1e-8f);
+            }
+        }
+    }
+    if (rc == EBM_OK && x_out) memcpy(x_out, st + (size_t)cfg->n_steps * nD, nD * sizeof(float));
+    if (mse) *mse = err;
+    EBM_FREE(st);
+    return rc;
+}
+
+EBMDEF void ebm_noise_interpolate(const float *z1, const float *z2, size_t D, float rho, int spherical, float *out)
+{
+    size_t j;
+    float a = 1.0f - rho, b = rho;
+    if (spherical) { a = (float)cos(rho * EBM__PI / 2); b = (float)sin(rho * EBM__PI / 2); }
+    for (j = 0; j < D; j++) out[j] = a * z1[j] + b * z2[j];
+}
+
+/* Put x (n images H x W x C) back on the images consistent with `known`. */
+static void ebm__project_known(const ebm_model *m, float *x, int n, int kind, const float *known, const float *mask)
+{
+    const int H = m->in_h, W = m->in_w, C = m->in_c;
+    size_t j, nD = (size_t)n * H * W * C;
+    int i, y, xx, c;
+    if (kind == EBM_KNOWN_PIXELS) {
+        for (j = 0; j < nD; j++) if (mask[j] != 0) x[j] = known[j];
+        return;
+    }
+    for (i = 0; i < n; i++)
+        for (y = 0; y + 1 < H; y += 2)
+            for (xx = 0; xx + 1 < W; xx += 2)
+                for (c = 0; c < C; c++) {
+                    float *p00 = x + (((size_t)i * H + y) * W + xx) * C + c, *p01 = p00 + C, *p10 = p00 + (size_t)W * C, *p11 = p10 + C;
+                    float shift = known[(((size_t)i * (H / 2) + y / 2) * (W / 2) + xx / 2) * C + c] - 0.25f * (*p00 + *p01 + *p10 + *p11);
+                    *p00 += shift; *p01 += shift; *p10 += shift; *p11 += shift;
+                }
+}
+
+EBMDEF int ebm_langevin_conditional(ebm_model *m, ebm_graph *g, const ebm_langevin *cfg, const ebm_rng *rng,
+                                    uint64_t first_sample, float *x, int n, int kind, const float *known, const float *mask)
+{
+    ebm_langevin one;
+    int k, rc;
+    if (!g) return EBM_EINVAL;
+    if (!m || !cfg || !x || !known || n < 1 || (kind != EBM_KNOWN_PIXELS && kind != EBM_KNOWN_DOWNSAMPLE) ||
+        (kind == EBM_KNOWN_PIXELS && !mask) || (kind == EBM_KNOWN_DOWNSAMPLE && (m->in_h % 2 || m->in_w % 2)))
+        return ebm__gfail(g, EBM_EINVAL, "langevin_conditional: NULL argument, unknown kind, or odd image size for downsampling"), EBM_EINVAL;
+    ebm__project_known(m, x, n, kind, known, mask);
+    one = *cfg;
+    one.n_steps = 1;
+    for (k = 0; k < cfg->n_steps; k++) {
+        one.first_step = cfg->first_step + (uint32_t)k;
+        if ((rc = ebm_langevin_run(m, g, &one, rng, first_sample, x, n, NULL)) != EBM_OK) return rc;
+        ebm__project_known(m, x, n, kind, known, mask);
     }
     return EBM_OK;
 }
@@ -4313,7 +4540,8 @@ EBMDEF int ebm_png_save_grid(const char *path, const float *x, int n, int h, int
     }
     if (label) {
         static const unsigned char white[3] = { 255, 255, 255 };
-        ebm__text(img, W, H, pad, 2, 2, label, white);
+        int scale = (int)strlen(label) * 8 <= W - pad ? 2 : 1; /* a long label in the small size */
+        ebm__text(img, W, H, pad, scale == 2 ? 2 : 4, scale, label, white);
     }
     rc = ebm_png_save(path, img, W, H, 3, label, err);
     EBM_FREE(img);
@@ -4333,7 +4561,7 @@ EBMDEF int ebm_png_save_plot(const char *path, const float *y, int n_series, int
     memset(img, 255, (size_t)W * H * 3);
     for (s = 0; s < n_series; s++) {
         const float *v = y + (size_t)s * n;
-        int y0 = s * (PH + 24) + 18, i, have = 0;
+        int y0 = s * (PH + 24) + 18, i, have = 0, prev = -1;
         float lo = 0, hi = 0;
         char buf[64];
         for (i = 0; i < n; i++) /* range of the finite values */
@@ -4363,8 +4591,10 @@ EBMDEF int ebm_png_save_plot(const char *path, const float *y, int n_series, int
             rlo = y0 + (int)((hi - a) / (hi - lo) * (PH - 1));
             rm = y0 + (int)((hi - mn) / (hi - lo) * (PH - 1));
             for (r = rhi; r <= rlo; r++) memcpy(img + 3 * ((size_t)r * W + M + col), band, 3);
-            memcpy(img + 3 * ((size_t)rm * W + M + col), ink, 3);
-            if (rm + 1 < H) memcpy(img + 3 * ((size_t)(rm + 1) * W + M + col), ink, 3);
+            if (prev < 0) prev = rm;
+            for (r = prev < rm ? prev : rm; r <= (prev < rm ? rm : prev); r++) /* the mean, joined to the last column's */
+                memcpy(img + 3 * ((size_t)r * W + M + col), ink, 3);
+            prev = rm;
         }
     }
     rc = ebm_png_save(path, img, W, H, 3, names && names[0] ? names[0] : NULL, err);
@@ -4612,6 +4842,10 @@ EBMDEF int ebm_model_load(ebm_model *m, const char *path, ebm_error *err)
     rc = ebm__ckpt_open(path, m, &file, &r, &has_t, err);
     EBM_FREE(file);
     /* a trainer's checkpoint holds a model too: its trainer section is skipped */
+    if (rc == EBM_OK && !has_t && r.pos != r.len) {
+        ebm_model_free(m);
+        return ebm__fail(err, EBM_EFORMAT, "%s: bytes after the model", path);
+    }
     if (rc == EBM_OK) ebm__ok(err);
     return rc;
 }
@@ -4628,9 +4862,13 @@ EBMDEF int ebm_trainer_load(ebm_trainer *t, ebm_model *m, const char *path, ebm_
     if ((rc = ebm__ckpt_open(path, m, &file, &r, &has_t, err)) != EBM_OK) { EBM_FREE(file); return rc; }
     if (!has_t) { EBM_FREE(file); ebm_model_free(m); return ebm__fail(err, EBM_EFORMAT, "%s: holds a model only, no trainer state", path); }
     ebm__read_config(&r, &c);
-    if (r.bad || (rc = ebm_trainer_init(t, m, &c, err)) != EBM_OK) {
-        EBM_FREE(file); ebm_model_free(m);
-        return r.bad ? ebm__fail(err, EBM_EFORMAT, "%s: truncated settings", path) : ebm__fail(err, EBM_EFORMAT, "%s: bad settings: %s", path, err ? err->msg : "");
+    if (r.bad) { EBM_FREE(file); ebm_model_free(m); return ebm__fail(err, EBM_EFORMAT, "%s: truncated settings", path); }
+    {
+        ebm_error e2;
+        if (ebm_trainer_init(t, m, &c, &e2) != EBM_OK) {
+            EBM_FREE(file); ebm_model_free(m);
+            return ebm__fail(err, e2.status == EBM_ENOMEM ? EBM_ENOMEM : EBM_EFORMAT, "%s: %s", path, e2.msg);
+        }
     }
     D = (size_t)m->in_h * m->in_w * m->in_c;
     t->iter = (long)ebm__ru64(&r);

@@ -62,7 +62,7 @@ int main(int argc, char **argv)
     const int convergent = strcmp(recipe, "convergent") == 0;
     const int iters = atoi(arg_str(argc, argv, "--iters", "3000")), seed = atoi(arg_str(argc, argv, "--seed", "1"));
     const int K = atoi(arg_str(argc, argv, "--k", convergent ? "20" : "40"));
-    const float eps = (float)atof(arg_str(argc, argv, "--eps", convergent ? "0.5" : "0.3")), lr = (float)atof(arg_str(argc, argv, "--lr", "1e-2"));
+    const float eps = (float)atof(arg_str(argc, argv, "--eps", convergent ? "0.5" : "0.3")), lr = (float)atof(arg_str(argc, argv, "--lr", convergent ? "1e-2" : "1e-3"));
     const float reg = (float)atof(arg_str(argc, argv, "--reg", "0")), reinit = (float)atof(arg_str(argc, argv, "--reinit", "0.05"));
     char out_default[128];
     const char *out;

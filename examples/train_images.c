@@ -201,20 +201,28 @@ int main(int argc, char **argv)
                 else { /* fix the schedule's length from a short timing run, so it is in the checkpoint */
                     ebm_trainer probe;
                     float *xp = (float *)malloc((size_t)c.batch * ds.h * ds.w * ds.c * sizeof(float));
-                    double ts;
+                    float *xg = (float *)malloc((size_t)c.batch * ds.h * ds.w * ds.c * sizeof(float));
+                    const int sk = sample_k > 0 ? sample_k : c.start == EBM_START_PERSISTENT && c.chain.n_steps < 100 ? 100 : c.chain.n_steps;
+                    double ts, it_s, grid_s, budget;
                     int i;
                     ebm_train_config pc = c;
                     pc.schedule = EBM_LR_CONSTANT;
                     rdata.seed = (uint64_t)seed; rdata.stream = EBM_STREAM_USER;
-                    if (!xp || ebm_trainer_init(&probe, &m, &pc, &err) != EBM_OK) { fprintf(stderr, "error: %s\n", err.msg); return 1; }
+                    if (!xp || !xg || ebm_trainer_init(&probe, &m, &pc, &err) != EBM_OK) { fprintf(stderr, "error: %s\n", err.msg); return 1; }
                     ebm_dataset_batch(&ds, &rdata, 0, c.batch, xp, NULL);
                     ebm_trainer_step(&probe, xp); /* warm-up */
                     ts = ebm_time_sec();
                     for (i = 0; i < 3; i++) ebm_trainer_step(&probe, xp);
-                    c.total_iters = (long)(minutes * 60.0 / ((ebm_time_sec() - ts) / 3.0));
+                    it_s = (ebm_time_sec() - ts) / 3.0;
+                    /* the sample grids written every save_minutes take time from the budget too */
+                    ts = ebm_time_sec();
+                    ebm_trainer_sample(&probe, 0, xp, xg, 64 < c.batch ? 64 : c.batch, sk);
+                    grid_s = (ebm_time_sec() - ts) * (64 < c.batch ? 1.0 : 64.0 / c.batch);
+                    budget = minutes * 60.0 - (save_minutes > 0 ? floor(minutes / save_minutes) : 0) * grid_s;
+                    c.total_iters = (long)(budget / it_s);
                     if (c.total_iters < 1) c.total_iters = 1;
                     ebm_trainer_free(&probe);
-                    free(xp);
+                    free(xp); free(xg);
                     ebm_model_free(&m); /* the probe trained it: start again from the seed */
                     ebm_model_convnet(&m, ds.c, ds.h, nf, ac, act_param, (uint64_t)seed);
                     printf("schedule length from a timing probe: %ld iterations for %.1f minutes\n", c.total_iters, (double)minutes);

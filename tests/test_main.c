@@ -1719,6 +1719,9 @@ static const test_case tests[] = {
     { "trainer_gradient_is_the_loss_gradient", test_trainer_gradient_is_the_loss_gradient },
     { "trainer_bad_settings", test_trainer_bad_settings },
     { "samplers_on_2d_mixture", test_samplers_on_2d_mixture },
+    { "chain_gradient_through_every_step", test_chain_gradient_through_every_step },
+    { "chain_reconstruct_and_interpolate", test_chain_reconstruct_and_interpolate },
+    { "langevin_conditional", test_langevin_conditional },
     { "npy_save", test_npy_save },
 };
 

@@ -356,6 +356,9 @@ static void test_trainer_bad_settings(void)
     c.schedule = EBM_LR_COSINE; c.total_iters = 0;
     CHECK(ebm_trainer_init(&t, &m, &c, &e) == EBM_EINVAL, "cosine schedule without a length accepted");
     ebm_train_config_default(&c);
+    c.restart = EBM_START_DATA;
+    CHECK(ebm_trainer_init(&t, &m, &c, &e) == EBM_EINVAL, "data restarts accepted");
+    ebm_train_config_default(&c);
     c.lr = -1;
     CHECK(ebm_trainer_init(&t, &m, &c, &e) == EBM_EINVAL, "negative lr accepted");
     ebm_model_free(&m);
@@ -451,6 +454,156 @@ static void test_samplers_on_2d_mixture(void)
         CHECK(fabs(st.frac - frac_true) < 5 * st.se_frac, "%s: weight of mu's side %.4f, exact %.4f (5 se %.4f)", method ? "langevin" : "mala", st.frac, frac_true, 5 * st.se_frac);
     }
     free(x);
+    ebm_graph_destroy(g);
+    ebm_model_free(&m);
+}
+
+/* The gradient through a whole short-run chain (ALGORITHMS.md 3): with a SiLU
+   net the Hessian terms are not zero, so dL/dz differs from the identity
+   map; L = c . x_K for a random c, the directional derivative dL/dz . d
+   against central differences of L along d (K = 4 steps of s = 0.3,
+   tau = 0.05, no box), and with the Hessian term dropped the test must fail. */
+static void test_chain_gradient_through_every_step(void)
+{
+    const int n = 3, K = 4, D = 36;
+    ebm_model m;
+    ebm_graph *g;
+    ebm_error e;
+    ebm_langevin cfg;
+    ebm_rng r, rz;
+    size_t bytes;
+    float z[3 * 36], zp[3 * 36], c[3 * 36], d[3 * 36], gz[3 * 36], *st = falloc((size_t)(K + 1) * n * D);
+    double dir = 0, lp[2], fd, plain = 0;
+    int i, sgn;
+    ebm_model_init(&m, 1, 6, 6);
+    ebm_model_add_conv2d(&m, 4, 3, 1, 1, 1);
+    ebm_model_add_act(&m, EBM_ACT_SILU, 0.0f);
+    ebm_model_add_conv2d(&m, 1, 6, 1, 0, 1);
+    ebm_model_alloc(&m, 3);
+    for (i = 0; i < (int)m.n_params; i++) m.params[i] *= 3.0f; /* a curved energy */
+    ebm_model_step_bytes(&m, n, EBM_STEP_SECOND_ORDER, &bytes, &e);
+    ebm_graph_create(&g, 2 * bytes + 65536, &e);
+    ebm_langevin_default(&cfg);
+    cfg.step = 0.3f; cfg.noise = 0.05f; cfg.box = EBM_BOX_NONE; cfg.n_steps = K;
+    r.seed = 8; r.stream = 3; rz.seed = 9; rz.stream = 4;
+    ebm_chain_start(EBM_START_UNIFORM, &rz, 0, 0, -1, 1, z, n, D);
+    ebm_chain_start(EBM_START_GAUSSIAN, &rz, 0, 1, 0, 0, c, n, D);
+    ebm_chain_start(EBM_START_GAUSSIAN, &rz, 0, 2, 0, 0, d, n, D);
+    CHECK(ebm_chain_record(&m, g, &cfg, &r, 0, z, n, st) == EBM_OK, "record: %s", gmsg(g));
+    {   /* the recorded chain equals one K-step run */
+        float x[3 * 36];
+        memcpy(x, z, sizeof x);
+        ebm_langevin_run(&m, g, &cfg, &r, 0, x, n, NULL);
+        CHECK(!memcmp(x, st + (size_t)K * n * D, sizeof x), "the recorded chain differs from ebm_langevin_run");
+    }
+    CHECK(ebm_chain_backward(&m, g, &cfg, &r, 0, st, n, c, gz) == EBM_OK, "backward: %s", gmsg(g));
+    for (i = 0; i < n * D; i++) { dir += (double)gz[i] * d[i]; plain += (double)c[i] * d[i]; }
+    for (sgn = 0; sgn < 2; sgn++) {
+        const double h = 1e-2;
+        for (i = 0; i < n * D; i++) zp[i] = z[i] + (float)(sgn ? -h : h) * d[i];
+        ebm_chain_record(&m, g, &cfg, &r, 0, zp, n, st);
+        lp[sgn] = 0;
+        for (i = 0; i < n * D; i++) lp[sgn] += (double)c[i] * st[(size_t)K * n * D + i];
+    }
+    fd = (lp[0] - lp[1]) / (2 * 1e-2);
+    CHECK(fabs(dir - fd) < 1e-2 * (fabs(fd) + 1e-3), "dL/dz . d = %.6f, differences %.6f", dir, fd);
+    CHECK(fabs(plain - fd) > 0.05 * fabs(fd), "the chain's Jacobian is too close to the identity for this test (%.5f vs %.5f)", plain, fd);
+    free(st);
+    ebm_graph_destroy(g);
+    ebm_model_free(&m);
+}
+
+/* Reconstruction by Adam on z through the whole chain lowers the error on
+   the known pixels, and leaves it where it was with lr 0; noise
+   interpolation hits both ends and keeps a Gaussian's norm law. */
+static void test_chain_reconstruct_and_interpolate(void)
+{
+    const int n = 2, D = 36;
+    ebm_model m;
+    ebm_graph *g;
+    ebm_error e;
+    ebm_langevin cfg;
+    ebm_rng r, rz;
+    size_t bytes;
+    float z[2 * 36], z0[2 * 36], target[2 * 36], mask[2 * 36], x[2 * 36], out[36];
+    double mse0 = 0, mse1 = 0, mse_still = 0;
+    int i;
+    ebm_model_init(&m, 1, 6, 6);
+    ebm_model_add_conv2d(&m, 4, 3, 1, 1, 1);
+    ebm_model_add_act(&m, EBM_ACT_SILU, 0.0f);
+    ebm_model_add_conv2d(&m, 1, 6, 1, 0, 1);
+    ebm_model_alloc(&m, 4);
+    ebm_model_step_bytes(&m, n, EBM_STEP_SECOND_ORDER, &bytes, &e);
+    ebm_graph_create(&g, 2 * bytes + 65536, &e);
+    ebm_langevin_default(&cfg);
+    cfg.step = 0.3f; cfg.noise = 0.05f; cfg.n_steps = 5;
+    r.seed = 8; r.stream = 3; rz.seed = 9; rz.stream = 4;
+    ebm_chain_start(EBM_START_UNIFORM, &rz, 0, 0, -1, 1, z0, n, D);
+    ebm_chain_start(EBM_START_UNIFORM, &rz, 0, 1, -0.8f, 0.8f, target, n, D);
+    for (i = 0; i < n * D; i++) mask[i] = (float)(i % 3 != 0); /* two thirds known */
+    memcpy(z, z0, sizeof z);
+    CHECK(ebm_chain_reconstruct(&m, g, &cfg, &r, 0, target, mask, n, z, 0, 0.05f, x, &mse0) == EBM_OK, "reconstruct: %s", gmsg(g));
+    CHECK(ebm_chain_reconstruct(&m, g, &cfg, &r, 0, target, mask, n, z, 20, 0.05f, x, &mse1) == EBM_OK, "reconstruct: %s", gmsg(g));
+    CHECK(mse1 < 0.5 * mse0, "20 Adam steps on z: masked MSE %.4f from %.4f", mse1, mse0);
+    memcpy(z, z0, sizeof z);
+    ebm_chain_reconstruct(&m, g, &cfg, &r, 0, target, mask, n, z, 5, 0.0f, NULL, &mse_still);
+    CHECK(mse_still == mse0 && !memcmp(z, z0, sizeof z), "lr 0 moved z");
+    ebm_noise_interpolate(z0, z0 + D, D, 0.0f, 1, out);
+    CHECK(!memcmp(out, z0, sizeof out), "rho 0 is not z1");
+    ebm_noise_interpolate(z0, z0 + D, D, 1.0f, 0, out);
+    CHECK(!memcmp(out, z0 + D, sizeof out), "rho 1 (linear) is not z2");
+    {   /* spherical: Var(c z1 + s z2) = c^2 + s^2 = 1 for independent N(0, 1) */
+        float a[4096], b[4096], mid[4096];
+        double v = 0;
+        ebm_rng_normal(&rz, 7, 0, a, 4096);
+        ebm_rng_normal(&rz, 8, 0, b, 4096);
+        ebm_noise_interpolate(a, b, 4096, 0.5f, 1, mid);
+        for (i = 0; i < 4096; i++) v += (double)mid[i] * mid[i] / 4096;
+        CHECK(fabs(v - 1) < 5 * sqrt(2.0 / 4096), "spherical midpoint variance %.4f", v);
+    }
+    ebm_graph_destroy(g);
+    ebm_model_free(&m);
+}
+
+/* Conditional chains stay on what is known: clamped pixels keep their
+   values, and a super-resolved chain's 2x2 means equal the low-resolution
+   image (to rounding), while the unknown pixels move. */
+static void test_langevin_conditional(void)
+{
+    const int n = 2, D = 36;
+    ebm_model m;
+    ebm_graph *g = new_graph(8);
+    ebm_langevin cfg;
+    ebm_rng r, rz;
+    float x[2 * 36], x0[2 * 36], known[2 * 36], mask[2 * 36], low[2 * 9];
+    int i, kept = 1, moved = 0, yy, xx;
+    double worst = 0;
+    ebm_model_init(&m, 1, 6, 6);
+    ebm_model_add_conv2d(&m, 4, 3, 1, 1, 1);
+    ebm_model_add_act(&m, EBM_ACT_SILU, 0.0f);
+    ebm_model_add_conv2d(&m, 1, 6, 1, 0, 1);
+    ebm_model_alloc(&m, 5);
+    ebm_langevin_default(&cfg);
+    cfg.n_steps = 10; cfg.noise = 0.05f;
+    r.seed = 1; r.stream = 2; rz.seed = 3; rz.stream = 4;
+    ebm_chain_start(EBM_START_UNIFORM, &rz, 0, 0, -1, 1, x0, n, D);
+    ebm_chain_start(EBM_START_UNIFORM, &rz, 0, 1, -1, 1, known, n, D);
+    for (i = 0; i < n * D; i++) mask[i] = (float)(i % 2);
+    memcpy(x, x0, sizeof x);
+    CHECK(ebm_langevin_conditional(&m, g, &cfg, &r, 0, x, n, EBM_KNOWN_PIXELS, known, mask) == EBM_OK, "inpaint: %s", gmsg(g));
+    for (i = 0; i < n * D; i++) { if (mask[i] != 0) kept &= x[i] == known[i]; else moved += x[i] != x0[i]; }
+    CHECK(kept && moved == n * D / 2, "known pixels kept: %d, unknown moved: %d of %d", kept, moved, n * D / 2);
+    for (i = 0; i < n * 9; i++) low[i] = 0.1f * (float)(i % 7) - 0.3f;
+    memcpy(x, x0, sizeof x);
+    CHECK(ebm_langevin_conditional(&m, g, &cfg, &r, 0, x, n, EBM_KNOWN_DOWNSAMPLE, low, NULL) == EBM_OK, "super-resolve: %s", gmsg(g));
+    for (i = 0; i < n; i++)
+        for (yy = 0; yy < 3; yy++)
+            for (xx = 0; xx < 3; xx++) {
+                const float *p = x + (size_t)i * D + 2 * yy * 6 + 2 * xx;
+                double mean = 0.25 * ((double)p[0] + p[1] + p[6] + p[7]);
+                if (fabs(mean - low[i * 9 + yy * 3 + xx]) > worst) worst = fabs(mean - low[i * 9 + yy * 3 + xx]);
+            }
+    CHECK(worst < 1e-5, "2x2 means differ from the low-resolution image by %.2g", worst);
     ebm_graph_destroy(g);
     ebm_model_free(&m);
 }
