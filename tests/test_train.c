@@ -458,6 +458,16 @@ static void test_samplers_on_2d_mixture(void)
     ebm_model_free(&m);
 }
 
+/* A curved energy on 6x6 images: conv 3x3 (4) - SiLU - conv 6x6 (1). */
+static void tiny_silu_net(ebm_model *m, uint64_t seed)
+{
+    ebm_model_init(m, 1, 6, 6);
+    ebm_model_add_conv2d(m, 4, 3, 1, 1, 1);
+    ebm_model_add_act(m, EBM_ACT_SILU, 0.0f);
+    ebm_model_add_conv2d(m, 1, 6, 1, 0, 1);
+    ebm_model_alloc(m, seed);
+}
+
 /* The gradient through a whole short-run chain (ALGORITHMS.md 3): with a SiLU
    net the Hessian terms are not zero, so dL/dz differs from the identity
    map; L = c . x_K for a random c, the directional derivative dL/dz . d
@@ -475,11 +485,7 @@ static void test_chain_gradient_through_every_step(void)
     float z[3 * 36], zp[3 * 36], c[3 * 36], d[3 * 36], gz[3 * 36], *st = falloc((size_t)(K + 1) * n * D);
     double dir = 0, lp[2], fd, plain = 0;
     int i, sgn;
-    ebm_model_init(&m, 1, 6, 6);
-    ebm_model_add_conv2d(&m, 4, 3, 1, 1, 1);
-    ebm_model_add_act(&m, EBM_ACT_SILU, 0.0f);
-    ebm_model_add_conv2d(&m, 1, 6, 1, 0, 1);
-    ebm_model_alloc(&m, 3);
+    tiny_silu_net(&m, 3);
     for (i = 0; i < (int)m.n_params; i++) m.params[i] *= 3.0f; /* a curved energy */
     ebm_model_step_bytes(&m, n, EBM_STEP_SECOND_ORDER, &bytes, &e);
     ebm_graph_create(&g, 2 * bytes + 65536, &e);
@@ -528,11 +534,7 @@ static void test_chain_reconstruct_and_interpolate(void)
     float z[2 * 36], z0[2 * 36], target[2 * 36], mask[2 * 36], x[2 * 36], out[36];
     double mse0 = 0, mse1 = 0, mse_still = 0;
     int i;
-    ebm_model_init(&m, 1, 6, 6);
-    ebm_model_add_conv2d(&m, 4, 3, 1, 1, 1);
-    ebm_model_add_act(&m, EBM_ACT_SILU, 0.0f);
-    ebm_model_add_conv2d(&m, 1, 6, 1, 0, 1);
-    ebm_model_alloc(&m, 4);
+    tiny_silu_net(&m, 4);
     ebm_model_step_bytes(&m, n, EBM_STEP_SECOND_ORDER, &bytes, &e);
     ebm_graph_create(&g, 2 * bytes + 65536, &e);
     ebm_langevin_default(&cfg);
@@ -578,11 +580,7 @@ static void test_langevin_conditional(void)
     float x[2 * 36], x0[2 * 36], known[2 * 36], mask[2 * 36], low[2 * 9];
     int i, kept = 1, moved = 0, yy, xx;
     double worst = 0;
-    ebm_model_init(&m, 1, 6, 6);
-    ebm_model_add_conv2d(&m, 4, 3, 1, 1, 1);
-    ebm_model_add_act(&m, EBM_ACT_SILU, 0.0f);
-    ebm_model_add_conv2d(&m, 1, 6, 1, 0, 1);
-    ebm_model_alloc(&m, 5);
+    tiny_silu_net(&m, 5);
     ebm_langevin_default(&cfg);
     cfg.n_steps = 10; cfg.noise = 0.05f;
     r.seed = 1; r.stream = 2; rz.seed = 3; rz.stream = 4;
