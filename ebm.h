@@ -3920,20 +3920,17 @@ EBMDEF int ebm_npy_save(const char *path, const float *data, int ndim, const int
 
 static uint32_t ebm__crc32(uint32_t crc, const unsigned char *p, size_t n)
 {
-    static uint32_t table[256];
-    static volatile int ready = 0; /* a benign race: every thread writes the same table */
+    /* four bits at a time from a constant table: no global state to build */
+    static const uint32_t t[16] = { 0x00000000u, 0x1DB71064u, 0x3B6E20C8u, 0x26D930ACu, 0x76DC4190u, 0x6B6B51F4u,
+                                    0x4DB26158u, 0x5005713Cu, 0xEDB88320u, 0xF00F9344u, 0xD6D6A3E8u, 0xCB61B38Cu,
+                                    0x9B64C2B0u, 0x86D3D2D4u, 0xA00AE278u, 0xBDBDF21Cu };
     size_t i;
-    if (!ready) {
-        uint32_t k, c;
-        int j;
-        for (k = 0; k < 256; k++) {
-            for (c = k, j = 0; j < 8; j++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-            table[k] = c;
-        }
-        ready = 1;
-    }
     crc = ~crc;
-    for (i = 0; i < n; i++) crc = table[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
+    for (i = 0; i < n; i++) {
+        crc ^= p[i];
+        crc = t[crc & 15] ^ (crc >> 4);
+        crc = t[crc & 15] ^ (crc >> 4);
+    }
     return ~crc;
 }
 
