@@ -10,7 +10,7 @@ CSTD     = -std=c99 -pedantic
 OMP      = -fopenmp
 B        = build
 
-.PHONY: all demo test test-quick test-arm crosscheck clean examples bench resume-check
+.PHONY: all demo test test-quick test-arm crosscheck clean examples bench resume-check generate-check
 
 all: examples
 
@@ -18,10 +18,10 @@ $(B):
 	mkdir -p $(B)
 
 # --- examples
-EXAMPLES = $(B)/hello_energy $(B)/toy2d $(B)/train_images $(B)/evaluate
+EXAMPLES = $(B)/hello_energy $(B)/toy2d $(B)/train_images $(B)/evaluate $(B)/generate
 examples: $(EXAMPLES)
 # (_POSIX_C_SOURCE: a monotonic clock for the progress lines in strict C99)
-$(B)/%: examples/%.c ebm.h | $(B)
+$(B)/%: examples/%.c examples/flags.h ebm.h | $(B)
 	$(CC) $(CSTD) $(WARN) $(OPT) $(FPFLAGS) $(OMP) -D_POSIX_C_SOURCE=200809L -I. $< -o $@ -lm
 
 # The main job on built-in data: maximum-likelihood training of an energy on
@@ -62,7 +62,8 @@ test: $(TEST_BINS) $(EXAMPLES)
 	if OMP_NUM_THREADS=2 ./$(B)/toy2d --iters 250 --out $(B)/toy2d_smoke.png > $(B)/toy2d.log 2>&1 && grep -q '^toy2d data=8gaussians recipe=convergent nll=' $(B)/toy2d.log; then p=$$((p+1)); else echo "toy2d failed"; cat $(B)/toy2d.log; f=$$((f+1)); fi; \
 	if [ -f $(FMNIST)/train-images-idx3-ubyte.gz ]; then \
 	  if $(MAKE) -s resume-check > $(B)/resume.log 2>&1; then p=$$((p+1)); else echo "train_images resume check failed"; cat $(B)/resume.log; f=$$((f+1)); fi; \
-	else echo "skipped: train_images resume check (apt-get install dataset-fashion-mnist)"; fi; \
+	  if $(MAKE) -s generate-check > $(B)/generate.log 2>&1; then p=$$((p+1)); else echo "generate check failed"; cat $(B)/generate.log; f=$$((f+1)); fi; \
+	else echo "skipped: train_images resume check and generate check (apt-get install dataset-fashion-mnist)"; fi; \
 	echo "$$p passed, $$f failed"; [ $$f -eq 0 ]
 
 # The image trainer on Fashion-MNIST: 6 iterations straight, and 3 + resume
@@ -86,6 +87,17 @@ resume-check: $(B)/train_images
 	  --on-diverge rollback --out $(B)/rc_d > $(B)/rc_d.log 2>&1 || true
 	grep -q 'rolled back to iteration' $(B)/rc_d.log
 	@echo "resume-check: divergence stopped and rolled back"
+
+# generate, every task at toy sizes on resume-check's checkpoint: it must
+# finish and print each task's summary line.
+generate-check: $(B)/generate resume-check
+	OMP_NUM_THREADS=2 ./$(B)/generate --ckpt $(B)/rc_a/ckpt.bin --out $(B)/gen_check --n-eval 16 --n-recon 8 --recon-iters 2 \
+	  --chains 2 --n-zopt 8 --long-steps 100 --long-chains 2 > $(B)/gen_check.log
+	for k in '^sample n=64' '^interp pairs=8' '^anomaly ood=uniform n=16 score=energy auroc=' '^inpaint mask=center n=16 mse_unknown=' \
+	  '^inpaint mask=random method=zopt' '^superres n=16 mse_unknown=' '^recon ood=flipped n=8 mse=' '^longrun chain=mala start=data steps=100' \
+	  'status=ok$$'; do grep -q "$$k" $(B)/gen_check.log || { echo "missing: $$k"; exit 1; }; done
+	test -s $(B)/gen_check/longrun_energy.png && test -s $(B)/gen_check/inpaint_lower.png && test -s $(B)/gen_check/superres.png
+	@echo "generate-check: every task ran"
 
 test-quick: $(B)/test_c99
 	cd $(B) && ./test_c99

@@ -540,22 +540,30 @@ EBMDEF int ebm_model_load(ebm_model *m, const char *path, ebm_error *err);
    reverse mode through every step: dL/dx_k = J_k^T dL/dx_{k+1} with
    J_k = B_k ((1 - a / sigma_q^2) I + a H(x_k)), H the Hessian of f (a
    Hessian-vector product per step) and B_k the box's derivative (1 inside,
-   0 where clamped, -1 where reflected). Size g for EBM_STEP_SECOND_ORDER. */
+   0 where clamped, -1 where reflected). For a piecewise-linear net (LeakyReLU,
+   pooling) H = 0 almost everywhere and the product is skipped: J_k = B_k
+   (1 - a / sigma_q^2) I, the identity inside the box without a reference
+   density (ALGORITHMS.md section 3's caveat). Size g for EBM_STEP_SECOND_ORDER. */
 EBMDEF int ebm_chain_record(ebm_model *m, ebm_graph *g, const ebm_langevin *cfg, const ebm_rng *rng, uint64_t first_sample,
                             const float *z, int n, float *states);
 EBMDEF int ebm_chain_backward(ebm_model *m, ebm_graph *g, const ebm_langevin *cfg, const ebm_rng *rng, uint64_t first_sample,
                               const float *states, int n, const float *gK, float *gz);
 
-/* Reconstruct target images (n samples) by gradient descent on the chain's
-   initial noise z (in/out; start it as the recipe starts its chains): each of
-   n_iters Adam steps (lr, betas 0.9 / 0.999) runs the chain and descends the
-   mean squared error of x_K against the target on the pixels where mask is 1
-   (mask NULL: all; 0/1 per coordinate, n D values: inpainting's known pixels).
-   x_out (may be NULL) receives the final x_K, *mse its error on the mask.
-   Allocates (K + 3) n D floats for the duration of the call. */
+/* Reconstruct images (n samples) by gradient descent on the chain's initial
+   noise z (in/out; start it as the recipe starts its chains): each of n_iters
+   Adam steps (lr, betas 0.9 / 0.999) runs the chain and descends the mean
+   squared error of x_K against what is known of the images (kind as for
+   ebm_langevin_conditional below):
+     EBM_KNOWN_PIXELS     target n D values, compared where mask is 1 (mask
+                          NULL: everywhere; 0/1 per coordinate: inpainting);
+     EBM_KNOWN_DOWNSAMPLE target the (n, H/2, W/2, C) image, compared with
+                          x_K's 2x2 means (super-resolution); mask unused.
+   x_out (may be NULL) receives the final x_K, *mse its error on what is known.
+   Allocates (K + 4) n D floats for the duration of the call. */
+enum { EBM_KNOWN_PIXELS, EBM_KNOWN_DOWNSAMPLE };
 EBMDEF int ebm_chain_reconstruct(ebm_model *m, ebm_graph *g, const ebm_langevin *cfg, const ebm_rng *rng, uint64_t first_sample,
-                                 const float *target, const float *mask, int n, float *z, int n_iters, float lr, float *x_out,
-                                 double *mse);
+                                 int kind, const float *target, const float *mask, int n, float *z, int n_iters, float lr,
+                                 float *x_out, double *mse);
 /* Initial noises between z1 and z2 (D floats each) at rho in [0, 1]: linear
    (1 - rho) z1 + rho z2 for uniform noise, or spherical for Gaussian noise,
    c z1 + sqrt(1 - c^2) z2 with c = cos(rho pi/2), which keeps N(0, I). */
@@ -570,9 +578,21 @@ EBMDEF void ebm_noise_interpolate(const float *z1, const float *z2, size_t D, fl
                           the orthogonal projection onto images with that
                           average-pooled copy); mask unused.
    The projection is applied to x first, so the chain starts consistent. */
-enum { EBM_KNOWN_PIXELS, EBM_KNOWN_DOWNSAMPLE };
 EBMDEF int ebm_langevin_conditional(ebm_model *m, ebm_graph *g, const ebm_langevin *cfg, const ebm_rng *rng,
                                     uint64_t first_sample, float *x, int n, int kind, const float *known, const float *mask);
+/* 2x2 average pooling of n images (n, h, w, c), h and w even, into
+   (n, h/2, w/2, c): the low-resolution copy super-resolution starts from. */
+EBMDEF void ebm_downsample2(const float *x, int n, int h, int w, int c, float *out);
+/* The built-in inpainting masks, 1 where a pixel is known (every channel alike):
+   EBM_MASK_CENTER the centre square of half the side is unknown; EBM_MASK_LOWER
+   the lower half is unknown; EBM_MASK_RANDOM each pixel is unknown with
+   probability 1/2, drawn for image first+i at (r, first+i). */
+enum { EBM_MASK_CENTER, EBM_MASK_LOWER, EBM_MASK_RANDOM };
+EBMDEF int ebm_inpaint_mask(int kind, const ebm_rng *r, uint64_t first, int n, int h, int w, int c, float *mask);
+/* The area under the ROC curve of an anomaly score: the probability that a
+   score of `anomalous` exceeds one of `normal` (ties count 1/2), from ranks,
+   O((n + m) log(n + m)). Returns -1 when out of memory or a set is empty. */
+EBMDEF double ebm_auroc(const float *normal, int n_normal, const float *anomalous, int n_anomalous);
 
 /* ---------------------------------------------------------------- data sets */
 
@@ -3732,10 +3752,20 @@ EBMDEF int ebm_chain_record(ebm_model *m, ebm_graph *g, const ebm_langevin *cfg,
     return EBM_OK;
 }
 
+/* 1 if every layer is linear or piecewise linear (LeakyReLU, pooling): the
+   net's Hessian in x is then zero almost everywhere. */
+static int ebm__piecewise_linear(const ebm_model *m)
+{
+    int l;
+    for (l = 0; l < m->n_layers; l++)
+        if (m->layer[l].type == EBM_LAYER_ACT && m->layer[l].act != EBM_ACT_LEAKY_RELU) return 0;
+    return 1;
+}
+
 EBMDEF int ebm_chain_backward(ebm_model *m, ebm_graph *g, const ebm_langevin *cfg, const ebm_rng *rng, uint64_t first_sample,
                               const float *states, int n, const float *gK, float *gz)
 {
-    int k, i, shape[4];
+    int k, i, shape[4], flat;
     size_t D, nD, j;
     float a, b, inv_q;
     if (!g) return EBM_EINVAL;
@@ -3746,6 +3776,7 @@ EBMDEF int ebm_chain_backward(ebm_model *m, ebm_graph *g, const ebm_langevin *cf
     nD = (size_t)n * D;
     shape[0] = n; shape[1] = m->in_h; shape[2] = m->in_w; shape[3] = m->in_c;
     if (gz != gK) memcpy(gz, gK, nD * sizeof(float)); /* gz may be gK */
+    flat = ebm__piecewise_linear(m); /* H = 0: no Hessian-vector products */
     for (k = cfg->n_steps - 1; k >= 0; k--) {
         const float *xk = states + (size_t)k * nD;
         ebm_var *xv, *y, *gx = NULL, *hv = NULL, *v;
@@ -3753,7 +3784,7 @@ EBMDEF int ebm_chain_backward(ebm_model *m, ebm_graph *g, const ebm_langevin *cf
         v = ebm_tensor(g, 4, shape);
         xv = ebm_leaf(g, (float *)(uintptr_t)xk, 4, shape);
         y = ebm_model_forward(m, g, xv);
-        if (ebm_grad(g, y, NULL, 1, &xv, &gx, 1) != EBM_OK || !v) return g->err.status;
+        if (ebm_grad(g, y, NULL, 1, &xv, &gx, !flat) != EBM_OK || !v) return g->err.status;
         /* v = B_k dL/dx_{k+1}: the box's derivative at this step's pre-box value */
         for (i = 0; i < n; i++) {
             float xi[256];
@@ -3772,42 +3803,70 @@ EBMDEF int ebm_chain_backward(ebm_model *m, ebm_graph *g, const ebm_langevin *cf
             }
         }
         /* dL/dx_k = (1 - a / sigma_q^2) v + a H v, H v = grad_x (v . grad_x f) */
+        if (flat) {
+            for (j = 0; j < nD; j++) gz[j] = (1.0f - a * inv_q) * v->data[j];
+            continue;
+        }
         if (ebm_grad(g, ebm_dot(g, gx, v), NULL, 1, &xv, &hv, 0) != EBM_OK) return g->err.status;
         for (j = 0; j < nD; j++) gz[j] = (1.0f - a * inv_q) * v->data[j] + a * hv->data[j];
     }
     return EBM_OK;
 }
 
+/* The reconstruction loss on what is known of x (n images) and its gradient:
+   mean squared error on the masked pixels, or on the 2x2 means. */
+static double ebm__known_loss(const ebm_model *m, const float *x, int n, int kind, const float *target, const float *mask, float *grad)
+{
+    const int H = m->in_h, W = m->in_w, C = m->in_c;
+    size_t j, nD = (size_t)n * H * W * C, cnt = 0;
+    double err = 0;
+    int i, y, xx, c;
+    if (kind == EBM_KNOWN_PIXELS) {
+        for (j = 0; j < nD; j++) cnt += !mask || mask[j] != 0;
+        for (j = 0; j < nD; j++) {
+            float w = mask ? mask[j] : 1.0f, e = x[j] - target[j];
+            err += (double)w * e * e;
+            grad[j] = (float)(2.0 * w * e / (cnt ? cnt : 1));
+        }
+        return err / (cnt ? cnt : 1);
+    }
+    cnt = nD / 4;
+    for (i = 0; i < n; i++)
+        for (y = 0; y + 1 < H; y += 2)
+            for (xx = 0; xx + 1 < W; xx += 2)
+                for (c = 0; c < C; c++) {
+                    size_t o = (((size_t)i * H + y) * W + xx) * C + c, row = (size_t)W * C;
+                    float e = 0.25f * (x[o] + x[o + C] + x[o + row] + x[o + row + C]) -
+                              target[(((size_t)i * (H / 2) + y / 2) * (W / 2) + xx / 2) * C + c];
+                    float d = (float)(0.5 * e / cnt); /* d/dx of e^2 / cnt, each pixel counting 1/4 */
+                    err += (double)e * e;
+                    grad[o] = grad[o + C] = grad[o + row] = grad[o + row + C] = d;
+                }
+    return err / cnt;
+}
+
 EBMDEF int ebm_chain_reconstruct(ebm_model *m, ebm_graph *g, const ebm_langevin *cfg, const ebm_rng *rng, uint64_t first_sample,
-                                 const float *target, const float *mask, int n, float *z, int n_iters, float lr, float *x_out,
-                                 double *mse)
+                                 int kind, const float *target, const float *mask, int n, float *z, int n_iters, float lr,
+                                 float *x_out, double *mse)
 {
     size_t D, nD, j;
     float *st, *m1, *m2, *gk;
-    double err = 0, cnt = 0;
+    double err = 0;
     int it, rc = EBM_OK;
     if (!g) return EBM_EINVAL;
-    if (!m || !cfg || !target || !z || n < 1 || n_iters < 0 || !(lr >= 0))
-        return ebm__gfail(g, EBM_EINVAL, "chain_reconstruct: NULL argument, n < 1, n_iters < 0 or lr < 0"), EBM_EINVAL;
+    if (!m || !cfg || !target || !z || n < 1 || n_iters < 0 || !(lr >= 0) || (kind != EBM_KNOWN_PIXELS && kind != EBM_KNOWN_DOWNSAMPLE) ||
+        (kind == EBM_KNOWN_DOWNSAMPLE && (m->in_h % 2 || m->in_w % 2)))
+        return ebm__gfail(g, EBM_EINVAL, "chain_reconstruct: NULL argument, n < 1, n_iters < 0, lr < 0, unknown kind or odd image size"),
+               EBM_EINVAL;
     D = (size_t)m->in_h * m->in_w * m->in_c;
     nD = (size_t)n * D;
     st = (float *)EBM_MALLOC(((size_t)cfg->n_steps + 4) * nD * sizeof(float));
     if (!st) return ebm__gfail(g, EBM_ENOMEM, "chain_reconstruct: no memory for %d states", cfg->n_steps + 1), EBM_ENOMEM;
     m1 = st + ((size_t)cfg->n_steps + 1) * nD; m2 = m1 + nD; gk = m2 + nD;
     memset(m1, 0, 2 * nD * sizeof(float));
-    for (j = 0; j < nD; j++) cnt += mask ? mask[j] : 1.0;
-    if (cnt <= 0) cnt = 1;
     for (it = 0; it <= n_iters; it++) {
-        const float *xK;
         if ((rc = ebm_chain_record(m, g, cfg, rng, first_sample, z, n, st)) != EBM_OK) break;
-        xK = st + (size_t)cfg->n_steps * nD;
-        err = 0;
-        for (j = 0; j < nD; j++) {
-            float w = mask ? mask[j] : 1.0f, e = xK[j] - target[j];
-            err += (double)w * e * e;
-            gk[j] = (float)(2.0 * w * e / cnt);
-        }
-        err /= cnt;
+        err = ebm__known_loss(m, st + (size_t)cfg->n_steps * nD, n, kind, target, mask, gk);
         if (it == n_iters) break; /* the error of the final z */
         if ((rc = ebm_chain_backward(m, g, cfg, rng, first_sample, st, n, gk, gk)) != EBM_OK) break;
         { /* Adam on z, PyTorch's rule */
@@ -3872,6 +3931,68 @@ EBMDEF int ebm_langevin_conditional(ebm_model *m, ebm_graph *g, const ebm_langev
         ebm__project_known(m, x, n, kind, known, mask);
     }
     return EBM_OK;
+}
+
+EBMDEF void ebm_downsample2(const float *x, int n, int h, int w, int c, float *out)
+{
+    int i, y, xx, k;
+    for (i = 0; i < n; i++)
+        for (y = 0; y + 1 < h; y += 2)
+            for (xx = 0; xx + 1 < w; xx += 2)
+                for (k = 0; k < c; k++) {
+                    const float *p = x + (((size_t)i * h + y) * w + xx) * c + k;
+                    out[(((size_t)i * (h / 2) + y / 2) * (w / 2) + xx / 2) * c + k] = 0.25f * (p[0] + p[c] + p[(size_t)w * c] + p[(size_t)w * c + c]);
+                }
+}
+
+EBMDEF int ebm_inpaint_mask(int kind, const ebm_rng *r, uint64_t first, int n, int h, int w, int c, float *mask)
+{
+    int i, y, x, k;
+    float u[256];
+    if (!mask || n < 0 || h < 1 || w < 1 || c < 1 || (kind == EBM_MASK_RANDOM && (!r || h * w > 256 * 1024)) ||
+        kind < EBM_MASK_CENTER || kind > EBM_MASK_RANDOM)
+        return EBM_EINVAL;
+    for (i = 0; i < n; i++)
+        for (y = 0; y < h; y++)
+            for (x = 0; x < w; x++) {
+                float known;
+                if (kind == EBM_MASK_CENTER) known = !(y >= h / 4 && y < h / 4 + h / 2 && x >= w / 4 && x < w / 4 + w / 2);
+                else if (kind == EBM_MASK_LOWER) known = y < h / 2;
+                else {
+                    int p = y * w + x;
+                    if (p % 256 == 0) ebm_rng_uniform(r, first + (uint64_t)i, (uint32_t)(p / 256), 0.0f, 1.0f, u, 256);
+                    known = u[p % 256] < 0.5f;
+                }
+                for (k = 0; k < c; k++) mask[(((size_t)i * h + y) * w + x) * c + k] = known;
+            }
+    return EBM_OK;
+}
+
+typedef struct { float s; int anomalous; } ebm__scored;
+static int ebm__scored_cmp(const void *a, const void *b)
+{
+    float x = ((const ebm__scored *)a)->s, y = ((const ebm__scored *)b)->s;
+    return (x > y) - (x < y);
+}
+
+EBMDEF double ebm_auroc(const float *normal, int n_normal, const float *anomalous, int n_anomalous)
+{
+    ebm__scored *v;
+    int i, j, n = n_normal + n_anomalous;
+    double rank_sum = 0;
+    if (!normal || !anomalous || n_normal < 1 || n_anomalous < 1) return -1;
+    if (!(v = (ebm__scored *)EBM_MALLOC((size_t)n * sizeof *v))) return -1;
+    for (i = 0; i < n_normal; i++) { v[i].s = normal[i]; v[i].anomalous = 0; }
+    for (i = 0; i < n_anomalous; i++) { v[n_normal + i].s = anomalous[i]; v[n_normal + i].anomalous = 1; }
+    qsort(v, (size_t)n, sizeof *v, ebm__scored_cmp);
+    /* Mann-Whitney: the anomalous scores' rank sum, ties sharing their mean rank */
+    for (i = 0; i < n; i = j) {
+        int a = 0;
+        for (j = i; j < n && v[j].s == v[i].s; j++) a += v[j].anomalous;
+        rank_sum += a * (0.5 * (i + 1 + j));
+    }
+    EBM_FREE(v);
+    return (rank_sum - 0.5 * n_anomalous * (n_anomalous + 1.0)) / ((double)n_normal * n_anomalous);
 }
 
 /* ---------------------------------------------------------------- 7. file formats */

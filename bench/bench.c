@@ -204,6 +204,50 @@ static void case_sampler_overhead(int nf)
     ebm_model_free(&m);
 }
 
+/* One reconstruction step of ALGORITHMS.md section 3 (the chain recorded,
+   then dL/dz through all K steps: a Hessian-vector product per step) against
+   the K-step chain alone, on the SiLU reference net (whose Hessian is not
+   zero), batch 64, K = 40, medians. Target: at most 3x. */
+static void case_chain_gradient(int nf)
+{
+    ebm_model m;
+    ebm_graph *g;
+    ebm_langevin cfg;
+    ebm_rng r;
+    float *z, *x, *st, *gk;
+    const int batch = 64, K = 40;
+    double tc[16], tr[16], chain, recon;
+    size_t nx = (size_t)batch * 784, bytes, j;
+    ebm_error e;
+    int i;
+    ebm_model_convnet(&m, 1, 28, nf, EBM_ACT_SILU, 0, 1);
+    ebm_model_step_bytes(&m, batch, EBM_STEP_SECOND_ORDER, &bytes, &e);
+    if (ebm_graph_create(&g, 2 * bytes, &e) != EBM_OK) { fprintf(stderr, "error: %s\n", e.msg); exit(1); }
+    z = (float *)malloc(nx * sizeof *z); x = (float *)malloc(nx * sizeof *x); gk = (float *)malloc(nx * sizeof *gk);
+    st = (float *)malloc((K + 1) * nx * sizeof *st);
+    r.seed = 1; r.stream = EBM_STREAM_USER;
+    ebm_rng_uniform(&r, 0, 0, -1, 1, z, nx);
+    ebm_langevin_default(&cfg);
+    cfg.n_steps = K;
+    for (i = 0; i < reps; i++) {
+        double t0 = ebm_time_sec();
+        memcpy(x, z, nx * sizeof *x);
+        ebm_langevin_run(&m, g, &cfg, &r, 0, x, batch, NULL);
+        tc[i] = (ebm_time_sec() - t0) * 1e3;
+        t0 = ebm_time_sec();
+        ebm_chain_record(&m, g, &cfg, &r, 0, z, batch, st);
+        for (j = 0; j < nx; j++) gk[j] = 2 * (st[(size_t)K * nx + j] - x[j]) / (float)nx;
+        ebm_chain_backward(&m, g, &cfg, &r, 0, st, batch, gk, gk);
+        tr[i] = (ebm_time_sec() - t0) * 1e3;
+    }
+    if (ebm_graph_status(g) != EBM_OK) { fprintf(stderr, "error: %s\n", ebm_graph_error(g)->msg); exit(1); }
+    chain = median(tc, reps); recon = median(tr, reps);
+    printf("bench chain_gradient_nf%d_silu chain_ms=%.1f recon_step_ms=%.1f ratio=%.2f target_ratio=3\n", nf, chain, recon, recon / chain);
+    free(z); free(x); free(gk); free(st);
+    ebm_graph_destroy(g);
+    ebm_model_free(&m);
+}
+
 /* The generator: forward, then grad of |g(z)|^2 wrt z and the parameters. */
 static void case_gen(void)
 {
@@ -365,6 +409,7 @@ int main(int argc, char **argv)
     RUN("net32c3_nf32", case_langevin("net32c3_nf32", 3, 32, 32, 64, EBM_ACT_LEAKY_RELU));
     RUN("net28_nf32_silu", case_langevin("net28_nf32_silu", 1, 28, 32, 64, EBM_ACT_SILU));
     RUN("sampler_overhead_nf16", case_sampler_overhead(16));
+    RUN("chain_gradient_nf16_silu", case_chain_gradient(16));
     RUN("gen28", case_gen());
     /* in a process of its own (this program again), so that its peak memory
        is its own: getrusage's peak covers a process's whole life */

@@ -14,42 +14,7 @@
 #include <math.h>
 #include <unistd.h> /* isatty, for the progress line */
 #include <sys/stat.h>
-
-typedef struct { const char *name, *help; char type; void *p; } flag;
-
-static void usage(const flag *f, int nf)
-{
-    int i;
-    printf("usage: train_images [flags]\n");
-    for (i = 0; i < nf; i++) printf("  --%-14s %s\n", f[i].name, f[i].help);
-}
-
-static int parse(int argc, char **argv, const flag *f, int nf)
-{
-    int i, j;
-    for (i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { usage(f, nf); exit(0); }
-        for (j = 0; j < nf; j++)
-            if (!strncmp(argv[i], "--", 2) && !strcmp(argv[i] + 2, f[j].name)) break;
-        if (j == nf) { fprintf(stderr, "error: unknown flag %s (see --help)\n", argv[i]); return -1; }
-        if (f[j].type == 'b') { *(int *)f[j].p = 1; continue; }
-        if (i + 1 >= argc) { fprintf(stderr, "error: %s needs a value\n", argv[i]); return -1; }
-        i++;
-        if (f[j].type == 'i') *(int *)f[j].p = atoi(argv[i]);
-        else if (f[j].type == 'l') *(long *)f[j].p = atol(argv[i]);
-        else if (f[j].type == 'f') *(float *)f[j].p = (float)atof(argv[i]);
-        else *(const char **)f[j].p = argv[i];
-    }
-    return 0;
-}
-
-static int lookup(const char *what, const char *v, const char *const *names, int n)
-{
-    int i;
-    for (i = 0; i < n; i++) if (!strcmp(v, names[i])) return i;
-    fprintf(stderr, "error: unknown %s '%s'\n", what, v);
-    return -1;
-}
+#include "flags.h"
 
 /* Read the CSV log back for the plot: columns iter, seconds, lr, d_t, r_t, ... */
 static void plot_log(const char *dir)
@@ -163,7 +128,7 @@ int main(int argc, char **argv)
             { "save-minutes", "minutes between checkpoints and grids (default 2)", 'f', &save_minutes },
         };
         int ds_i, st, rs, op, sc, bx, ac, dv;
-        if (parse(argc, argv, f, (int)(sizeof f / sizeof f[0])) != 0) return 2;
+        if (parse_flags("train_images", argc, argv, f, (int)(sizeof f / sizeof f[0])) != 0) return 2;
         if ((ds_i = lookup("data set", data, datasets, 3)) < 0 || (st = lookup("start", start, starts, 4)) < 0 ||
             (rs = lookup("restart", restart, starts, 2)) < 0 || (op = lookup("optimizer", opt, opts, 2)) < 0 ||
             (sc = lookup("schedule", sched, scheds, 3)) < 0 || (bx = lookup("box", box, boxes, 3)) < 0 ||

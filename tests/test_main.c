@@ -1720,8 +1720,10 @@ static const test_case tests[] = {
     { "trainer_bad_settings", test_trainer_bad_settings },
     { "samplers_on_2d_mixture", test_samplers_on_2d_mixture },
     { "chain_gradient_through_every_step", test_chain_gradient_through_every_step },
+    { "chain_gradient_piecewise_linear", test_chain_gradient_piecewise_linear },
     { "chain_reconstruct_and_interpolate", test_chain_reconstruct_and_interpolate },
     { "langevin_conditional", test_langevin_conditional },
+    { "generator_helpers", test_generator_helpers },
     { "npy_save", test_npy_save },
 };
 

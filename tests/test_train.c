@@ -519,6 +519,51 @@ static void test_chain_gradient_through_every_step(void)
     ebm_model_free(&m);
 }
 
+/* A LeakyReLU net is piecewise linear, so the backward pass skips the
+   Hessian-vector products: the chain's Jacobian is (1 - a / sigma_q^2)^K I
+   (no box). Checked against central differences with a Gaussian reference
+   (sigma_q = 0.8), where it is not the identity. */
+static void test_chain_gradient_piecewise_linear(void)
+{
+    const int n = 2, K = 4, D = 36;
+    ebm_model m;
+    ebm_graph *g;
+    ebm_error e;
+    ebm_langevin cfg;
+    ebm_rng r;
+    size_t bytes;
+    float z[2 * 36], zp[2 * 36], c[2 * 36], d[2 * 36], gz[2 * 36], *st = falloc((size_t)(K + 1) * n * D);
+    double dir = 0, lp[2], fd;
+    int i, sgn;
+    ebm_model_init(&m, 1, 6, 6);
+    ebm_model_add_conv2d(&m, 4, 3, 1, 1, 1);
+    ebm_model_add_act(&m, EBM_ACT_LEAKY_RELU, 0.2f);
+    ebm_model_add_conv2d(&m, 1, 6, 1, 0, 1);
+    ebm_model_alloc(&m, 11);
+    ebm_model_step_bytes(&m, n, EBM_STEP_SECOND_ORDER, &bytes, &e);
+    ebm_graph_create(&g, 2 * bytes + 65536, &e);
+    ebm_langevin_default(&cfg);
+    cfg.step = 0.3f; cfg.noise = 0.05f; cfg.box = EBM_BOX_NONE; cfg.n_steps = K; cfg.sigma_q = 0.8f;
+    r.seed = 12; r.stream = 3;
+    ebm_chain_start(EBM_START_UNIFORM, &r, 0, 0, -1, 1, z, n, D);
+    ebm_chain_start(EBM_START_GAUSSIAN, &r, 0, 1, 0, 0, c, n, D);
+    ebm_chain_start(EBM_START_GAUSSIAN, &r, 0, 2, 0, 0, d, n, D);
+    ebm_chain_record(&m, g, &cfg, &r, 0, z, n, st);
+    CHECK(ebm_chain_backward(&m, g, &cfg, &r, 0, st, n, c, gz) == EBM_OK, "backward: %s", gmsg(g));
+    for (i = 0; i < n * D; i++) dir += (double)gz[i] * d[i];
+    for (sgn = 0; sgn < 2; sgn++) {
+        for (i = 0; i < n * D; i++) zp[i] = z[i] + (sgn ? -1e-2f : 1e-2f) * d[i];
+        ebm_chain_record(&m, g, &cfg, &r, 0, zp, n, st);
+        lp[sgn] = 0;
+        for (i = 0; i < n * D; i++) lp[sgn] += (double)c[i] * st[(size_t)K * n * D + i];
+    }
+    fd = (lp[0] - lp[1]) / (2 * 1e-2);
+    CHECK(fabs(dir - fd) < 1e-3 * (fabs(fd) + 1e-3), "dL/dz . d = %.6f, differences %.6f", dir, fd);
+    free(st);
+    ebm_graph_destroy(g);
+    ebm_model_free(&m);
+}
+
 /* Reconstruction by Adam on z through the whole chain lowers the error on
    the known pixels, and leaves it where it was with lr 0; noise
    interpolation hits both ends and keeps a Gaussian's norm law. */
@@ -544,11 +589,11 @@ static void test_chain_reconstruct_and_interpolate(void)
     ebm_chain_start(EBM_START_UNIFORM, &rz, 0, 1, -0.8f, 0.8f, target, n, D);
     for (i = 0; i < n * D; i++) mask[i] = (float)(i % 3 != 0); /* two thirds known */
     memcpy(z, z0, sizeof z);
-    CHECK(ebm_chain_reconstruct(&m, g, &cfg, &r, 0, target, mask, n, z, 0, 0.05f, x, &mse0) == EBM_OK, "reconstruct: %s", gmsg(g));
-    CHECK(ebm_chain_reconstruct(&m, g, &cfg, &r, 0, target, mask, n, z, 20, 0.05f, x, &mse1) == EBM_OK, "reconstruct: %s", gmsg(g));
+    CHECK(ebm_chain_reconstruct(&m, g, &cfg, &r, 0, EBM_KNOWN_PIXELS, target, mask, n, z, 0, 0.05f, x, &mse0) == EBM_OK, "reconstruct: %s", gmsg(g));
+    CHECK(ebm_chain_reconstruct(&m, g, &cfg, &r, 0, EBM_KNOWN_PIXELS, target, mask, n, z, 20, 0.05f, x, &mse1) == EBM_OK, "reconstruct: %s", gmsg(g));
     CHECK(mse1 < 0.5 * mse0, "20 Adam steps on z: masked MSE %.4f from %.4f", mse1, mse0);
     memcpy(z, z0, sizeof z);
-    ebm_chain_reconstruct(&m, g, &cfg, &r, 0, target, mask, n, z, 5, 0.0f, NULL, &mse_still);
+    ebm_chain_reconstruct(&m, g, &cfg, &r, 0, EBM_KNOWN_PIXELS, target, mask, n, z, 5, 0.0f, NULL, &mse_still);
     CHECK(mse_still == mse0 && !memcmp(z, z0, sizeof z), "lr 0 moved z");
     ebm_noise_interpolate(z0, z0 + D, D, 0.0f, 1, out);
     CHECK(!memcmp(out, z0, sizeof out), "rho 0 is not z1");
@@ -563,6 +608,59 @@ static void test_chain_reconstruct_and_interpolate(void)
         for (i = 0; i < 4096; i++) v += (double)mid[i] * mid[i] / 4096;
         CHECK(fabs(v - 1) < 5 * sqrt(2.0 / 4096), "spherical midpoint variance %.4f", v);
     }
+    ebm_graph_destroy(g);
+    ebm_model_free(&m);
+}
+
+/* The generator's helpers. ebm_auroc against counting all pairs (with
+   ties); the built-in masks hide exactly the area they say (the random one
+   half the pixels, within 5 binomial standard deviations); 2x2 pooling of a
+   known image; and reconstruction from the 2x2 means lowers that error. */
+static void test_generator_helpers(void)
+{
+    enum { N_NORMAL = 300, N_ANOMALOUS = 200 };
+    float a[N_NORMAL], b[N_ANOMALOUS], mask[4 * 28 * 28], img[2 * 36], low[2 * 9], z[2 * 36];
+    ebm_rng r;
+    double pairs = 0, auc, mse0, mse1, unknown;
+    int i, j;
+    ebm_model m;
+    ebm_graph *g;
+    ebm_error e;
+    ebm_langevin cfg;
+    size_t bytes;
+    r.seed = 5; r.stream = 6;
+    ebm_rng_normal(&r, 0, 0, a, N_NORMAL);
+    ebm_rng_normal(&r, 1, 0, b, N_ANOMALOUS);
+    for (i = 0; i < N_NORMAL; i++) a[i] = roundf(a[i] * 4) / 4; /* ties within and across the sets */
+    for (i = 0; i < N_ANOMALOUS; i++) b[i] = roundf((b[i] + 0.7f) * 4) / 4;
+    for (i = 0; i < N_NORMAL; i++)
+        for (j = 0; j < N_ANOMALOUS; j++) pairs += b[j] > a[i] ? 1.0 : b[j] == a[i] ? 0.5 : 0.0;
+    auc = ebm_auroc(a, N_NORMAL, b, N_ANOMALOUS);
+    CHECK(fabs(auc - pairs / (N_NORMAL * N_ANOMALOUS)) < 1e-12, "auroc %.6f, pair count %.6f", auc, pairs / (N_NORMAL * N_ANOMALOUS));
+    CHECK(ebm_auroc(a, 0, b, N_ANOMALOUS) == -1, "an empty set has no AUROC");
+    ebm_inpaint_mask(EBM_MASK_CENTER, NULL, 0, 1, 28, 28, 1, mask);
+    for (unknown = 0, i = 0; i < 784; i++) unknown += mask[i] == 0;
+    CHECK(unknown == 196 && mask[0] == 1 && mask[14 * 28 + 14] == 0, "centre mask: %g unknown", unknown);
+    ebm_inpaint_mask(EBM_MASK_LOWER, NULL, 0, 1, 28, 28, 1, mask);
+    for (unknown = 0, i = 0; i < 784; i++) unknown += mask[i] == 0;
+    CHECK(unknown == 392 && mask[0] == 1 && mask[783] == 0, "lower-half mask: %g unknown", unknown);
+    CHECK(ebm_inpaint_mask(EBM_MASK_RANDOM, &r, 10, 4, 28, 28, 1, mask) == EBM_OK, "random mask");
+    for (unknown = 0, i = 0; i < 4 * 784; i++) unknown += mask[i] == 0;
+    CHECK(fabs(unknown - 4 * 392) < 5 * sqrt(4 * 784 * 0.25), "random mask: %g of %d unknown", unknown, 4 * 784);
+    for (i = 0; i < 2 * 36; i++) img[i] = (float)i;
+    ebm_downsample2(img, 2, 6, 6, 1, low);
+    CHECK(low[0] == 3.5f && low[4] == 17.5f && low[9] == 39.5f, "2x2 means %g %g %g", low[0], low[4], low[9]);
+    tiny_silu_net(&m, 6);
+    ebm_model_step_bytes(&m, 2, EBM_STEP_SECOND_ORDER, &bytes, &e);
+    ebm_graph_create(&g, 2 * bytes + 65536, &e);
+    ebm_langevin_default(&cfg);
+    cfg.step = 0.3f; cfg.noise = 0.05f; cfg.n_steps = 5;
+    ebm_chain_start(EBM_START_UNIFORM, &r, 0, 1, -0.6f, 0.6f, img, 2, 36);
+    ebm_downsample2(img, 2, 6, 6, 1, low);
+    ebm_chain_start(EBM_START_UNIFORM, &r, 0, 2, -1, 1, z, 2, 36);
+    CHECK(ebm_chain_reconstruct(&m, g, &cfg, &r, 0, EBM_KNOWN_DOWNSAMPLE, low, NULL, 2, z, 0, 0.05f, NULL, &mse0) == EBM_OK, "%s", gmsg(g));
+    CHECK(ebm_chain_reconstruct(&m, g, &cfg, &r, 0, EBM_KNOWN_DOWNSAMPLE, low, NULL, 2, z, 20, 0.05f, NULL, &mse1) == EBM_OK, "%s", gmsg(g));
+    CHECK(mse1 < 0.25 * mse0, "20 Adam steps on z against the 2x2 means: %.5f from %.5f", mse1, mse0);
     ebm_graph_destroy(g);
     ebm_model_free(&m);
 }
