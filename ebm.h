@@ -811,13 +811,21 @@ static void ebm__philox_lanes(uint32_t first_block, uint32_t c1, uint32_t c2, ui
     for (i = 0; i < nl; i++) { o[0][i] = x0[i]; o[1][i] = x1[i]; o[2][i] = x2[i]; o[3][i] = x3[i]; }
 }
 
+/* Small functions called inside loops that must vectorise: inlined, so the
+   vectoriser sees their bodies. */
+#if defined(__GNUC__)
+#define EBM__INLINE static inline __attribute__((always_inline))
+#else
+#define EBM__INLINE static inline
+#endif
+
 /* 24 random bits -> [0, 1) exactly representable. */
-static float ebm__u01(uint32_t u) { return (float)(u >> 8) * (1.0f / 16777216.0f); }
+EBM__INLINE float ebm__u01(uint32_t u) { return (float)(u >> 8) * (1.0f / 16777216.0f); }
 
 /* log(x) for a positive normal float, branch-free so that loops over it
    vectorise (Cephes-style: x = m 2^e with m in [sqrt(1/2), sqrt(2)), a
    degree-9 polynomial for log(1+t)). Error ~1 ulp. */
-static float ebm__logf(float x)
+EBM__INLINE float ebm__logf(float x)
 {
     uint32_t u, mb;
     float m, t, z, y, e;
@@ -849,7 +857,7 @@ static float ebm__logf(float x)
 /* cos and sin of 2 pi u for u in [0, 1), branch-free: the quadrant
    k = floor(4u) picks a rotation by (k + 1/2) pi/2, the remainder a in
    [-pi/4, pi/4) goes through Taylor polynomials (error < 4e-8). */
-static void ebm__cossin2pi(float u, float *c, float *s)
+EBM__INLINE void ebm__cossin2pi(float u, float *c, float *s)
 {
     float q = u * 4.0f, a, a2, ca, sa, c0, s0;
     int k = (int)q;
@@ -885,11 +893,18 @@ EBMDEF void ebm_rng_uniform(const ebm_rng *r, uint64_t sample, uint32_t step,
     }
 }
 
-/* Normals for coordinates coord0 .. coord0+n-1 (coord0 a multiple of 4). */
+/* v[i] = sqrt(v[i]), i < n, with the SIMD unit (defined with the kernels).
+   sqrt is correctly rounded everywhere, so the bits are the scalar ones;
+   sqrtf itself does not vectorise, as it may set errno. */
+static void ebm__sqrt_lanes(float *v, int n);
+
+/* Normals for coordinates coord0 .. coord0+n-1 (coord0 a multiple of 4).
+   Box-Muller in passes over the lanes (logs, square roots, rotations), each
+   a loop the compiler vectorises: this is the sampler's main own cost. */
 static void ebm__rng_normal_at(const ebm_rng *r, uint64_t sample, uint32_t step, size_t coord0, float *out, size_t n)
 {
     uint32_t k0, k1, o[4][EBM__LANES];
-    float z[4][EBM__LANES];
+    float z[4][EBM__LANES], rad[2 * EBM__LANES];
     size_t base = 0;
     EBM_ASSERT(coord0 % 4 == 0);
     ebm__key(r, &k0, &k1);
@@ -898,14 +913,19 @@ static void ebm__rng_normal_at(const ebm_rng *r, uint64_t sample, uint32_t step,
         int l;
         int nl = (int)((m + 3) / 4); /* only the lanes a short tail needs (a 2-D point: one) */
         ebm__philox_lanes((uint32_t)((coord0 + base) / 4), step, (uint32_t)sample, r->stream, k0, k1, o, nl);
-        /* Box-Muller on (u0, u1) and (u2, u3); u0, u2 in (0, 1] so the log is finite. */
+        /* radii from (u0, u2) in (0, 1], so the log is finite; angles from (u1, u3) */
         for (l = 0; l < nl; l++) {
-            float ra = sqrtf(-2.0f * ebm__logf(ebm__u01(o[0][l]) + (1.0f / 16777216.0f)));
-            float rb = sqrtf(-2.0f * ebm__logf(ebm__u01(o[2][l]) + (1.0f / 16777216.0f)));
+            rad[l] = -2.0f * ebm__logf(ebm__u01(o[0][l]) + (1.0f / 16777216.0f));
+            rad[EBM__LANES + l] = -2.0f * ebm__logf(ebm__u01(o[2][l]) + (1.0f / 16777216.0f));
+        }
+        ebm__sqrt_lanes(rad, nl);
+        ebm__sqrt_lanes(rad + EBM__LANES, nl);
+        for (l = 0; l < nl; l++) {
             float ca, sa, cb, sb;
             ebm__cossin2pi(ebm__u01(o[1][l]), &ca, &sa);
             ebm__cossin2pi(ebm__u01(o[3][l]), &cb, &sb);
-            z[0][l] = ra * ca; z[1][l] = ra * sa; z[2][l] = rb * cb; z[3][l] = rb * sb;
+            z[0][l] = rad[l] * ca; z[1][l] = rad[l] * sa;
+            z[2][l] = rad[EBM__LANES + l] * cb; z[3][l] = rad[EBM__LANES + l] * sb;
         }
         for (i = 0; i < m; i++) out[base + i] = z[i & 3][i >> 2];
         base += m;
@@ -1093,6 +1113,19 @@ typedef float ebm__vf;
 #define EBM__CB (EBM__CV * EBM__VL)
 
 EBMDEF const char *ebm_isa(void) { return EBM__ISA; }
+
+static void ebm__sqrt_lanes(float *v, int n)
+{
+    int i = 0;
+#if EBM__VL == 16
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(v + i, _mm512_sqrt_ps(_mm512_loadu_ps(v + i)));
+#elif EBM__VL == 8
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(v + i, _mm256_sqrt_ps(_mm256_loadu_ps(v + i)));
+#elif EBM__VL == 4
+    for (; i + 4 <= n; i += 4) vst1q_f32(v + i, vsqrtq_f32(vld1q_f32(v + i)));
+#endif
+    for (; i < n; i++) v[i] = sqrtf(v[i]);
+}
 
 /* Taps per pointer table: a tile reads its input rows through a table of
    (tap, pixel) row addresses, built in chunks of this many taps. */
@@ -3077,7 +3110,7 @@ static int ebm__finite(float x) { return x == x && x < 1e30f && x > -1e30f; }
 
 /* Keep a coordinate in [lo, hi]: clamp, or mirror at the wall (then clamp, for
    a step longer than the box). */
-static float ebm__box(float v, int box, float lo, float hi)
+EBM__INLINE float ebm__box(float v, int box, float lo, float hi)
 {
     if (box == EBM_BOX_REFLECT) {
         if (v > hi) v = hi - (v - hi);
