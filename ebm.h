@@ -577,7 +577,15 @@ EBMDEF void ebm_noise_interpolate(const float *z1, const float *z2, size_t D, fl
                           the known (n, H/2, W/2, C) image (2x super-resolution:
                           the orthogonal projection onto images with that
                           average-pooled copy); mask unused.
-   The projection is applied to x first, so the chain starts consistent. */
+   The projection is applied to x first, so the chain starts consistent.
+   kind | EBM_KNOWN_ANNEALED: what is known is reached along the chain
+   instead: step k projects onto known_k = (1 - w_k) z + w_k known,
+   w_k = (k + 1) / K, with z what x holds at the start (its 2x2 means for
+   super-resolution). A short-run chain then stays among the states it was
+   trained on (part noise, part image) and ends on what is known; on
+   Fashion-MNIST it lowers the error on unknown pixels 1.5-2.6x (README).
+   Allocates n D floats for the duration of the call. */
+#define EBM_KNOWN_ANNEALED 0x100
 EBMDEF int ebm_langevin_conditional(ebm_model *m, ebm_graph *g, const ebm_langevin *cfg, const ebm_rng *rng,
                                     uint64_t first_sample, float *x, int n, int kind, const float *known, const float *mask);
 /* 2x2 average pooling of n images (n, h, w, c), h and w even, into
@@ -3950,20 +3958,37 @@ EBMDEF int ebm_langevin_conditional(ebm_model *m, ebm_graph *g, const ebm_langev
                                     uint64_t first_sample, float *x, int n, int kind, const float *known, const float *mask)
 {
     ebm_langevin one;
-    int k, rc;
+    int k, rc = EBM_OK, annealed = (kind & EBM_KNOWN_ANNEALED) != 0;
+    float *z = NULL, *known_k = NULL;
+    size_t j, nk = 0;
+    kind &= ~EBM_KNOWN_ANNEALED;
     if (!g) return EBM_EINVAL;
     if (!m || !cfg || !x || !known || n < 1 || (kind != EBM_KNOWN_PIXELS && kind != EBM_KNOWN_DOWNSAMPLE) ||
         (kind == EBM_KNOWN_PIXELS && !mask) || (kind == EBM_KNOWN_DOWNSAMPLE && (m->in_h % 2 || m->in_w % 2)))
         return ebm__gfail(g, EBM_EINVAL, "langevin_conditional: NULL argument, unknown kind, or odd image size for downsampling"), EBM_EINVAL;
-    ebm__project_known(m, x, n, kind, known, mask);
+    if (annealed) { /* z: what x holds of the known part at the start */
+        nk = (size_t)n * m->in_h * m->in_w * m->in_c / (kind == EBM_KNOWN_DOWNSAMPLE ? 4 : 1);
+        z = (float *)EBM_MALLOC(2 * nk * sizeof(float));
+        if (!z) return ebm__gfail(g, EBM_ENOMEM, "langevin_conditional: no memory for the annealed targets"), EBM_ENOMEM;
+        known_k = z + nk;
+        if (kind == EBM_KNOWN_DOWNSAMPLE) ebm_downsample2(x, n, m->in_h, m->in_w, m->in_c, z);
+        else memcpy(z, x, nk * sizeof(float));
+    } else
+        ebm__project_known(m, x, n, kind, known, mask);
     one = *cfg;
     one.n_steps = 1;
-    for (k = 0; k < cfg->n_steps; k++) {
+    for (k = 0; k < cfg->n_steps && rc == EBM_OK; k++) {
+        const float *target = known;
         one.first_step = cfg->first_step + (uint32_t)k;
-        if ((rc = ebm_langevin_run(m, g, &one, rng, first_sample, x, n, NULL)) != EBM_OK) return rc;
-        ebm__project_known(m, x, n, kind, known, mask);
+        if (annealed) {
+            float w = (float)(k + 1) / (float)cfg->n_steps;
+            for (j = 0; j < nk; j++) known_k[j] = (1 - w) * z[j] + w * known[j];
+            target = known_k;
+        }
+        if ((rc = ebm_langevin_run(m, g, &one, rng, first_sample, x, n, NULL)) == EBM_OK) ebm__project_known(m, x, n, kind, target, mask);
     }
-    return EBM_OK;
+    if (z) EBM_FREE(z);
+    return rc;
 }
 
 EBMDEF void ebm_downsample2(const float *x, int n, int h, int w, int c, float *out)

@@ -43,6 +43,7 @@ typedef struct {
     int H, W, C;
     size_t D;
     const char *out;
+    int anneal;         /* conditional chains reach what is known along the chain */
 } ctx;
 
 static void *xalloc(size_t n)
@@ -270,9 +271,11 @@ static void nn_fill(const float *train, int n_train, const float *x, const float
     }
 }
 
-/* Conditional Langevin from the recipe's noise, averaged over S chains (the
-   average estimates the model's conditional mean, which is what MSE rewards). */
-static int cond_chains(ctx *c, int kind, const float *known, const float *mask, const float *start, int n, int S, float *avg, float *one)
+/* Conditional Langevin from the recipe's noise (or `start`), averaged over
+   S chains (the average estimates the model's conditional mean, which is
+   what MSE rewards); anneal: what is known is reached along the chain
+   (EBM_KNOWN_ANNEALED) rather than clamped from the first step. */
+static int cond_chains(ctx *c, int kind, const float *known, const float *mask, const float *start, int n, int S, int anneal, float *avg, float *one)
 {
     float *x = FALLOC((size_t)n * c->D);
     size_t j, nD = (size_t)n * c->D, kD = kind == EBM_KNOWN_DOWNSAMPLE ? c->D / 4 : c->D;
@@ -282,12 +285,10 @@ static int cond_chains(ctx *c, int kind, const float *known, const float *mask, 
         uint64_t first = 3000000 + (uint64_t)s * 100000;
         if (start) memcpy(x, start, nD * sizeof(float));
         else start_noise(c, first, x, n);
-        for (i = 0; i < n && !rc; i += CHUNK) {
-            int m = n - i < CHUNK ? n - i : CHUNK;
-            if (ebm_langevin_conditional(&c->m, c->g, &c->chain, &c->ru, first + (uint64_t)i, x + (size_t)i * c->D, m, kind, known + (size_t)i * kD,
-                                         mask ? mask + (size_t)i * c->D : NULL) != EBM_OK)
+        for (i = 0; i < n && !rc; i += CHUNK)
+            if (ebm_langevin_conditional(&c->m, c->g, &c->chain, &c->ru, first + (uint64_t)i, x + (size_t)i * c->D, n - i < CHUNK ? n - i : CHUNK,
+                                         kind | (anneal ? EBM_KNOWN_ANNEALED : 0), known + (size_t)i * kD, mask ? mask + (size_t)i * c->D : NULL) != EBM_OK)
                 rc = fail(c, "conditional langevin");
-        }
         for (j = 0; j < nD; j++) avg[j] += x[j] / (float)S;
         if (s == 0) memcpy(one, x, nD * sizeof(float));
     }
@@ -321,7 +322,7 @@ static int task_inpaint(ctx *c, const char *mask_name, const float *mask, const 
         mfill[j] = mask[j] != 0 ? test[j] : bd->mean[j % c->D];
     }
     nn_fill(bd->train, bd->n_train, test, mask, n, c->D, nfill);
-    if ((rc = cond_chains(c, EBM_KNOWN_PIXELS, test, mask, from_baseline ? nfill : NULL, n, S, lav, l1)) != 0) goto done;
+    if ((rc = cond_chains(c, EBM_KNOWN_PIXELS, test, mask, from_baseline ? nfill : NULL, n, S, c->anneal, lav, l1)) != 0) goto done;
     if (n_z > 0 && (rc = zopt(c, 4000000, EBM_KNOWN_PIXELS, test, mask, n_z, iters, lr, zx)) != 0) goto done;
     mse_per_image(mfill, test, mask, n, c->D, e); m_mean = mean_of(e, n);
     mse_per_image(nfill, test, mask, n, c->D, e); m_nn = mean_of(e, n);
@@ -383,7 +384,7 @@ static int task_superres(ctx *c, const float *test, int n, int S, int n_z, int i
     ebm_downsample2(test, n, c->H, c->W, c->C, lo);
     upsample(lo, n, c->H, c->W, c->C, 0, near);
     upsample(lo, n, c->H, c->W, c->C, 1, bil);
-    if ((rc = cond_chains(c, EBM_KNOWN_DOWNSAMPLE, lo, NULL, from_baseline ? bil : NULL, n, S, lav, l1)) != 0) goto done;
+    if ((rc = cond_chains(c, EBM_KNOWN_DOWNSAMPLE, lo, NULL, from_baseline ? bil : NULL, n, S, c->anneal, lav, l1)) != 0) goto done;
     if (n_z > 0 && (rc = zopt(c, 5000000, EBM_KNOWN_DOWNSAMPLE, lo, NULL, n_z, iters, lr, zx)) != 0) goto done;
     mse_per_image(near, test, NULL, n, c->D, e); m_near = mean_of(e, n);
     mse_per_image(bil, test, NULL, n, c->D, e); m_bil = mean_of(e, n);
@@ -509,7 +510,7 @@ static int task_longrun(ctx *c, const float *test, int n, long L)
 int main(int argc, char **argv)
 {
     static const char *const all_tasks[] = { "sample", "interp", "recon", "inpaint", "superres", "longrun", "anomaly" };
-    const char *cond_start = "noise", *ckpt = NULL, *out = "gen", *tasks = "all", *data_dir = NULL, *mnist_dir = NULL, *mask_path = NULL;
+    const char *clamp = "anneal", *cond_start = "noise", *ckpt = NULL, *out = "gen", *tasks = "all", *data_dir = NULL, *mnist_dir = NULL, *mask_path = NULL;
     int seed = 1, n_eval = 1000, n_recon = 128, recon_iters = 20, chains = 8, k = 0, n_z = 128, long_n = 4, threads = 0;
     long long_steps = 10000;
     float recon_lr = 0.1f;
@@ -531,6 +532,7 @@ int main(int argc, char **argv)
         { "n-eval", "test images for anomaly, inpainting, super-resolution (default 1000)", 'i', &n_eval },
         { "chains", "conditional chains averaged per image (default 8)", 'i', &chains },
         { "cond-start", "conditional chains start from: noise | baseline (nearest-neighbour fill, bilinear) (default noise)", 's', &cond_start },
+        { "clamp", "conditional chains: anneal (what is known reached along the chain) | hard (from the first step) (default anneal)", 's', &clamp },
         { "n-recon", "images per set for reconstruction (default 128)", 'i', &n_recon },
         { "recon-iters", "Adam steps on z (default 20)", 'i', &recon_iters },
         { "recon-lr", "Adam's lr on z (default 0.1)", 'f', &recon_lr },
@@ -540,6 +542,8 @@ int main(int argc, char **argv)
         { "long-chains", "chains per long-run variant (default 4)", 'i', &long_n },
         { "threads", "OpenMP threads (default: all)", 'i', &threads },
     };
+    setvbuf(stdout, NULL, _IOLBF, 0); /* summary lines appear as each task ends, also in a log file */
+    memset(&c, 0, sizeof c);
     if (parse_flags("generate", argc, argv, f, (int)(sizeof f / sizeof f[0])) != 0) return 2;
     if (!ckpt) { fprintf(stderr, "error: give --ckpt (a train_images checkpoint)\n"); return 2; }
     if (n_eval < 8 || n_recon < 8 || chains < 1 || recon_iters < 0 || n_z < 0 || long_steps < 10 || long_n < 1 || long_n > CHUNK) {
@@ -548,7 +552,8 @@ int main(int argc, char **argv)
     }
     {
         static const char *const starts[2] = { "noise", "baseline" };
-        if ((cs = lookup("cond-start", cond_start, starts, 2)) < 0) return 2;
+        static const char *const clamps[2] = { "hard", "anneal" }; /* index = anneal */
+        if ((cs = lookup("cond-start", cond_start, starts, 2)) < 0 || (c.anneal = lookup("clamp", clamp, clamps, 2)) < 0) return 2;
     }
     if (strcmp(tasks, "all") != 0) { /* every name in the list must be a task */
         char buf[256], *tok;
@@ -557,7 +562,6 @@ int main(int argc, char **argv)
             if (lookup("task", tok, all_tasks, 7) < 0) return 2;
     }
     if (threads > 0) ebm_set_threads(threads);
-    memset(&c, 0, sizeof c);
     if (ebm_trainer_load(&c.t, &c.m, ckpt, &err) != EBM_OK) { fprintf(stderr, "error: %s\n", err.msg); return 1; }
     c.chain = c.t.cfg.chain;
     c.chain.first_step = 0;

@@ -700,6 +700,26 @@ static void test_langevin_conditional(void)
                 if (fabs(mean - low[i * 9 + yy * 3 + xx]) > worst) worst = fabs(mean - low[i * 9 + yy * 3 + xx]);
             }
     CHECK(worst < 1e-5, "2x2 means differ from the low-resolution image by %.2g", worst);
+    {   /* annealed: the chain ends on what is known, by another path than the clamped chain */
+        float xa[2 * 36], xh[2 * 36];
+        int ends = 1, differs = 0, inside = 0;
+        memcpy(xa, x0, sizeof xa); memcpy(xh, x0, sizeof xh);
+        CHECK(ebm_langevin_conditional(&m, g, &cfg, &r, 0, xa, n, EBM_KNOWN_PIXELS | EBM_KNOWN_ANNEALED, known, mask) == EBM_OK, "annealed: %s", gmsg(g));
+        ebm_langevin_conditional(&m, g, &cfg, &r, 0, xh, n, EBM_KNOWN_PIXELS, known, mask);
+        for (i = 0; i < n * D; i++) {
+            if (mask[i] != 0) { ends &= xa[i] == known[i]; continue; }
+            if (fabsf(xa[i]) == 1 && xa[i] == xh[i]) continue; /* both held by the box's wall */
+            inside++;
+            differs += xa[i] != xh[i];
+        }
+        CHECK(ends && differs == inside && inside > n * D / 4, "annealed chain: known pixels reached %d, unknown ones off the clamped path %d of %d",
+              ends, differs, inside);
+        memcpy(xa, x0, sizeof xa);
+        ebm_langevin_conditional(&m, g, &cfg, &r, 0, xa, n, EBM_KNOWN_DOWNSAMPLE | EBM_KNOWN_ANNEALED, low, NULL);
+        ebm_downsample2(xa, n, 6, 6, 1, xh);
+        for (worst = 0, i = 0; i < n * 9; i++) if (fabs(xh[i] - low[i]) > worst) worst = fabs(xh[i] - low[i]);
+        CHECK(worst < 1e-5, "annealed super-resolution: 2x2 means off by %.2g", worst);
+    }
     ebm_graph_destroy(g);
     ebm_model_free(&m);
 }
