@@ -46,8 +46,14 @@ $(B)/test_asan: $(TEST_SRC) | $(B)
 
 TEST_BINS = $(B)/test_c99 $(B)/test_cxx $(B)/test_noomp $(B)/test_nosimd $(B)/test_asan
 
+# Crash safety: a training run killed with SIGKILL six times (between
+# iterations, inside checkpoint writes, before the rename) must end equal to
+# an uninterrupted one. POSIX; no OpenMP (fork and a thread pool do not mix).
+$(B)/kill_test: tests/kill_test.c ebm.h | $(B)
+	$(CC) $(CSTD) $(WARN) $(OPT) $(FPFLAGS) -I. tests/kill_test.c -o $@ -lm
+
 # Each build runs the whole suite; the last line sums them for CI.
-test: $(TEST_BINS) $(EXAMPLES)
+test: $(TEST_BINS) $(EXAMPLES) $(B)/kill_test
 	@p=0; f=0; for t in $(TEST_BINS); do \
 	  echo "== $$t"; \
 	  out=$$(cd $(B) && OMP_NUM_THREADS=2 ./$$(basename $$t) 2>&1); rc=$$?; \
@@ -58,6 +64,7 @@ test: $(TEST_BINS) $(EXAMPLES)
 	  if [ -z "$$tp" ] || [ $$rc -ne 0 -a "$${tf:-0}" = 0 ]; then echo "$$t crashed (exit $$rc)"; tf=$$(( $${tf:-0} + 1 )); tp=$${tp:-0}; fi; \
 	  p=$$((p + tp)); f=$$((f + tf)); \
 	done; \
+	echo "== kill test"; if (cd $(B) && ./kill_test kill_test_dir > kill_test.log 2>&1); then p=$$((p+1)); grep '^ok' $(B)/kill_test.log; else echo "kill test failed"; cat $(B)/kill_test.log; f=$$((f+1)); fi; \
 	echo "== example smoke runs"; if ./$(B)/hello_energy > $(B)/hello.log 2>&1 && grep -q '^params=' $(B)/hello.log; then p=$$((p+1)); else echo "hello_energy failed"; cat $(B)/hello.log; f=$$((f+1)); fi; \
 	if OMP_NUM_THREADS=2 ./$(B)/toy2d --iters 250 --out $(B)/toy2d_smoke.png > $(B)/toy2d.log 2>&1 && grep -q '^toy2d data=8gaussians recipe=convergent nll=' $(B)/toy2d.log; then p=$$((p+1)); else echo "toy2d failed"; cat $(B)/toy2d.log; f=$$((f+1)); fi; \
 	if [ -f $(FMNIST)/train-images-idx3-ubyte.gz ]; then \

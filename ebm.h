@@ -4831,13 +4831,26 @@ EBMDEF int ebm_npy_load(const char *path, float **data, int *ndim, int shape[4],
    either the old file or the new one. */
 
 #define EBM__CKPT_VERSION 1u
-typedef struct { FILE *f; uint32_t crc; int bad; } ebm__writer;
+#ifdef EBM_TEST_HOOKS
+/* Tests only: called while a checkpoint is written, with the bytes written
+   so far (stage 0, after every write) and once between closing the
+   temporary file and renaming it (stage 1), so that a test can kill the
+   process at a chosen moment. */
+static void (*ebm_test_ckpt_hook)(size_t bytes, int stage);
+#define EBM__CKPT_HOOK(bytes, stage) do { if (ebm_test_ckpt_hook) ebm_test_ckpt_hook(bytes, stage); } while (0)
+#else
+#define EBM__CKPT_HOOK(bytes, stage) ((void)0)
+#endif
+
+typedef struct { FILE *f; uint32_t crc; int bad; size_t bytes; } ebm__writer;
 
 static void ebm__wbytes(ebm__writer *w, const void *p, size_t n)
 {
     if (w->bad || !n) return;
     w->crc = ebm__crc32(w->crc, (const unsigned char *)p, n);
     if (fwrite(p, 1, n, w->f) != n) w->bad = 1;
+    w->bytes += n;
+    EBM__CKPT_HOOK(w->bytes, 0);
 }
 static void ebm__wu32(ebm__writer *w, uint32_t v)
 {
@@ -4950,7 +4963,7 @@ static int ebm__ckpt_write(const char *path, const ebm_model *m, const ebm_train
     if (!path || !m || !m->params) return ebm__fail(err, EBM_EINVAL, "checkpoint: NULL path or unallocated model");
     if (strlen(path) + 5 > sizeof tmp) return ebm__fail(err, EBM_EINVAL, "checkpoint: path too long");
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    w.f = fopen(tmp, "wb"); w.crc = 0; w.bad = 0;
+    w.f = fopen(tmp, "wb"); w.crc = 0; w.bad = 0; w.bytes = 0;
     if (!w.f) return ebm__fail(err, EBM_EIO, "checkpoint: cannot open %s for writing", tmp);
     ebm__wbytes(&w, "EBMCKPT", 8);
     ebm__wu32(&w, EBM__CKPT_VERSION);
@@ -4969,6 +4982,7 @@ static int ebm__ckpt_write(const char *path, const ebm_model *m, const ebm_train
     if (!w.bad && fwrite(crc, 1, 4, w.f) != 4) w.bad = 1;
     if (fflush(w.f) != 0 || ebm__fsync(w.f) != 0) w.bad = 1;
     if (ferror(w.f) | fclose(w.f) | w.bad) { remove(tmp); return ebm__fail(err, EBM_EIO, "checkpoint: write to %s failed", tmp); }
+    EBM__CKPT_HOOK(w.bytes, 1);
     if (rename(tmp, path) != 0) { remove(tmp); return ebm__fail(err, EBM_EIO, "checkpoint: cannot rename %s to %s", tmp, path); }
     ebm__ok(err);
     return EBM_OK;
