@@ -518,8 +518,9 @@ EBMDEF int ebm_trainer_sample(ebm_trainer *t, uint64_t first, const float *x_dat
    (EBM_START_GAUSSIAN) noise for samples first.. at the given step. */
 EBMDEF int ebm_chain_start(int kind, const ebm_rng *r, uint64_t first, uint32_t step, float lo, float hi, float *x, int n, size_t D);
 
-/* Checkpoints (crash-safe: written to <path>.tmp, then renamed; CRC-32
-   checked on load). A trainer's holds everything to continue bit-identically:
+/* Checkpoints (crash-safe: written to <path>.tmp, synced, then renamed;
+   CRC-32 checked on load; a model or buffer holding a NaN or an infinity is
+   refused with EBM_EDIVERGED, so it never replaces a good checkpoint). A trainer's holds everything to continue bit-identically:
    model, optimiser moments, settings, iteration, replay buffer. */
 EBMDEF int ebm_trainer_save(const ebm_trainer *t, const char *path, ebm_error *err);
 /* Build model m (uninitialised; it is overwritten) and trainer t from a
@@ -4962,6 +4963,9 @@ static int ebm__ckpt_write(const char *path, const ebm_model *m, const ebm_train
     unsigned char crc[4];
     if (!path || !m || !m->params) return ebm__fail(err, EBM_EINVAL, "checkpoint: NULL path or unallocated model");
     if (strlen(path) + 5 > sizeof tmp) return ebm__fail(err, EBM_EINVAL, "checkpoint: path too long");
+    /* a diverged model never replaces a good checkpoint */
+    if (!ebm__all_finite(m->params, m->n_params) || (t && t->buffer && !ebm__all_finite(t->buffer, (size_t)t->cfg.buffer_size * m->in_h * m->in_w * m->in_c)))
+        return ebm__fail(err, EBM_EDIVERGED, "checkpoint: not written to %s: the model or its replay buffer holds a NaN or an infinity", path);
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     w.f = fopen(tmp, "wb"); w.crc = 0; w.bad = 0; w.bytes = 0;
     if (!w.f) return ebm__fail(err, EBM_EIO, "checkpoint: cannot open %s for writing", tmp);

@@ -252,6 +252,16 @@ static void test_checkpoint_refuses_damage(void)
     CHECK(ebm_model_load(&mb, "t.ckpt", &e) == EBM_OK && mb.n_params == ma.n_params && !memcmp(mb.params, ma.params, ma.n_params * 4),
           "model from a trainer checkpoint: %s", e.msg);
     ebm_model_free(&mb);
+    {   /* a NaN in the model or the buffer: refused, and the good file stays */
+        float keep = ma.params[3];
+        ma.params[3] = (float)NAN;
+        CHECK(ebm_trainer_save(&a, "t.ckpt", &e) == EBM_EDIVERGED && strstr(e.msg, "NaN"), "a NaN model was saved: %s", e.msg);
+        ma.params[3] = keep;
+        a.buffer[17] = (float)INFINITY;
+        CHECK(ebm_model_save(&ma, "t.ckpt", &e) == EBM_OK && ebm_trainer_save(&a, "t.ckpt", &e) == EBM_EDIVERGED, "an infinite buffer was saved");
+        CHECK(ebm_model_load(&mb, "t.ckpt", &e) == EBM_OK && !memcmp(mb.params, ma.params, ma.n_params * 4), "the good file was not kept: %s", e.msg);
+        ebm_model_free(&mb);
+    }
     ebm_trainer_free(&a); ebm_model_free(&ma);
     remove("t.ckpt"); remove("t_bad.ckpt");
 }
