@@ -10,7 +10,7 @@ CSTD     = -std=c99 -pedantic
 OMP      = -fopenmp
 B        = build
 
-.PHONY: all demo test test-quick test-arm crosscheck clean examples bench resume-check generate-check
+.PHONY: all demo test test-quick test-arm crosscheck clean examples bench resume-check generate-check fuzz
 
 all: examples
 
@@ -121,6 +121,30 @@ test-arm: $(B)/test_arm
 	cd $(B) && qemu-aarch64 ./test_arm $(ARM_TESTS) | tee test_arm.log | grep -v '^ok '; \
 	  grep -q '^# kernels: isa=neon' test_arm.log && grep -q ' 0 failed$$' test_arm.log && \
 	  grep -q '^ok   conv_kernels_match_reference' test_arm.log
+
+# --- fuzzing every reader (clang-14 and Debian's libclang-rt-14-dev; not part
+# of `make test`; CI runs it briefly). Each target runs FUZZ_SECONDS from the
+# seed corpus in tests/fuzz_corpus/ with ASan + UBSan; a crash, a leak or an
+# allocation above 1 GB stops it and fails the target.
+FUZZ_CC ?= clang-14
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS = idx cifar ckpt npy
+FUZZ_BINS = $(foreach t,$(FUZZ_TARGETS),$(B)/fuzz_$(t))
+$(B)/fuzz_idx: FUZZ_ID = 1
+$(B)/fuzz_cifar: FUZZ_ID = 2
+$(B)/fuzz_ckpt: FUZZ_ID = 3
+$(B)/fuzz_npy: FUZZ_ID = 4
+$(FUZZ_BINS): fuzz/fuzz_readers.c ebm.h | $(B)
+	$(FUZZ_CC) -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -DFUZZ_TARGET=$(FUZZ_ID) -I. $< -o $@ -lm
+fuzz: $(FUZZ_BINS)
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(B)/fuzz_work/$$t; \
+	  if ./$(B)/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=1024 -malloc_limit_mb=1024 $(B)/fuzz_work/$$t tests/fuzz_corpus/$$t \
+	       > $(B)/fuzz_$$t.log 2>&1; then st=ok; else st=failed; fi; \
+	  runs=$$(sed -n 's/^Done \([0-9]*\) runs in \([0-9]*\) second.*/\1/p' $(B)/fuzz_$$t.log); \
+	  echo "fuzz $$t runs=$${runs:-0} seconds=$(FUZZ_SECONDS) corpus=$$(ls $(B)/fuzz_work/$$t | wc -l) status=$$st"; \
+	  if [ $$st != ok ]; then grep -E 'ERROR|SUMMARY|Test unit written' $(B)/fuzz_$$t.log; exit 1; fi; \
+	done
 
 # --- a cross-check against PyTorch (needs Debian's python3-torch; not part of `make test`)
 crosscheck: $(B)/crosscheck | $(B)
