@@ -94,6 +94,15 @@ resume-check: $(B)/train_images
 	  --on-diverge rollback --out $(B)/rc_d > $(B)/rc_d.log 2>&1 || true
 	grep -q 'rolled back to iteration' $(B)/rc_d.log
 	@echo "resume-check: divergence stopped and rolled back"
+	@# the same seed, 1 and 2 threads and a build without OpenMP: the same checkpoint, byte for byte
+	$(CC) $(CSTD) $(WARN) $(OPT) $(FPFLAGS) -D_POSIX_C_SOURCE=200809L -I. examples/train_images.c -o $(B)/train_images_noomp -lm
+	rm -rf $(B)/rc_t1 $(B)/rc_t2 $(B)/rc_t0
+	OMP_NUM_THREADS=1 ./$(B)/train_images --nf 8 --k 5 --buffer 300 --start persistent --samples 8 --iters 4 --out $(B)/rc_t1 > /dev/null
+	OMP_NUM_THREADS=2 ./$(B)/train_images --nf 8 --k 5 --buffer 300 --start persistent --samples 8 --iters 4 --out $(B)/rc_t2 > /dev/null
+	./$(B)/train_images_noomp --nf 8 --k 5 --buffer 300 --start persistent --samples 8 --iters 4 --out $(B)/rc_t0 > /dev/null
+	cmp $(B)/rc_t1/ckpt.bin $(B)/rc_t2/ckpt.bin
+	cmp $(B)/rc_t1/ckpt.bin $(B)/rc_t0/ckpt.bin
+	@echo "resume-check: 1 thread, 2 threads and no OpenMP give the same checkpoint"
 
 # generate, every task at toy sizes on resume-check's checkpoint: it must
 # finish and print each task's summary line.
