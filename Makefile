@@ -10,7 +10,7 @@ CSTD     = -std=c99 -pedantic
 OMP      = -fopenmp
 B        = build
 
-.PHONY: all demo test test-quick test-arm crosscheck clean examples bench resume-check generate-check fuzz
+.PHONY: all demo test test-quick test-arm crosscheck clean examples bench resume-check generate-check fuzz asan-examples
 
 all: examples
 
@@ -65,6 +65,7 @@ test: $(TEST_BINS) $(EXAMPLES) $(B)/kill_test
 	  p=$$((p + tp)); f=$$((f + tf)); \
 	done; \
 	echo "== kill test"; if (cd $(B) && ./kill_test kill_test_dir > kill_test.log 2>&1); then p=$$((p+1)); grep '^ok' $(B)/kill_test.log; else echo "kill test failed"; cat $(B)/kill_test.log; f=$$((f+1)); fi; \
+	echo "== examples under ASan + UBSan"; if $(MAKE) -s asan-examples > $(B)/asan_examples.log 2>&1; then p=$$((p+1)); else echo "asan-examples failed"; tail -30 $(B)/asan_examples.log; f=$$((f+1)); fi; \
 	echo "== example smoke runs"; if ./$(B)/hello_energy > $(B)/hello.log 2>&1 && grep -q '^params=' $(B)/hello.log; then p=$$((p+1)); else echo "hello_energy failed"; cat $(B)/hello.log; f=$$((f+1)); fi; \
 	if OMP_NUM_THREADS=2 ./$(B)/toy2d --iters 250 --out $(B)/toy2d_smoke.png > $(B)/toy2d.log 2>&1 && grep -q '^toy2d data=8gaussians recipe=convergent nll=' $(B)/toy2d.log; then p=$$((p+1)); else echo "toy2d failed"; cat $(B)/toy2d.log; f=$$((f+1)); fi; \
 	if [ -f $(FMNIST)/train-images-idx3-ubyte.gz ]; then \
@@ -114,6 +115,24 @@ generate-check: $(B)/generate resume-check
 	  'status=ok$$'; do grep -q "$$k" $(B)/gen_check.log || { echo "missing: $$k"; exit 1; }; done
 	test -s $(B)/gen_check/longrun_energy.png && test -s $(B)/gen_check/inpaint_lower.png && test -s $(B)/gen_check/superres.png
 	@echo "generate-check: every task ran"
+
+# Every example's short run under ASan + UBSan (leaks included): toy2d, and
+# with Fashion-MNIST installed train_images and generate at toy sizes.
+ASAN_FLAGS = $(CSTD) $(WARN) -O1 -g -march=native -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all $(FPFLAGS) -D_POSIX_C_SOURCE=200809L -I.
+asan-examples: | $(B)
+	$(CC) $(ASAN_FLAGS) examples/toy2d.c -o $(B)/toy2d_asan -lm
+	$(CC) $(ASAN_FLAGS) examples/hello_energy.c -o $(B)/hello_asan -lm
+	./$(B)/hello_asan > /dev/null
+	./$(B)/toy2d_asan --iters 30 --samples 64 --out $(B)/toy2d_asan.png | grep -q "^toy2d data="
+	if [ -f $(FMNIST)/train-images-idx3-ubyte.gz ]; then \
+	  $(CC) $(ASAN_FLAGS) examples/train_images.c -o $(B)/train_images_asan -lm && \
+	  $(CC) $(ASAN_FLAGS) examples/generate.c -o $(B)/generate_asan -lm && \
+	  rm -rf $(B)/asan_run && \
+	  ./$(B)/train_images_asan --nf 4 --k 3 --iters 3 --samples 4 --start persistent --buffer 100 --out $(B)/asan_run | grep -q 'status=ok' && \
+	  ./$(B)/generate_asan --ckpt $(B)/asan_run/ckpt.bin --out $(B)/asan_gen --n-eval 8 --n-recon 8 --recon-iters 1 --chains 1 --n-zopt 8 \
+	    --long-steps 20 --long-chains 1 --k 3 | grep -q 'status=ok'; \
+	fi
+	@echo "asan-examples: clean"
 
 test-quick: $(B)/test_c99
 	cd $(B) && ./test_c99

@@ -255,7 +255,9 @@ done:
 static void nn_fill(const float *train, int n_train, const float *x, const float *mask, int n, size_t D, float *out)
 {
     int i;
+#ifdef _OPENMP
 #pragma omp parallel for schedule(dynamic, 4)
+#endif
     for (i = 0; i < n; i++) {
         const float *xi = x + (size_t)i * D, *mi = mask + (size_t)i * D;
         double best = 1e30;

@@ -14,7 +14,7 @@
    Writes toy2d_<data>_<recipe>.png: data, the learned density exp(f)/Z, and
    samples from fresh chains started as the recipe starts them.
    Usage: toy2d [--data 8gaussians|rings|checkerboard] [--recipe convergent|shortrun]
-                [--iters N] [--seed S] [--k K] [--eps E] [--lr LR] [--out FILE.png] */
+                [--iters N] [--seed S] [--k K] [--eps E] [--lr LR] [--reg A] [--reinit P] [--samples N] [--out FILE.png] */
 #define EBM_IMPLEMENTATION
 #include "ebm.h"
 #include <stdlib.h>
@@ -64,6 +64,7 @@ int main(int argc, char **argv)
     const int K = atoi(arg_str(argc, argv, "--k", convergent ? "20" : "40"));
     const float eps = (float)atof(arg_str(argc, argv, "--eps", convergent ? "0.5" : "0.3")), lr = (float)atof(arg_str(argc, argv, "--lr", convergent ? "1e-2" : "1e-3"));
     const float reg = (float)atof(arg_str(argc, argv, "--reg", "0")), reinit = (float)atof(arg_str(argc, argv, "--reinit", "0.05"));
+    const int n_samples = atoi(arg_str(argc, argv, "--samples", "4096")); /* fresh chains in the picture */
     char out_default[128];
     const char *out;
     int set, t, i;
@@ -76,12 +77,12 @@ int main(int argc, char **argv)
     double true_nll = 0, nll = 0, nll_fine = 0, train_sec, t0;
     for (i = 1; i < argc; i++)
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            printf("usage: %s [--data 8gaussians|rings|checkerboard] [--recipe convergent|shortrun] [--iters N] [--seed S] [--k K] [--eps E] [--lr LR] [--out FILE.png]\n", argv[0]);
+            printf("usage: %s [--data 8gaussians|rings|checkerboard] [--recipe convergent|shortrun] [--iters N] [--seed S] [--k K] [--eps E] [--lr LR] [--reg A] [--reinit P] [--samples N] [--out FILE.png]\n", argv[0]);
             return 0;
         }
     for (set = 0; set < EBM_TOY_COUNT; set++) if (strcmp(data_name, ebm_toy_name(set)) == 0) break;
-    if (set == EBM_TOY_COUNT || (!convergent && strcmp(recipe, "shortrun") != 0) || iters < 1 || K < 1 || !(eps > 0) || !(lr > 0)) {
-        fprintf(stderr, "error: unknown data set '%s' or recipe '%s', or --iters, --k, --eps or --lr not positive\n", data_name, recipe);
+    if (set == EBM_TOY_COUNT || (!convergent && strcmp(recipe, "shortrun") != 0) || iters < 1 || K < 1 || !(eps > 0) || !(lr > 0) || n_samples < 1) {
+        fprintf(stderr, "error: unknown data set '%s' or recipe '%s', or --iters, --k, --eps, --lr or --samples not positive\n", data_name, recipe);
         return 2;
     }
     snprintf(out_default, sizeof out_default, "toy2d_%s_%s.png", data_name, recipe);
@@ -102,7 +103,7 @@ int main(int argc, char **argv)
     c.seed = (uint64_t)seed;
     if (ebm_trainer_init(&tr, &m, &c, &err) != EBM_OK) { fprintf(stderr, "error: %s\n", err.msg); return 1; }
     test = (float *)malloc(2 * NTEST * sizeof *test);
-    samples = (float *)malloc(2 * 4096 * sizeof *samples);
+    samples = (float *)malloc(2 * (size_t)n_samples * sizeof *samples);
     if (!test || !samples) { fprintf(stderr, "error: out of memory\n"); return 1; }
     r_data.seed = (uint64_t)seed; r_data.stream = EBM_STREAM_USER;
     r_test.seed = 0x7e57; r_test.stream = EBM_STREAM_USER; /* held out: a seed training never uses */
@@ -149,15 +150,16 @@ int main(int argc, char **argv)
         /* fresh chains: uniform noise; convergent recipe: 500 MALA steps (its
            chains are meant to reach the model); short-run: its own K steps */
         rs.seed = (uint64_t)seed; rs.stream = EBM_STREAM_USER + 5;
-        ebm_chain_start(EBM_START_UNIFORM, &rs, 0, 0, lo, hi, samples, 4096, 2);
+        ebm_chain_start(EBM_START_UNIFORM, &rs, 0, 0, lo, hi, samples, n_samples, 2);
         lc.n_steps = convergent ? 500 : K;
-        for (i = 0; i < 4096; i += 256) {
-            if (convergent) ebm_mala_run(&m, tr.graph, &lc, &rs, (uint64_t)i, samples + 2 * i, 256, NULL, NULL);
-            else ebm_langevin_run(&m, tr.graph, &lc, &rs, (uint64_t)i, samples + 2 * i, 256, NULL);
+        for (i = 0; i < n_samples; i += 256) {
+            int nb = n_samples - i < 256 ? n_samples - i : 256;
+            if (convergent) ebm_mala_run(&m, tr.graph, &lc, &rs, (uint64_t)i, samples + 2 * i, nb, NULL, NULL);
+            else ebm_langevin_run(&m, tr.graph, &lc, &rs, (uint64_t)i, samples + 2 * i, nb, NULL);
         }
-        hist_panel(img, 2, samples, 4096, lo, hi);
+        hist_panel(img, 2, samples, n_samples, lo, hi);
         if (ebm_png_save(out, img, W, RES, 3, "toy2d: data | learned density | fresh-chain samples", &err) != EBM_OK) fprintf(stderr, "warning: %s\n", err.msg);
-        else printf("wrote %s (data | learned density exp(f)/Z | %d samples of fresh chains, %s)\n", out, 4096, convergent ? "500 MALA steps" : "the recipe's K steps");
+        else printf("wrote %s (data | learned density exp(f)/Z | %d samples of fresh chains, %s)\n", out, n_samples, convergent ? "500 MALA steps" : "the recipe's K steps");
         free(img); free(f);
     }
     printf("grid check: NLL %.4f with a %dx%d grid, %.4f with %dx%d (difference %.4f)\n", nll, GRID, GRID, nll_fine, 2 * GRID, 2 * GRID, fabs(nll - nll_fine));
