@@ -51,9 +51,12 @@ TEST_BINS = $(B)/test_c99 $(B)/test_cxx $(B)/test_noomp $(B)/test_nosimd $(B)/te
 # an uninterrupted one. POSIX; no OpenMP (fork and a thread pool do not mix).
 $(B)/kill_test: tests/kill_test.c ebm.h | $(B)
 	$(CC) $(CSTD) $(WARN) $(OPT) $(FPFLAGS) -I. tests/kill_test.c -o $@ -lm
+# A training process's peak memory within 25 % of ebm_trainer_memory's prediction.
+$(B)/memory_test: tests/memory_test.c ebm.h | $(B)
+	$(CC) $(CSTD) $(WARN) $(OPT) $(FPFLAGS) $(OMP) -I. tests/memory_test.c -o $@ -lm
 
 # Each build runs the whole suite; the last line sums them for CI.
-test: $(TEST_BINS) $(EXAMPLES) $(B)/kill_test
+test: $(TEST_BINS) $(EXAMPLES) $(B)/kill_test $(B)/memory_test
 	@p=0; f=0; for t in $(TEST_BINS); do \
 	  echo "== $$t"; \
 	  out=$$(cd $(B) && OMP_NUM_THREADS=2 ./$$(basename $$t) 2>&1); rc=$$?; \
@@ -65,6 +68,7 @@ test: $(TEST_BINS) $(EXAMPLES) $(B)/kill_test
 	  p=$$((p + tp)); f=$$((f + tf)); \
 	done; \
 	echo "== kill test"; if (cd $(B) && ./kill_test kill_test_dir > kill_test.log 2>&1); then p=$$((p+1)); grep '^ok' $(B)/kill_test.log; else echo "kill test failed"; cat $(B)/kill_test.log; f=$$((f+1)); fi; \
+	echo "== memory test"; if OMP_NUM_THREADS=2 ./$(B)/memory_test > $(B)/memory_test.log 2>&1; then p=$$((p+1)); head -1 $(B)/memory_test.log; else echo "memory test failed"; cat $(B)/memory_test.log; f=$$((f+1)); fi; \
 	echo "== examples under ASan + UBSan"; if $(MAKE) -s asan-examples > $(B)/asan_examples.log 2>&1; then p=$$((p+1)); else echo "asan-examples failed"; tail -30 $(B)/asan_examples.log; f=$$((f+1)); fi; \
 	echo "== example smoke runs"; if ./$(B)/hello_energy > $(B)/hello.log 2>&1 && grep -q '^params=' $(B)/hello.log; then p=$$((p+1)); else echo "hello_energy failed"; cat $(B)/hello.log; f=$$((f+1)); fi; \
 	if OMP_NUM_THREADS=2 ./$(B)/toy2d --iters 250 --out $(B)/toy2d_smoke.png > $(B)/toy2d.log 2>&1 && grep -q '^toy2d data=8gaussians recipe=convergent nll=' $(B)/toy2d.log; then p=$$((p+1)); else echo "toy2d failed"; cat $(B)/toy2d.log; f=$$((f+1)); fi; \

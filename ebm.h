@@ -497,6 +497,11 @@ typedef struct ebm_trainer {
     ebm_error err;      /* why the last call failed */
 } ebm_trainer;
 
+/* The memory a trainer for model m with settings c will hold: the model's
+   blocks (parameters, gradients, Adam moments), the graph arena (the larger
+   of a Langevin step on a batch and an update on 2 batches), the batch and
+   the replay buffer. A training process's peak is this plus its data. */
+EBMDEF int ebm_trainer_memory(ebm_model *m, const ebm_train_config *c, size_t *bytes, ebm_error *err);
 /* Set up a trainer for an allocated model m with settings c. */
 EBMDEF int ebm_trainer_init(ebm_trainer *t, ebm_model *m, const ebm_train_config *c, ebm_error *err);
 EBMDEF void ebm_trainer_free(ebm_trainer *t);
@@ -3564,6 +3569,19 @@ static int ebm__config_check(const ebm_train_config *c, ebm_error *err)
     if (c->schedule < EBM_LR_CONSTANT || c->schedule > EBM_LR_LINEAR || c->warmup < 0 || (c->schedule != EBM_LR_CONSTANT && c->total_iters < 1))
         return ebm__fail(err, EBM_EINVAL, "trainer: schedule %d needs total_iters >= 1 (got %ld) and warmup >= 0", c->schedule, c->total_iters);
     if (!ebm__finite_pos(c->max_abs_dt)) return ebm__fail(err, EBM_EINVAL, "trainer: max_abs_dt %g", (double)c->max_abs_dt);
+    return EBM_OK;
+}
+
+EBMDEF int ebm_trainer_memory(ebm_model *m, const ebm_train_config *c, size_t *bytes, ebm_error *err)
+{
+    size_t D, arena;
+    int rc;
+    if (!m || !m->params || !c || !bytes) return ebm__fail(err, EBM_EINVAL, "trainer_memory: NULL or unallocated model, settings or output");
+    if ((rc = ebm__config_check(c, err)) != EBM_OK) return rc;
+    if ((rc = ebm__trainer_bytes(m, c, &arena, err)) != EBM_OK) return rc;
+    D = (size_t)m->in_h * m->in_w * m->in_c;
+    *bytes = ebm_model_bytes(m) + arena + (2 * (size_t)c->batch * D + 2 * (size_t)c->batch) * sizeof(float) +
+             (c->start == EBM_START_PERSISTENT ? (size_t)c->buffer_size * D * sizeof(float) : 0);
     return EBM_OK;
 }
 
