@@ -10,7 +10,7 @@ CSTD     = -std=c99 -pedantic
 OMP      = -fopenmp
 B        = build
 
-.PHONY: all demo test test-quick test-arm crosscheck clean examples bench resume-check generate-check fuzz asan-examples
+.PHONY: all demo test test-quick test-arm crosscheck clean examples bench resume-check generate-check fuzz asan-examples valgrind-check
 
 all: examples
 
@@ -69,6 +69,8 @@ test: $(TEST_BINS) $(EXAMPLES) $(B)/kill_test $(B)/memory_test
 	done; \
 	echo "== kill test"; if (cd $(B) && ./kill_test kill_test_dir > kill_test.log 2>&1); then p=$$((p+1)); grep '^ok' $(B)/kill_test.log; else echo "kill test failed"; cat $(B)/kill_test.log; f=$$((f+1)); fi; \
 	echo "== memory test"; if OMP_NUM_THREADS=2 ./$(B)/memory_test > $(B)/memory_test.log 2>&1; then p=$$((p+1)); head -1 $(B)/memory_test.log; else echo "memory test failed"; cat $(B)/memory_test.log; f=$$((f+1)); fi; \
+	if command -v valgrind > /dev/null; then if $(MAKE) -s valgrind-check > $(B)/valgrind.log 2>&1; then p=$$((p+1)); tail -1 $(B)/valgrind.log; else echo "valgrind check failed"; cat $(B)/valgrind.log; f=$$((f+1)); fi; \
+	else echo "skipped: valgrind check (apt-get install valgrind)"; fi; \
 	echo "== examples under ASan + UBSan"; if $(MAKE) -s asan-examples > $(B)/asan_examples.log 2>&1; then p=$$((p+1)); else echo "asan-examples failed"; tail -30 $(B)/asan_examples.log; f=$$((f+1)); fi; \
 	echo "== example smoke runs"; if ./$(B)/hello_energy > $(B)/hello.log 2>&1 && grep -q '^params=' $(B)/hello.log; then p=$$((p+1)); else echo "hello_energy failed"; cat $(B)/hello.log; f=$$((f+1)); fi; \
 	if OMP_NUM_THREADS=2 ./$(B)/toy2d --iters 250 --out $(B)/toy2d_smoke.png > $(B)/toy2d.log 2>&1 && grep -q '^toy2d data=8gaussians recipe=convergent nll=' $(B)/toy2d.log; then p=$$((p+1)); else echo "toy2d failed"; cat $(B)/toy2d.log; f=$$((f+1)); fi; \
@@ -137,6 +139,13 @@ asan-examples: | $(B)
 	    --long-steps 20 --long-chains 1 --k 3 | grep -q 'status=ok'; \
 	fi
 	@echo "asan-examples: clean"
+
+# valgrind memcheck on hello_energy (AVX2 build: valgrind has no AVX-512;
+# no OpenMP, whose thread pool valgrind reports as possibly lost).
+valgrind-check: | $(B)
+	$(CC) $(CSTD) $(WARN) -O1 -g -mavx2 -mfma $(FPFLAGS) -I. examples/hello_energy.c -o $(B)/hello_vg -lm
+	valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite,indirect,possible ./$(B)/hello_vg --nf 8 --batch 2 > /dev/null
+	@echo "valgrind-check: no errors, no leaks"
 
 test-quick: $(B)/test_c99
 	cd $(B) && ./test_c99
