@@ -10,7 +10,7 @@ CSTD     = -std=c99 -pedantic
 OMP      = -fopenmp
 B        = build
 
-.PHONY: all demo test test-quick test-arm crosscheck clean examples bench resume-check generate-check fuzz asan-examples valgrind-check
+.PHONY: all demo test test-quick test-arm crosscheck clean examples bench resume-check generate-check fuzz asan-examples valgrind-check soak
 
 all: examples
 
@@ -146,6 +146,14 @@ valgrind-check: | $(B)
 	$(CC) $(CSTD) $(WARN) -O1 -g -mavx2 -mfma $(FPFLAGS) -I. examples/hello_energy.c -o $(B)/hello_vg -lm
 	valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite,indirect,possible ./$(B)/hello_vg --nf 8 --batch 2 > /dev/null
 	@echo "valgrind-check: no errors, no leaks"
+
+# A long run (not in CI): SOAK_MINUTES of training in segments of
+# SOAK_SEGMENT minutes, resumed each time (every other one killed half-way),
+# reporting memory and speed per segment and whether either grew.
+SOAK_MINUTES ?= 60
+SOAK_SEGMENT ?= 10
+soak: $(B)/train_images
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} tests/soak.sh $(B) $(SOAK_MINUTES) $(SOAK_SEGMENT)
 
 test-quick: $(B)/test_c99
 	cd $(B) && ./test_c99
