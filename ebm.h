@@ -3532,7 +3532,7 @@ EBMDEF int ebm_chain_start(int kind, const ebm_rng *r, uint64_t first, uint32_t 
    `batch` samples, or the parameter gradient on the 2 batch of samples and data. */
 static int ebm__trainer_bytes(ebm_model *m, const ebm_train_config *c, size_t *bytes, ebm_error *err)
 {
-    size_t a, b, D = (size_t)m->in_h * m->in_w * m->in_c;
+    size_t a = 0, b = 0, D = (size_t)m->in_h * m->in_w * m->in_c;
     int rc;
     if ((rc = ebm_model_step_bytes(m, c->batch, EBM_STEP_INPUT_GRAD, &a, err)) != EBM_OK) return rc;
     if ((rc = ebm_model_step_bytes(m, 2 * c->batch, EBM_STEP_PARAM_GRAD, &b, err)) != EBM_OK) return rc;
