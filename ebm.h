@@ -557,8 +557,9 @@ EBMDEF int ebm_chain_backward(ebm_model *m, ebm_graph *g, const ebm_langevin *cf
 
 /* Reconstruct images (n samples) by gradient descent on the chain's initial
    noise z (in/out; start it as the recipe starts its chains): each of n_iters
-   Adam steps (lr, betas 0.9 / 0.999) runs the chain and descends the mean
-   squared error of x_K against what is known of the images (kind as for
+   steps (optimizer EBM_OPT_ADAM: Adam with betas 0.9 / 0.999, or
+   EBM_OPT_SGD: plain gradient descent, at lr) runs the chain and descends the
+   mean squared error of x_K against what is known of the images (kind as for
    ebm_langevin_conditional below):
      EBM_KNOWN_PIXELS     target n D values, compared where mask is 1 (mask
                           NULL: everywhere; 0/1 per coordinate: inpainting);
@@ -568,8 +569,8 @@ EBMDEF int ebm_chain_backward(ebm_model *m, ebm_graph *g, const ebm_langevin *cf
    Allocates (K + 4) n D floats for the duration of the call. */
 enum { EBM_KNOWN_PIXELS, EBM_KNOWN_DOWNSAMPLE };
 EBMDEF int ebm_chain_reconstruct(ebm_model *m, ebm_graph *g, const ebm_langevin *cfg, const ebm_rng *rng, uint64_t first_sample,
-                                 int kind, const float *target, const float *mask, int n, float *z, int n_iters, float lr,
-                                 float *x_out, double *mse);
+                                 int kind, const float *target, const float *mask, int n, float *z, int n_iters, int optimizer,
+                                 float lr, float *x_out, double *mse);
 /* Initial noises between z1 and z2 (D floats each) at rho in [0, 1]: linear
    (1 - rho) z1 + rho z2 for uniform noise, or spherical for Gaussian noise,
    c z1 + sqrt(1 - c^2) z2 with c = cos(rho pi/2), which keeps N(0, I). */
@@ -3906,8 +3907,8 @@ static double ebm__known_loss(const ebm_model *m, const float *x, int n, int kin
 }
 
 EBMDEF int ebm_chain_reconstruct(ebm_model *m, ebm_graph *g, const ebm_langevin *cfg, const ebm_rng *rng, uint64_t first_sample,
-                                 int kind, const float *target, const float *mask, int n, float *z, int n_iters, float lr,
-                                 float *x_out, double *mse)
+                                 int kind, const float *target, const float *mask, int n, float *z, int n_iters, int optimizer,
+                                 float lr, float *x_out, double *mse)
 {
     size_t D, nD, j;
     float *st, *m1, *m2, *gk;
@@ -3915,8 +3916,8 @@ EBMDEF int ebm_chain_reconstruct(ebm_model *m, ebm_graph *g, const ebm_langevin 
     int it, rc = EBM_OK;
     if (!g) return EBM_EINVAL;
     if (!m || !cfg || !target || !z || n < 1 || n_iters < 0 || !(lr >= 0) || (kind != EBM_KNOWN_PIXELS && kind != EBM_KNOWN_DOWNSAMPLE) ||
-        (kind == EBM_KNOWN_DOWNSAMPLE && (m->in_h % 2 || m->in_w % 2)))
-        return ebm__gfail(g, EBM_EINVAL, "chain_reconstruct: NULL argument, n < 1, n_iters < 0, lr < 0, unknown kind or odd image size"),
+        (kind == EBM_KNOWN_DOWNSAMPLE && (m->in_h % 2 || m->in_w % 2)) || (optimizer != EBM_OPT_ADAM && optimizer != EBM_OPT_SGD))
+        return ebm__gfail(g, EBM_EINVAL, "chain_reconstruct: NULL argument, n < 1, n_iters < 0, lr < 0, unknown kind or optimiser, or odd image size"),
                EBM_EINVAL;
     D = (size_t)m->in_h * m->in_w * m->in_c;
     nD = (size_t)n * D;
@@ -3929,7 +3930,9 @@ EBMDEF int ebm_chain_reconstruct(ebm_model *m, ebm_graph *g, const ebm_langevin 
         err = ebm__known_loss(m, st + (size_t)cfg->n_steps * nD, n, kind, target, mask, gk);
         if (it == n_iters) break; /* the error of the final z */
         if ((rc = ebm_chain_backward(m, g, cfg, rng, first_sample, st, n, gk, gk)) != EBM_OK) break;
-        { /* Adam on z, PyTorch's rule */
+        if (optimizer == EBM_OPT_SGD) {
+            for (j = 0; j < nD; j++) z[j] -= lr * gk[j];
+        } else { /* Adam on z, PyTorch's rule */
             const float b1 = 0.9f, b2 = 0.999f;
             float c1 = 1.0f - (float)pow(b1, it + 1), c2 = 1.0f - (float)pow(b2, it + 1);
             for (j = 0; j < nD; j++) {

@@ -7,7 +7,7 @@
                the same picture;
      interp    chains from noises between two initial noises z1, z2 (linear for
                uniform noise, spherical for Gaussian), Langevin noise fixed;
-     recon     reconstruction of images by Adam on z through the whole chain,
+     recon     reconstruction of images by Adam or SGD on z through the whole chain,
                after a small fixed budget of steps, for test images and for
                out-of-distribution ones, and the AUROC of that error;
      inpaint   three built-in masks (and --mask FILE.npy): conditional Langevin
@@ -44,6 +44,7 @@ typedef struct {
     size_t D;
     const char *out;
     int anneal;         /* conditional chains reach what is known along the chain */
+    int recon_opt;      /* EBM_OPT_ADAM or EBM_OPT_SGD on z */
 } ctx;
 
 static void *xalloc(size_t n)
@@ -216,7 +217,7 @@ static int zopt(ctx *c, uint64_t first, int kind, const float *target, const flo
     for (i = 0; i < n && !rc; i += CHUNK) {
         int m = n - i < CHUNK ? n - i : CHUNK;
         if (ebm_chain_reconstruct(&c->m, c->g, &c->chain, &c->ru, first + (uint64_t)i, kind, target + (size_t)i * tD, mask ? mask + (size_t)i * c->D : NULL, m,
-                                  z + (size_t)i * c->D, iters, lr, x + (size_t)i * c->D, NULL) != EBM_OK)
+                                  z + (size_t)i * c->D, iters, c->recon_opt, lr, x + (size_t)i * c->D, NULL) != EBM_OK)
             rc = fail(c, "reconstruct");
     }
     free(z);
@@ -512,7 +513,7 @@ static int task_longrun(ctx *c, const float *test, int n, long L)
 int main(int argc, char **argv)
 {
     static const char *const all_tasks[] = { "sample", "interp", "recon", "inpaint", "superres", "longrun", "anomaly" };
-    const char *clamp = "anneal", *cond_start = "noise", *ckpt = NULL, *out = "gen", *tasks = "all", *data_dir = NULL, *mnist_dir = NULL, *mask_path = NULL;
+    const char *recon_opt = "adam", *clamp = "anneal", *cond_start = "noise", *ckpt = NULL, *out = "gen", *tasks = "all", *data_dir = NULL, *mnist_dir = NULL, *mask_path = NULL;
     int seed = 1, n_eval = 1000, n_recon = 128, recon_iters = 20, chains = 8, k = 0, n_z = 128, long_n = 4, threads = 0;
     long long_steps = 10000;
     float recon_lr = 0.1f;
@@ -537,7 +538,8 @@ int main(int argc, char **argv)
         { "clamp", "conditional chains: anneal (what is known reached along the chain) | hard (from the first step) (default anneal)", 's', &clamp },
         { "n-recon", "images per set for reconstruction (default 128)", 'i', &n_recon },
         { "recon-iters", "Adam steps on z (default 20)", 'i', &recon_iters },
-        { "recon-lr", "Adam's lr on z (default 0.1)", 'f', &recon_lr },
+        { "recon-opt", "adam | sgd on z (default adam)", 's', &recon_opt },
+        { "recon-lr", "learning rate on z (default 0.1)", 'f', &recon_lr },
         { "n-zopt", "images for z-optimised inpainting / super-resolution (default 128, 0: none)", 'i', &n_z },
         { "mask", "a user inpainting mask: NPY (H, W), 1 = known", 's', &mask_path },
         { "long-steps", "steps of the long-run chains (default 10000)", 'l', &long_steps },
@@ -555,7 +557,10 @@ int main(int argc, char **argv)
     {
         static const char *const starts[2] = { "noise", "baseline" };
         static const char *const clamps[2] = { "hard", "anneal" }; /* index = anneal */
-        if ((cs = lookup("cond-start", cond_start, starts, 2)) < 0 || (c.anneal = lookup("clamp", clamp, clamps, 2)) < 0) return 2;
+        static const char *const opts[2] = { "adam", "sgd" };     /* index = EBM_OPT_* */
+        if ((cs = lookup("cond-start", cond_start, starts, 2)) < 0 || (c.anneal = lookup("clamp", clamp, clamps, 2)) < 0 ||
+            (c.recon_opt = lookup("recon-opt", recon_opt, opts, 2)) < 0)
+            return 2;
     }
     if (strcmp(tasks, "all") != 0) { /* every name in the list must be a task */
         char buf[256], *tok;

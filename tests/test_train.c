@@ -599,12 +599,18 @@ static void test_chain_reconstruct_and_interpolate(void)
     ebm_chain_start(EBM_START_UNIFORM, &rz, 0, 1, -0.8f, 0.8f, target, n, D);
     for (i = 0; i < n * D; i++) mask[i] = (float)(i % 3 != 0); /* two thirds known */
     memcpy(z, z0, sizeof z);
-    CHECK(ebm_chain_reconstruct(&m, g, &cfg, &r, 0, EBM_KNOWN_PIXELS, target, mask, n, z, 0, 0.05f, x, &mse0) == EBM_OK, "reconstruct: %s", gmsg(g));
-    CHECK(ebm_chain_reconstruct(&m, g, &cfg, &r, 0, EBM_KNOWN_PIXELS, target, mask, n, z, 20, 0.05f, x, &mse1) == EBM_OK, "reconstruct: %s", gmsg(g));
+    CHECK(ebm_chain_reconstruct(&m, g, &cfg, &r, 0, EBM_KNOWN_PIXELS, target, mask, n, z, 0, EBM_OPT_ADAM, 0.05f, x, &mse0) == EBM_OK, "reconstruct: %s", gmsg(g));
+    CHECK(ebm_chain_reconstruct(&m, g, &cfg, &r, 0, EBM_KNOWN_PIXELS, target, mask, n, z, 20, EBM_OPT_ADAM, 0.05f, x, &mse1) == EBM_OK, "reconstruct: %s", gmsg(g));
     CHECK(mse1 < 0.5 * mse0, "20 Adam steps on z: masked MSE %.4f from %.4f", mse1, mse0);
     memcpy(z, z0, sizeof z);
-    ebm_chain_reconstruct(&m, g, &cfg, &r, 0, EBM_KNOWN_PIXELS, target, mask, n, z, 5, 0.0f, NULL, &mse_still);
+    ebm_chain_reconstruct(&m, g, &cfg, &r, 0, EBM_KNOWN_PIXELS, target, mask, n, z, 5, EBM_OPT_ADAM, 0.0f, NULL, &mse_still);
     CHECK(mse_still == mse0 && !memcmp(z, z0, sizeof z), "lr 0 moved z");
+    {   /* plain gradient descent: the error's gradient is 2 e / (known count = 48), so lr 10 moves ~0.4 e a step */
+        double mse_sgd = 0;
+        memcpy(z, z0, sizeof z);
+        CHECK(ebm_chain_reconstruct(&m, g, &cfg, &r, 0, EBM_KNOWN_PIXELS, target, mask, n, z, 20, EBM_OPT_SGD, 10.0f, NULL, &mse_sgd) == EBM_OK, "sgd: %s", gmsg(g));
+        CHECK(mse_sgd < 0.5 * mse0, "20 SGD steps on z: masked MSE %.4f from %.4f", mse_sgd, mse0);
+    }
     ebm_noise_interpolate(z0, z0 + D, D, 0.0f, 1, out);
     CHECK(!memcmp(out, z0, sizeof out), "rho 0 is not z1");
     ebm_noise_interpolate(z0, z0 + D, D, 1.0f, 0, out);
@@ -668,8 +674,8 @@ static void test_generator_helpers(void)
     ebm_chain_start(EBM_START_UNIFORM, &r, 0, 1, -0.6f, 0.6f, img, 2, 36);
     ebm_downsample2(img, 2, 6, 6, 1, low);
     ebm_chain_start(EBM_START_UNIFORM, &r, 0, 2, -1, 1, z, 2, 36);
-    CHECK(ebm_chain_reconstruct(&m, g, &cfg, &r, 0, EBM_KNOWN_DOWNSAMPLE, low, NULL, 2, z, 0, 0.05f, NULL, &mse0) == EBM_OK, "%s", gmsg(g));
-    CHECK(ebm_chain_reconstruct(&m, g, &cfg, &r, 0, EBM_KNOWN_DOWNSAMPLE, low, NULL, 2, z, 20, 0.05f, NULL, &mse1) == EBM_OK, "%s", gmsg(g));
+    CHECK(ebm_chain_reconstruct(&m, g, &cfg, &r, 0, EBM_KNOWN_DOWNSAMPLE, low, NULL, 2, z, 0, EBM_OPT_ADAM, 0.05f, NULL, &mse0) == EBM_OK, "%s", gmsg(g));
+    CHECK(ebm_chain_reconstruct(&m, g, &cfg, &r, 0, EBM_KNOWN_DOWNSAMPLE, low, NULL, 2, z, 20, EBM_OPT_ADAM, 0.05f, NULL, &mse1) == EBM_OK, "%s", gmsg(g));
     CHECK(mse1 < 0.25 * mse0, "20 Adam steps on z against the 2x2 means: %.5f from %.5f", mse1, mse0);
     ebm_graph_destroy(g);
     ebm_model_free(&m);
