@@ -2187,14 +2187,21 @@ EBMDEF ebm_var *ebm_tanh(ebm_graph *g, ebm_var *x) { return ebm_act(g, x, EBM_AC
 static ebm_var *ebm__binary(ebm_graph *g, int op, ebm_var *a, ebm_var *b)
 {
     ebm_var *y;
-    size_t i;
     EBM__BEGIN(g);
     EBM__NEED(g, a, ebm__op_names[op]); EBM__NEED(g, b, ebm__op_names[op]);
     if (a->size != b->size) return ebm__gfail(g, EBM_EINVAL, "%s: sizes %lu and %lu differ", ebm__op_names[op], (unsigned long)a->size, (unsigned long)b->size);
     y = ebm__node(g, op, a->ndim, a->shape, a, b, NULL, 0);
-    if (y && y->data) {
-        if (op == EBM__OP_ADD) for (i = 0; i < y->size; i++) y->data[i] = a->data[i] + b->data[i];
-        else for (i = 0; i < y->size; i++) y->data[i] = a->data[i] * b->data[i];
+    if (y && y->data) { /* in fixed chunks, in parallel (each element alone: the same bits) */
+        const long nc = (long)ebm__ceil_div(y->size, EBM__CHUNK);
+        long c;
+        EBM__PARALLEL_FOR_IF(nc > 1)
+        for (c = 0; c < nc; c++) {
+            size_t o = (size_t)c * EBM__CHUNK, e = y->size - o < EBM__CHUNK ? y->size : o + EBM__CHUNK, j;
+            float *yd = y->data;
+            const float *ad = a->data, *bd = b->data;
+            if (op == EBM__OP_ADD) for (j = o; j < e; j++) yd[j] = ad[j] + bd[j];
+            else for (j = o; j < e; j++) yd[j] = ad[j] * bd[j];
+        }
     }
     return y;
 }
@@ -5057,8 +5064,10 @@ static int ebm__ckpt_open(const char *path, ebm_model *m, unsigned char **file, 
     }
     np = ebm__ru64(r);
     if (r->bad) return ebm__fail(err, EBM_EFORMAT, "%s: truncated model section", path);
+    if (np != (uint64_t)m->n_params) return ebm__fail(err, EBM_EFORMAT, "%s: %lu parameters for a model of %lu", path, (unsigned long)np, (unsigned long)m->n_params);
+    /* memory follows what the file holds: the parameters and both moments must be there before any is allocated */
+    if (np > (uint64_t)(r->len - r->pos) / (3 * sizeof(float))) return ebm__fail(err, EBM_EFORMAT, "%s: %lu parameters declared, the file is shorter", path, (unsigned long)np);
     if (ebm_model_alloc(m, 0) != EBM_OK) return ebm__fail(err, m->status, "%s: %s", path, m->err.msg);
-    if (np != (uint64_t)m->n_params) { ebm_model_free(m); return ebm__fail(err, EBM_EFORMAT, "%s: %lu parameters for a model of %lu", path, (unsigned long)np, (unsigned long)m->n_params); }
     if (ebm__rfloats(r, m->params, m->n_params) || ebm__rfloats(r, m->m1, m->n_params) || ebm__rfloats(r, m->m2, m->n_params)) {
         ebm_model_free(m);
         return ebm__fail(err, EBM_EFORMAT, "%s: truncated parameters", path);
