@@ -206,6 +206,13 @@ static double mean_of(const float *e, int n)
     return n ? s / n : 0;
 }
 
+/* The mean over n images of their errors on the unknown pixels (e: scratch). */
+static double mean_mse(const float *x, const float *truth, const float *mask, int n, size_t D, float *e)
+{
+    mse_per_image(x, truth, mask, n, D, e);
+    return mean_of(e, n);
+}
+
 /* Adam on z through the chain (iters steps, lr) against what is known; x
    receives x_K. z starts from the recipe's noise of samples first... */
 static int zopt(ctx *c, uint64_t first, int kind, const float *target, const float *mask, int n, int iters, float lr, float *x)
@@ -327,14 +334,14 @@ static int task_inpaint(ctx *c, const char *mask_name, const float *mask, const 
     nn_fill(bd->train, bd->n_train, test, mask, n, c->D, nfill);
     if ((rc = cond_chains(c, EBM_KNOWN_PIXELS, test, mask, from_baseline ? nfill : NULL, n, S, c->anneal, lav, l1)) != 0) goto done;
     if (n_z > 0 && (rc = zopt(c, 4000000, EBM_KNOWN_PIXELS, test, mask, n_z, iters, lr, zx)) != 0) goto done;
-    mse_per_image(mfill, test, mask, n, c->D, e); m_mean = mean_of(e, n);
-    mse_per_image(nfill, test, mask, n, c->D, e); m_nn = mean_of(e, n);
-    mse_per_image(lav, test, mask, n, c->D, e); m_lav = mean_of(e, n);
-    mse_per_image(l1, test, mask, n, c->D, e); m_l1 = mean_of(e, n);
+    m_mean = mean_mse(mfill, test, mask, n, c->D, e);
+    m_nn = mean_mse(nfill, test, mask, n, c->D, e);
+    m_lav = mean_mse(lav, test, mask, n, c->D, e);
+    m_l1 = mean_mse(l1, test, mask, n, c->D, e);
     if (n_z > 0) {
-        mse_per_image(zx, test, mask, n_z, c->D, e); m_z = mean_of(e, n_z);
-        mse_per_image(nfill, test, mask, n_z, c->D, e); m_nn_z = mean_of(e, n_z);
-        mse_per_image(mfill, test, mask, n_z, c->D, e); m_mean_z = mean_of(e, n_z);
+        m_z = mean_mse(zx, test, mask, n_z, c->D, e);
+        m_nn_z = mean_mse(nfill, test, mask, n_z, c->D, e);
+        m_mean_z = mean_mse(mfill, test, mask, n_z, c->D, e);
     }
     printf("inpaint mask=%s n=%d mse_unknown=%.5f baseline_mse=%.5f mean_fill=%.5f nn_fill=%.5f langevin_1=%.5f langevin_avg=%.5f chains=%d k=%d"
            " seconds=%.1f\n",
@@ -389,14 +396,14 @@ static int task_superres(ctx *c, const float *test, int n, int S, int n_z, int i
     upsample(lo, n, c->H, c->W, c->C, 1, bil);
     if ((rc = cond_chains(c, EBM_KNOWN_DOWNSAMPLE, lo, NULL, from_baseline ? bil : NULL, n, S, c->anneal, lav, l1)) != 0) goto done;
     if (n_z > 0 && (rc = zopt(c, 5000000, EBM_KNOWN_DOWNSAMPLE, lo, NULL, n_z, iters, lr, zx)) != 0) goto done;
-    mse_per_image(near, test, NULL, n, c->D, e); m_near = mean_of(e, n);
-    mse_per_image(bil, test, NULL, n, c->D, e); m_bil = mean_of(e, n);
-    mse_per_image(lav, test, NULL, n, c->D, e); m_lav = mean_of(e, n);
-    mse_per_image(l1, test, NULL, n, c->D, e); m_l1 = mean_of(e, n);
+    m_near = mean_mse(near, test, NULL, n, c->D, e);
+    m_bil = mean_mse(bil, test, NULL, n, c->D, e);
+    m_lav = mean_mse(lav, test, NULL, n, c->D, e);
+    m_l1 = mean_mse(l1, test, NULL, n, c->D, e);
     if (n_z > 0) {
-        mse_per_image(zx, test, NULL, n_z, c->D, e); m_z = mean_of(e, n_z);
-        mse_per_image(bil, test, NULL, n_z, c->D, e); m_bil_z = mean_of(e, n_z);
-        mse_per_image(near, test, NULL, n_z, c->D, e); m_near_z = mean_of(e, n_z);
+        m_z = mean_mse(zx, test, NULL, n_z, c->D, e);
+        m_bil_z = mean_mse(bil, test, NULL, n_z, c->D, e);
+        m_near_z = mean_mse(near, test, NULL, n_z, c->D, e);
     }
     printf("superres n=%d mse_unknown=%.5f baseline_mse=%.5f nearest=%.5f bilinear=%.5f langevin_1=%.5f langevin_avg=%.5f chains=%d k=%d seconds=%.1f\n", n,
            m_lav, m_near < m_bil ? m_near : m_bil, m_near, m_bil, m_l1, m_lav, S, c->chain.n_steps, ebm_time_sec() - t0);
