@@ -9,6 +9,7 @@
                    nearest training image: near 0 means memorised copies.
    Usage:
      evaluate --train [--epochs E]      train the classifier, print its test accuracy
+              [--steps S]               (or only S steps: a smoke test)
      evaluate --self-test [--n N]       reference scores: training images, blurred
                                         test images, uniform noise (N of each)
      evaluate SAMPLES.npy [...]         score (N, 1, 28, 28) float32 arrays in [-1, 1]
@@ -203,7 +204,7 @@ int main(int argc, char **argv)
     float *buf;
     scorer sc;
     if (argc < 2 || has(argc, argv, "--help") || has(argc, argv, "-h")) {
-        printf("usage: evaluate --train [--epochs E] | --self-test [--n N] | SAMPLES.npy ...  [--classifier PATH] [--threads T]\n");
+        printf("usage: evaluate --train [--epochs E | --steps S] | --self-test [--n N] | SAMPLES.npy ...  [--classifier PATH] [--threads T]\n");
         return argc < 2 ? 2 : 0;
     }
     if (threads > 0) ebm_set_threads(threads);
@@ -214,11 +215,12 @@ int main(int argc, char **argv)
     buf = (float *)malloc((size_t)test.n * 784 * sizeof *buf);
     if (has(argc, argv, "--train")) {
         const int epochs = atoi(arg_str(argc, argv, "--epochs", "4")), B = 128;
-        long steps = (long)epochs * (train.n / B), t;
+        long steps = atol(arg_str(argc, argv, "--steps", "0")), t; /* --steps: a short run (smoke tests) */
         ebm_rng rd;
         float x[128 * 784];
         int labels[128], s[4] = { 128, 28, 28, 1 };
         double t0 = ebm_time_sec();
+        if (steps <= 0) steps = (long)epochs * (train.n / B);
         classifier_build(&m, 7);
         ebm_model_step_bytes(&m, CHUNK, EBM_STEP_FORWARD, &bytes, &err);
         {
