@@ -120,6 +120,9 @@ generate-check: $(B)/generate resume-check
 	  '^inpaint mask=random method=zopt' '^superres n=16 mse_unknown=' '^recon ood=flipped n=8 mse=' '^longrun chain=mala start=data steps=100' \
 	  'status=ok$$'; do grep -q "$$k" $(B)/gen_check.log || { echo "missing: $$k"; exit 1; }; done
 	test -s $(B)/gen_check/longrun_energy.png && test -s $(B)/gen_check/inpaint_lower.png && test -s $(B)/gen_check/superres.png
+	@# the same seed draws the same picture again (z and u keyed by it), on 1 thread as on 2
+	OMP_NUM_THREADS=1 ./$(B)/generate --ckpt $(B)/rc_a/ckpt.bin --out $(B)/gen_check2 --task sample > /dev/null
+	cmp $(B)/gen_check/sample.png $(B)/gen_check2/sample.png
 	@echo "generate-check: every task ran"
 
 # Every example's short run under ASan + UBSan (leaks included): toy2d, and

@@ -4967,17 +4967,22 @@ static void ebm__read_config(ebm__reader *r, ebm_train_config *c)
 
 /* The file's data on the disk before the rename, so that a power cut
    cannot leave the new name on a file whose blocks were never written.
-   POSIX only (declared here: strict C99 headers hide fsync and fileno);
-   elsewhere, or with EBM_NO_FSYNC, fflush alone. */
-#if (defined(__unix__) || defined(__APPLE__)) && !defined(EBM_NO_FSYNC)
+   POSIX only (on Linux declared here: glibc's strict C99 headers hide fsync
+   and fileno); elsewhere, or with EBM_NO_FSYNC, fflush alone. */
+#if defined(__linux__) && !defined(EBM_NO_FSYNC)
 #ifdef __cplusplus
 extern "C" {
 #endif
 extern int fsync(int fd);
+#ifndef fileno /* a macro on some C libraries */
 extern int fileno(FILE *f);
+#endif
 #ifdef __cplusplus
 }
 #endif
+static int ebm__fsync(FILE *f) { return fsync(fileno(f)); }
+#elif (defined(__unix__) || defined(__APPLE__)) && !defined(EBM_NO_FSYNC)
+#include <unistd.h> /* the BSDs and macOS declare fsync and fileno by default */
 static int ebm__fsync(FILE *f) { return fsync(fileno(f)); }
 #else
 static int ebm__fsync(FILE *f) { (void)f; return 0; }

@@ -161,7 +161,11 @@ static int ood_set(ctx *c, int k, const float *x, const ebm_dataset *mnist, int 
         break;
     case OOD_UNIFORM: ebm_chain_start(EBM_START_UNIFORM, &r, 0, 1, -1, 1, o, n, c->D); break;
     default:
-        if (!mnist || mnist->n < n || mnist->h != c->H || mnist->w != c->W || mnist->c != c->C) return -1;
+        if (!mnist) return -1;
+        if (mnist->n < n || mnist->h != c->H || mnist->w != c->W || mnist->c != c->C) {
+            fprintf(stderr, "warning: MNIST skipped: %d images of %dx%dx%d, need %d of %dx%dx%d\n", mnist->n, mnist->h, mnist->w, mnist->c, n, c->H, c->W, c->C);
+            return -1;
+        }
         ebm_dataset_get(mnist, 0, n, o);
     }
     return 0;
