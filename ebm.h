@@ -371,7 +371,15 @@ EBMDEF void ebm_nhwc_to_nchw(const float *src, float *dst, int n, int c, int h, 
    with drift = grad_x f(x) - x / sigma_q^2 for a Gaussian reference
    q = N(0, sigma_q^2 I) (sigma_q > 0), or grad_x f(x) alone (sigma_q = 0).
    An unadjusted chain that leaves the box [lo, hi] is clamped back or
-   reflected (it then samples a slightly different law than the boxed target). */
+   reflected (it then samples a slightly different law than the boxed target).
+   STANLEY (ALGORITHMS.md section 4; aniso_th > 0): each coordinate's step and
+   noise variance are scaled by gamma = th / max(th, |drift|), so
+     x += gamma a drift + sqrt(gamma) b xi
+   (the eps form's global step eta is eps^2). Steep coordinates move with
+   short steps and little noise, flat ones with the whole step; the
+   temperature b^2 / (2a) is the same for every coordinate. A position-
+   dependent step is biased even for small steps (it lacks the 1/2 div Gamma
+   term); ebm_mala_run corrects it exactly. */
 enum { EBM_LANGEVIN_EPS, EBM_LANGEVIN_STEP_NOISE };
 enum { EBM_BOX_NONE, EBM_BOX_CLAMP, EBM_BOX_REFLECT };
 typedef struct ebm_langevin {
@@ -383,6 +391,7 @@ typedef struct ebm_langevin {
     float lo, hi;        /* the box */
     int n_steps;         /* K */
     uint32_t first_step; /* step index of the first step: keys the noise */
+    float aniso_th;      /* STANLEY's threshold th, or 0 for isotropic steps */
 } ebm_langevin;
 
 /* The short-run image recipe: step 1, noise 0.01, K = 100, clamped to [-1, 1]. */
@@ -423,9 +432,15 @@ EBMDEF int ebm_mala_adapt(ebm_model *m, ebm_graph *g, const ebm_langevin *cfg, c
      rings: radii 1..4 with weights proportional to the radius, angle
        uniform, radial noise std 0.1;
      checkerboard: uniform on the 8 squares (i + j even) of side 2 of a 4x4
-       board on [-4, 4]^2. */
-enum { EBM_TOY_8GAUSSIANS, EBM_TOY_RINGS, EBM_TOY_CHECKERBOARD, EBM_TOY_COUNT };
-/* "8gaussians", "rings", "checkerboard", or NULL. */
+       board on [-4, 4]^2;
+     two moons: t uniform on [0, pi], the arcs (2 cos t - 1, 2 sin t - 1/2)
+       and (1 - 2 cos t, 1/2 - 2 sin t) with equal weights, isotropic noise
+       std 0.2 (scikit-learn's make_moons with noise 0.1, scaled by 2 and
+       centred); its density is an integral over t, done by the midpoint
+       rule with 1024 points per arc (doubling them changes the test NLL by
+       less than 1e-6 nats). */
+enum { EBM_TOY_8GAUSSIANS, EBM_TOY_RINGS, EBM_TOY_CHECKERBOARD, EBM_TOY_MOONS, EBM_TOY_COUNT };
+/* "8gaussians", "rings", "checkerboard", "moons", or NULL. */
 EBMDEF const char *ebm_toy_name(int set);
 /* The data box: [-4.5, 4.5]^2, or [-4, 4]^2 for the checkerboard. */
 EBMDEF void ebm_toy_box(int set, float *lo, float *hi);
@@ -434,6 +449,11 @@ EBMDEF void ebm_toy_box(int set, float *lo, float *hi);
 EBMDEF int ebm_toy_sample(int set, const ebm_rng *rng, uint64_t first, float *xy, int n);
 /* The true log density at (x, y). */
 EBMDEF double ebm_toy_logpdf(int set, double x, double y);
+/* The log density of the set convolved with N(0, sigma^2 I): what denoising
+   score matching at noise sigma learns. Exact for 8 Gaussians, moons and the
+   checkerboard; for rings by a trapezoid rule on +-6 sigma (step sigma/3),
+   accurate near the data (the test points), not far from it. */
+EBMDEF double ebm_toy_logpdf_smoothed(int set, double sigma, double x, double y);
 /* Exact NLL of the points xy[n] under p(x) = exp(f(x)) / Z on the box
    [lo, hi]^2 (a model with input (2, 1, 1) and one output), log Z from a
    res x res grid of cell centres. g must hold a forward of 256 points. */
@@ -452,6 +472,31 @@ enum { EBM_START_UNIFORM,   /* fresh U(lo, hi) noise every iteration (short-run)
                                stored chains, restarted from noise with probability reinit */ };
 enum { EBM_OPT_ADAM, EBM_OPT_SGD };
 enum { EBM_LR_CONSTANT, EBM_LR_COSINE, EBM_LR_LINEAR }; /* from lr to lr_min over total_iters */
+/* The objective (ALGORITHMS.md sections 1 and 5). Only EBM_OBJ_ML runs
+   chains; the others need no sampling, and score matching needs a smooth
+   net (SiLU, softplus, ELU: with LeakyReLU the Hessian in x is zero).
+   With s = grad_x f the model's score and B the batch:
+     ML      mean f(x-) - mean f(x+), x- from the chains
+     DSM     1/(2B) sum |sigma_min s(x~) + xi|^2, x~ = x + sigma_l xi: denoising
+             score matching. One level (n_sigmas = 1, sigma_l = sigma) is the
+             usual loss times sigma^2. With n_sigmas > 1 the levels run
+             geometrically from sigma_max down to sigma (sample i at level
+             i mod n_sigmas) and the net is conditioned on the level as
+             f_l = f sigma / sigma_l (NCSNv2's s(x, sigma) = s(x) / sigma), each
+             term weighted by sigma_l^2: the same formula, f is the energy of
+             the least noisy level.
+     SSM     1/B sum [v.H v + (v.s)^2 / 2], H = grad_x s: sliced score matching,
+             v Gaussian or Rademacher (proj); three nested derivatives
+     SSM_VR  the variance-reduced form, (v.s)^2 / 2 replaced by |s|^2 / 2
+     FD_SSM  SSM with v.H v and v.s from finite differences of f at x, x +- eps v
+             (Pang et al. 2020): first derivatives only
+     NCE     -1/B sum log sigmoid(u(x+)) - 1/B sum log sigmoid(-u(y)),
+             u = f - c - log q_n: noise-contrastive estimation against a
+             diagonal Gaussian q_n fitted to the data (ebm_trainer_fit_noise,
+             else the first batch), y ~ q_n, c the learned log-normaliser
+             (noise outside the box, where the model is 0, drops out). */
+enum { EBM_OBJ_ML, EBM_OBJ_DSM, EBM_OBJ_SSM, EBM_OBJ_SSM_VR, EBM_OBJ_FD_SSM, EBM_OBJ_NCE, EBM_OBJ_COUNT };
+enum { EBM_PROJ_GAUSSIAN, EBM_PROJ_RADEMACHER };
 typedef struct ebm_train_config {
     int batch;           /* data points and chains per iteration */
     int start;           /* EBM_START_* */
@@ -472,6 +517,12 @@ typedef struct ebm_train_config {
     float lr_min;        /* the schedule's end */
     float max_abs_dt;    /* |d_t| above this is divergence */
     uint64_t seed;       /* keys every random number of the run */
+    int objective;       /* EBM_OBJ_* */
+    float sigma;         /* DSM: the noise (the smallest level) */
+    int n_sigmas;        /* DSM: levels (1: one sigma) */
+    float sigma_max;     /* DSM: the largest level */
+    int proj;            /* SSM, FD-SSM: EBM_PROJ_* */
+    float fd_eps;        /* FD-SSM: the finite-difference step */
 } ebm_train_config;
 
 /* The short-run image recipe of ALGORITHMS.md section 2: batch 64, uniform
@@ -480,6 +531,8 @@ typedef struct ebm_train_config {
 EBMDEF void ebm_train_config_default(ebm_train_config *c);
 /* "uniform", "gaussian", "data", "persistent", or NULL. */
 EBMDEF const char *ebm_start_name(int start);
+/* "ml", "dsm", "ssm", "ssm-vr", "fd-ssm", "nce", or NULL. */
+EBMDEF const char *ebm_objective_name(int objective);
 
 /* A trainer: the model (not owned), its graph and buffers (owned), the
    iteration count and the last iteration's diagnostics. */
@@ -494,6 +547,11 @@ typedef struct ebm_trainer {
     double d_t;         /* mean f(x+) - mean f(x-) */
     double r_t;         /* mean |grad_x f| along the chains */
     double f_pos, f_neg, accept, lr;
+    double loss;        /* the objective's value at the last iteration */
+    float *noise_mu, *noise_sd; /* NCE: the fitted Gaussian (D values each) */
+    int noise_fitted;
+    float nce_c, nce_m1, nce_m2; /* NCE: the log-normaliser and its Adam moments */
+    float nce_grad;     /* NCE: dL/dc at the last iteration */
     ebm_error err;      /* why the last call failed */
 } ebm_trainer;
 
@@ -511,6 +569,12 @@ EBMDEF void ebm_trainer_free(ebm_trainer *t);
    EBM_EDIVERGED (and leaves the model as it was before the iteration) when an
    energy, gradient or sample is not finite or |d_t| > max_abs_dt. */
 EBMDEF int ebm_trainer_step(ebm_trainer *t, const float *x_data);
+/* NCE: fit the noise q_n (per-coordinate mean and standard deviation) to n
+   data points; without it the first batch is used. */
+EBMDEF int ebm_trainer_fit_noise(ebm_trainer *t, const float *x, int n);
+/* The objective's value and its gradient in t->model->grads (zeroed first)
+   at iteration `iter`'s random numbers, without a step: for checking. */
+EBMDEF int ebm_trainer_loss(ebm_trainer *t, const float *x_data, long iter, double *loss);
 /* The learning rate of the next iteration (schedule times lr_scale). */
 EBMDEF float ebm_trainer_lr(const ebm_trainer *t);
 /* n fresh samples, started as the recipe starts its chains (noise; for data
@@ -2880,6 +2944,61 @@ EBMDEF int ebm_model_score(ebm_model *m, ebm_graph *g, const float *x, int n, fl
     return EBM_OK;
 }
 
+/* The score-matching losses (EBM_OBJ_DSM, _SSM, _SSM_VR; see the trainer)
+   on a batch x, as a graph whose gradient in theta is the objective's:
+     DSM:    x holds x~, r the noise xi:  |sigma_min grad f(x~) + xi|^2 / (2B)
+     SSM:    r holds v: [v . grad_x(v . grad f) + u . grad f] / B, where
+             u = (v . grad f) v is read off the first pass and held constant
+             (the gradient of (v . s)^2 / 2 is (v . s) times that of v . s)
+     SSM_VR: [v . grad_x(v . grad f) + |grad f|^2 / 2] / B
+   u is NULL while measuring memory. *value gets the loss itself (for SSM not
+   the graph's value, which has u . grad f in place of (v . grad f)^2 / 2). */
+static ebm_var *ebm__sm_loss(ebm_model *m, ebm_graph *g, int obj, int B, float sigma_min, float *x, float *r, float *u,
+                             ebm_var **y_out, ebm_var **gx_out, double *value)
+{
+    int shape[4], i;
+    size_t D = (size_t)m->in_h * m->in_w * m->in_c, j;
+    ebm_var *xv, *y, *gx = NULL, *hv = NULL, *rv, *loss = NULL;
+    shape[0] = B; shape[1] = m->in_h; shape[2] = m->in_w; shape[3] = m->in_c;
+    xv = ebm_leaf(g, x, 4, shape);
+    rv = ebm_leaf(g, r, 4, shape);
+    y = ebm_model_forward(m, g, xv);
+    if (ebm_grad(g, y, NULL, 1, &xv, &gx, 1) != EBM_OK) return NULL;
+    *y_out = y; *gx_out = gx;
+    if (obj == EBM_OBJ_DSM) {
+        loss = ebm_scale(g, ebm_sqnorm(g, ebm_add(g, ebm_scale(g, gx, sigma_min), rv)), 0.5f / (float)B);
+        if (loss && loss->data && value) *value = loss->data[0];
+        return loss;
+    }
+    /* v . H v: H v = grad_x (v . grad f), per sample (the samples do not interact) */
+    if (ebm_grad(g, ebm_dot(g, gx, rv), NULL, 1, &xv, &hv, 1) != EBM_OK) return NULL;
+    if (obj == EBM_OBJ_SSM_VR) {
+        loss = ebm_scale(g, ebm_add(g, ebm_dot(g, hv, rv), ebm_scale(g, ebm_sqnorm(g, gx), 0.5f)), 1.0f / (float)B);
+        if (loss && loss->data && value) *value = loss->data[0];
+        return loss;
+    }
+    if (u && gx->data) {
+        double sq = 0;
+        for (i = 0; i < B; i++) {
+            double d = 0;
+            for (j = 0; j < D; j++) d += (double)r[i * D + j] * gx->data[i * D + j];
+            for (j = 0; j < D; j++) u[i * D + j] = (float)d * r[i * D + j];
+            sq += 0.5 * d * d;
+        }
+        if (value) *value = sq;
+    }
+    loss = ebm_scale(g, ebm_add(g, ebm_dot(g, hv, rv), ebm_dot(g, gx, ebm_leaf(g, u, 4, shape))), 1.0f / (float)B);
+    if (loss && loss->data && value) { /* v . H v from the graph, plus the quadratic term */
+        double vhv = 0;
+        for (j = 0; j < (size_t)B * D; j++) vhv += (double)hv->data[j] * r[j];
+        *value = (vhv + *value) / B;
+    }
+    return loss;
+}
+
+/* Step kinds of the trainer's score-matching objectives (for its memory). */
+enum { EBM__STEP_DSM = 100, EBM__STEP_SSM, EBM__STEP_SSM_VR };
+
 /* The computation of one step of the given kind on a batch: used to measure
    its memory (data NULL) and by the tests to check the measurement. v is the
    projection of the third-order step, or the loss weights (batch values) of
@@ -2888,6 +3007,12 @@ static int ebm__step_build(ebm_model *m, ebm_graph *g, int kind, int batch, floa
 {
     int shape[4];
     ebm_var *xv, *y, *gx = NULL, *hv = NULL, *loss = NULL, *vv;
+    if (kind >= EBM__STEP_DSM && kind <= EBM__STEP_SSM_VR) {
+        /* (SSM's constant u lives in the trainer's buffer, not the arena) */
+        loss = ebm__sm_loss(m, g, kind - EBM__STEP_DSM + EBM_OBJ_DSM, batch, 1.0f, x, v, NULL, &y, &gx, NULL);
+        if (loss) ebm_model_backward(m, g, loss);
+        return g->err.status;
+    }
     shape[0] = batch; shape[1] = m->in_h; shape[2] = m->in_w; shape[3] = m->in_c;
     xv = ebm_leaf(g, x, 4, shape);
     y = ebm_model_forward(m, g, xv);
@@ -3141,6 +3266,13 @@ EBM__INLINE float ebm__box(float v, int box, float lo, float hi)
     return v > hi ? hi : v < lo ? lo : v;
 }
 
+/* STANLEY's per-coordinate scale of the step: th / max(th, |drift|). */
+EBM__INLINE float ebm__stanley_gamma(float drift, float th)
+{
+    float ad = drift < 0 ? -drift : drift;
+    return ad > th ? th / ad : 1.0f;
+}
+
 /* Check a sampler's settings; the update is x += a drift + b xi. */
 static int ebm__langevin_check(ebm_graph *g, const ebm_langevin *c, float *pa, float *pb)
 {
@@ -3158,6 +3290,7 @@ static int ebm__langevin_check(ebm_graph *g, const ebm_langevin *c, float *pa, f
     if (c->box != EBM_BOX_NONE && !(ebm__finite(c->lo) && ebm__finite(c->hi) && c->lo < c->hi))
         return ebm__gfail(g, EBM_EINVAL, "langevin: box [%g, %g] is empty", (double)c->lo, (double)c->hi), EBM_EINVAL;
     if (c->n_steps < 0) return ebm__gfail(g, EBM_EINVAL, "langevin: %d steps", c->n_steps), EBM_EINVAL;
+    if (!(c->aniso_th >= 0 && c->aniso_th < 1e30f)) return ebm__gfail(g, EBM_EINVAL, "langevin: STANLEY threshold %g", (double)c->aniso_th), EBM_EINVAL;
     *pa = a; *pb = b;
     return EBM_OK;
 }
@@ -3214,12 +3347,20 @@ EBMDEF int ebm_langevin_run(ebm_model *m, ebm_graph *g, const ebm_langevin *c, c
                     for (jj = 0; jj < D; jj += 256) {
                         size_t t, len = D - jj < 256 ? D - jj : 256;
                         ebm__rng_normal_at(rng, first_sample + (uint64_t)ii, c->first_step + (uint32_t)k, jj, xi, len);
-                        for (t = 0; t < len; t++) {
-                            float v = xs[jj + t], gr = gs[jj + t];
-                            nrm += (double)gr * gr;
-                            v = v + a * (gr - inv_q * v) + b * xi[t];
-                            xs[jj + t] = c->box == EBM_BOX_NONE ? v : ebm__box(v, c->box, c->lo, c->hi);
-                        }
+                        if (c->aniso_th > 0) /* STANLEY: per-coordinate step gamma */
+                            for (t = 0; t < len; t++) {
+                                float v = xs[jj + t], gr = gs[jj + t], d = gr - inv_q * v, gam = ebm__stanley_gamma(d, c->aniso_th);
+                                nrm += (double)gr * gr;
+                                v = v + gam * a * d + sqrtf(gam) * b * xi[t];
+                                xs[jj + t] = c->box == EBM_BOX_NONE ? v : ebm__box(v, c->box, c->lo, c->hi);
+                            }
+                        else
+                            for (t = 0; t < len; t++) {
+                                float v = xs[jj + t], gr = gs[jj + t];
+                                nrm += (double)gr * gr;
+                                v = v + a * (gr - inv_q * v) + b * xi[t];
+                                xs[jj + t] = c->box == EBM_BOX_NONE ? v : ebm__box(v, c->box, c->lo, c->hi);
+                            }
                     }
                     part[q] += sqrt(nrm);
                 }
@@ -3289,8 +3430,9 @@ EBMDEF int ebm_mala_run(ebm_model *m, ebm_graph *g, const ebm_langevin *c, const
                     size_t t, len = D - jj < 256 ? D - jj : 256, o = (size_t)ii * D + jj;
                     ebm__rng_normal_at(rng, first_sample + (uint64_t)ii, step, jj, xi, len);
                     for (t = 0; t < len; t++) {
+                        float d = gc[o + t] - inv_q * x[o + t], gam = c->aniso_th > 0 ? ebm__stanley_gamma(d, c->aniso_th) : 1.0f;
                         nrm += (double)gc[o + t] * gc[o + t];
-                        xp[o + t] = x[o + t] + a * (gc[o + t] - inv_q * x[o + t]) + b * xi[t];
+                        xp[o + t] = x[o + t] + gam * a * d + sqrtf(gam) * b * xi[t];
                     }
                 }
                 part_g[q] += sqrt(nrm);
@@ -3306,19 +3448,29 @@ EBMDEF int ebm_mala_run(ebm_model *m, ebm_graph *g, const ebm_langevin *c, const
             part_a[q] = 0;
             for (ii = i0; ii < i1; ii++) {
                 const float *X = x + (size_t)ii * D, *P = xp + (size_t)ii * D, *GX = gc + (size_t)ii * D, *GP = gp + (size_t)ii * D;
-                double lq_fwd = 0, lq_bwd = 0, nx = 0, np_ = 0, log_alpha;
+                double lq_fwd = 0, lq_bwd = 0, ldet = 0, nx = 0, np_ = 0, log_alpha;
                 float u;
                 int inside = 1;
                 size_t jj;
+                /* log q(x|x') - log q(x'|x) for Gaussian proposals of mean
+                   mu(x) and per-coordinate variance gamma(x) b^2 (gamma = 1
+                   unless STANLEY): the squared distances over gamma, plus
+                   the log-determinants' difference */
                 for (jj = 0; jj < D; jj++) {
-                    double df = P[jj] - X[jj] - a * (GX[jj] - inv_q * X[jj]); /* x' - mu(x) */
-                    double db = X[jj] - P[jj] - a * (GP[jj] - inv_q * P[jj]); /* x - mu(x') */
-                    lq_fwd += df * df; lq_bwd += db * db;
+                    float dx = GX[jj] - inv_q * X[jj], dp = GP[jj] - inv_q * P[jj]; /* the drifts, as the proposal computed them */
+                    double gx = 1, gp = 1, df, db;
+                    if (c->aniso_th > 0) {
+                        gx = ebm__stanley_gamma(dx, c->aniso_th); gp = ebm__stanley_gamma(dp, c->aniso_th);
+                        ldet += log(gx) - log(gp);
+                    }
+                    df = P[jj] - X[jj] - gx * a * dx; /* x' - mu(x) */
+                    db = X[jj] - P[jj] - gp * a * dp; /* x - mu(x') */
+                    lq_fwd += df * df / gx; lq_bwd += db * db / gp;
                     nx += (double)X[jj] * X[jj]; np_ += (double)P[jj] * P[jj];
                     if (c->box != EBM_BOX_NONE && (P[jj] < c->lo || P[jj] > c->hi)) inside = 0;
                 }
                 log_alpha = ((fp[ii] - 0.5 * inv_q * np_) - (fc[ii] - 0.5 * inv_q * nx)) / T
-                          + (lq_fwd - lq_bwd) / (2.0 * (double)b * b);
+                          + (lq_fwd - lq_bwd) / (2.0 * (double)b * b) + 0.5 * ldet;
                 ebm_rng_uniform(&ur, first_sample + (uint64_t)ii, step, 0.0f, 1.0f, &u, 1);
                 if (inside && log((double)u + 1e-300) < log_alpha) {
                     memcpy(x + (size_t)ii * D, P, D * sizeof(float));
@@ -3364,7 +3516,7 @@ EBMDEF int ebm_mala_adapt(ebm_model *m, ebm_graph *g, const ebm_langevin *cfg, c
 
 EBMDEF const char *ebm_toy_name(int set)
 {
-    static const char *const names[] = { "8gaussians", "rings", "checkerboard" };
+    static const char *const names[] = { "8gaussians", "rings", "checkerboard", "moons" };
     return set >= 0 && set < EBM_TOY_COUNT ? names[set] : NULL;
 }
 
@@ -3378,6 +3530,8 @@ EBMDEF void ebm_toy_box(int set, float *lo, float *hi)
 #define EBM__PI 3.14159265358979323846
 #define EBM__TOY_G_STD 0.35355339059327376 /* 0.5 / sqrt 2 */
 #define EBM__TOY_R_STD 0.1
+#define EBM__TOY_M_STD 0.2
+#define EBM__TOY_M_POINTS 1024
 
 EBMDEF int ebm_toy_sample(int set, const ebm_rng *rng, uint64_t first, float *xy, int n)
 {
@@ -3399,6 +3553,10 @@ EBMDEF int ebm_toy_sample(int set, const ebm_rng *rng, uint64_t first, float *xy
             r = (k + 1) + EBM__TOY_R_STD * z[0];
             x = r * cos(a);
             y = r * sin(a);
+        } else if (set == EBM_TOY_MOONS) { /* upper arc or lower arc, t uniform */
+            double t = EBM__PI * u[1], s = u[0] < 0.5f ? 1.0 : -1.0;
+            x = s * (2 * cos(t) - 1) + EBM__TOY_M_STD * z[0];
+            y = s * (2 * sin(t) - 0.5) + EBM__TOY_M_STD * z[1];
         } else { /* one of the 8 squares (i + j even), uniform inside */
             int c = (int)(u[0] * 8) & 7, row = c / 2, col = 2 * (c % 2) + (row % 2);
             x = -4 + 2 * col + 2 * u[1];
@@ -3410,19 +3568,68 @@ EBMDEF int ebm_toy_sample(int set, const ebm_rng *rng, uint64_t first, float *xy
     return EBM_OK;
 }
 
+/* Two moons with noise std sd: the mean over both arcs of N(x; arc(t), sd^2),
+   t on the midpoints of EBM__TOY_M_POINTS equal steps of [0, pi]. */
+static double ebm__moons_logpdf(double x, double y, double sd)
+{
+    const double h = EBM__PI / EBM__TOY_M_POINTS, ch = cos(h), sh = sin(h);
+    double p = 0, v = sd * sd, c = cos(0.5 * h), sn = sin(0.5 * h);
+    int k;
+    for (k = 0; k < EBM__TOY_M_POINTS; k++) { /* (c, sn) = (cos t, sin t), advanced by rotation */
+        double dx = x - (2 * c - 1), dy = y - (2 * sn - 0.5), ex = x + (2 * c - 1), ey = y + (2 * sn - 0.5), c2;
+        p += exp(-(dx * dx + dy * dy) / (2 * v)) + exp(-(ex * ex + ey * ey) / (2 * v));
+        c2 = c * ch - sn * sh; sn = sn * ch + c * sh; c = c2;
+    }
+    return log(p / (2.0 * EBM__TOY_M_POINTS * 2 * EBM__PI * v));
+}
+
+/* 8 Gaussians of std sd: the log of the mixture, by log-sum-exp. */
+static double ebm__8g_logpdf(double x, double y, double sd)
+{
+    double l[8], mx = -1e300, s = 0, v = sd * sd;
+    int k;
+    for (k = 0; k < 8; k++) {
+        double dx = x - 2 * 1.4142135623730951 * cos(k * EBM__PI / 4), dy = y - 2 * 1.4142135623730951 * sin(k * EBM__PI / 4);
+        l[k] = -(dx * dx + dy * dy) / (2 * v) - log(2 * EBM__PI * v) - log(8.0);
+        if (l[k] > mx) mx = l[k];
+    }
+    for (k = 0; k < 8; k++) s += exp(l[k] - mx);
+    return mx + log(s);
+}
+
+EBMDEF double ebm_toy_logpdf_smoothed(int set, double sigma, double x, double y)
+{
+    if (!(sigma > 0)) return ebm_toy_logpdf(set, x, y);
+    if (set == EBM_TOY_8GAUSSIANS) return ebm__8g_logpdf(x, y, sqrt(EBM__TOY_G_STD * EBM__TOY_G_STD + sigma * sigma));
+    if (set == EBM_TOY_MOONS) return ebm__moons_logpdf(x, y, sqrt(EBM__TOY_M_STD * EBM__TOY_M_STD + sigma * sigma));
+    if (set == EBM_TOY_CHECKERBOARD) { /* per square: a product of normal CDF differences */
+        double p = 0, r2 = sigma * 1.4142135623730951;
+        int i, j;
+        for (i = 0; i < 4; i++)
+            for (j = 0; j < 4; j++)
+                if ((i + j) % 2 == 0) {
+                    double a = -4 + 2 * i, b = -4 + 2 * j;
+                    p += 0.25 * (erf((x - a) / r2) - erf((x - a - 2) / r2)) * (erf((y - b) / r2) - erf((y - b - 2) / r2)) / 32.0;
+                }
+        return p > 0 ? log(p) : -1e300;
+    }
+    if (set == EBM_TOY_RINGS) { /* E over z ~ N(0, I) of p(x + sigma z), trapezoid on [-6, 6]^2 */
+        double p = 0;
+        int i, j;
+        for (i = -18; i <= 18; i++)
+            for (j = -18; j <= 18; j++) {
+                double zx = i / 3.0, zy = j / 3.0, lp = ebm_toy_logpdf(set, x + sigma * zx, y + sigma * zy);
+                p += exp(lp - 0.5 * (zx * zx + zy * zy));
+            }
+        return log(p / 9.0 / (2 * EBM__PI));
+    }
+    return -1e300;
+}
+
 EBMDEF double ebm_toy_logpdf(int set, double x, double y)
 {
-    if (set == EBM_TOY_8GAUSSIANS) { /* log of the mixture, by log-sum-exp */
-        double l[8], mx = -1e300, s = 0, v = EBM__TOY_G_STD * EBM__TOY_G_STD;
-        int k;
-        for (k = 0; k < 8; k++) {
-            double dx = x - 2 * 1.4142135623730951 * cos(k * EBM__PI / 4), dy = y - 2 * 1.4142135623730951 * sin(k * EBM__PI / 4);
-            l[k] = -(dx * dx + dy * dy) / (2 * v) - log(2 * EBM__PI * v) - log(8.0);
-            if (l[k] > mx) mx = l[k];
-        }
-        for (k = 0; k < 8; k++) s += exp(l[k] - mx);
-        return mx + log(s);
-    }
+    if (set == EBM_TOY_MOONS) return ebm__moons_logpdf(x, y, EBM__TOY_M_STD);
+    if (set == EBM_TOY_8GAUSSIANS) return ebm__8g_logpdf(x, y, EBM__TOY_G_STD);
     if (set == EBM_TOY_RINGS) { /* p(x) = sum_k w_k N(|x|; r_k, s^2) / (2 pi |x|) */
         double rho = sqrt(x * x + y * y), p = 0;
         int k;
@@ -3515,14 +3722,23 @@ EBMDEF void ebm_train_config_default(ebm_train_config *c)
     c->lr_min = 0.0f;
     c->max_abs_dt = 1e3f;
     c->seed = 1;
+    c->objective = EBM_OBJ_ML;
+    c->sigma = 0.1f;
+    c->n_sigmas = 1;
+    c->sigma_max = 1.0f;
+    c->proj = EBM_PROJ_GAUSSIAN;
+    c->fd_eps = 0.1f;
 }
 
 static const char *const ebm__start_names[] = { "uniform", "gaussian", "data", "persistent" };
 EBMDEF const char *ebm_start_name(int start) { return start >= 0 && start < 4 ? ebm__start_names[start] : NULL; }
+static const char *const ebm__objective_names[] = { "ml", "dsm", "ssm", "ssm-vr", "fd-ssm", "nce" };
+EBMDEF const char *ebm_objective_name(int o) { return o >= 0 && o < EBM_OBJ_COUNT ? ebm__objective_names[o] : NULL; }
 
 /* The random streams of a trainer (seed = cfg.seed): one per use, so that
    changing one setting does not shift the numbers of another. */
-enum { EBM__S_DATA_NOISE = 16, EBM__S_START, EBM__S_COIN, EBM__S_CHAIN, EBM__S_BUFFER, EBM__S_FRESH_START, EBM__S_FRESH_CHAIN };
+enum { EBM__S_DATA_NOISE = 16, EBM__S_START, EBM__S_COIN, EBM__S_CHAIN, EBM__S_BUFFER, EBM__S_FRESH_START, EBM__S_FRESH_CHAIN,
+       EBM__S_OBJECTIVE /* DSM's xi, SSM's v, NCE's noise */ };
 static ebm_rng ebm__stream(uint64_t seed, uint32_t s) { ebm_rng r; r.seed = seed; r.stream = s; return r; }
 
 EBMDEF int ebm_chain_start(int kind, const ebm_rng *r, uint64_t first, uint32_t step, float lo, float hi, float *x, int n, size_t D)
@@ -3537,11 +3753,24 @@ EBMDEF int ebm_chain_start(int kind, const ebm_rng *r, uint64_t first, uint32_t 
 }
 
 /* Memory of one iteration: the chain (Langevin, or MALA's state on top) on
-   `batch` samples, or the parameter gradient on the 2 batch of samples and data. */
+   `batch` samples, or the parameter gradient on the 2 batch of samples and
+   data; for the MCMC-free objectives, their own graph. */
 static int ebm__trainer_bytes(ebm_model *m, const ebm_train_config *c, size_t *bytes, ebm_error *err)
 {
     size_t a = 0, b = 0, D = (size_t)m->in_h * m->in_w * m->in_c;
     int rc;
+    if (c->objective == EBM_OBJ_DSM || c->objective == EBM_OBJ_SSM || c->objective == EBM_OBJ_SSM_VR) {
+        if ((rc = ebm_model_step_bytes(m, c->batch, EBM__STEP_DSM + c->objective - EBM_OBJ_DSM, &a, err)) != EBM_OK) return rc;
+        if ((rc = ebm_model_step_bytes(m, c->batch, EBM_STEP_INPUT_GRAD, &b, err)) != EBM_OK) return rc; /* sampling */
+        *bytes = (a > b ? a : b) + 4096;
+        return EBM_OK;
+    }
+    if (c->objective == EBM_OBJ_FD_SSM) { /* x + eps v, x - eps v and x in one batch */
+        if ((rc = ebm_model_step_bytes(m, 3 * c->batch, EBM_STEP_PARAM_GRAD, &a, err)) != EBM_OK) return rc;
+        if ((rc = ebm_model_step_bytes(m, c->batch, EBM_STEP_INPUT_GRAD, &b, err)) != EBM_OK) return rc;
+        *bytes = (a > b ? a : b) + 4096;
+        return EBM_OK;
+    }
     if ((rc = ebm_model_step_bytes(m, c->batch, EBM_STEP_INPUT_GRAD, &a, err)) != EBM_OK) return rc;
     if ((rc = ebm_model_step_bytes(m, 2 * c->batch, EBM_STEP_PARAM_GRAD, &b, err)) != EBM_OK) return rc;
     a += (3 * (size_t)c->batch * D + 2 * (size_t)c->batch) * sizeof(float) + 4 * EBM__ALIGN; /* MALA's state */
@@ -3577,6 +3806,15 @@ static int ebm__config_check(const ebm_train_config *c, ebm_error *err)
     if (c->schedule < EBM_LR_CONSTANT || c->schedule > EBM_LR_LINEAR || c->warmup < 0 || (c->schedule != EBM_LR_CONSTANT && c->total_iters < 1))
         return ebm__fail(err, EBM_EINVAL, "trainer: schedule %d needs total_iters >= 1 (got %ld) and warmup >= 0", c->schedule, c->total_iters);
     if (!ebm__finite_pos(c->max_abs_dt)) return ebm__fail(err, EBM_EINVAL, "trainer: max_abs_dt %g", (double)c->max_abs_dt);
+    if (c->objective < EBM_OBJ_ML || c->objective >= EBM_OBJ_COUNT) return ebm__fail(err, EBM_EINVAL, "trainer: unknown objective %d", c->objective);
+    if (c->objective == EBM_OBJ_DSM && (!ebm__finite_pos(c->sigma) || c->n_sigmas < 1 || c->n_sigmas > 10000 ||
+                                        (c->n_sigmas > 1 && !(ebm__finite_pos(c->sigma_max) && c->sigma_max > c->sigma))))
+        return ebm__fail(err, EBM_EINVAL, "trainer: DSM needs sigma > 0, 1 <= n_sigmas <= 10000 and, for several levels, sigma_max > sigma (got %g, %d, %g)",
+                         (double)c->sigma, c->n_sigmas, (double)c->sigma_max);
+    if ((c->objective == EBM_OBJ_SSM || c->objective == EBM_OBJ_SSM_VR || c->objective == EBM_OBJ_FD_SSM) &&
+        c->proj != EBM_PROJ_GAUSSIAN && c->proj != EBM_PROJ_RADEMACHER)
+        return ebm__fail(err, EBM_EINVAL, "trainer: unknown projection %d", c->proj);
+    if (c->objective == EBM_OBJ_FD_SSM && !ebm__finite_pos(c->fd_eps)) return ebm__fail(err, EBM_EINVAL, "trainer: FD-SSM step %g", (double)c->fd_eps);
     return EBM_OK;
 }
 
@@ -3588,8 +3826,8 @@ EBMDEF int ebm_trainer_memory(ebm_model *m, const ebm_train_config *c, size_t *b
     if ((rc = ebm__config_check(c, err)) != EBM_OK) return rc;
     if ((rc = ebm__trainer_bytes(m, c, &arena, err)) != EBM_OK) return rc;
     D = (size_t)m->in_h * m->in_w * m->in_c;
-    *bytes = ebm_model_bytes(m) + arena + (2 * (size_t)c->batch * D + 2 * (size_t)c->batch) * sizeof(float) +
-             (c->start == EBM_START_PERSISTENT ? (size_t)c->buffer_size * D * sizeof(float) : 0);
+    *bytes = ebm_model_bytes(m) + arena + (3 * (size_t)c->batch * D + 3 * (size_t)c->batch + 2 * D) * sizeof(float) +
+             (c->start == EBM_START_PERSISTENT && c->objective == EBM_OBJ_ML ? (size_t)c->buffer_size * D * sizeof(float) : 0);
     return EBM_OK;
 }
 
@@ -3610,13 +3848,17 @@ EBMDEF int ebm_trainer_init(ebm_trainer *t, ebm_model *m, const ebm_train_config
     D = (size_t)m->in_h * m->in_w * m->in_c;
     if ((rc = ebm__trainer_bytes(m, c, &bytes, err)) != EBM_OK) return rc;
     if ((rc = ebm_graph_create(&t->graph, bytes, err)) != EBM_OK) return rc;
-    t->x = (float *)EBM_MALLOC((2 * (size_t)c->batch * D + 2 * (size_t)c->batch) * sizeof(float));
-    if (c->start == EBM_START_PERSISTENT) t->buffer = (float *)EBM_MALLOC((size_t)c->buffer_size * D * sizeof(float));
-    if (!t->x || (c->start == EBM_START_PERSISTENT && !t->buffer)) {
+    /* three batches: [x-; x+] for ML and NCE, three for FD-SSM and score
+       matching's inputs; then a weight per sample; then NCE's noise */
+    t->x = (float *)EBM_MALLOC((3 * (size_t)c->batch * D + 3 * (size_t)c->batch + 2 * D) * sizeof(float));
+    if (c->start == EBM_START_PERSISTENT && c->objective == EBM_OBJ_ML) t->buffer = (float *)EBM_MALLOC((size_t)c->buffer_size * D * sizeof(float));
+    if (!t->x || (c->start == EBM_START_PERSISTENT && c->objective == EBM_OBJ_ML && !t->buffer)) {
         ebm_trainer_free(t);
         return ebm__fail(err, EBM_ENOMEM, "trainer_init: no memory for the batch or the replay buffer");
     }
-    t->w = t->x + 2 * (size_t)c->batch * D;
+    t->w = t->x + 3 * (size_t)c->batch * D;
+    t->noise_mu = t->w + 3 * (size_t)c->batch;
+    t->noise_sd = t->noise_mu + D;
     /* the replay buffer starts as noise of the kind fresh chains start from */
     rb = ebm__stream(c->seed, EBM__S_BUFFER);
     if (t->buffer) ebm_chain_start(c->restart, &rb, 0, 0, c->chain.lo, c->chain.hi, t->buffer, c->buffer_size, D);
@@ -3708,57 +3950,225 @@ static int ebm__all_finite(const float *p, size_t n)
     return s == 0;
 }
 
+/* Sigmoid and log-sigmoid without overflow. */
+static double ebm__sigmoid_d(double z) { return z >= 0 ? 1.0 / (1.0 + exp(-z)) : exp(z) / (1.0 + exp(z)); }
+static double ebm__log_sigmoid(double z) { return z >= 0 ? -log1p(exp(-z)) : z - log1p(exp(z)); }
+
+EBMDEF int ebm_trainer_fit_noise(ebm_trainer *t, const float *x, int n)
+{
+    size_t D, j;
+    int i;
+    if (!t || !t->model) return EBM_EINVAL;
+    if (!x || n < 2) return ebm__tfail(t, EBM_EINVAL, "fit_noise: NULL data or fewer than 2 points");
+    D = (size_t)t->model->in_h * t->model->in_w * t->model->in_c;
+    for (j = 0; j < D; j++) {
+        double mean = 0, var = 0, floor_sd = 1e-2 * (t->cfg.chain.hi > t->cfg.chain.lo ? t->cfg.chain.hi - t->cfg.chain.lo : 1.0);
+        for (i = 0; i < n; i++) mean += x[(size_t)i * D + j];
+        mean /= n;
+        for (i = 0; i < n; i++) var += (x[(size_t)i * D + j] - mean) * (x[(size_t)i * D + j] - mean);
+        var /= n - 1;
+        t->noise_mu[j] = (float)mean;
+        /* a floor: a coordinate the data never moves (an image's border)
+           would give the noise a density of thousands of nats */
+        t->noise_sd[j] = (float)(sqrt(var) > floor_sd ? sqrt(var) : floor_sd);
+    }
+    t->noise_fitted = 1;
+    return EBM_OK;
+}
+
+/* The model's gradient of the objective for iteration `iter` in
+   model->grads, with the loss and the diagnostics in t. The ML objective
+   writes its chains back into the replay buffer when keep is set. */
+static int ebm__objective(ebm_trainer *t, const float *x_data, long iter, int keep)
+{
+    const ebm_train_config *c = &t->cfg;
+    ebm_graph *g = t->graph;
+    ebm_model *m = t->model;
+    const size_t D = (size_t)m->in_h * m->in_w * m->in_c;
+    const int B = c->batch;
+    const uint64_t first = (uint64_t)iter * (uint64_t)B; /* global index of this iteration's first sample */
+    const size_t BD = (size_t)B * D;
+    int i, shape[4], ws[4];
+    size_t j;
+    float *x0 = t->x, *x1 = t->x + BD, *x2 = t->x + 2 * BD;
+    double fp = 0, fn = 0, rt = 0, acc = 1;
+    ebm_rng rn = ebm__stream(c->seed, EBM__S_DATA_NOISE), ro = ebm__stream(c->seed, EBM__S_OBJECTIVE);
+    ebm_var *y = NULL, *gx = NULL, *loss;
+    shape[1] = m->in_h; shape[2] = m->in_w; shape[3] = m->in_c;
+    ws[1] = ws[2] = ws[3] = 1;
+    ebm_model_zero_grad(m);
+    t->d_t = t->r_t = 0; t->accept = 1;
+    if (c->objective == EBM_OBJ_ML) {
+        ebm_rng rch = ebm__stream(c->seed, EBM__S_CHAIN);
+        /* 1. x- : chains from their starts, K steps */
+        ebm__chain_starts(t, first, x_data, x0, B);
+        if (ebm__chain_run(t, &rch, first, x0, B, c->chain.n_steps, &rt, &acc) != EBM_OK)
+            return ebm__tfail(t, ebm_graph_status(g), "trainer_step: %s", ebm_graph_error(g)->msg);
+        if (!ebm__all_finite(x0, BD))
+            return ebm__tfail(t, EBM_EDIVERGED, "diverged at iteration %ld: the chains' samples are not finite", iter);
+        if (keep && c->start == EBM_START_PERSISTENT)
+            for (i = 0; i < B; i++) memcpy(t->buffer + (size_t)((first + (uint64_t)i) % (uint64_t)c->buffer_size) * D, x0 + (size_t)i * D, D * sizeof(float));
+    }
+    /* x+ : the data, plus N(0, data_noise^2); after x- for ML and NCE, first otherwise */
+    {
+        float *xp = c->objective == EBM_OBJ_ML || c->objective == EBM_OBJ_NCE ? x1 : x2;
+        memcpy(xp, x_data, BD * sizeof(float));
+        ebm__add_noise(&rn, first, c->data_noise, xp, B, D);
+    }
+    ebm_graph_reset(g);
+    switch (c->objective) {
+    case EBM_OBJ_ML: case EBM_OBJ_NCE: {
+        /* grad_theta of sum_i w_i f(x_i) over [x-; x+], the weights set
+           from the forward pass before the backward pass reads them.
+           ML: L = mean f(x-) - mean f(x+) [+ alpha (mean f(x+)^2 + mean
+           f(x-)^2)]: w_i = +-1/B [+ 2 alpha f(x_i) / B]. NCE: x- is noise
+           from q_n; with u = f - |x|^2/(2 sigma_q^2) - c - log q_n,
+           dL/df = sigmoid(u)/B on noise, -sigmoid(-u)/B on data. */
+        double dc = 0, lsum = 0;
+        float inv_q = c->chain.sigma_q > 0 ? 1.0f / (c->chain.sigma_q * c->chain.sigma_q) : 0.0f;
+        if (c->objective == EBM_OBJ_NCE) {
+            if (!t->noise_fitted && ebm_trainer_fit_noise(t, x1, B) != EBM_OK) return t->err.status;
+            for (i = 0; i < B; i++) {
+                float xi[256];
+                for (j = 0; j < D; j += 256) {
+                    size_t k, len = D - j < 256 ? D - j : 256;
+                    ebm__rng_normal_at(&ro, first + (uint64_t)i, 0, j, xi, len);
+                    for (k = 0; k < len; k++) x0[(size_t)i * D + j + k] = t->noise_mu[j + k] + t->noise_sd[j + k] * xi[k];
+                }
+            }
+        }
+        shape[0] = 2 * B; ws[0] = 2 * B;
+        y = ebm_model_forward(m, g, ebm_leaf(g, t->x, 4, shape));
+        if (ebm_graph_status(g) != EBM_OK) return ebm__tfail(t, ebm_graph_status(g), "trainer_step: %s", ebm_graph_error(g)->msg);
+        for (i = 0; i < 2 * B; i++) {
+            if (c->objective == EBM_OBJ_ML) {
+                t->w[i] = (i < B ? 1.0f : -1.0f) / (float)B + 2.0f * c->energy_reg * y->data[i] / (float)B;
+                continue;
+            } else {
+                const float *xs = t->x + (size_t)i * D;
+                double lq = 0, sq = 0, u;
+                int inside = 1;
+                for (j = 0; j < D; j++) {
+                    double z = (xs[j] - t->noise_mu[j]) / t->noise_sd[j];
+                    lq -= 0.5 * z * z + log(t->noise_sd[j]) + 0.9189385332046727; /* log sqrt(2 pi) */
+                    sq += (double)xs[j] * xs[j];
+                    if (c->chain.box != EBM_BOX_NONE && (xs[j] < c->chain.lo || xs[j] > c->chain.hi)) inside = 0;
+                }
+                u = y->data[i] - 0.5 * inv_q * sq - t->nce_c - lq;
+                if (i < B) { /* noise: -log sigmoid(-u), zero where the model is (outside its box) */
+                    t->w[i] = inside ? (float)(ebm__sigmoid_d(u) / B) : 0.0f;
+                    if (inside) lsum -= ebm__log_sigmoid(-u);
+                } else {
+                    t->w[i] = (float)(-ebm__sigmoid_d(-u) / B);
+                    lsum -= ebm__log_sigmoid(u);
+                }
+                dc -= t->w[i]; /* u falls by what c rises */
+            }
+        }
+        ebm_model_backward(m, g, ebm_dot(g, y, ebm_leaf(g, t->w, 4, ws)));
+        if (ebm_graph_status(g) != EBM_OK) return ebm__tfail(t, ebm_graph_status(g), "trainer_step: %s", ebm_graph_error(g)->msg);
+        for (i = 0; i < B; i++) { fn += y->data[i]; fp += y->data[B + i]; }
+        t->f_neg = fn / B; t->f_pos = fp / B;
+        t->d_t = t->f_pos - t->f_neg;
+        t->r_t = rt; t->accept = acc;
+        t->loss = c->objective == EBM_OBJ_ML ? -t->d_t : lsum / B;
+        t->nce_grad = (float)dc;
+        break;
+    }
+    case EBM_OBJ_DSM: case EBM_OBJ_SSM: case EBM_OBJ_SSM_VR: {
+        /* x0 = the input (x~ for DSM), x1 = xi or v, x2 = the data; SSM's u after */
+        const float smin = c->objective == EBM_OBJ_DSM ? c->sigma : 1.0f;
+        double value = 0, gn = 0;
+        float *u = c->objective == EBM_OBJ_SSM ? x2 : NULL; /* the data is copied to x0 first */
+        for (i = 0; i < B; i++) {
+            float *r = x1 + (size_t)i * D;
+            double lev = 0;
+            ebm__rng_normal_at(&ro, first + (uint64_t)i, 0, 0, r, D); /* xi, or v */
+            if (c->proj == EBM_PROJ_RADEMACHER && c->objective != EBM_OBJ_DSM)
+                for (j = 0; j < D; j++) r[j] = r[j] < 0 ? -1.0f : 1.0f;
+            if (c->objective == EBM_OBJ_DSM) /* level (first + i) mod L, geometric from sigma_max to sigma */
+                lev = c->n_sigmas > 1 ? (double)((first + (uint64_t)i) % (uint64_t)c->n_sigmas) / (c->n_sigmas - 1) : 1.0;
+            for (j = 0; j < D; j++) {
+                float xv = x2[(size_t)i * D + j];
+                if (c->objective == EBM_OBJ_DSM)
+                    xv += (float)(c->n_sigmas > 1 ? c->sigma_max * pow(c->sigma / c->sigma_max, lev) : c->sigma) * r[j];
+                x0[(size_t)i * D + j] = xv;
+            }
+        }
+        loss = ebm__sm_loss(m, g, c->objective, B, smin, x0, x1, u, &y, &gx, &value);
+        if (loss) ebm_model_backward(m, g, loss);
+        if (ebm_graph_status(g) != EBM_OK) return ebm__tfail(t, ebm_graph_status(g), "trainer_step: %s", ebm_graph_error(g)->msg);
+        for (i = 0; i < B; i++) {
+            double nrm = 0;
+            fp += y->data[i];
+            for (j = 0; j < D; j++) nrm += (double)gx->data[(size_t)i * D + j] * gx->data[(size_t)i * D + j];
+            gn += sqrt(nrm);
+        }
+        t->f_pos = fp / B;
+        t->r_t = gn / B; /* |grad_x f| at the (noisy) data */
+        t->loss = value;
+        break;
+    }
+    case EBM_OBJ_FD_SSM: {
+        /* [x + eps v; x - eps v; x], one forward; with d = f+ - f-:
+           L = mean [(f+ + f- - 2 f) / eps^2 + d^2 / (8 eps^2)],
+           dL/df+- = (1/eps^2 +- d / (4 eps^2)) / B, dL/df = -2 / (eps^2 B) */
+        const double e2 = (double)c->fd_eps * c->fd_eps;
+        double lsum = 0;
+        float v[256];
+        for (i = 0; i < B; i++)
+            for (j = 0; j < D; j += 256) {
+                size_t k, len = D - j < 256 ? D - j : 256, o = (size_t)i * D + j;
+                ebm__rng_normal_at(&ro, first + (uint64_t)i, 0, j, v, len);
+                for (k = 0; k < len; k++) {
+                    float vk = c->proj == EBM_PROJ_RADEMACHER ? (v[k] < 0 ? -1.0f : 1.0f) : v[k];
+                    x0[o + k] = x2[o + k] + c->fd_eps * vk;
+                    x1[o + k] = x2[o + k] - c->fd_eps * vk;
+                }
+            }
+        shape[0] = 3 * B; ws[0] = 3 * B;
+        y = ebm_model_forward(m, g, ebm_leaf(g, t->x, 4, shape));
+        if (ebm_graph_status(g) != EBM_OK) return ebm__tfail(t, ebm_graph_status(g), "trainer_step: %s", ebm_graph_error(g)->msg);
+        for (i = 0; i < B; i++) {
+            double fpl = y->data[i], fmi = y->data[B + i], f0 = y->data[2 * B + i], d = fpl - fmi;
+            lsum += (fpl + fmi - 2 * f0) / e2 + d * d / (8 * e2);
+            t->w[i] = (float)((1 + d / 4) / (e2 * B));
+            t->w[B + i] = (float)((1 - d / 4) / (e2 * B));
+            t->w[2 * B + i] = (float)(-2 / (e2 * B));
+            fp += f0;
+        }
+        ebm_model_backward(m, g, ebm_dot(g, y, ebm_leaf(g, t->w, 4, ws)));
+        if (ebm_graph_status(g) != EBM_OK) return ebm__tfail(t, ebm_graph_status(g), "trainer_step: %s", ebm_graph_error(g)->msg);
+        t->f_pos = fp / B;
+        t->loss = lsum / B;
+        break;
+    }
+    }
+    return EBM_OK;
+}
+
+EBMDEF int ebm_trainer_loss(ebm_trainer *t, const float *x_data, long iter, double *loss)
+{
+    int rc;
+    if (!t || !t->model) return EBM_EINVAL;
+    if (!x_data || !loss || iter < 0) return ebm__tfail(t, EBM_EINVAL, "trainer_loss: NULL data or result, or iter < 0");
+    if ((rc = ebm__objective(t, x_data, iter, 0)) != EBM_OK) return rc;
+    *loss = t->loss;
+    return EBM_OK;
+}
+
 EBMDEF int ebm_trainer_step(ebm_trainer *t, const float *x_data)
 {
     const ebm_train_config *c;
-    ebm_graph *g;
-    size_t D;
-    int B, i, shape[4], ws[4];
-    uint64_t first;
-    float *xneg, *xpos, lr;
-    double fp = 0, fn = 0, rt = 0, acc = 1;
-    ebm_rng rn, rch;
-    ebm_var *y;
+    float lr;
+    int rc;
     if (!t || !t->model) return EBM_EINVAL;
     if (!x_data) return ebm__tfail(t, EBM_EINVAL, "trainer_step: NULL data batch");
-    c = &t->cfg; g = t->graph; B = c->batch;
-    D = (size_t)t->model->in_h * t->model->in_w * t->model->in_c;
-    first = (uint64_t)t->iter * (uint64_t)B; /* global index of this iteration's first sample */
-    xneg = t->x; xpos = t->x + (size_t)B * D;
-    /* 1. x- : chains from their starts, K steps */
-    ebm__chain_starts(t, first, x_data, xneg, B);
-    rch = ebm__stream(c->seed, EBM__S_CHAIN);
-    if (ebm__chain_run(t, &rch, first, xneg, B, c->chain.n_steps, &rt, &acc) != EBM_OK)
-        return ebm__tfail(t, ebm_graph_status(g), "trainer_step: %s", ebm_graph_error(g)->msg);
-    if (!ebm__all_finite(xneg, (size_t)B * D))
-        return ebm__tfail(t, EBM_EDIVERGED, "diverged at iteration %ld: the chains' samples are not finite", t->iter);
-    if (c->start == EBM_START_PERSISTENT)
-        for (i = 0; i < B; i++) memcpy(t->buffer + (size_t)((first + (uint64_t)i) % (uint64_t)c->buffer_size) * D, xneg + (size_t)i * D, D * sizeof(float));
-    /* 2. x+ : the data, plus N(0, data_noise^2) */
-    rn = ebm__stream(c->seed, EBM__S_DATA_NOISE);
-    memcpy(xpos, x_data, (size_t)B * D * sizeof(float));
-    ebm__add_noise(&rn, first, c->data_noise, xpos, B, D);
-    /* 3. grad_theta of L = mean f(x-) - mean f(x+) [+ alpha (mean f(x+)^2 +
-       mean f(x-)^2)], both halves in one batch: L's gradient is that of
-       sum_i w_i f(x_i) with w_i = +-1/B [+ 2 alpha f(x_i) / B], the weights
-       set from the forward pass before the backward one reads them. */
-    ebm_model_zero_grad(t->model);
-    ebm_graph_reset(g);
-    shape[0] = 2 * B; shape[1] = t->model->in_h; shape[2] = t->model->in_w; shape[3] = t->model->in_c;
-    ws[0] = 2 * B; ws[1] = ws[2] = ws[3] = 1;
-    y = ebm_model_forward(t->model, g, ebm_leaf(g, t->x, 4, shape));
-    if (ebm_graph_status(g) != EBM_OK) return ebm__tfail(t, ebm_graph_status(g), "trainer_step: %s", ebm_graph_error(g)->msg);
-    for (i = 0; i < 2 * B; i++) t->w[i] = (i < B ? 1.0f : -1.0f) / (float)B + 2.0f * c->energy_reg * y->data[i] / (float)B;
-    ebm_model_backward(t->model, g, ebm_dot(g, y, ebm_leaf(g, t->w, 4, ws)));
-    if (ebm_graph_status(g) != EBM_OK) return ebm__tfail(t, ebm_graph_status(g), "trainer_step: %s", ebm_graph_error(g)->msg);
-    for (i = 0; i < B; i++) { fn += y->data[i]; fp += y->data[B + i]; }
-    t->f_neg = fn / B; t->f_pos = fp / B;
-    t->d_t = t->f_pos - t->f_neg;
-    t->r_t = rt;
-    t->accept = acc;
-    /* 4. divergence: never take a step from non-finite or runaway values */
-    if (!(t->d_t == t->d_t) || !ebm__all_finite(t->model->grads, t->model->n_params))
-        return ebm__tfail(t, EBM_EDIVERGED, "diverged at iteration %ld: non-finite energies or gradients", t->iter);
+    c = &t->cfg;
+    if ((rc = ebm__objective(t, x_data, t->iter, 1)) != EBM_OK) return rc;
+    /* divergence: never take a step from non-finite or runaway values */
+    if (!(t->d_t == t->d_t) || !(t->loss == t->loss) || !ebm__all_finite(t->model->grads, t->model->n_params) || !(t->nce_grad == t->nce_grad))
+        return ebm__tfail(t, EBM_EDIVERGED, "diverged at iteration %ld: non-finite energies, loss or gradients", t->iter);
     if (fabs(t->d_t) > c->max_abs_dt)
         return ebm__tfail(t, EBM_EDIVERGED, "diverged at iteration %ld: |d_t| = %.3g exceeds %.3g", t->iter, fabs(t->d_t), (double)c->max_abs_dt);
     lr = ebm_trainer_lr(t);
@@ -3766,6 +4176,18 @@ EBMDEF int ebm_trainer_step(ebm_trainer *t, const float *x_data)
     if ((c->optimizer == EBM_OPT_ADAM ? ebm_adam_step(t->model, lr, c->beta1, c->beta2, 1e-8f, t->iter + 1)
                                       : ebm_sgd_step(t->model, lr, c->momentum)) != EBM_OK)
         return ebm__tfail(t, t->model->err.status, "trainer_step: %s", t->model->err.msg);
+    if (c->objective == EBM_OBJ_NCE) { /* the log-normaliser: the same rule as the parameters */
+        float gc = t->nce_grad;
+        if (c->optimizer == EBM_OPT_ADAM) {
+            double bc1 = 1 - pow(c->beta1, (double)(t->iter + 1)), bc2 = 1 - pow(c->beta2, (double)(t->iter + 1));
+            t->nce_m1 = c->beta1 * t->nce_m1 + (1 - c->beta1) * gc;
+            t->nce_m2 = c->beta2 * t->nce_m2 + (1 - c->beta2) * gc * gc;
+            t->nce_c -= (float)(lr * (t->nce_m1 / bc1) / (sqrt(t->nce_m2 / bc2) + 1e-8));
+        } else {
+            t->nce_m1 = c->momentum * t->nce_m1 + gc;
+            t->nce_c -= lr * t->nce_m1;
+        }
+    }
     t->iter++;
     t->err.status = EBM_OK;
     return EBM_OK;
@@ -3844,6 +4266,7 @@ EBMDEF int ebm_chain_backward(ebm_model *m, ebm_graph *g, const ebm_langevin *cf
     nD = (size_t)n * D;
     shape[0] = n; shape[1] = m->in_h; shape[2] = m->in_w; shape[3] = m->in_c;
     if (gz != gK) memcpy(gz, gK, nD * sizeof(float)); /* gz may be gK */
+    if (cfg->aniso_th > 0) return ebm__gfail(g, EBM_EUNSUPPORTED, "chain_backward: STANLEY chains are not differentiated (their step depends on |drift|)"), EBM_EUNSUPPORTED;
     flat = ebm__piecewise_linear(m); /* H = 0: no Hessian-vector products */
     for (k = cfg->n_steps - 1; k >= 0; k--) {
         const float *xk = states + (size_t)k * nD;
@@ -4855,11 +5278,12 @@ EBMDEF int ebm_npy_load(const char *path, float **data, int *ndim, int shape[4],
    Little-endian: "EBMCKPT\0", u32 version, then sections, then the CRC-32 of
    every byte before it. Model: input (C, H, W), the layer table, the
    parameters and both optimiser moments. Trainer (optional): every setting,
-   the iteration, the learning-rate scale, the replay buffer. Written to
+   the iteration, the learning-rate scale, the replay buffer, NCE's noise
+   and log-normaliser. Written to
    "<path>.tmp", flushed, synced to disk (POSIX), closed, then renamed over <path>, so a crash leaves
    either the old file or the new one. */
 
-#define EBM__CKPT_VERSION 1u
+#define EBM__CKPT_VERSION 2u /* 2: objectives, STANLEY and NCE's state; version 1 is still read */
 #ifdef EBM_TEST_HOOKS
 /* Tests only: called while a checkpoint is written, with the bytes written
    so far (stage 0, after every write) and once between closing the
@@ -4949,12 +5373,16 @@ static void ebm__write_config(ebm__writer *w, const ebm_train_config *c)
     ebm__wu32(w, (uint32_t)c->optimizer); ebm__wf32(w, c->lr); ebm__wf32(w, c->beta1); ebm__wf32(w, c->beta2); ebm__wf32(w, c->momentum);
     ebm__wu32(w, (uint32_t)c->schedule); ebm__wu64(w, (uint64_t)c->warmup); ebm__wu64(w, (uint64_t)c->total_iters); ebm__wf32(w, c->lr_min);
     ebm__wf32(w, c->max_abs_dt); ebm__wu64(w, c->seed);
+    /* version 2 */
+    ebm__wf32(w, l->aniso_th); ebm__wu32(w, (uint32_t)c->objective); ebm__wf32(w, c->sigma); ebm__wu32(w, (uint32_t)c->n_sigmas);
+    ebm__wf32(w, c->sigma_max); ebm__wu32(w, (uint32_t)c->proj); ebm__wf32(w, c->fd_eps);
 }
 
-static void ebm__read_config(ebm__reader *r, ebm_train_config *c)
+static void ebm__read_config(ebm__reader *r, ebm_train_config *c, uint32_t version)
 {
     ebm_langevin *l = &c->chain;
-    memset(c, 0, sizeof *c);
+    ebm_train_config_default(c); /* what version 1 files did not hold */
+    memset(l, 0, sizeof *l);
     c->batch = (int)ebm__ru32(r); c->start = (int)ebm__ru32(r); c->restart = (int)ebm__ru32(r);
     c->buffer_size = (int)ebm__ru32(r); c->reinit = ebm__rf32(r); c->start_noise = ebm__rf32(r);
     l->form = (int)ebm__ru32(r); l->eps = ebm__rf32(r); l->step = ebm__rf32(r); l->noise = ebm__rf32(r); l->sigma_q = ebm__rf32(r);
@@ -4963,6 +5391,9 @@ static void ebm__read_config(ebm__reader *r, ebm_train_config *c)
     c->optimizer = (int)ebm__ru32(r); c->lr = ebm__rf32(r); c->beta1 = ebm__rf32(r); c->beta2 = ebm__rf32(r); c->momentum = ebm__rf32(r);
     c->schedule = (int)ebm__ru32(r); c->warmup = (long)ebm__ru64(r); c->total_iters = (long)ebm__ru64(r); c->lr_min = ebm__rf32(r);
     c->max_abs_dt = ebm__rf32(r); c->seed = ebm__ru64(r);
+    if (version < 2) return;
+    l->aniso_th = ebm__rf32(r); c->objective = (int)ebm__ru32(r); c->sigma = ebm__rf32(r); c->n_sigmas = (int)ebm__ru32(r);
+    c->sigma_max = ebm__rf32(r); c->proj = (int)ebm__ru32(r); c->fd_eps = ebm__rf32(r);
 }
 
 /* The file's data on the disk before the rename, so that a power cut
@@ -5014,6 +5445,9 @@ static int ebm__ckpt_write(const char *path, const ebm_model *m, const ebm_train
         ebm__wf64(&w, t->d_t); ebm__wf64(&w, t->r_t);
         ebm__wu32(&w, t->buffer ? 1u : 0u);
         if (t->buffer) ebm__wfloats(&w, t->buffer, (size_t)t->cfg.buffer_size * D);
+        ebm__wu32(&w, (uint32_t)t->noise_fitted);
+        ebm__wf32(&w, t->nce_c); ebm__wf32(&w, t->nce_m1); ebm__wf32(&w, t->nce_m2);
+        if (t->noise_fitted) { ebm__wfloats(&w, t->noise_mu, D); ebm__wfloats(&w, t->noise_sd, D); }
     }
     crc[0] = (unsigned char)w.crc; crc[1] = (unsigned char)(w.crc >> 8); crc[2] = (unsigned char)(w.crc >> 16); crc[3] = (unsigned char)(w.crc >> 24);
     if (!w.bad && fwrite(crc, 1, 4, w.f) != 4) w.bad = 1;
@@ -5034,7 +5468,7 @@ EBMDEF int ebm_trainer_save(const ebm_trainer *t, const char *path, ebm_error *e
 
 /* Read and check a checkpoint, building m from its layer table; *r is left
    after the model section, *has_trainer says whether a trainer section follows. */
-static int ebm__ckpt_open(const char *path, ebm_model *m, unsigned char **file, ebm__reader *r, int *has_trainer, ebm_error *err)
+static int ebm__ckpt_open(const char *path, ebm_model *m, unsigned char **file, ebm__reader *r, int *has_trainer, uint32_t *version, ebm_error *err)
 {
     size_t len;
     int rc, i, nl;
@@ -5046,7 +5480,9 @@ static int ebm__ckpt_open(const char *path, ebm_model *m, unsigned char **file, 
     if (ebm__le32(*file + len - 4) != ebm__crc32(0, *file, len - 4)) return ebm__fail(err, EBM_EFORMAT, "%s: checksum mismatch (truncated or corrupted)", path);
     r->len = len - 4;
     ebm__rbytes(r, 8);
-    if (ebm__ru32(r) != EBM__CKPT_VERSION) return ebm__fail(err, EBM_EFORMAT, "%s: checkpoint version %u, this build reads %u", path, ebm__le32(*file + 8), EBM__CKPT_VERSION);
+    *version = ebm__ru32(r);
+    if (*version < 1 || *version > EBM__CKPT_VERSION)
+        return ebm__fail(err, EBM_EFORMAT, "%s: checkpoint version %u, this build reads 1 to %u", path, *version, EBM__CKPT_VERSION);
     *has_trainer = (int)ebm__ru32(r);
     {
         int c = (int)ebm__ru32(r), h = (int)ebm__ru32(r), w = (int)ebm__ru32(r);
@@ -5085,8 +5521,9 @@ EBMDEF int ebm_model_load(ebm_model *m, const char *path, ebm_error *err)
     unsigned char *file = NULL;
     ebm__reader r;
     int has_t, rc;
+    uint32_t version;
     if (!m) return ebm__fail(err, EBM_EINVAL, "model_load: NULL model");
-    rc = ebm__ckpt_open(path, m, &file, &r, &has_t, err);
+    rc = ebm__ckpt_open(path, m, &file, &r, &has_t, &version, err);
     EBM_FREE(file);
     /* a trainer's checkpoint holds a model too: its trainer section is skipped */
     if (rc == EBM_OK && !has_t && r.pos != r.len) {
@@ -5103,12 +5540,13 @@ EBMDEF int ebm_trainer_load(ebm_trainer *t, ebm_model *m, const char *path, ebm_
     ebm__reader r;
     ebm_train_config c;
     int has_t, rc;
+    uint32_t version;
     size_t D;
     if (!t || !m) return ebm__fail(err, EBM_EINVAL, "trainer_load: NULL trainer or model");
     memset(t, 0, sizeof *t);
-    if ((rc = ebm__ckpt_open(path, m, &file, &r, &has_t, err)) != EBM_OK) { EBM_FREE(file); return rc; }
+    if ((rc = ebm__ckpt_open(path, m, &file, &r, &has_t, &version, err)) != EBM_OK) { EBM_FREE(file); return rc; }
     if (!has_t) { EBM_FREE(file); ebm_model_free(m); return ebm__fail(err, EBM_EFORMAT, "%s: holds a model only, no trainer state", path); }
-    ebm__read_config(&r, &c);
+    ebm__read_config(&r, &c, version);
     if (r.bad) { EBM_FREE(file); ebm_model_free(m); return ebm__fail(err, EBM_EFORMAT, "%s: truncated settings", path); }
     {
         ebm_error e2;
@@ -5121,8 +5559,13 @@ EBMDEF int ebm_trainer_load(ebm_trainer *t, ebm_model *m, const char *path, ebm_
     t->iter = (long)ebm__ru64(&r);
     t->lr_scale = ebm__rf32(&r);
     t->d_t = ebm__rf64(&r); t->r_t = ebm__rf64(&r);
-    if ((ebm__ru32(&r) != 0) != (t->buffer != NULL) || (t->buffer && ebm__rfloats(&r, t->buffer, (size_t)c.buffer_size * D)) || r.bad ||
-        r.pos != r.len || t->iter < 0 || !ebm__finite_pos(t->lr_scale)) {
+    if ((ebm__ru32(&r) != 0) != (t->buffer != NULL) || (t->buffer && ebm__rfloats(&r, t->buffer, (size_t)c.buffer_size * D))) r.bad = 1;
+    if (version >= 2 && !r.bad) {
+        t->noise_fitted = ebm__ru32(&r) != 0;
+        t->nce_c = ebm__rf32(&r); t->nce_m1 = ebm__rf32(&r); t->nce_m2 = ebm__rf32(&r);
+        if (t->noise_fitted && (ebm__rfloats(&r, t->noise_mu, D) || ebm__rfloats(&r, t->noise_sd, D))) r.bad = 1;
+    }
+    if (r.bad || r.pos != r.len || t->iter < 0 || !ebm__finite_pos(t->lr_scale)) {
         EBM_FREE(file); ebm_trainer_free(t); ebm_model_free(m);
         return ebm__fail(err, EBM_EFORMAT, "%s: truncated or inconsistent trainer state", path);
     }

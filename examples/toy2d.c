@@ -1,36 +1,38 @@
-/* toy2d: train an energy-based model on built-in 2-D data by maximum
-   likelihood with Langevin MCMC (the library's trainer), and measure it
+/* toy2d: train an energy-based model on built-in 2-D data and measure it
    exactly: log Z is integrated on a grid, so the test NLL of 10,000 held-out
    points is exact and can be set beside the true density's (ALGORITHMS.md 7).
    f is an MLP 2 -> 128 -> 128 -> 1 (SiLU); p(x) = exp(f(x)) / Z on the data box.
-   Recipes:
-     convergent  persistent chains (a replay buffer of 8192, 5 % restarted from
-                 uniform noise) advanced by K = 20 MALA steps (exact for this
-                 target; the box is a wall) - the chains sample the model
-     shortrun    every iteration fresh uniform noise, K = 40 unadjusted Langevin
-                 steps reflected at the box - the chain is the generator, and
-                 the energy learns whatever makes it work (a different object)
-   Adam, lr 1e-3 decayed to 0 by a cosine over the run, batch 256.
+   Recipes (--recipe):
+     convergent  maximum likelihood; persistent chains (a replay buffer of
+                 8192, 5 % restarted from uniform noise) advanced by K = 20
+                 MALA steps (exact for this target; the box is a wall)
+     shortrun    maximum likelihood; every iteration fresh uniform noise,
+                 K = 40 unadjusted Langevin steps reflected at the box - the
+                 chain is the generator, and the energy learns whatever makes
+                 it work (a different object)
+     stanley     the convergent recipe with unadjusted STANLEY steps (global
+                 step eta = eps^2, threshold --th) reflected at the box
+     dsm, ssm, ssm-vr, fd-ssm, nce
+                 the MCMC-free objectives (ALGORITHMS.md 5): denoising score
+                 matching at --sigma (its model is the data smoothed by
+                 N(0, sigma^2), so its NLL is also set beside that density's),
+                 sliced score matching (exact Hessian-vector products; the
+                 variance-reduced form; finite differences), noise-contrastive
+                 estimation against a Gaussian fitted to the data
+   Adam, lr decayed to 0 by a cosine over the run, batch 256. With --seconds
+   the run's length is set by a timing probe of its first 20 iterations.
    Writes toy2d_<data>_<recipe>.png: data, the learned density exp(f)/Z, and
-   samples from fresh chains started as the recipe starts them.
-   Usage: toy2d [--data 8gaussians|rings|checkerboard] [--recipe convergent|shortrun]
-                [--iters N] [--seed S] [--k K] [--eps E] [--lr LR] [--reg A] [--reinit P] [--samples N] [--out FILE.png] */
+   samples from fresh chains (the ML recipes: started as the recipe starts
+   them; the others: 500 MALA steps from uniform noise, which sample exp(f)/Z).
+   The last line is a key=value summary. */
 #define EBM_IMPLEMENTATION
 #include "ebm.h"
-#include <stdlib.h>
-#include <string.h>
+#include "flags.h"
 #include <math.h>
 
 #define NTEST 10000
 #define RES 128   /* image panels */
 #define GRID 256  /* log Z grid; 512 to check it converged */
-
-static const char *arg_str(int argc, char **argv, const char *name, const char *def)
-{
-    int i;
-    for (i = 1; i + 1 < argc; i++) if (strcmp(argv[i], name) == 0) return argv[i + 1];
-    return def;
-}
 
 /* a dark-to-bright colour ramp for densities */
 static void ramp(double v, unsigned char *rgb)
@@ -56,47 +58,80 @@ static void hist_panel(unsigned char *img, int p, const float *xy, int n, float 
     for (i = 0; i < RES * RES; i++) ramp(mx > 0 ? h[i] / mx : 0, img + 3 * ((size_t)(i / RES) * (3 * RES + 8) + p * (RES + 4) + i % RES));
 }
 
+enum { R_CONVERGENT, R_SHORTRUN, R_STANLEY, R_DSM, R_SSM, R_SSM_VR, R_FD_SSM, R_NCE, R_COUNT };
+static const char *const recipe_names[R_COUNT] = { "convergent", "shortrun", "stanley", "dsm", "ssm", "ssm-vr", "fd-ssm", "nce" };
+
 int main(int argc, char **argv)
 {
-    const char *data_name = arg_str(argc, argv, "--data", "8gaussians"), *recipe = arg_str(argc, argv, "--recipe", "convergent");
-    const int convergent = strcmp(recipe, "convergent") == 0;
-    const int iters = atoi(arg_str(argc, argv, "--iters", "3000")), seed = atoi(arg_str(argc, argv, "--seed", "1"));
-    const int K = atoi(arg_str(argc, argv, "--k", convergent ? "20" : "40"));
-    const float eps = (float)atof(arg_str(argc, argv, "--eps", convergent ? "0.5" : "0.3")), lr = (float)atof(arg_str(argc, argv, "--lr", convergent ? "1e-2" : "1e-3"));
-    const float reg = (float)atof(arg_str(argc, argv, "--reg", "0")), reinit = (float)atof(arg_str(argc, argv, "--reinit", "0.05"));
-    const int n_samples = atoi(arg_str(argc, argv, "--samples", "4096")); /* fresh chains in the picture */
+    const char *data_name = "8gaussians", *recipe_name = "convergent", *out = NULL, *npy = NULL, *proj = "gaussian";
+    int iters = 0, seed = 1, K = 0, n_samples = 4096, threads = 0, n_sigmas = 1, set, recipe, ml, chains_mala, i;
+    long t;
+    float eps = 0, lr = 0, reg = 0, reinit = 0.05f, th = 1.0f, sigma = 0.1f, sigma_max = 1.0f, fd_eps = 0.1f, seconds = 0;
+    const flag flags[] = {
+        { "data", "8gaussians | rings | checkerboard | moons (default 8gaussians)", 's', &data_name },
+        { "recipe", "convergent | shortrun | stanley | dsm | ssm | ssm-vr | fd-ssm | nce (default convergent)", 's', &recipe_name },
+        { "iters", "iterations (default 3000; with --seconds, from the timing probe)", 'i', &iters },
+        { "seconds", "training budget in seconds: sets --iters from a timing probe", 'f', &seconds },
+        { "seed", "seed of every random number (default 1)", 'i', &seed },
+        { "k", "chain steps per iteration (default 20, shortrun 40)", 'i', &K },
+        { "eps", "Langevin step (default 0.5, shortrun 0.3, stanley 0.3; stanley's eta = eps^2)", 'f', &eps },
+        { "th", "STANLEY's threshold on |grad f| (default 1)", 'f', &th },
+        { "lr", "Adam learning rate (default 1e-2, shortrun 1e-3)", 'f', &lr },
+        { "reg", "energy regulariser alpha (ML)", 'f', &reg },
+        { "reinit", "persistent chains' restart probability (default 0.05)", 'f', &reinit },
+        { "sigma", "DSM: noise (the smallest level; default 0.1)", 'f', &sigma },
+        { "sigmas", "DSM: noise levels (default 1)", 'i', &n_sigmas },
+        { "sigma-max", "DSM: largest level (default 1)", 'f', &sigma_max },
+        { "proj", "SSM, FD-SSM: gaussian | rademacher projections", 's', &proj },
+        { "fd-eps", "FD-SSM: finite-difference step (default 0.1)", 'f', &fd_eps },
+        { "samples", "fresh chains in the picture (default 4096)", 'i', &n_samples },
+        { "threads", "threads (default: OpenMP's)", 'i', &threads },
+        { "out", "picture (default toy2d_<data>_<recipe>.png)", 's', &out },
+        { "density-npy", "also write the learned density exp(f)/Z on the picture's 128x128 grid", 's', &npy },
+    };
+    static const char *const proj_names[] = { "gaussian", "rademacher" };
+    const char *toy_names[EBM_TOY_COUNT];
     char out_default[128];
-    const char *out;
-    int set, t, i;
     ebm_model m;
     ebm_trainer tr;
     ebm_train_config c;
     ebm_error err;
     ebm_rng r_data, r_test;
     float lo, hi, xpos[2 * 256], *test, *samples;
-    double true_nll = 0, nll = 0, nll_fine = 0, train_sec, t0;
-    for (i = 1; i < argc; i++)
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            printf("usage: %s [--data 8gaussians|rings|checkerboard] [--recipe convergent|shortrun] [--iters N] [--seed S] [--k K] [--eps E] [--lr LR] [--reg A] [--reinit P] [--samples N] [--out FILE.png]\n", argv[0]);
-            return 0;
-        }
-    for (set = 0; set < EBM_TOY_COUNT; set++) if (strcmp(data_name, ebm_toy_name(set)) == 0) break;
-    if (set == EBM_TOY_COUNT || (!convergent && strcmp(recipe, "shortrun") != 0) || iters < 1 || K < 1 || !(eps > 0) || !(lr > 0) || n_samples < 1) {
-        fprintf(stderr, "error: unknown data set '%s' or recipe '%s', or --iters, --k, --eps, --lr or --samples not positive\n", data_name, recipe);
+    double true_nll = 0, smooth_nll = 0, nll = 0, nll_fine = 0, log_z = 0, train_sec, t0;
+    int pj;
+    if (parse_flags(argv[0], argc, argv, flags, (int)(sizeof flags / sizeof flags[0])) != 0) return 2;
+    for (set = 0; set < EBM_TOY_COUNT; set++) toy_names[set] = ebm_toy_name(set);
+    if ((set = lookup("data set", data_name, toy_names, EBM_TOY_COUNT)) < 0 || (recipe = lookup("recipe", recipe_name, recipe_names, R_COUNT)) < 0 ||
+        (pj = lookup("projection", proj, proj_names, 2)) < 0)
+        return 2;
+    ml = recipe <= R_STANLEY;
+    chains_mala = recipe == R_CONVERGENT;
+    if (!iters) iters = seconds > 0 ? 1000000000 : 3000;
+    if (!K) K = recipe == R_SHORTRUN ? 40 : 20;
+    if (!(eps > 0)) eps = recipe == R_CONVERGENT ? 0.5f : 0.3f;
+    if (!(lr > 0)) lr = recipe == R_SHORTRUN ? 1e-3f : 1e-2f;
+    if (iters < 1 || K < 1 || !(th > 0) || n_samples < 1 || seconds < 0) {
+        fprintf(stderr, "error: --iters, --k, --th and --samples must be positive, --seconds >= 0\n");
         return 2;
     }
-    snprintf(out_default, sizeof out_default, "toy2d_%s_%s.png", data_name, recipe);
-    out = arg_str(argc, argv, "--out", out_default);
+    if (threads > 0) ebm_set_threads(threads);
+    snprintf(out_default, sizeof out_default, "toy2d_%s_%s.png", data_name, recipe_name);
+    if (!out) out = out_default;
     ebm_toy_box(set, &lo, &hi);
     if (ebm_model_mlp_prior(&m, 2, 128, EBM_ACT_SILU, 0.0f, (uint64_t)seed) != EBM_OK) { fprintf(stderr, "error: %s\n", m.err.msg); return 1; }
     ebm_train_config_default(&c);
     c.batch = 256;
-    c.start = convergent ? EBM_START_PERSISTENT : EBM_START_UNIFORM;
+    c.objective = recipe == R_DSM ? EBM_OBJ_DSM : recipe == R_SSM ? EBM_OBJ_SSM : recipe == R_SSM_VR ? EBM_OBJ_SSM_VR :
+                  recipe == R_FD_SSM ? EBM_OBJ_FD_SSM : recipe == R_NCE ? EBM_OBJ_NCE : EBM_OBJ_ML;
+    c.start = recipe == R_SHORTRUN ? EBM_START_UNIFORM : EBM_START_PERSISTENT;
     c.buffer_size = 8192; c.reinit = reinit; c.energy_reg = reg;
-    c.mala = convergent;
+    c.mala = chains_mala;
     c.chain.form = EBM_LANGEVIN_EPS; c.chain.eps = eps; c.chain.n_steps = K;
-    c.chain.box = convergent ? EBM_BOX_CLAMP : EBM_BOX_REFLECT; /* MALA: a wall (proposals outside rejected) */
+    c.chain.box = chains_mala ? EBM_BOX_CLAMP : EBM_BOX_REFLECT; /* MALA: a wall (proposals outside rejected) */
     c.chain.lo = lo; c.chain.hi = hi;
+    if (recipe == R_STANLEY) c.chain.aniso_th = th;
+    c.sigma = sigma; c.n_sigmas = n_sigmas; c.sigma_max = sigma_max; c.proj = pj; c.fd_eps = fd_eps;
     c.data_noise = 0;
     c.lr = lr; c.schedule = EBM_LR_COSINE; c.total_iters = iters;
     c.max_abs_dt = 1e4f;
@@ -108,35 +143,68 @@ int main(int argc, char **argv)
     r_data.seed = (uint64_t)seed; r_data.stream = EBM_STREAM_USER;
     r_test.seed = 0x7e57; r_test.stream = EBM_STREAM_USER; /* held out: a seed training never uses */
     ebm_toy_sample(set, &r_test, 0, test, NTEST);
-    for (i = 0; i < NTEST; i++) true_nll -= ebm_toy_logpdf(set, test[2 * i], test[2 * i + 1]) / NTEST;
-    printf("toy2d: %s, recipe %s: MLP 2-128-128-1 (SiLU), %lu parameters, batch %d, %s K = %d, eps = %.2f, %s, Adam lr %g cosine over %d\n",
-           data_name, recipe, (unsigned long)m.n_params, c.batch, convergent ? "MALA" : "Langevin", K, (double)eps,
-           convergent ? "persistent buffer 8192 (5 % restarts)" : "fresh uniform starts", (double)lr, iters);
+    for (i = 0; i < NTEST; i++) {
+        true_nll -= ebm_toy_logpdf(set, test[2 * i], test[2 * i + 1]) / NTEST;
+        if (recipe == R_DSM) smooth_nll -= ebm_toy_logpdf_smoothed(set, sigma, test[2 * i], test[2 * i + 1]) / NTEST;
+    }
+    if (recipe == R_NCE) { /* the noise: a Gaussian fitted to 10,000 training points */
+        float *fit = (float *)malloc(2 * NTEST * sizeof *fit);
+        if (!fit) { fprintf(stderr, "error: out of memory\n"); return 1; }
+        ebm_toy_sample(set, &r_data, (uint64_t)1 << 40, fit, NTEST); /* indices training never reaches */
+        ebm_trainer_fit_noise(&tr, fit, NTEST);
+        printf("nce noise: N((%.3f, %.3f), diag(%.3f, %.3f)^2)\n", (double)tr.noise_mu[0], (double)tr.noise_mu[1], (double)tr.noise_sd[0], (double)tr.noise_sd[1]);
+        free(fit);
+    }
+    {
+        const char *on = ebm_objective_name(c.objective);
+        printf("toy2d: %s, recipe %s (objective %s): MLP 2-128-128-1 (SiLU), %lu parameters, batch %d, Adam lr %g cosine\n",
+               data_name, recipe_name, on ? on : "?", (unsigned long)m.n_params, c.batch, (double)lr);
+    }
+    if (ml)
+        printf("chains: %s, K = %d, eps = %.2f%s\n", recipe == R_SHORTRUN ? "fresh uniform starts" : "persistent buffer 8192 (5 % restarts)", K, (double)eps,
+               recipe == R_CONVERGENT ? ", MALA" : recipe == R_STANLEY ? ", unadjusted STANLEY steps, reflected" : ", unadjusted, reflected");
     printf("true density: test NLL %.4f nats; uniform on the box: %.4f\n", true_nll, 2 * log((double)(hi - lo)));
+    if (recipe == R_DSM) printf("the data smoothed by N(0, %g^2): test NLL %.4f (what DSM learns)\n", (double)sigma, smooth_nll);
+    fflush(stdout);
     t0 = ebm_time_sec();
     for (t = 0; t < iters; t++) {
         ebm_toy_sample(set, &r_data, (uint64_t)t * 256, xpos, 256);
-        if (ebm_trainer_step(&tr, xpos) != EBM_OK) { fprintf(stderr, "error: %s\n", tr.err.msg); return 3; }
+        if (ebm_trainer_step(&tr, xpos) != EBM_OK) {
+            fprintf(stderr, "error: %s\n", tr.err.msg);
+            printf("toy2d data=%s recipe=%s status=%s iters=%ld\n", data_name, recipe_name, ebm_status_name(tr.err.status), t);
+            return 3;
+        }
+        if (seconds > 0 && t + 1 == 20) { /* the timing probe: the schedule ends when the budget does */
+            double per = (ebm_time_sec() - t0) / 20;
+            iters = 20 + (int)((seconds - (ebm_time_sec() - t0)) / per);
+            if (iters < 21) iters = 21;
+            tr.cfg.total_iters = iters;
+        }
         if ((t + 1) % 500 == 0 || t + 1 == iters) {
             double el = ebm_time_sec() - t0, t1 = ebm_time_sec();
             ebm_model_nll2d(&m, tr.graph, lo, hi, GRID, test, NTEST, &nll, NULL);
             t0 += ebm_time_sec() - t1; /* the measurement is not training time */
-            printf("iter %5d  d_t %+8.4f  r_t %7.3f  %s %.3f  test NLL %.4f  (true %.4f)  %.1f s\n", t + 1, tr.d_t, tr.r_t,
-                   convergent ? "accept" : "lr", convergent ? tr.accept : tr.lr, nll, true_nll, el);
+            if (ml)
+                printf("iter %5ld  d_t %+8.4f  r_t %7.3f  %s %.3f  test NLL %.4f  (true %.4f)  %.1f s\n", t + 1, tr.d_t, tr.r_t,
+                       chains_mala ? "accept" : "lr", chains_mala ? tr.accept : tr.lr, nll, true_nll, el);
+            else
+                printf("iter %5ld  loss %+9.4f  |grad f| %7.3f  test NLL %.4f  (true %.4f)  %.1f s\n", t + 1, tr.loss, tr.r_t, nll, true_nll, el);
             fflush(stdout);
         }
     }
     train_sec = ebm_time_sec() - t0;
-    ebm_model_nll2d(&m, tr.graph, lo, hi, 2 * GRID, test, NTEST, &nll_fine, NULL);
+    ebm_model_nll2d(&m, tr.graph, lo, hi, 2 * GRID, test, NTEST, &nll_fine, &log_z);
+    if (recipe == R_NCE) printf("nce: learned log-normaliser c = %.4f, log Z on the grid = %.4f\n", (double)tr.nce_c, log_z);
     /* the picture: data | exp(f)/Z | samples from fresh chains */
     {
         const int W = 3 * RES + 8;
         unsigned char *img = (unsigned char *)calloc((size_t)W * RES * 3, 1);
-        float pts[2 * RES];
-        double fmax = -1e300, *f = (double *)malloc((size_t)RES * RES * sizeof *f);
+        float pts[2 * RES], *dens = (float *)malloc((size_t)RES * RES * sizeof *dens);
+        double fmax = -1e300, zsum = 0, *f = (double *)malloc((size_t)RES * RES * sizeof *f);
         int y, x, s4[4] = { RES, 1, 1, 2 };
         ebm_langevin lc = c.chain;
         ebm_rng rs;
+        if (!img || !dens || !f) { fprintf(stderr, "error: out of memory\n"); return 1; }
         memset(img, 255, (size_t)W * RES * 3);
         hist_panel(img, 0, test, NTEST, lo, hi);
         for (y = 0; y < RES; y++) {
@@ -147,23 +215,34 @@ int main(int argc, char **argv)
             for (x = 0; x < RES && e; x++) { f[y * RES + x] = e->data[x]; if (e->data[x] > fmax) fmax = e->data[x]; }
         }
         for (i = 0; i < RES * RES; i++) ramp(exp(f[i] - fmax), img + 3 * ((size_t)(i / RES) * W + RES + 4 + i % RES));
-        /* fresh chains: uniform noise; convergent recipe: 500 MALA steps (its
-           chains are meant to reach the model); short-run: its own K steps */
+        for (i = 0; i < RES * RES; i++) zsum += exp(f[i] - fmax);
+        for (i = 0; i < RES * RES; i++) dens[i] = (float)(exp(f[i] - fmax) / zsum * (RES * RES) / ((hi - lo) * (hi - lo)));
+        if (npy) {
+            int shape[2] = { RES, RES };
+            if (ebm_npy_save(npy, dens, 2, shape, &err) != EBM_OK) fprintf(stderr, "warning: %s\n", err.msg);
+        }
+        /* fresh chains from uniform noise: the ML recipes their own way
+           (convergent: 500 MALA steps, meant to reach the model; short-run:
+           its own K steps; stanley: 500 of its steps); the others 500 MALA
+           steps, which sample exp(f)/Z on the box */
         rs.seed = (uint64_t)seed; rs.stream = EBM_STREAM_USER + 5;
         ebm_chain_start(EBM_START_UNIFORM, &rs, 0, 0, lo, hi, samples, n_samples, 2);
-        lc.n_steps = convergent ? 500 : K;
+        lc.n_steps = recipe == R_SHORTRUN ? K : 500;
+        if (!ml) { lc.eps = 0.5f; lc.box = EBM_BOX_CLAMP; }
         for (i = 0; i < n_samples; i += 256) {
             int nb = n_samples - i < 256 ? n_samples - i : 256;
-            if (convergent) ebm_mala_run(&m, tr.graph, &lc, &rs, (uint64_t)i, samples + 2 * i, nb, NULL, NULL);
+            if (chains_mala || !ml) ebm_mala_run(&m, tr.graph, &lc, &rs, (uint64_t)i, samples + 2 * i, nb, NULL, NULL);
             else ebm_langevin_run(&m, tr.graph, &lc, &rs, (uint64_t)i, samples + 2 * i, nb, NULL);
         }
         hist_panel(img, 2, samples, n_samples, lo, hi);
         if (ebm_png_save(out, img, W, RES, 3, "toy2d: data | learned density | fresh-chain samples", &err) != EBM_OK) fprintf(stderr, "warning: %s\n", err.msg);
-        else printf("wrote %s (data | learned density exp(f)/Z | %d samples of fresh chains, %s)\n", out, n_samples, convergent ? "500 MALA steps" : "the recipe's K steps");
-        free(img); free(f);
+        else printf("wrote %s (data | learned density exp(f)/Z | %d samples of fresh chains)\n", out, n_samples);
+        free(img); free(f); free(dens);
     }
     printf("grid check: NLL %.4f with a %dx%d grid, %.4f with %dx%d (difference %.4f)\n", nll, GRID, GRID, nll_fine, 2 * GRID, 2 * GRID, fabs(nll - nll_fine));
-    printf("toy2d data=%s recipe=%s nll=%.4f true_nll=%.4f gap=%.4f seconds=%.1f\n", data_name, recipe, nll_fine, true_nll, nll_fine - true_nll, train_sec);
+    printf("toy2d data=%s recipe=%s nll=%.4f true_nll=%.4f gap=%.4f", data_name, recipe_name, nll_fine, true_nll, nll_fine - true_nll);
+    if (recipe == R_DSM) printf(" smoothed_nll=%.4f smoothed_gap=%.4f", smooth_nll, nll_fine - smooth_nll);
+    printf(" iters=%ld seconds=%.1f status=ok\n", t, train_sec);
     free(test); free(samples);
     ebm_trainer_free(&tr);
     ebm_model_free(&m);

@@ -1466,7 +1466,7 @@ static void test_toy_densities(void)
        within 5 standard errors of 20000 samples. */
     int set;
     for (set = 0; set < EBM_TOY_COUNT; set++) {
-        const int res = 900, n = 20000;
+        const int res = set == EBM_TOY_MOONS ? 200 : 900, n = 20000; /* moons: an integral per point; std 0.2 = 4.4 cells */
         float lo, hi, *xy = falloc(2 * (size_t)n);
         double cell, mass = 0, ent = 0, m1 = 0, m2 = 0;
         int i, j;
@@ -1489,6 +1489,52 @@ static void test_toy_densities(void)
         m1 /= n; m2 = m2 / n - m1 * m1;
         CHECK(fabs(m1 - ent) < 5 * sqrt(m2 / n) + 2e-3, "%s: samples' NLL %.4f, entropy %.4f (+- %.4f)", ebm_toy_name(set), m1, ent, 5 * sqrt(m2 / n));
         free(xy);
+    }
+}
+
+static void test_toy_smoothed_densities(void)
+{
+    /* The sigma-smoothed densities (what DSM learns): each integrates to 1
+       over the box widened by 6 sigma (midpoint rule, 80 x 80 cells for the
+       quadrature of rings, 400 x 400 otherwise: 1e-3 covers both), tends to
+       the true density as sigma -> 0 (away from the checkerboard's edges),
+       and the rings' quadrature rule, applied to 8 Gaussians at points of
+       the data, agrees with their exact smoothing. */
+    const double sigma = 0.1;
+    int set;
+    for (set = 0; set < EBM_TOY_COUNT; set++) {
+        const int res = set == EBM_TOY_RINGS ? 80 : set == EBM_TOY_MOONS ? 160 : 400;
+        float lo, hi;
+        double cell, mass = 0, worst = 0;
+        int i, j;
+        ebm_toy_box(set, &lo, &hi);
+        lo -= 0.6f; hi += 0.6f;
+        cell = (double)(hi - lo) / res;
+        for (i = 0; i < res; i++)
+            for (j = 0; j < res; j++) mass += exp(ebm_toy_logpdf_smoothed(set, sigma, lo + (i + 0.5) * cell, lo + (j + 0.5) * cell)) * cell * cell;
+        CHECK(fabs(mass - 1) < 1e-3, "%s: smoothed density integrates to %.5f", ebm_toy_name(set), mass);
+        for (i = 0; i < 20; i++) { /* points on and between the modes, off the board's edges */
+            double x = -3.25 + 0.33 * i, y = 0.17 * i - 1.63, lt = ebm_toy_logpdf(set, x, y), ls = ebm_toy_logpdf_smoothed(set, 1e-4, x, y);
+            if (lt > -30 && fabs(lt - ls) > worst) worst = fabs(lt - ls);
+        }
+        CHECK(worst < 1e-3, "%s: smoothed with sigma 1e-4 differs from the true log density by %.3g", ebm_toy_name(set), worst);
+    }
+    {
+        float xy[40];
+        double worst = 0;
+        int i, a, b;
+        ebm_rng r;
+        r.seed = 3; r.stream = EBM_STREAM_USER + 11;
+        ebm_toy_sample(EBM_TOY_8GAUSSIANS, &r, 0, xy, 20);
+        for (i = 0; i < 20; i++) {
+            double p = 0, e;
+            for (a = -18; a <= 18; a++)
+                for (b = -18; b <= 18; b++)
+                    p += exp(ebm_toy_logpdf(EBM_TOY_8GAUSSIANS, xy[2 * i] + sigma * a / 3.0, xy[2 * i + 1] + sigma * b / 3.0) - (a * a + b * b) / 18.0);
+            e = fabs(log(p / 9.0 / (2 * 3.14159265358979)) - ebm_toy_logpdf_smoothed(EBM_TOY_8GAUSSIANS, sigma, xy[2 * i], xy[2 * i + 1]));
+            if (e > worst) worst = e;
+        }
+        CHECK(worst < 1e-6, "trapezoid smoothing vs exact on 8 Gaussians: %.3g", worst);
     }
 }
 
@@ -1706,6 +1752,7 @@ static const test_case tests[] = {
     { "langevin_reflect_stays_in_box", test_langevin_reflect_stays_in_box },
     { "mala_exact_on_gaussian", test_mala_exact_on_gaussian },
     { "toy_densities", test_toy_densities },
+    { "toy_smoothed_densities", test_toy_smoothed_densities },
     { "nll2d_and_short_training", test_nll2d_and_short_training },
     { "bad_arguments", test_bad_arguments },
     { "failing_allocator", test_failing_allocator },
