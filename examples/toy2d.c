@@ -20,7 +20,8 @@
                  variance-reduced form; finite differences), noise-contrastive
                  estimation against a Gaussian fitted to the data
    Adam, lr decayed to 0 by a cosine over the run, batch 256. With --seconds
-   the run's length is set by a timing probe of its first 20 iterations.
+   the run's length is set by timing its first 20 iterations, and set again
+   after 200 and 2000.
    Writes toy2d_<data>_<recipe>.png: data, the learned density exp(f)/Z, and
    samples from fresh chains (the ML recipes: started as the recipe starts
    them; the others: 500 MALA steps from uniform noise, which sample exp(f)/Z).
@@ -174,10 +175,12 @@ int main(int argc, char **argv)
             printf("toy2d data=%s recipe=%s status=%s iters=%ld\n", data_name, recipe_name, ebm_status_name(tr.err.status), t);
             return 3;
         }
-        if (seconds > 0 && t + 1 == 20) { /* the timing probe: the schedule ends when the budget does */
-            double per = (ebm_time_sec() - t0) / 20;
-            iters = 20 + (int)((seconds - (ebm_time_sec() - t0)) / per);
-            if (iters < 21) iters = 21;
+        if (seconds > 0 && t + 1 < iters && ebm_time_sec() - t0 > seconds) iters = (int)t + 1; /* the budget is spent: stop here */
+        if (seconds > 0 && (t + 1 == 20 || t + 1 == 200 || t + 1 == 2000)) {
+            /* the timing probe, refined twice: the schedule ends when the budget does */
+            double el = ebm_time_sec() - t0, per = el / (double)(t + 1);
+            iters = (int)(t + 1) + (int)((seconds - el) / per);
+            if (iters < t + 2) iters = (int)t + 2;
             tr.cfg.total_iters = iters;
         }
         if ((t + 1) % 500 == 0 || t + 1 == iters) {

@@ -41,6 +41,14 @@ int main(void)
         ebm_trainer_save(&t, "tests/fuzz_corpus/ckpt/trainer.ckpt", &err);
         ebm_trainer_free(&t);
     }
+    /* an NCE trainer with its fitted noise (the sections of version 2) */
+    c.start = EBM_START_UNIFORM; c.objective = EBM_OBJ_NCE; c.chain.aniso_th = 0.5f;
+    if (ebm_trainer_init(&t, &m, &c, &err) == EBM_OK) {
+        float pts[8] = { 0.1f, -0.2f, 0.5f, 0.3f, -0.4f, 0.0f, 0.2f, 0.9f };
+        ebm_trainer_fit_noise(&t, pts, 4);
+        ebm_trainer_save(&t, "tests/fuzz_corpus/ckpt/trainer_nce.ckpt", &err);
+        ebm_trainer_free(&t);
+    }
     ebm_model_free(&m);
     ebm_npy_save("tests/fuzz_corpus/npy/a.npy", a, 2, shape, &err);
     return 0;

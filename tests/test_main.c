@@ -1772,6 +1772,11 @@ static const test_case tests[] = {
     { "langevin_conditional", test_langevin_conditional },
     { "generator_helpers", test_generator_helpers },
     { "npy_save", test_npy_save },
+    { "objective_gradients", test_objective_gradients },
+    { "objective_values", test_objective_values },
+    { "objectives_lower_nll", test_objectives_lower_nll },
+    { "stanley_sampler", test_stanley_sampler },
+    { "checkpoint_objectives", test_checkpoint_objectives },
 };
 
 int main(int argc, char **argv)

@@ -371,6 +371,24 @@ static void test_trainer_bad_settings(void)
     ebm_train_config_default(&c);
     c.lr = -1;
     CHECK(ebm_trainer_init(&t, &m, &c, &e) == EBM_EINVAL, "negative lr accepted");
+    ebm_train_config_default(&c);
+    c.objective = EBM_OBJ_COUNT;
+    CHECK(ebm_trainer_init(&t, &m, &c, &e) == EBM_EINVAL && strstr(e.msg, "objective"), "unknown objective accepted");
+    ebm_train_config_default(&c);
+    c.objective = EBM_OBJ_DSM; c.sigma = 0;
+    CHECK(ebm_trainer_init(&t, &m, &c, &e) == EBM_EINVAL && strstr(e.msg, "DSM"), "DSM with sigma 0 accepted");
+    c.sigma = 0.5f; c.n_sigmas = 4; c.sigma_max = 0.2f;
+    CHECK(ebm_trainer_init(&t, &m, &c, &e) == EBM_EINVAL, "DSM levels with sigma_max < sigma accepted");
+    ebm_train_config_default(&c);
+    c.objective = EBM_OBJ_FD_SSM; c.fd_eps = 0;
+    CHECK(ebm_trainer_init(&t, &m, &c, &e) == EBM_EINVAL, "FD-SSM with step 0 accepted");
+    c.fd_eps = 0.1f; c.proj = 7;
+    CHECK(ebm_trainer_init(&t, &m, &c, &e) == EBM_EINVAL, "unknown projection accepted");
+    ebm_train_config_default(&c);
+    c.objective = EBM_OBJ_NCE;
+    CHECK(ebm_trainer_init(&t, &m, &c, &e) == EBM_OK, "NCE: %s", e.msg);
+    CHECK(ebm_trainer_fit_noise(&t, NULL, 5) == EBM_EINVAL && ebm_trainer_fit_noise(&t, t.x, 1) == EBM_EINVAL, "fit_noise on nothing accepted");
+    ebm_trainer_free(&t);
     ebm_model_free(&m);
 }
 
@@ -738,4 +756,259 @@ static void test_langevin_conditional(void)
     }
     ebm_graph_destroy(g);
     ebm_model_free(&m);
+}
+
+/* ------------------------------------------------------------------ tests: the MCMC-free objectives and STANLEY */
+
+/* A trainer of objective obj on the toy batch: SiLU MLP 2-8-8-1, batch 32. */
+static void objective_trainer(ebm_trainer *t, ebm_model *m, int obj, int variant)
+{
+    ebm_train_config c;
+    ebm_error e;
+    ebm_model_mlp_prior(m, 2, 8, EBM_ACT_SILU, 0.0f, 7);
+    ebm_train_config_default(&c);
+    c.batch = 32; c.objective = obj; c.data_noise = 0.0f;
+    c.chain.box = EBM_BOX_NONE; c.chain.lo = -4.5f; c.chain.hi = 4.5f;
+    c.sigma = 0.3f; c.fd_eps = 0.1f; c.lr = 1e-2f; c.max_abs_dt = 1e20f;
+    if (obj == EBM_OBJ_DSM && variant) { c.n_sigmas = 3; c.sigma = 0.1f; c.sigma_max = 1.0f; }
+    if ((obj == EBM_OBJ_SSM || obj == EBM_OBJ_FD_SSM) && variant) c.proj = EBM_PROJ_RADEMACHER;
+    if (obj == EBM_OBJ_FD_SSM) c.fd_eps = 0.3f; /* its loss divides float32 energies by eps^2 */
+    if (obj == EBM_OBJ_NCE && variant) { c.chain.box = EBM_BOX_CLAMP; c.chain.lo = -3.0f; c.chain.hi = 3.0f; } /* some noise outside */
+    CHECK(ebm_trainer_init(t, m, &c, &e) == EBM_OK, "init %s: %s", ebm_objective_name(obj), e.msg);
+}
+
+/* Each objective's parameter gradient (ebm_trainer_loss, its random numbers
+   fixed by the iteration) against central differences of its own value, for
+   every kind: one and several DSM levels, Gaussian and Rademacher SSM, the
+   variance-reduced form, FD-SSM, NCE with and without a box (and NCE's
+   log-normaliser). Float32 losses: h = 1e-2, 2 % of |g| + 1e-3. */
+static void test_objective_gradients(void)
+{
+    static const int cases[][2] = { { EBM_OBJ_DSM, 0 }, { EBM_OBJ_DSM, 1 }, { EBM_OBJ_SSM, 0 }, { EBM_OBJ_SSM, 1 }, { EBM_OBJ_SSM_VR, 0 },
+                                    { EBM_OBJ_FD_SSM, 0 }, { EBM_OBJ_FD_SSM, 1 }, { EBM_OBJ_NCE, 0 }, { EBM_OBJ_NCE, 1 } };
+    int k;
+    for (k = 0; k < (int)(sizeof cases / sizeof cases[0]); k++) {
+        ebm_trainer t;
+        ebm_model m;
+        float x[64], *g, *theta;
+        double loss = 0, worst = 0, lp = 0, lm = 0, h = 1e-2;
+        size_t j;
+        objective_trainer(&t, &m, cases[k][0], cases[k][1]);
+        toy_batch(2, x);
+        CHECK(ebm_trainer_loss(&t, x, 2, &loss) == EBM_OK, "%s: %s", ebm_objective_name(cases[k][0]), t.err.msg);
+        g = (float *)malloc(m.n_params * sizeof *g);
+        theta = (float *)malloc(m.n_params * sizeof *theta);
+        memcpy(g, m.grads, m.n_params * sizeof *g);
+        memcpy(theta, m.params, m.n_params * sizeof *theta);
+        for (j = 0; j < m.n_params; j += 5) {
+            double gf;
+            m.params[j] = (float)(theta[j] + h); ebm_trainer_loss(&t, x, 2, &lp);
+            m.params[j] = (float)(theta[j] - h); ebm_trainer_loss(&t, x, 2, &lm);
+            m.params[j] = theta[j];
+            gf = (lp - lm) / (2 * h);
+            if (fabs(gf - g[j]) / (fabs(gf) + 1e-3) > worst) worst = fabs(gf - g[j]) / (fabs(gf) + 1e-3);
+        }
+        CHECK(worst < 2e-2 && loss == loss, "%s (variant %d): gradient vs finite differences of the loss, worst relative error %.3g",
+              ebm_objective_name(cases[k][0]), cases[k][1], worst);
+        if (cases[k][0] == EBM_OBJ_NCE) { /* dL/dc */
+            float c0 = t.nce_c, gc;
+            ebm_trainer_loss(&t, x, 2, &loss);
+            gc = t.nce_grad;
+            t.nce_c = (float)(c0 + h); ebm_trainer_loss(&t, x, 2, &lp);
+            t.nce_c = (float)(c0 - h); ebm_trainer_loss(&t, x, 2, &lm);
+            t.nce_c = c0;
+            CHECK(fabs((lp - lm) / (2 * h) - gc) < 2e-2 * fabs(gc) + 1e-3, "nce: dL/dc %.5f, finite differences %.5f", (double)gc, (lp - lm) / (2 * h));
+        }
+        free(g); free(theta);
+        ebm_trainer_free(&t); ebm_model_free(&m);
+    }
+}
+
+/* The objectives' values against independent computations from the model's
+   score (ebm_model_score), with the trainer's own random numbers:
+     DSM  1/(2B) sum |sigma s(x + sigma xi) + xi|^2
+     SSM  1/B sum [v.H v + (v.s)^2 / 2], v.H v by central differences of s
+          along v (h = 1e-2 in float32: 1e-3 relative)
+     SSM_VR the same with |s|^2 / 2
+     FD-SSM with eps = 0.02 and the same v: SSM's value to 1 % (its
+          truncation error is O(eps^2)) */
+static void test_objective_values(void)
+{
+    ebm_trainer t;
+    ebm_model m;
+    ebm_rng ro;
+    float x[64], v[64], xa[64], xb[64], fa[32], fb[32], sa[64], sb[64], f0[32], s0[64];
+    double loss = 0, want, ssm = 0, vr = 0, fd, h = 1e-2;
+    int i, obj;
+    const uint64_t first = 2 * 32;
+    toy_batch(2, x);
+    ro.seed = 1; ro.stream = EBM__S_OBJECTIVE; /* the default seed */
+    for (i = 0; i < 32; i++) ebm__rng_normal_at(&ro, first + (uint64_t)i, 0, 0, v + 2 * i, 2);
+    /* DSM */
+    objective_trainer(&t, &m, EBM_OBJ_DSM, 0);
+    CHECK(ebm_trainer_loss(&t, x, 2, &loss) == EBM_OK, "dsm: %s", t.err.msg);
+    for (i = 0; i < 64; i++) xa[i] = x[i] + 0.3f * v[i];
+    ebm_model_score(&m, t.graph, xa, 32, fa, sa);
+    want = 0;
+    for (i = 0; i < 64; i++) want += 0.5 * (0.3 * sa[i] + v[i]) * (0.3 * sa[i] + v[i]) / 32;
+    CHECK(fabs(loss - want) < 1e-5 * (1 + fabs(want)), "dsm value %.7f, from the score %.7f", loss, want);
+    ebm_trainer_free(&t); ebm_model_free(&m);
+    /* SSM, SSM_VR, FD-SSM: the same net (seed 7), the same v */
+    for (obj = EBM_OBJ_SSM; obj <= EBM_OBJ_FD_SSM; obj++) {
+        objective_trainer(&t, &m, obj, 0);
+        if (obj == EBM_OBJ_FD_SSM) t.cfg.fd_eps = 0.02f;
+        CHECK(ebm_trainer_loss(&t, x, 2, &loss) == EBM_OK, "%s: %s", ebm_objective_name(obj), t.err.msg);
+        if (obj == EBM_OBJ_SSM) {
+            for (i = 0; i < 64; i++) { xa[i] = x[i] + (float)h * v[i]; xb[i] = x[i] - (float)h * v[i]; }
+            ebm_model_score(&m, t.graph, xa, 32, fa, sa);
+            ebm_model_score(&m, t.graph, xb, 32, fb, sb);
+            ebm_model_score(&m, t.graph, x, 32, f0, s0);
+            for (i = 0; i < 32; i++) {
+                double vhv = (v[2 * i] * (sa[2 * i] - sb[2 * i]) + v[2 * i + 1] * (sa[2 * i + 1] - sb[2 * i + 1])) / (2 * h);
+                double vs = v[2 * i] * s0[2 * i] + v[2 * i + 1] * s0[2 * i + 1], ss = s0[2 * i] * s0[2 * i] + s0[2 * i + 1] * s0[2 * i + 1];
+                ssm += (vhv + 0.5 * vs * vs) / 32;
+                vr += (vhv + 0.5 * ss) / 32;
+            }
+            CHECK(fabs(loss - ssm) < 1e-3 * (1 + fabs(ssm)), "ssm value %.6f, from the score %.6f", loss, ssm);
+        } else if (obj == EBM_OBJ_SSM_VR) {
+            CHECK(fabs(loss - vr) < 1e-3 * (1 + fabs(vr)), "ssm-vr value %.6f, from the score %.6f", loss, vr);
+        } else {
+            fd = loss;
+            CHECK(fabs(fd - ssm) < 1e-2 * (1 + fabs(ssm)), "fd-ssm value %.6f (eps 0.02), ssm %.6f", fd, ssm);
+        }
+        ebm_trainer_free(&t); ebm_model_free(&m);
+    }
+}
+
+/* Each MCMC-free objective, on 8 Gaussians (batch 256, SiLU MLP 2-32-32-1,
+   Adam 3e-2 cosine over 800 iterations, seed 1), lowers the exact test NLL
+   (2000 held-out points, 128^2 grid) from the fresh net's to below 3.30
+   nats: the uniform density on the box scores 4.39 and the truth 2.84. */
+static void test_objectives_lower_nll(void)
+{
+    static const int objs[] = { EBM_OBJ_DSM, EBM_OBJ_SSM, EBM_OBJ_SSM_VR, EBM_OBJ_FD_SSM, EBM_OBJ_NCE };
+    float test[4000], xb[512];
+    ebm_rng rt, rd;
+    int k, i;
+    rt.seed = 0x7e57; rt.stream = EBM_STREAM_USER;
+    rd.seed = 1; rd.stream = EBM_STREAM_USER;
+    ebm_toy_sample(EBM_TOY_8GAUSSIANS, &rt, 0, test, 2000);
+    for (k = 0; k < (int)(sizeof objs / sizeof objs[0]); k++) {
+        ebm_trainer t;
+        ebm_model m;
+        ebm_train_config c;
+        ebm_error e;
+        double nll0 = 0, nll = 0;
+        ebm_model_mlp_prior(&m, 2, 32, EBM_ACT_SILU, 0.0f, 1);
+        ebm_train_config_default(&c);
+        c.batch = 256; c.objective = objs[k]; c.data_noise = 0; c.sigma = 0.2f;
+        c.chain.box = EBM_BOX_CLAMP; c.chain.lo = -4.5f; c.chain.hi = 4.5f;
+        c.lr = 3e-2f; c.schedule = EBM_LR_COSINE; c.total_iters = 800;
+        CHECK(ebm_trainer_init(&t, &m, &c, &e) == EBM_OK, "init: %s", e.msg);
+        ebm_model_nll2d(&m, t.graph, -4.5f, 4.5f, 128, test, 2000, &nll0, NULL);
+        for (i = 0; i < 800; i++) {
+            ebm_toy_sample(EBM_TOY_8GAUSSIANS, &rd, (uint64_t)i * 256, xb, 256);
+            if (ebm_trainer_step(&t, xb) != EBM_OK) break;
+        }
+        CHECK(i == 800, "%s: %s", ebm_objective_name(objs[k]), t.err.msg);
+        ebm_model_nll2d(&m, t.graph, -4.5f, 4.5f, 128, test, 2000, &nll, NULL);
+        CHECK(nll < 3.30 && nll < nll0, "%s: test NLL %.4f after 800 iterations (fresh net %.4f; bound 3.30, true 2.84)", ebm_objective_name(objs[k]), nll, nll0);
+        ebm_trainer_free(&t); ebm_model_free(&m);
+    }
+}
+
+/* STANLEY: with a threshold no drift reaches, every gamma is 1 and the
+   chains are bit for bit the isotropic ones (unadjusted and MALA). With
+   th = 1 on the mixture of test_samplers_on_2d_mixture, where most drifts
+   exceed it (checked), the MH-corrected chains (8,000 independent ones, step
+   adapted in 100 burn-in steps, then 300) recover the mean, both variances
+   and the weight of mu's side within 5 standard errors. */
+static void test_stanley_sampler(void)
+{
+    const double mu[2] = { 0.8, 0.6 }, s = 0.6, w1 = 0.7, nm = 1.0;
+    const int n = 8000;
+    const double mean_true = (2 * w1 - 1) * nm, var_a_true = s * s + nm * nm * (1 - (2 * w1 - 1) * (2 * w1 - 1)), var_b_true = s * s;
+    const double phi = 0.5 * (1 + erf(nm / s / sqrt(2.0))), frac_true = w1 * phi + (1 - w1) * (1 - phi);
+    ebm_model m;
+    ebm_graph *g = new_graph(64);
+    ebm_langevin cfg, iso, ad;
+    ebm_rng r, r0;
+    float *x = falloc(2 * (size_t)n), *y = falloc(2 * (size_t)n), *f = falloc((size_t)n), *gr = falloc(2 * (size_t)n);
+    double acc = 0, acc2 = 0, steep = 0;
+    mix_stats st;
+    int i;
+    mixture_energy(&m, mu, s, w1);
+    r0.seed = 22; r0.stream = EBM_STREAM_USER + 12;
+    r.seed = 6; r.stream = EBM_STREAM_USER + 13;
+    ebm_langevin_default(&cfg);
+    cfg.form = EBM_LANGEVIN_EPS; cfg.eps = 0.3f; cfg.sigma_q = (float)s; cfg.box = EBM_BOX_NONE; cfg.n_steps = 20;
+    iso = cfg;
+    cfg.aniso_th = 1e20f;
+    ebm_chain_start(EBM_START_GAUSSIAN, &r0, 0, 0, 0, 0, x, 500, 2);
+    memcpy(y, x, 1000 * sizeof(float));
+    ebm_langevin_run(&m, g, &cfg, &r, 0, x, 500, NULL);
+    ebm_langevin_run(&m, g, &iso, &r, 0, y, 500, NULL);
+    CHECK(!memcmp(x, y, 1000 * sizeof(float)), "STANLEY with an unreachable threshold differs from isotropic Langevin");
+    ebm_mala_run(&m, g, &cfg, &r, 0, x, 500, &acc, NULL);
+    ebm_mala_run(&m, g, &iso, &r, 0, y, 500, &acc2, NULL);
+    CHECK(!memcmp(x, y, 1000 * sizeof(float)) && acc == acc2, "STANLEY-MALA with an unreachable threshold differs from MALA");
+    cfg.aniso_th = -1;
+    CHECK(ebm_langevin_run(&m, g, &cfg, &r, 0, x, 10, NULL) == EBM_EINVAL, "negative threshold accepted");
+    /* the exactness check */
+    cfg.aniso_th = 1.0f; cfg.eps = 0.2f; cfg.n_steps = 300;
+    ebm_chain_start(EBM_START_GAUSSIAN, &r0, 0, 0, 0, 0, x, n, 2);
+    for (i = 0; i < 2 * n; i++) x[i] *= 1.5f;
+    CHECK(ebm_mala_adapt(&m, g, &cfg, &r, 0, x, n, 100, 0.57, &ad) == EBM_OK, "adapt: %s", gmsg(g));
+    CHECK(ebm_mala_run(&m, g, &ad, &r, 0, x, n, &acc, NULL) == EBM_OK, "mala: %s", gmsg(g));
+    CHECK(acc > 0.4 && acc < 0.75, "STANLEY-MALA acceptance %.3f (eps adapted to %.3f)", acc, (double)ad.eps);
+    ebm_model_score(&m, g, x, n, f, gr);
+    for (i = 0; i < 2 * n; i++) steep += fabs(gr[i] - x[i] / (s * s)) > 1.0 ? 1.0 / (2 * n) : 0.0;
+    CHECK(steep > 0.3, "only %.2f of the coordinates have |drift| > th: the anisotropic step is barely exercised", steep);
+    st = mixture_stats(x, n, mu);
+    CHECK(fabs(st.mean_a - mean_true) < 5 * st.se_mean, "stanley: mean along mu %.4f, exact %.4f (5 se %.4f)", st.mean_a, mean_true, 5 * st.se_mean);
+    CHECK(fabs(st.var_a - var_a_true) < 5 * st.se_var_a, "stanley: variance along mu %.4f, exact %.4f (5 se %.4f)", st.var_a, var_a_true, 5 * st.se_var_a);
+    CHECK(fabs(st.var_b - var_b_true) < 5 * st.se_var_b, "stanley: variance across mu %.4f, exact %.4f (5 se %.4f)", st.var_b, var_b_true, 5 * st.se_var_b);
+    CHECK(fabs(st.frac - frac_true) < 5 * st.se_frac, "stanley: weight of mu's side %.4f, exact %.4f (5 se %.4f)", st.frac, frac_true, 5 * st.se_frac);
+    free(x); free(y); free(f); free(gr);
+    ebm_graph_destroy(g);
+    ebm_model_free(&m);
+}
+
+/* A run of each MCMC-free objective resumed from a checkpoint equals one
+   that never stopped (NCE: with its fitted noise and log-normaliser), and a
+   version-1 checkpoint (the seed corpus's) still loads, as maximum
+   likelihood with isotropic steps. */
+static void test_checkpoint_objectives(void)
+{
+    int obj;
+    for (obj = EBM_OBJ_DSM; obj < EBM_OBJ_COUNT; obj++) {
+        ebm_trainer a, b;
+        ebm_model ma, mb;
+        ebm_error e;
+        float x[64];
+        int i;
+        objective_trainer(&a, &ma, obj, 1);
+        a.cfg.chain.aniso_th = 0.5f; /* a setting of version 2 */
+        for (i = 0; i < 5; i++) { toy_batch(i, x); CHECK(ebm_trainer_step(&a, x) == EBM_OK, "step: %s", a.err.msg); }
+        CHECK(ebm_trainer_save(&a, "t.ckpt", &e) == EBM_OK, "save: %s", e.msg);
+        for (i = 5; i < 9; i++) { toy_batch(i, x); ebm_trainer_step(&a, x); }
+        CHECK(ebm_trainer_load(&b, &mb, "t.ckpt", &e) == EBM_OK, "load: %s", e.msg);
+        CHECK(!memcmp(&a.cfg, &b.cfg, sizeof a.cfg), "%s: the settings did not round-trip", ebm_objective_name(obj));
+        for (i = 5; i < 9 && b.model; i++) { toy_batch(i, x); ebm_trainer_step(&b, x); }
+        CHECK(b.model && !memcmp(ma.params, mb.params, ma.n_params * 4) && a.loss == b.loss && a.nce_c == b.nce_c && a.noise_fitted == b.noise_fitted &&
+                  (!a.noise_fitted || !memcmp(a.noise_mu, b.noise_mu, 2 * 4)),
+              "%s: resumed run differs", ebm_objective_name(obj));
+        ebm_trainer_free(&a); ebm_model_free(&ma);
+        ebm_trainer_free(&b); ebm_model_free(&mb);
+    }
+    {
+        ebm_trainer b;
+        ebm_model mb;
+        ebm_error e;
+        CHECK(ebm_trainer_load(&b, &mb, "../tests/fuzz_corpus/ckpt/trainer_v1.ckpt", &e) == EBM_OK && b.cfg.objective == EBM_OBJ_ML &&
+                  b.cfg.chain.aniso_th == 0 && b.cfg.n_sigmas == 1,
+              "version-1 checkpoint: %s", e.msg);
+        ebm_trainer_free(&b); ebm_model_free(&mb);
+    }
+    remove("t.ckpt");
 }
