@@ -10,7 +10,7 @@ CSTD     = -std=c99 -pedantic
 OMP      = -fopenmp
 B        = build
 
-.PHONY: all demo test test-quick test-arm crosscheck clean examples bench resume-check generate-check fuzz asan-examples valgrind-check soak
+.PHONY: all demo test test-quick test-arm crosscheck clean examples bench resume-check generate-check fuzz asan-examples valgrind-check soak compare2d
 
 all: examples
 
@@ -29,6 +29,14 @@ $(B)/%: examples/%.c examples/flags.h ebm.h | $(B)
 # picture (data | learned density | samples) in build/ (~25 s).
 demo: $(B)/toy2d
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} ./$(B)/toy2d --out $(B)/toy2d_8gaussians_convergent.png
+
+# The 2-D comparison (issue 7): every recipe on the four data sets, 60 s of
+# wall-clock time each, a table of exact NLLs and one picture in
+# $(B)/compare2d/ (~40 minutes; nothing else should run meanwhile).
+$(B)/panel2d: tools/panel2d.c ebm.h | $(B)
+	$(CC) $(CSTD) $(WARN) $(OPT) $(FPFLAGS) -I. $< -o $@ -lm
+compare2d: $(B)/toy2d $(B)/panel2d
+	B=$(B) sh tools/compare2d.sh
 
 # --- tests: one harness, five builds
 TEST_SRC = tests/test_main.c tests/test_train.c tests/harness.h ebm.h

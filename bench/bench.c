@@ -248,6 +248,68 @@ static void case_chain_gradient(int nf)
     ebm_model_free(&m);
 }
 
+/* Issue 7: one sliced-score-matching step with exact Hessian-vector products
+   (the trainer's loss and its parameter gradient: three nested derivatives)
+   against one forward + backward pass of the same net on the same batch
+   giving grad_theta and grad_x (of sum f), on the SiLU reference net, batch
+   64, medians. Also the variance-reduced form, DSM and FD-SSM. Target: SSM
+   at most 3x. */
+static void case_objectives(int nf)
+{
+    static const int objs[] = { EBM_OBJ_SSM, EBM_OBJ_SSM_VR, EBM_OBJ_DSM, EBM_OBJ_FD_SSM };
+    static const char *const names[] = { "ssm", "ssm_vr", "dsm", "fd_ssm" };
+    ebm_model m;
+    ebm_graph *g;
+    ebm_trainer t;
+    ebm_train_config c;
+    ebm_error e;
+    ebm_rng r;
+    float *x;
+    double tb[16], to[16], base, loss;
+    const int batch = 64;
+    int i, k, shape[4] = { 64, 28, 28, 1 };
+    ebm_model_convnet(&m, 1, 28, nf, EBM_ACT_SILU, 0, 1);
+    x = (float *)malloc((size_t)batch * 784 * sizeof *x);
+    r.seed = 1; r.stream = EBM_STREAM_USER;
+    ebm_rng_uniform(&r, 0, 0, -1, 1, x, (size_t)batch * 784);
+    g = graph_for(&m, batch, EBM_STEP_SECOND_ORDER);
+    for (i = 0; i < reps; i++) { /* forward, then grad_theta and grad_x of sum f in one backward */
+        double t0 = ebm_time_sec();
+        ebm_var *xv, *y;
+        ebm_graph_reset(g);
+        ebm_model_zero_grad(&m);
+        xv = ebm_leaf(g, x, 4, shape);
+        y = ebm_model_forward(&m, g, xv);
+        {
+            ebm_var *wrt[64], *out[64], *v;
+            int n = 0;
+            for (v = g->first; v; v = v->next) if (v->is_param && n < 63) wrt[n++] = v;
+            wrt[n++] = xv;
+            ebm_grad(g, ebm_sum(g, y), NULL, n, wrt, out, 0);
+        }
+        tb[i] = (ebm_time_sec() - t0) * 1e3;
+    }
+    if (ebm_graph_status(g) != EBM_OK) { fprintf(stderr, "error: %s\n", ebm_graph_error(g)->msg); exit(1); }
+    ebm_graph_destroy(g);
+    base = median(tb, reps);
+    for (k = 0; k < 4; k++) {
+        ebm_train_config_default(&c);
+        c.batch = batch; c.objective = objs[k];
+        if (ebm_trainer_init(&t, &m, &c, &e) != EBM_OK) { fprintf(stderr, "error: %s\n", e.msg); exit(1); }
+        for (i = 0; i < reps; i++) {
+            double t0 = ebm_time_sec();
+            if (ebm_trainer_loss(&t, x, i, &loss) != EBM_OK) { fprintf(stderr, "error: %s\n", t.err.msg); exit(1); }
+            to[i] = (ebm_time_sec() - t0) * 1e3;
+        }
+        printf("bench objective_%s_nf%d_silu ms=%.1f fwd_bwd_ms=%.1f ratio=%.2f%s\n", names[k], nf, median(to, reps), base, median(to, reps) / base,
+               objs[k] == EBM_OBJ_SSM ? " target_ratio=3" : "");
+        fflush(stdout);
+        ebm_trainer_free(&t);
+    }
+    free(x);
+    ebm_model_free(&m);
+}
+
 /* The generator: forward, then grad of |g(z)|^2 wrt z and the parameters. */
 static void case_gen(void)
 {
@@ -410,6 +472,7 @@ int main(int argc, char **argv)
     RUN("net28_nf32_silu", case_langevin("net28_nf32_silu", 1, 28, 32, 64, EBM_ACT_SILU));
     RUN("sampler_overhead_nf16", case_sampler_overhead(16));
     RUN("chain_gradient_nf16_silu", case_chain_gradient(16));
+    RUN("objective_nf16_silu", case_objectives(16));
     RUN("gen28", case_gen());
     /* in a process of its own (this program again), so that its peak memory
        is its own: getrusage's peak covers a process's whole life */

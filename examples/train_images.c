@@ -1,6 +1,8 @@
 /* train_images: maximum-likelihood training of the reference ConvNet energy on
    Fashion-MNIST, MNIST or CIFAR-10 with Langevin chains (ALGORITHMS.md
-   sections 1-2), with a time budget, checkpoints, resume, divergence handling,
+   sections 1-2; STANLEY's anisotropic steps with --stanley TH), or with an
+   MCMC-free objective (--objective dsm | ssm | ssm-vr | fd-ssm | nce,
+   section 5; score matching wants a smooth --act such as silu), with a time budget, checkpoints, resume, divergence handling,
    PNG sample grids from fresh chains, a CSV log of d_t and r_t with its plot,
    and samples.npy at the end. Run with --help for the flags.
 
@@ -55,8 +57,8 @@ static int save_grid(ebm_trainer *t, const char *dir, const char *tag, const flo
     ebm_model *m = t->model;
     const ebm_train_config *c = &t->cfg;
     if (ebm_trainer_sample(t, 0, x_data, x, n, k) != EBM_OK) { fprintf(stderr, "error: %s\n", t->err.msg); return -1; }
-    snprintf(label, sizeof label, "fresh %s start, %s k=%d, iter %ld", c->start == EBM_START_PERSISTENT ? ebm_start_name(c->restart) : ebm_start_name(c->start),
-             c->mala ? "mala" : "langevin", k, t->iter);
+    snprintf(label, sizeof label, "fresh %s start, %s%s k=%d, iter %ld", c->start == EBM_START_PERSISTENT ? ebm_start_name(c->restart) : ebm_start_name(c->start),
+             c->mala ? "mala" : "langevin", c->chain.aniso_th > 0 ? " stanley" : "", k, t->iter);
     snprintf(path, sizeof path, "%s/grid_%s.png", dir, tag);
     if (ebm_png_save_grid(path, x, n, m->in_h, m->in_w, m->in_c, 8, label, &err) != EBM_OK) { fprintf(stderr, "error: %s\n", err.msg); return -1; }
     return 0;
@@ -68,7 +70,8 @@ int main(int argc, char **argv)
     static const char *const opts[] = { "adam", "sgd" }, *const scheds[] = { "constant", "cosine", "linear" }, *const boxes[] = { "none", "clamp", "reflect" };
     static const char *const acts[] = { "lrelu", "silu", "softplus", "elu", "gelu", "tanh" }, *const diverge[] = { "stop", "rollback" };
     const char *data = "fashion", *data_dir = NULL, *out = "run", *start = "uniform", *restart = "uniform", *opt = "adam", *sched = "cosine";
-    const char *box = "clamp", *act = "lrelu", *on_div = "rollback";
+    const char *box = "clamp", *act = "lrelu", *on_div = "rollback", *objective = "ml", *proj = "gaussian";
+    static const char *const objectives[] = { "ml", "dsm", "ssm", "ssm-vr", "fd-ssm", "nce" }, *const projs[] = { "gaussian", "rademacher" };
     int nf = 16, resume = 0, seed = 1, n_samples = 64, sample_k = 0, threads = 0, mala = 0, rollbacks = 0;
     long iters = 0;
     float minutes = 0, save_minutes = 2, act_param = 0.2f;
@@ -110,6 +113,13 @@ int main(int argc, char **argv)
             { "noise", "Langevin noise tau (default 0.01)", 'f', &c.chain.noise },
             { "box", "none | clamp | reflect (default clamp to [-1, 1])", 's', &box },
             { "mala", "Metropolis-adjusted chains", 'b', &mala },
+            { "stanley", "STANLEY's threshold th: anisotropic steps (default 0: isotropic)", 'f', &c.chain.aniso_th },
+            { "objective", "ml | dsm | ssm | ssm-vr | fd-ssm | nce (default ml)", 's', &objective },
+            { "sigma", "DSM: noise, the smallest level (default 0.1)", 'f', &c.sigma },
+            { "sigmas", "DSM: noise levels (default 1)", 'i', &c.n_sigmas },
+            { "sigma-max", "DSM: largest level (default 1)", 'f', &c.sigma_max },
+            { "proj", "SSM, FD-SSM: gaussian | rademacher (default gaussian)", 's', &proj },
+            { "fd-eps", "FD-SSM: finite-difference step (default 0.1)", 'f', &c.fd_eps },
             { "data-noise", "noise std added to data (default 0.03)", 'f', &c.data_noise },
             { "energy-reg", "alpha of alpha (f+^2 + f-^2) (default 0)", 'f', &c.energy_reg },
             { "optimizer", "adam | sgd (default adam)", 's', &opt },
@@ -127,13 +137,15 @@ int main(int argc, char **argv)
             { "sample-k", "Langevin steps of fresh chains (default: K, at least 100 for persistent)", 'i', &sample_k },
             { "save-minutes", "minutes between checkpoints and grids (default 2)", 'f', &save_minutes },
         };
-        int ds_i, st, rs, op, sc, bx, ac, dv;
+        int ds_i, st, rs, op, sc, bx, ac, dv, ob, pj;
         if (parse_flags("train_images", argc, argv, f, (int)(sizeof f / sizeof f[0])) != 0) return 2;
         if ((ds_i = lookup("data set", data, datasets, 3)) < 0 || (st = lookup("start", start, starts, 4)) < 0 ||
             (rs = lookup("restart", restart, starts, 2)) < 0 || (op = lookup("optimizer", opt, opts, 2)) < 0 ||
             (sc = lookup("schedule", sched, scheds, 3)) < 0 || (bx = lookup("box", box, boxes, 3)) < 0 ||
-            (ac = lookup("activation", act, acts, 6)) < 0 || (dv = lookup("on-diverge", on_div, diverge, 2)) < 0)
+            (ac = lookup("activation", act, acts, 6)) < 0 || (dv = lookup("on-diverge", on_div, diverge, 2)) < 0 ||
+            (ob = lookup("objective", objective, objectives, 6)) < 0 || (pj = lookup("projection", proj, projs, 2)) < 0)
             return 2;
+        c.objective = ob; c.proj = pj;
         if (minutes <= 0 && iters <= 0) { fprintf(stderr, "error: give --minutes or --iters\n"); return 2; }
         c.start = st; c.restart = rs; c.optimizer = op; c.schedule = sc; c.chain.box = bx; c.mala = mala; c.seed = (uint64_t)seed;
         on_div = diverge[dv];
@@ -194,6 +206,14 @@ int main(int argc, char **argv)
                 }
             }
             if (ebm_trainer_init(&t, &m, &c, &err) != EBM_OK) { fprintf(stderr, "error: %s\n", err.msg); return 2; }
+            if (c.objective == EBM_OBJ_NCE) { /* the noise: a Gaussian fitted to (up to) 10,000 training images */
+                int nfit = ds.n < 10000 ? ds.n : 10000;
+                float *xf = (float *)malloc((size_t)nfit * ds.h * ds.w * ds.c * sizeof(float));
+                if (!xf) { fprintf(stderr, "error: out of memory\n"); return 1; }
+                ebm_dataset_get(&ds, 0, nfit, xf);
+                ebm_trainer_fit_noise(&t, xf, nfit);
+                free(xf);
+            }
         }
     }
     c = t.cfg;
@@ -204,14 +224,14 @@ int main(int argc, char **argv)
     if (!xb || !xs) { fprintf(stderr, "error: out of memory\n"); return 1; }
     rdata.seed = c.seed; rdata.stream = EBM_STREAM_USER; /* data order: a function of the seed and the iteration */
     ebm_model_print(&m, stdout);
-    printf("data %s: %d images %dx%dx%d; batch %d, start %s, K %d, step %g, noise %g, %s, lr %g (%s to %g over %ld), data noise %g, energy reg %g, %d threads, %s\n",
-           data, ds.n, ds.h, ds.w, ds.c, c.batch, ebm_start_name(c.start), c.chain.n_steps, (double)c.chain.step, (double)c.chain.noise,
-           c.mala ? "MALA" : "unadjusted", (double)c.lr, scheds[c.schedule], (double)c.lr_min, c.total_iters, (double)c.data_noise,
-           (double)c.energy_reg, ebm_threads(), ebm_isa());
+    printf("data %s: %d images %dx%dx%d; objective %s; batch %d, start %s, K %d, step %g, noise %g, %s%s, lr %g (%s to %g over %ld), data noise %g, energy reg %g, %d threads, %s\n",
+           data, ds.n, ds.h, ds.w, ds.c, objectives[c.objective], c.batch, ebm_start_name(c.start), c.chain.n_steps, (double)c.chain.step, (double)c.chain.noise,
+           c.mala ? "MALA" : "unadjusted", c.chain.aniso_th > 0 ? " STANLEY" : "", (double)c.lr, scheds[c.schedule], (double)c.lr_min, c.total_iters,
+           (double)c.data_noise, (double)c.energy_reg, ebm_threads(), ebm_isa());
     snprintf(path, sizeof path, "%s/log.csv", out);
     log = fopen(path, resume ? "a" : "w");
     if (!log) { fprintf(stderr, "error: cannot write %s\n", path); return 1; }
-    if (!resume) fprintf(log, "iter,seconds,lr,d_t,r_t,f_pos,f_neg,accept\n");
+    if (!resume) fprintf(log, "iter,seconds,lr,d_t,r_t,f_pos,f_neg,accept,loss\n");
     t0 = last_save = ebm_time_sec();
     it0 = (double)t.iter;
     for (;;) {
@@ -237,13 +257,13 @@ int main(int argc, char **argv)
         }
         if (d != EBM_OK) { fprintf(stderr, "error: %s\n", t.err.msg); rc = 1; break; }
         now = ebm_time_sec();
-        fprintf(log, "%ld,%.2f,%.4g,%.6g,%.6g,%.6g,%.6g,%.4f\n", t.iter, now - t0, t.lr, t.d_t, t.r_t, t.f_pos, t.f_neg, t.accept);
+        fprintf(log, "%ld,%.2f,%.4g,%.6g,%.6g,%.6g,%.6g,%.4f,%.6g\n", t.iter, now - t0, t.lr, t.d_t, t.r_t, t.f_pos, t.f_neg, t.accept, t.loss);
         if (now - last_print >= (tty ? 1.0 : 30.0)) {
             double rate = (t.iter - it0) / (now - t0), left = -1;
             if (minutes > 0) left = minutes * 60.0 - (now - t0);
             if (iters > 0 && rate > 0 && (left < 0 || (iters - t.iter) / rate < left)) left = (iters - t.iter) / rate;
-            fprintf(tty ? stderr : stdout, "%siter %6ld  %.2f it/s  ETA %5.0f s  d_t %+9.4f  r_t %8.4f  lr %.3g%s", tty ? "\r" : "", t.iter, rate, left,
-                    t.d_t, t.r_t, t.lr, tty ? "  " : "\n");
+            fprintf(tty ? stderr : stdout, "%siter %6ld  %.2f it/s  ETA %5.0f s  d_t %+9.4f  r_t %8.4f  loss %+9.4g  lr %.3g%s", tty ? "\r" : "", t.iter, rate,
+                    left, t.d_t, t.r_t, t.loss, t.lr, tty ? "  " : "\n");
             fflush(tty ? stderr : stdout);
             last_print = now;
         }
@@ -280,7 +300,7 @@ int main(int argc, char **argv)
         }
         free(nchw);
     }
-    printf("train_images data=%s iters=%ld seconds=%.1f d_t=%.5g r_t=%.5g rollbacks=%d diverged=%d status=%s\n", data, t.iter, ebm_time_sec() - t0,
+    printf("train_images data=%s objective=%s iters=%ld seconds=%.1f d_t=%.5g r_t=%.5g rollbacks=%d diverged=%d status=%s\n", data, objectives[c.objective], t.iter, ebm_time_sec() - t0,
            t.d_t, t.r_t, rollbacks, diverged, rc == 0 ? "ok" : diverged ? "diverged" : "error");
     free(xb); free(xs);
     ebm_trainer_free(&t);
