@@ -545,7 +545,7 @@ typedef struct ebm_trainer {
     long iter;          /* iterations completed */
     float lr_scale;     /* multiplies the schedule (lowered by a rollback) */
     double d_t;         /* mean f(x+) - mean f(x-) */
-    double r_t;         /* mean |grad_x f| along the chains */
+    double r_t;         /* mean |grad_x f| along the chains (score matching: at the data, where computed; else 0) */
     double f_pos, f_neg, accept, lr;
     double loss;        /* the objective's value at the last iteration */
     float *noise_mu, *noise_sd; /* NCE: the fitted Gaussian (D values each) */
@@ -2852,6 +2852,82 @@ static ebm_var *ebm__param(ebm_graph *g, ebm_model *m, size_t off, int ndim, con
     return v;
 }
 
+/* A layer's weights and bias as parameter leaves of the graph (NULL where it has none). */
+static void ebm__layer_params(ebm_model *m, ebm_graph *g, const ebm_layer *L, ebm_var **w, ebm_var **b)
+{
+    int ws[4], bs = L->out_c;
+    *w = *b = NULL;
+    if (L->type == EBM_LAYER_CONV2D || L->type == EBM_LAYER_CONVT2D) {
+        ws[0] = L->k; ws[1] = L->k;
+        ws[2] = L->type == EBM_LAYER_CONV2D ? L->in_c : L->out_c;
+        ws[3] = L->type == EBM_LAYER_CONV2D ? L->out_c : L->in_c;
+        *w = ebm__param(g, m, L->w_off, 4, ws);
+    } else if (L->type == EBM_LAYER_LINEAR) {
+        ws[0] = L->in_h * L->in_w * L->in_c; ws[1] = L->out_c;
+        *w = ebm__param(g, m, L->w_off, 2, ws);
+    }
+    if (L->b_size) *b = ebm__param(g, m, L->b_off, 1, &bs);
+}
+
+/* The second-order Taylor expansion of f along v, pushed through the net
+   layer by layer (Taylor mode): f(x + t v) = f0 + t f1 + t^2/2 f2 + ..., so
+   f1 = v.grad f and f2 = v.H v. A linear layer maps each coefficient (the
+   bias goes to the first only); an activation a maps (h0, h1, h2) to
+   (a(h0), a'(h0) h1, a''(h0) h1^2 + a'(h0) h2). The graph holds only forward
+   ops, so the parameter gradient of any function of (f0, f1, f2) is one
+   first-order backward on the fast kernels: cheaper than differentiating a
+   Hessian-vector product (reverse over reverse), which the first two
+   coefficients' pass replaces. Max-pooling has no rule here: 0 is
+   returned, nothing built, and the caller takes the nested path. */
+static int ebm__model_jet(ebm_model *m, ebm_graph *g, ebm_var *x, ebm_var *v, ebm_var **f0, ebm_var **f1, ebm_var **f2)
+{
+    ebm_var *h0 = x, *h1 = v, *h2 = NULL; /* h2 = 0 at the input: kept NULL while it is zero */
+    int i;
+    for (i = 0; i < m->n_layers; i++) if (m->layer[i].type == EBM_LAYER_MAXPOOL) return 0;
+    for (i = 0; i < m->n_layers && h0; i++) {
+        const ebm_layer *L = &m->layer[i];
+        ebm_var *w, *b;
+        int shape[4];
+        ebm__layer_params(m, g, L, &w, &b);
+        switch (L->type) {
+        case EBM_LAYER_CONV2D:
+            h0 = ebm_conv2d(g, h0, w, b, L->stride, L->pad);
+            h1 = ebm_conv2d(g, h1, w, NULL, L->stride, L->pad);
+            if (h2) h2 = ebm_conv2d(g, h2, w, NULL, L->stride, L->pad);
+            break;
+        case EBM_LAYER_CONVT2D:
+            h0 = ebm_conv2d_transpose(g, h0, w, b, L->stride, L->pad, L->out_h, L->out_w);
+            h1 = ebm_conv2d_transpose(g, h1, w, NULL, L->stride, L->pad, L->out_h, L->out_w);
+            if (h2) h2 = ebm_conv2d_transpose(g, h2, w, NULL, L->stride, L->pad, L->out_h, L->out_w);
+            break;
+        case EBM_LAYER_LINEAR:
+            shape[0] = x->shape[0]; shape[1] = 1; shape[2] = 1; shape[3] = L->out_c;
+            h0 = ebm_reshape(g, ebm_linear(g, h0, w, b), 4, shape);
+            h1 = ebm_reshape(g, ebm_linear(g, h1, w, NULL), 4, shape);
+            if (h2) h2 = ebm_reshape(g, ebm_linear(g, h2, w, NULL), 4, shape);
+            break;
+        case EBM_LAYER_ACT: {
+            ebm_var *d1 = ebm_act_deriv(g, h0, L->act, L->act_param, 1), *n2 = NULL;
+            if (L->act != EBM_ACT_LEAKY_RELU) /* a'' = 0 for LeakyReLU */
+                n2 = ebm_mul(g, ebm_act_deriv(g, h0, L->act, L->act_param, 2), ebm_mul(g, h1, h1));
+            if (h2) n2 = n2 ? ebm_add(g, n2, ebm_mul(g, d1, h2)) : ebm_mul(g, d1, h2);
+            h0 = ebm_act(g, h0, L->act, L->act_param);
+            h1 = ebm_mul(g, d1, h1);
+            h2 = n2;
+            break;
+        }
+        case EBM_LAYER_AVGPOOL:
+            h0 = ebm_avgpool(g, h0, L->k, L->stride);
+            h1 = ebm_avgpool(g, h1, L->k, L->stride);
+            if (h2) h2 = ebm_avgpool(g, h2, L->k, L->stride);
+            break;
+        }
+    }
+    *f0 = h0; *f1 = h1;
+    *f2 = h2 ? h2 : h0 ? ebm_zeros(g, h0->ndim, h0->shape) : NULL; /* a piecewise-linear net: v.H v = 0 */
+    return 1;
+}
+
 EBMDEF ebm_var *ebm_model_forward(ebm_model *m, ebm_graph *g, ebm_var *x)
 {
     return ebm_model_forward_partial(m, g, x, m ? m->n_layers : 0);
@@ -2868,18 +2944,9 @@ EBMDEF ebm_var *ebm_model_forward_partial(ebm_model *m, ebm_graph *g, ebm_var *x
         return ebm__gfail(g, EBM_EINVAL, "model_forward: input must be (N,%d,%d,%d)", m->in_h, m->in_w, m->in_c);
     for (i = 0; i < n_layers && x; i++) {
         const ebm_layer *L = &m->layer[i];
-        int ws[4], bs = L->out_c, shape[4];
+        int shape[4];
         ebm_var *w = NULL, *b = NULL;
-        if (L->type == EBM_LAYER_CONV2D || L->type == EBM_LAYER_CONVT2D) {
-            ws[0] = L->k; ws[1] = L->k;
-            ws[2] = L->type == EBM_LAYER_CONV2D ? L->in_c : L->out_c;
-            ws[3] = L->type == EBM_LAYER_CONV2D ? L->out_c : L->in_c;
-            w = ebm__param(g, m, L->w_off, 4, ws);
-        } else if (L->type == EBM_LAYER_LINEAR) {
-            ws[0] = L->in_h * L->in_w * L->in_c; ws[1] = L->out_c;
-            w = ebm__param(g, m, L->w_off, 2, ws);
-        }
-        if (L->b_size) b = ebm__param(g, m, L->b_off, 1, &bs);
+        ebm__layer_params(m, g, L, &w, &b);
         switch (L->type) {
         case EBM_LAYER_CONV2D: /* a LeakyReLU (slope >= 0) right after is fused into the conv */
             if (i + 1 < n_layers && m->layer[i + 1].type == EBM_LAYER_ACT && m->layer[i + 1].act == EBM_ACT_LEAKY_RELU &&
@@ -2947,21 +3014,37 @@ EBMDEF int ebm_model_score(ebm_model *m, ebm_graph *g, const float *x, int n, fl
 /* The score-matching losses (EBM_OBJ_DSM, _SSM, _SSM_VR; see the trainer)
    on a batch x, as a graph whose gradient in theta is the objective's:
      DSM:    x holds x~, r the noise xi:  |sigma_min grad f(x~) + xi|^2 / (2B)
-     SSM:    r holds v: [v . grad_x(v . grad f) + u . grad f] / B, where
+     SSM:    r holds v: [v.H v + (v.s)^2 / 2] / B from the Taylor coefficients
+             of f along v (ebm__model_jet); or, nested (a net with max-pooling,
+             or asked for), [v . grad_x(v . grad f) + u . grad f] / B, where
              u = (v . grad f) v is read off the first pass and held constant
              (the gradient of (v . s)^2 / 2 is (v . s) times that of v . s)
-     SSM_VR: [v . grad_x(v . grad f) + |grad f|^2 / 2] / B
-   u is NULL while measuring memory. *value gets the loss itself (for SSM not
-   the graph's value, which has u . grad f in place of (v . grad f)^2 / 2). */
+     SSM_VR: [v.H v + |grad f|^2 / 2] / B, v.H v the same two ways
+   u (nested SSM only) is NULL while measuring memory. *value gets the loss
+   itself (for nested SSM not the graph's value, which has u . grad f in
+   place of (v . grad f)^2 / 2). */
 static ebm_var *ebm__sm_loss(ebm_model *m, ebm_graph *g, int obj, int B, float sigma_min, float *x, float *r, float *u,
-                             ebm_var **y_out, ebm_var **gx_out, double *value)
+                             int nested, ebm_var **y_out, ebm_var **gx_out, double *value)
 {
     int shape[4], i;
     size_t D = (size_t)m->in_h * m->in_w * m->in_c, j;
-    ebm_var *xv, *y, *gx = NULL, *hv = NULL, *rv, *loss = NULL;
+    ebm_var *xv, *y, *gx = NULL, *hv = NULL, *rv, *loss = NULL, *f1, *f2;
     shape[0] = B; shape[1] = m->in_h; shape[2] = m->in_w; shape[3] = m->in_c;
     xv = ebm_leaf(g, x, 4, shape);
     rv = ebm_leaf(g, r, 4, shape);
+    if (obj != EBM_OBJ_DSM && !nested && ebm__model_jet(m, g, xv, rv, &y, &f1, &f2)) {
+        /* Taylor mode: f1 = v.s and f2 = v.H v per sample, without a nested backward */
+        *y_out = y;
+        if (obj == EBM_OBJ_SSM) {
+            loss = ebm_scale(g, ebm_add(g, ebm_sum(g, f2), ebm_scale(g, ebm_sqnorm(g, f1), 0.5f)), 1.0f / (float)B);
+        } else { /* s itself is needed */
+            if (ebm_grad(g, y, NULL, 1, &xv, &gx, 1) != EBM_OK) return NULL;
+            loss = ebm_scale(g, ebm_add(g, ebm_sum(g, f2), ebm_scale(g, ebm_sqnorm(g, gx), 0.5f)), 1.0f / (float)B);
+        }
+        *gx_out = gx;
+        if (loss && loss->data && value) *value = loss->data[0];
+        return loss;
+    }
     y = ebm_model_forward(m, g, xv);
     if (ebm_grad(g, y, NULL, 1, &xv, &gx, 1) != EBM_OK) return NULL;
     *y_out = y; *gx_out = gx;
@@ -3009,7 +3092,7 @@ static int ebm__step_build(ebm_model *m, ebm_graph *g, int kind, int batch, floa
     ebm_var *xv, *y, *gx = NULL, *hv = NULL, *loss = NULL, *vv;
     if (kind >= EBM__STEP_DSM && kind <= EBM__STEP_SSM_VR) {
         /* (SSM's constant u lives in the trainer's buffer, not the arena) */
-        loss = ebm__sm_loss(m, g, kind - EBM__STEP_DSM + EBM_OBJ_DSM, batch, 1.0f, x, v, NULL, &y, &gx, NULL);
+        loss = ebm__sm_loss(m, g, kind - EBM__STEP_DSM + EBM_OBJ_DSM, batch, 1.0f, x, v, NULL, 0, &y, &gx, NULL);
         if (loss) ebm_model_backward(m, g, loss);
         return g->err.status;
     }
@@ -4095,17 +4178,17 @@ static int ebm__objective(ebm_trainer *t, const float *x_data, long iter, int ke
                 x0[(size_t)i * D + j] = xv;
             }
         }
-        loss = ebm__sm_loss(m, g, c->objective, B, smin, x0, x1, u, &y, &gx, &value);
+        loss = ebm__sm_loss(m, g, c->objective, B, smin, x0, x1, u, 0, &y, &gx, &value);
         if (loss) ebm_model_backward(m, g, loss);
         if (ebm_graph_status(g) != EBM_OK) return ebm__tfail(t, ebm_graph_status(g), "trainer_step: %s", ebm_graph_error(g)->msg);
         for (i = 0; i < B; i++) {
             double nrm = 0;
             fp += y->data[i];
-            for (j = 0; j < D; j++) nrm += (double)gx->data[(size_t)i * D + j] * gx->data[(size_t)i * D + j];
+            for (j = 0; gx && j < D; j++) nrm += (double)gx->data[(size_t)i * D + j] * gx->data[(size_t)i * D + j];
             gn += sqrt(nrm);
         }
         t->f_pos = fp / B;
-        t->r_t = gn / B; /* |grad_x f| at the (noisy) data */
+        t->r_t = gn / B; /* |grad_x f| at the (noisy) data, where the loss computes it (not plain SSM's Taylor mode: 0) */
         t->loss = value;
         break;
     }

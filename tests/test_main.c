@@ -1777,6 +1777,7 @@ static const test_case tests[] = {
     { "objectives_lower_nll", test_objectives_lower_nll },
     { "stanley_sampler", test_stanley_sampler },
     { "checkpoint_objectives", test_checkpoint_objectives },
+    { "ssm_taylor_matches_nested", test_ssm_taylor_matches_nested },
 };
 
 int main(int argc, char **argv)
