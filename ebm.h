@@ -579,7 +579,9 @@ EBMDEF int ebm_trainer_loss(ebm_trainer *t, const float *x_data, long iter, doub
 EBMDEF float ebm_trainer_lr(const ebm_trainer *t);
 /* n fresh samples, started as the recipe starts its chains (noise; for data
    starts, the given x_data; persistent recipes from their restart noise,
-   never the buffer), run n_steps. Samples first.. of their own streams, so
+   never the buffer), run n_steps (for DSM on several levels: annealed
+   Langevin, the steps spread over the levels, the chain's eps - or noise -
+   the last level's noise, scaled by sigma_l / sigma on the others). Samples first.. of their own streams, so
    the same first gives the same starting noise and Langevin noise whenever
    it is called. */
 EBMDEF int ebm_trainer_sample(ebm_trainer *t, uint64_t first, const float *x_data, float *x, int n, int n_steps);
@@ -4015,12 +4017,42 @@ static void ebm__chain_starts(ebm_trainer *t, uint64_t first, const float *x_dat
     }
 }
 
+/* Annealed Langevin (Song & Ermon 2019) for a model trained by DSM on
+   several levels: n_steps spread over the levels from sigma_max down to
+   sigma, each a chain at temperature 1 on that level's energy
+   f_l = f sigma / sigma_l, with noise b_l = b sigma_l / sigma (b: the
+   chain's eps, or its noise in the step-and-noise form) and drift
+   b_l^2 / 2 grad f_l. */
+static int ebm__annealed_run(ebm_trainer *t, const ebm_rng *r, uint64_t first, float *x, int n, int n_steps, double *rt)
+{
+    const ebm_train_config *c = &t->cfg;
+    const int L = c->n_sigmas;
+    const float b = c->chain.form == EBM_LANGEVIN_EPS ? c->chain.eps : c->chain.noise;
+    int l, done = 0, rc;
+    double part;
+    *rt = 0;
+    for (l = 0; l < L; l++) {
+        ebm_langevin ch = c->chain;
+        double sl = c->sigma_max * pow(c->sigma / c->sigma_max, (double)l / (L - 1)), bl = b * sl / c->sigma;
+        ch.form = EBM_LANGEVIN_STEP_NOISE;
+        ch.noise = (float)bl;
+        ch.step = (float)(0.5 * bl * bl * c->sigma / sl);
+        ch.n_steps = n_steps * (l + 1) / L - done;
+        ch.first_step = (uint32_t)done;
+        if ((rc = ebm_langevin_run(t->model, t->graph, &ch, r, first, x, n, &part)) != EBM_OK) return rc;
+        *rt += part * ch.n_steps / (n_steps ? n_steps : 1);
+        done += ch.n_steps;
+    }
+    return EBM_OK;
+}
+
 static int ebm__chain_run(ebm_trainer *t, const ebm_rng *r, uint64_t first, float *x, int n, int n_steps, double *rt, double *acc)
 {
     ebm_langevin ch = t->cfg.chain;
     ch.n_steps = n_steps;
     ch.first_step = 0;
     *acc = 1.0;
+    if (t->cfg.objective == EBM_OBJ_DSM && t->cfg.n_sigmas > 1) return ebm__annealed_run(t, r, first, x, n, n_steps, rt);
     if (t->cfg.mala) return ebm_mala_run(t->model, t->graph, &ch, r, first, x, n, acc, rt);
     return ebm_langevin_run(t->model, t->graph, &ch, r, first, x, n, rt);
 }

@@ -1778,6 +1778,7 @@ static const test_case tests[] = {
     { "stanley_sampler", test_stanley_sampler },
     { "checkpoint_objectives", test_checkpoint_objectives },
     { "ssm_taylor_matches_nested", test_ssm_taylor_matches_nested },
+    { "dsm_annealed_sampling", test_dsm_annealed_sampling },
 };
 
 int main(int argc, char **argv)

@@ -1056,3 +1056,33 @@ static void test_ssm_taylor_matches_nested(void)
     ebm_graph_destroy(g);
     ebm_model_free(&m);
 }
+
+/* Annealed sampling of a DSM model on several levels: with the energy
+   f = c sum x and the reference N(0, 1), level l's target is
+   N(c, sigma_l / sigma) per coordinate, and the last level's chain (noise
+   b = eps, drift b^2/2) is the AR(1) of the Gaussian test: N(c, 1/(1 - b^2/4))
+   after 300 steps. 4000 chains x 64 coordinates, 5 standard errors. */
+static void test_dsm_annealed_sampling(void)
+{
+    ebm_model m;
+    ebm_trainer t;
+    ebm_train_config c;
+    ebm_error e;
+    const int n = 4000;
+    const size_t N = (size_t)n * 64;
+    float *x = falloc(N), cc = 0.7f, b = 0.5f;
+    double mean = 0, var = 0, want_var = 1.0 / (1.0 - b * b / 4.0);
+    linear_energy(&m, cc);
+    ebm_train_config_default(&c);
+    c.batch = 500; c.objective = EBM_OBJ_DSM; c.n_sigmas = 3; c.sigma = 0.5f; c.sigma_max = 2.0f;
+    c.chain.form = EBM_LANGEVIN_EPS; c.chain.eps = b; c.chain.sigma_q = 1.0f; c.chain.box = EBM_BOX_NONE;
+    CHECK(ebm_trainer_init(&t, &m, &c, &e) == EBM_OK, "init: %s", e.msg);
+    CHECK(ebm_trainer_sample(&t, 0, NULL, x, n, 900) == EBM_OK, "sample: %s", t.err.msg);
+    sample_moments(x, N, &mean, &var);
+    CHECK(fabs(mean - cc) < 5 * sqrt(want_var / (double)N), "annealed: mean %.5f, want %.5f", mean, (double)cc);
+    CHECK(fabs(var - want_var) < 5 * want_var * sqrt(2.0 / (double)N), "annealed: variance %.5f, want %.5f +- %.5f (a level's temperature or step is off)",
+          var, want_var, 5 * want_var * sqrt(2.0 / (double)N));
+    free(x);
+    ebm_trainer_free(&t);
+    ebm_model_free(&m);
+}
