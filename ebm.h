@@ -1,4 +1,4 @@
-/* ebm.h - energy-based models in plain C, one header.                 v0.3.0
+/* ebm.h - energy-based models in plain C, one header.                 v0.4.0
 
    Train and sample energy-based models p(x) = exp(f(x)) q(x) / Z with a ConvNet
    f, Langevin MCMC and autograd (including gradients of gradients), using only
@@ -23,7 +23,8 @@
        ebm_model_score(&m, g, x, 8, f, dx);                // f(x) and grad_x f(x)
        ebm_graph_destroy(g); ebm_model_free(&m);
 
-   TRAINING (maximum likelihood with Langevin chains; see examples/)
+   TRAINING (maximum likelihood with Langevin chains, or c.objective =
+   EBM_OBJ_DSM, _SSM, _SSM_VR, _FD_SSM, _NCE; see examples/)
 
        ebm_train_config c; ebm_trainer t;
        ebm_train_config_default(&c);                       // short-run image recipe
@@ -45,10 +46,13 @@
        5. autograd      the tape (ebm_graph), ops, reverse mode with create_graph
        6. models        layer sequences, PyTorch-default initialisation, memory
                         prediction, the reference networks, Adam and SGD
-       6b. samplers     Langevin dynamics (both forms, Gaussian reference, box), MALA
-       6c. 2-D data     built-in data sets with known densities, exact NLL
+       6b. samplers     Langevin dynamics (both forms, Gaussian reference, box,
+                        STANLEY's anisotropic steps), MALA
+       6c. 2-D data     built-in data sets with known (and smoothed) densities, exact NLL
        6d. trainer      maximum likelihood: chain starts, replay buffer,
-                        diagnostics d_t and r_t, divergence, schedules
+                        diagnostics d_t and r_t, divergence, schedules; the
+                        MCMC-free objectives (DSM, SSM in Taylor mode, FD-SSM,
+                        NCE) and annealed sampling
        6e. generator    the short-run chain as a function of its noise, and
                         its gradient by reverse mode through every step
        7. file formats  NPY; CRC-32, inflate and gzip; IDX and CIFAR-10
@@ -86,7 +90,7 @@
 #ifndef EBM_H
 #define EBM_H
 
-#define EBM_VERSION "0.3.0"
+#define EBM_VERSION "0.4.0"
 
 #include <stddef.h>
 #include <stdint.h>

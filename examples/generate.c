@@ -224,10 +224,12 @@ static int zopt(ctx *c, uint64_t first, int kind, const float *target, const flo
     float *z = FALLOC((size_t)n * c->D);
     size_t tD = kind == EBM_KNOWN_DOWNSAMPLE ? c->D / 4 : c->D;
     int i, rc = 0;
+    ebm_langevin iso = c->chain;
+    iso.aniso_th = 0; /* a STANLEY chain is not differentiated (its step depends on |drift|): z is fitted through isotropic steps */
     start_noise(c, first, z, n);
     for (i = 0; i < n && !rc; i += CHUNK) {
         int m = n - i < CHUNK ? n - i : CHUNK;
-        if (ebm_chain_reconstruct(&c->m, c->g, &c->chain, &c->ru, first + (uint64_t)i, kind, target + (size_t)i * tD, mask ? mask + (size_t)i * c->D : NULL, m,
+        if (ebm_chain_reconstruct(&c->m, c->g, &iso, &c->ru, first + (uint64_t)i, kind, target + (size_t)i * tD, mask ? mask + (size_t)i * c->D : NULL, m,
                                   z + (size_t)i * c->D, iters, c->recon_opt, lr, x + (size_t)i * c->D, NULL) != EBM_OK)
             rc = fail(c, "reconstruct");
     }
@@ -527,7 +529,7 @@ int main(int argc, char **argv)
     const char *recon_opt = "adam", *clamp = "anneal", *cond_start = "noise", *ckpt = NULL, *out = "gen", *tasks = "all", *data_dir = NULL, *mnist_dir = NULL, *mask_path = NULL;
     int seed = 1, n_eval = 1000, n_recon = 128, recon_iters = 20, chains = 8, k = 0, n_z = 128, long_n = 4, threads = 0;
     long long_steps = 10000;
-    float recon_lr = 0.1f;
+    float recon_lr = 0.1f, stanley = -1;
     ctx c;
     ebm_dataset train, test, mnist;
     ebm_error err;
@@ -555,6 +557,7 @@ int main(int argc, char **argv)
         { "mask", "a user inpainting mask: NPY (H, W), 1 = known", 's', &mask_path },
         { "long-steps", "steps of the long-run chains (default 10000)", 'l', &long_steps },
         { "long-chains", "chains per long-run variant (default 4)", 'i', &long_n },
+        { "stanley", "STANLEY's threshold for every chain (0: isotropic; default: the checkpoint's)", 'f', &stanley },
         { "threads", "OpenMP threads (default: all)", 'i', &threads },
     };
     setvbuf(stdout, NULL, _IOLBF, 0); /* summary lines appear as each task ends, also in a log file */
@@ -584,6 +587,8 @@ int main(int argc, char **argv)
     c.chain = c.t.cfg.chain;
     c.chain.first_step = 0;
     if (k > 0) c.chain.n_steps = k;
+    if (stanley >= 0) c.chain.aniso_th = stanley;
+    if (c.chain.aniso_th > 0) printf("chains: STANLEY steps, th %g (reconstruction through isotropic ones)\n", (double)c.chain.aniso_th);
     c.noise = c.t.cfg.start == EBM_START_GAUSSIAN || (c.t.cfg.start == EBM_START_PERSISTENT && c.t.cfg.restart == EBM_START_GAUSSIAN) ? EBM_START_GAUSSIAN
                                                                                                                                        : EBM_START_UNIFORM;
     c.rz.seed = (uint64_t)seed; c.rz.stream = 1000;

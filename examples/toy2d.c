@@ -11,7 +11,8 @@
                  chain is the generator, and the energy learns whatever makes
                  it work (a different object)
      stanley     the convergent recipe with unadjusted STANLEY steps (global
-                 step eta = eps^2, threshold --th) reflected at the box
+                 step eta = eps^2, threshold --th) reflected at the box, or
+                 with --mala 1 MH-corrected STANLEY steps (a wall)
      dsm, ssm, ssm-vr, fd-ssm, nce
                  the MCMC-free objectives (ALGORITHMS.md 5): denoising score
                  matching at --sigma (its model is the data smoothed by
@@ -21,7 +22,7 @@
                  estimation against a Gaussian fitted to the data
    Adam, lr decayed to 0 by a cosine over the run, batch 256. With --seconds
    the run's length is set by timing its first 20 iterations, and set again
-   after 200 and 2000.
+   after 200 and every 500.
    Writes toy2d_<data>_<recipe>.png: data, the learned density exp(f)/Z, and
    samples from fresh chains (the ML recipes: started as the recipe starts
    them; the others: 500 MALA steps from uniform noise, which sample exp(f)/Z).
@@ -65,7 +66,7 @@ static const char *const recipe_names[R_COUNT] = { "convergent", "shortrun", "st
 int main(int argc, char **argv)
 {
     const char *data_name = "8gaussians", *recipe_name = "convergent", *out = NULL, *npy = NULL, *proj = "gaussian";
-    int iters = 0, seed = 1, K = 0, n_samples = 4096, threads = 0, n_sigmas = 1, set, recipe, ml, chains_mala, i;
+    int iters = 0, seed = 1, K = 0, n_samples = 4096, threads = 0, n_sigmas = 1, set, recipe, ml, chains_mala, i, mala = -1;
     long t;
     float eps = 0, lr = 0, reg = 0, reinit = 0.05f, th = 1.0f, sigma = 0.1f, sigma_max = 1.0f, fd_eps = 0.1f, seconds = 0;
     const flag flags[] = {
@@ -77,6 +78,7 @@ int main(int argc, char **argv)
         { "k", "chain steps per iteration (default 20, shortrun 40)", 'i', &K },
         { "eps", "Langevin step (default 0.5, shortrun 0.3, stanley 0.3; stanley's eta = eps^2)", 'f', &eps },
         { "th", "STANLEY's threshold on |grad f| (default 1)", 'f', &th },
+        { "mala", "1: Metropolis-adjusted chains, 0: unadjusted (default: 1 for convergent only)", 'i', &mala },
         { "lr", "Adam learning rate (default 1e-2, shortrun 1e-3)", 'f', &lr },
         { "reg", "energy regulariser alpha (ML)", 'f', &reg },
         { "reinit", "persistent chains' restart probability (default 0.05)", 'f', &reinit },
@@ -107,7 +109,7 @@ int main(int argc, char **argv)
         (pj = lookup("projection", proj, proj_names, 2)) < 0)
         return 2;
     ml = recipe <= R_STANLEY;
-    chains_mala = recipe == R_CONVERGENT;
+    chains_mala = mala >= 0 && ml && recipe != R_SHORTRUN ? mala != 0 : recipe == R_CONVERGENT;
     if (!iters) iters = seconds > 0 ? 1000000000 : 3000;
     if (!K) K = recipe == R_SHORTRUN ? 40 : 20;
     if (!(eps > 0)) eps = recipe == R_CONVERGENT ? 0.5f : 0.3f;
@@ -161,9 +163,12 @@ int main(int argc, char **argv)
         printf("toy2d: %s, recipe %s (objective %s): MLP 2-128-128-1 (SiLU), %lu parameters, batch %d, Adam lr %g cosine\n",
                data_name, recipe_name, on ? on : "?", (unsigned long)m.n_params, c.batch, (double)lr);
     }
-    if (ml)
-        printf("chains: %s, K = %d, eps = %.2f%s\n", recipe == R_SHORTRUN ? "fresh uniform starts" : "persistent buffer 8192 (5 % restarts)", K, (double)eps,
-               recipe == R_CONVERGENT ? ", MALA" : recipe == R_STANLEY ? ", unadjusted STANLEY steps, reflected" : ", unadjusted, reflected");
+    if (ml) {
+        printf("chains: %s, K = %d, eps = %.2f, %s%s", recipe == R_SHORTRUN ? "fresh uniform starts" : "persistent buffer 8192 (5 % restarts)", K, (double)eps,
+               chains_mala ? "Metropolis-adjusted" : "unadjusted, reflected", recipe == R_STANLEY ? " STANLEY steps" : "");
+        if (recipe == R_STANLEY) printf(" (th %g)", (double)th);
+        printf("\n");
+    }
     printf("true density: test NLL %.4f nats; uniform on the box: %.4f\n", true_nll, 2 * log((double)(hi - lo)));
     if (recipe == R_DSM) printf("the data smoothed by N(0, %g^2): test NLL %.4f (what DSM learns)\n", (double)sigma, smooth_nll);
     fflush(stdout);
@@ -176,7 +181,7 @@ int main(int argc, char **argv)
             return 3;
         }
         if (seconds > 0 && t + 1 < iters && ebm_time_sec() - t0 > seconds) iters = (int)t + 1; /* the budget is spent: stop here */
-        if (seconds > 0 && (t + 1 == 20 || t + 1 == 200 || t + 1 == 2000)) {
+        if (seconds > 0 && (t + 1 == 20 || t + 1 == 200 || (t + 1) % 500 == 0)) {
             /* the timing probe, refined twice: the schedule ends when the budget does */
             double el = ebm_time_sec() - t0, per = el / (double)(t + 1);
             iters = (int)(t + 1) + (int)((seconds - el) / per);

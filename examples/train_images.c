@@ -50,13 +50,26 @@ static void plot_log(const char *dir)
     free(y);
 }
 
+/* --sample-noise: the Langevin noise of fresh chains (grids, samples.npy),
+   when it should differ from training's (e.g. annealed DSM sampling). */
+static float sample_noise = 0;
+static int sample(ebm_trainer *t, uint64_t first, const float *x_data, float *x, int n, int k)
+{
+    float keep = t->cfg.chain.noise;
+    int rc;
+    if (sample_noise > 0) t->cfg.chain.noise = sample_noise;
+    rc = ebm_trainer_sample(t, first, x_data, x, n, k);
+    t->cfg.chain.noise = keep;
+    return rc;
+}
+
 static int save_grid(ebm_trainer *t, const char *dir, const char *tag, const float *x_data, float *x, int n, int k)
 {
     char path[1100], label[200];
     ebm_error err;
     ebm_model *m = t->model;
     const ebm_train_config *c = &t->cfg;
-    if (ebm_trainer_sample(t, 0, x_data, x, n, k) != EBM_OK) { fprintf(stderr, "error: %s\n", t->err.msg); return -1; }
+    if (sample(t, 0, x_data, x, n, k) != EBM_OK) { fprintf(stderr, "error: %s\n", t->err.msg); return -1; }
     snprintf(label, sizeof label, "fresh %s start, %s%s k=%d, iter %ld", c->start == EBM_START_PERSISTENT ? ebm_start_name(c->restart) : ebm_start_name(c->start),
              c->mala ? "mala" : "langevin", c->chain.aniso_th > 0 ? " stanley" : "", k, t->iter);
     snprintf(path, sizeof path, "%s/grid_%s.png", dir, tag);
@@ -135,6 +148,7 @@ int main(int argc, char **argv)
             { "on-diverge", "stop | rollback (to the last checkpoint at half the lr)", 's', &on_div },
             { "samples", "fresh samples written to samples.npy at the end (default 64)", 'i', &n_samples },
             { "sample-k", "Langevin steps of fresh chains (default: K, at least 100 for persistent)", 'i', &sample_k },
+            { "sample-noise", "Langevin noise of fresh chains (default: training's)", 'f', &sample_noise },
             { "save-minutes", "minutes between checkpoints and grids (default 2)", 'f', &save_minutes },
         };
         int ds_i, st, rs, op, sc, bx, ac, dv, ob, pj;
@@ -291,7 +305,7 @@ int main(int argc, char **argv)
             for (i = 0; i < n_samples; i += 64) {
                 int n = n_samples - i < 64 ? n_samples - i : 64;
                 ebm_dataset_batch(&ds, &rdata, 0xFFFF0000u + (uint64_t)i, n, xb, NULL); /* data starts only */
-                if (ebm_trainer_sample(&t, (uint64_t)i, xb, xs + (size_t)i * D, n, sample_k) != EBM_OK) { fprintf(stderr, "error: %s\n", t.err.msg); rc = 1; break; }
+                if (sample(&t, (uint64_t)i, xb, xs + (size_t)i * D, n, sample_k) != EBM_OK) { fprintf(stderr, "error: %s\n", t.err.msg); rc = 1; break; }
             }
             ebm_nhwc_to_nchw(xs, nchw, n_samples, ds.c, ds.h, ds.w);
             shape[0] = n_samples; shape[1] = ds.c; shape[2] = ds.h; shape[3] = ds.w;
