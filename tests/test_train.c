@@ -431,6 +431,26 @@ static mix_stats mixture_stats(const float *x, int n, const double mu[2])
     return st;
 }
 
+/* The mixture both sampler tests use: 0.7 N(mu, s^2) + 0.3 N(-mu, s^2). */
+static const double mix_mu[2] = { 0.8, 0.6 }, mix_s = 0.6, mix_w1 = 0.7, mix_nm = 1.0;
+
+/* n samples x against the mixture's exact law (see below): mean and both
+   variances (the latter allowed bias_a, bias_b on top) and the weight of
+   mu's side, each within 5 standard errors. */
+static void check_mixture_law(const float *x, int n, const char *who, double bias_a, double bias_b)
+{
+    const double s = mix_s, w1 = mix_w1, nm = mix_nm;
+    const double mean_true = (2 * w1 - 1) * nm, var_a_true = s * s + nm * nm * (1 - (2 * w1 - 1) * (2 * w1 - 1)), var_b_true = s * s;
+    const double phi = 0.5 * (1 + erf(nm / s / sqrt(2.0))), frac_true = w1 * phi + (1 - w1) * (1 - phi);
+    mix_stats st = mixture_stats(x, n, mix_mu);
+    CHECK(fabs(st.mean_a - mean_true) < 5 * st.se_mean, "%s: mean along mu %.4f, exact %.4f (5 se %.4f)", who, st.mean_a, mean_true, 5 * st.se_mean);
+    CHECK(fabs(st.var_a - var_a_true) < 5 * st.se_var_a + bias_a, "%s: variance along mu %.4f, exact %.4f (5 se %.4f + bias %.4f)", who, st.var_a, var_a_true,
+          5 * st.se_var_a, bias_a);
+    CHECK(fabs(st.var_b - var_b_true) < 5 * st.se_var_b + bias_b, "%s: variance across mu %.4f, exact %.4f (5 se %.4f + bias %.4f)", who, st.var_b, var_b_true,
+          5 * st.se_var_b, bias_b);
+    CHECK(fabs(st.frac - frac_true) < 5 * st.se_frac, "%s: weight of mu's side %.4f, exact %.4f (5 se %.4f)", who, st.frac, frac_true, 5 * st.se_frac);
+}
+
 /* MALA (step adapted in burn-in, then fixed) and unadjusted Langevin on the
    mixture 0.7 N(mu, s^2) + 0.3 N(-mu, s^2), mu = (0.8, 0.6), s = 0.6, with
    8,000 independent chains from N(0, 1.5^2): the mean, variance along and
@@ -444,10 +464,8 @@ static mix_stats mixture_stats(const float *x, int n, const double mu[2])
    the sampling error. */
 static void test_samplers_on_2d_mixture(void)
 {
-    const double mu[2] = { 0.8, 0.6 }, s = 0.6, w1 = 0.7, nm = 1.0;
+    const double s = mix_s, var_a_true = s * s + mix_nm * mix_nm * (1 - (2 * mix_w1 - 1) * (2 * mix_w1 - 1)), var_b_true = s * s;
     const int n = 8000;
-    const double mean_true = (2 * w1 - 1) * nm, var_a_true = s * s + nm * nm * (1 - (2 * w1 - 1) * (2 * w1 - 1)), var_b_true = s * s;
-    const double phi = 0.5 * (1 + erf(nm / s / sqrt(2.0))), frac_true = w1 * phi + (1 - w1) * (1 - phi);
     ebm_model m;
     ebm_graph *g = new_graph(64);
     ebm_langevin cfg, ad;
@@ -455,10 +473,9 @@ static void test_samplers_on_2d_mixture(void)
     float *x = falloc(2 * (size_t)n);
     double acc = 0;
     int i, method;
-    mixture_energy(&m, mu, s, w1);
+    mixture_energy(&m, mix_mu, s, mix_w1);
     r0.seed = 21; r0.stream = EBM_STREAM_USER + 9;
     for (method = 0; method < 2; method++) {
-        mix_stats st;
         double bias_a = 0, bias_b = 0;
         ebm_chain_start(EBM_START_GAUSSIAN, &r0, 0, 0, 0, 0, x, n, 2);
         for (i = 0; i < 2 * n; i++) x[i] *= 1.5f;
@@ -475,11 +492,7 @@ static void test_samplers_on_2d_mixture(void)
             CHECK(ebm_langevin_run(&m, g, &cfg, &r, 0, x, n, NULL) == EBM_OK, "langevin: %s", gmsg(g));
             bias_a = 2 * var_a_true * cfg.eps * cfg.eps / 4; bias_b = 2 * var_b_true * cfg.eps * cfg.eps / 4;
         }
-        st = mixture_stats(x, n, mu);
-        CHECK(fabs(st.mean_a - mean_true) < 5 * st.se_mean, "%s: mean along mu %.4f, exact %.4f (5 se %.4f)", method ? "langevin" : "mala", st.mean_a, mean_true, 5 * st.se_mean);
-        CHECK(fabs(st.var_a - var_a_true) < 5 * st.se_var_a + bias_a, "%s: variance along mu %.4f, exact %.4f (5 se %.4f + bias %.4f)", method ? "langevin" : "mala", st.var_a, var_a_true, 5 * st.se_var_a, bias_a);
-        CHECK(fabs(st.var_b - var_b_true) < 5 * st.se_var_b + bias_b, "%s: variance across mu %.4f, exact %.4f (5 se %.4f + bias %.4f)", method ? "langevin" : "mala", st.var_b, var_b_true, 5 * st.se_var_b, bias_b);
-        CHECK(fabs(st.frac - frac_true) < 5 * st.se_frac, "%s: weight of mu's side %.4f, exact %.4f (5 se %.4f)", method ? "langevin" : "mala", st.frac, frac_true, 5 * st.se_frac);
+        check_mixture_law(x, n, method ? "langevin" : "mala", bias_a, bias_b);
     }
     free(x);
     ebm_graph_destroy(g);
@@ -925,19 +938,16 @@ static void test_objectives_lower_nll(void)
    and the weight of mu's side within 5 standard errors. */
 static void test_stanley_sampler(void)
 {
-    const double mu[2] = { 0.8, 0.6 }, s = 0.6, w1 = 0.7, nm = 1.0;
+    const double s = mix_s;
     const int n = 8000;
-    const double mean_true = (2 * w1 - 1) * nm, var_a_true = s * s + nm * nm * (1 - (2 * w1 - 1) * (2 * w1 - 1)), var_b_true = s * s;
-    const double phi = 0.5 * (1 + erf(nm / s / sqrt(2.0))), frac_true = w1 * phi + (1 - w1) * (1 - phi);
     ebm_model m;
     ebm_graph *g = new_graph(64);
     ebm_langevin cfg, iso, ad;
     ebm_rng r, r0;
     float *x = falloc(2 * (size_t)n), *y = falloc(2 * (size_t)n), *f = falloc((size_t)n), *gr = falloc(2 * (size_t)n);
     double acc = 0, acc2 = 0, steep = 0;
-    mix_stats st;
     int i;
-    mixture_energy(&m, mu, s, w1);
+    mixture_energy(&m, mix_mu, s, mix_w1);
     r0.seed = 22; r0.stream = EBM_STREAM_USER + 12;
     r.seed = 6; r.stream = EBM_STREAM_USER + 13;
     ebm_langevin_default(&cfg);
@@ -964,11 +974,7 @@ static void test_stanley_sampler(void)
     ebm_model_score(&m, g, x, n, f, gr);
     for (i = 0; i < 2 * n; i++) steep += fabs(gr[i] - x[i] / (s * s)) > 1.0 ? 1.0 / (2 * n) : 0.0;
     CHECK(steep > 0.3, "only %.2f of the coordinates have |drift| > th: the anisotropic step is barely exercised", steep);
-    st = mixture_stats(x, n, mu);
-    CHECK(fabs(st.mean_a - mean_true) < 5 * st.se_mean, "stanley: mean along mu %.4f, exact %.4f (5 se %.4f)", st.mean_a, mean_true, 5 * st.se_mean);
-    CHECK(fabs(st.var_a - var_a_true) < 5 * st.se_var_a, "stanley: variance along mu %.4f, exact %.4f (5 se %.4f)", st.var_a, var_a_true, 5 * st.se_var_a);
-    CHECK(fabs(st.var_b - var_b_true) < 5 * st.se_var_b, "stanley: variance across mu %.4f, exact %.4f (5 se %.4f)", st.var_b, var_b_true, 5 * st.se_var_b);
-    CHECK(fabs(st.frac - frac_true) < 5 * st.se_frac, "stanley: weight of mu's side %.4f, exact %.4f (5 se %.4f)", st.frac, frac_true, 5 * st.se_frac);
+    check_mixture_law(x, n, "stanley-mala", 0, 0);
     free(x); free(y); free(f); free(gr);
     ebm_graph_destroy(g);
     ebm_model_free(&m);
