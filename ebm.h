@@ -544,11 +544,12 @@ typedef struct ebm_trainer {
     ebm_train_config cfg;
     ebm_model *model;
     ebm_graph *graph;
-    float *x, *w;       /* the batch [x-; x+] (2 batch samples) and the loss weights */
-    float *buffer;      /* persistent chains, buffer_size samples */
+    float *x, *w;       /* three batches ([x-; x+], FD-SSM's [x + eps v; x - eps v; x], score
+                           matching's inputs) and a loss weight per sample */
+    float *buffer;      /* persistent chains, buffer_size samples (ML only) */
     long iter;          /* iterations completed */
     float lr_scale;     /* multiplies the schedule (lowered by a rollback) */
-    double d_t;         /* mean f(x+) - mean f(x-) */
+    double d_t;         /* mean f(x+) - mean f(x-) (ML, NCE; 0 for score matching) */
     double r_t;         /* mean |grad_x f| along the chains (score matching: at the data, where computed; else 0) */
     double f_pos, f_neg, accept, lr;
     double loss;        /* the objective's value at the last iteration */
@@ -561,8 +562,8 @@ typedef struct ebm_trainer {
 
 /* The memory a trainer for model m with settings c will hold: the model's
    blocks (parameters, gradients, Adam moments), the graph arena (the larger
-   of a Langevin step on a batch and an update on 2 batches), the batch and
-   the replay buffer. A training process's peak is this plus its data. */
+   of a Langevin step on a batch and the objective's update), the batches
+   and the replay buffer. A training process's peak is this plus its data. */
 EBMDEF int ebm_trainer_memory(ebm_model *m, const ebm_train_config *c, size_t *bytes, ebm_error *err);
 /* Set up a trainer for an allocated model m with settings c. */
 EBMDEF int ebm_trainer_init(ebm_trainer *t, ebm_model *m, const ebm_train_config *c, ebm_error *err);
