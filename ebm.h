@@ -3519,11 +3519,17 @@ EBMDEF int ebm_mala_run(ebm_model *m, ebm_graph *g, const ebm_langevin *c, const
                 for (jj = 0; jj < D; jj += 256) {
                     size_t t, len = D - jj < 256 ? D - jj : 256, o = (size_t)ii * D + jj;
                     ebm__rng_normal_at(rng, first_sample + (uint64_t)ii, step, jj, xi, len);
-                    for (t = 0; t < len; t++) {
-                        float d = gc[o + t] - inv_q * x[o + t], gam = c->aniso_th > 0 ? ebm__stanley_gamma(d, c->aniso_th) : 1.0f;
-                        nrm += (double)gc[o + t] * gc[o + t];
-                        xp[o + t] = x[o + t] + gam * a * d + sqrtf(gam) * b * xi[t];
-                    }
+                    if (c->aniso_th > 0) /* STANLEY: per-coordinate step gamma */
+                        for (t = 0; t < len; t++) {
+                            float d = gc[o + t] - inv_q * x[o + t], gam = ebm__stanley_gamma(d, c->aniso_th);
+                            nrm += (double)gc[o + t] * gc[o + t];
+                            xp[o + t] = x[o + t] + gam * a * d + sqrtf(gam) * b * xi[t];
+                        }
+                    else /* no square root or scale per coordinate on the isotropic path */
+                        for (t = 0; t < len; t++) {
+                            nrm += (double)gc[o + t] * gc[o + t];
+                            xp[o + t] = x[o + t] + a * (gc[o + t] - inv_q * x[o + t]) + b * xi[t];
+                        }
                 }
                 part_g[q] += sqrt(nrm);
             }
@@ -3548,14 +3554,18 @@ EBMDEF int ebm_mala_run(ebm_model *m, ebm_graph *g, const ebm_langevin *c, const
                    the log-determinants' difference */
                 for (jj = 0; jj < D; jj++) {
                     float dx = GX[jj] - inv_q * X[jj], dp = GP[jj] - inv_q * P[jj]; /* the drifts, as the proposal computed them */
-                    double gx = 1, gp = 1, df, db;
+                    double df, db;
                     if (c->aniso_th > 0) {
-                        gx = ebm__stanley_gamma(dx, c->aniso_th); gp = ebm__stanley_gamma(dp, c->aniso_th);
+                        double gx = ebm__stanley_gamma(dx, c->aniso_th), gp = ebm__stanley_gamma(dp, c->aniso_th);
                         ldet += log(gx) - log(gp);
+                        df = P[jj] - X[jj] - gx * a * dx; /* x' - mu(x) */
+                        db = X[jj] - P[jj] - gp * a * dp; /* x - mu(x') */
+                        lq_fwd += df * df / gx; lq_bwd += db * db / gp;
+                    } else { /* isotropic: no logarithms or divisions per coordinate */
+                        df = P[jj] - X[jj] - (double)a * dx;
+                        db = X[jj] - P[jj] - (double)a * dp;
+                        lq_fwd += df * df; lq_bwd += db * db;
                     }
-                    df = P[jj] - X[jj] - gx * a * dx; /* x' - mu(x) */
-                    db = X[jj] - P[jj] - gp * a * dp; /* x - mu(x') */
-                    lq_fwd += df * df / gx; lq_bwd += db * db / gp;
                     nx += (double)X[jj] * X[jj]; np_ += (double)P[jj] * P[jj];
                     if (c->box != EBM_BOX_NONE && (P[jj] < c->lo || P[jj] > c->hi)) inside = 0;
                 }
