@@ -527,6 +527,10 @@ typedef struct ebm_train_config {
     float sigma_max;     /* DSM: the largest level */
     int proj;            /* SSM, FD-SSM: EBM_PROJ_* */
     float fd_eps;        /* FD-SSM: the finite-difference step */
+    int shards;          /* the batch is cut into this many equal shards, each one's gradient
+                            summed on its own, then the shards' added in a fixed pairwise tree:
+                            the unit of data parallelism (ebm_comm). Runs with the same shards
+                            agree bit for bit on any number of workers that divides it. */
 } ebm_train_config;
 
 /* The short-run image recipe of ALGORITHMS.md section 2: batch 64, uniform
@@ -537,6 +541,21 @@ EBMDEF void ebm_train_config_default(ebm_train_config *c);
 EBMDEF const char *ebm_start_name(int start);
 /* "ml", "dsm", "ssm", "ssm-vr", "fd-ssm", "nce", or NULL. */
 EBMDEF const char *ebm_objective_name(int objective);
+
+/* Data parallelism without a dependency: the caller's message passing,
+   e.g. MPI's. Worker `rank` of `size` computes shards rank*S/size ..
+   (rank+1)*S/size - 1 of each batch (S = cfg.shards, a multiple of size):
+   the global samples iter*batch + rank*batch/size on, whose batch/size data
+   points it passes to ebm_trainer_step. allgather must fill buf's `size`
+   blocks of `bytes` bytes each, block r from worker r, on every worker (its
+   own block is in place: MPI_Allgather with MPI_IN_PLACE); 0 on success.
+   Every worker then holds every shard's gradient and adds them in the same
+   order as one process would, so the model does not depend on size. */
+typedef struct ebm_comm {
+    int rank, size;
+    int (*allgather)(void *user, void *buf, size_t bytes);
+    void *user;
+} ebm_comm;
 
 /* A trainer: the model (not owned), its graph and buffers (owned), the
    iteration count and the last iteration's diagnostics. */
@@ -557,6 +576,10 @@ typedef struct ebm_trainer {
     int noise_fitted;
     float nce_c, nce_m1, nce_m2; /* NCE: the log-normaliser and its Adam moments */
     float nce_grad;     /* NCE: dL/dc at the last iteration */
+    ebm_comm comm;      /* the workers (one by default) */
+    float *partial;     /* shards > 1: each shard's gradient (shards x n_params) */
+    double *diag;       /* each shard's part of the diagnostics */
+    float *neg;         /* persistent ML: the batch's chains, for the buffer */
     ebm_error err;      /* why the last call failed */
 } ebm_trainer;
 
@@ -568,8 +591,10 @@ EBMDEF int ebm_trainer_memory(ebm_model *m, const ebm_train_config *c, size_t *b
 /* Set up a trainer for an allocated model m with settings c. */
 EBMDEF int ebm_trainer_init(ebm_trainer *t, ebm_model *m, const ebm_train_config *c, ebm_error *err);
 EBMDEF void ebm_trainer_free(ebm_trainer *t);
+/* Make t one of comm->size workers (see ebm_comm); comm is copied. */
+EBMDEF int ebm_trainer_set_comm(ebm_trainer *t, const ebm_comm *comm);
 /* One iteration on the data batch x_data (batch samples, (N,H,W,C), in the
-   box). Sample i of iteration t has global index t*batch + i, which keys its
+   box; batch / comm.size of them, this worker's, when there are several). Sample i of iteration t has global index t*batch + i, which keys its
    noise, so a run is a pure function of the seed and the data order. Returns
    EBM_EDIVERGED (and leaves the model as it was before the iteration) when an
    energy, gradient or sample is not finite or |d_t| > max_abs_dt. */
@@ -3019,18 +3044,19 @@ EBMDEF int ebm_model_score(ebm_model *m, ebm_graph *g, const float *x, int n, fl
 }
 
 /* The score-matching losses (EBM_OBJ_DSM, _SSM, _SSM_VR; see the trainer)
-   on a batch x, as a graph whose gradient in theta is the objective's:
-     DSM:    x holds x~, r the noise xi:  |sigma_min grad f(x~) + xi|^2 / (2B)
-     SSM:    r holds v: [v.H v + (v.s)^2 / 2] / B from the Taylor coefficients
+   on B samples x, as a graph whose gradient in theta is the objective's,
+   each sum over the samples divided by N (the whole batch; B for one shard):
+     DSM:    x holds x~, r the noise xi:  |sigma_min grad f(x~) + xi|^2 / (2N)
+     SSM:    r holds v: [v.H v + (v.s)^2 / 2] / N from the Taylor coefficients
              of f along v (ebm__model_jet); or, nested (a net with max-pooling,
-             or asked for), [v . grad_x(v . grad f) + u . grad f] / B, where
+             or asked for), [v . grad_x(v . grad f) + u . grad f] / N, where
              u = (v . grad f) v is read off the first pass and held constant
              (the gradient of (v . s)^2 / 2 is (v . s) times that of v . s)
-     SSM_VR: [v.H v + |grad f|^2 / 2] / B, v.H v the same two ways
+     SSM_VR: [v.H v + |grad f|^2 / 2] / N, v.H v the same two ways
    u (nested SSM only) is NULL while measuring memory. *value gets the loss
    itself (for nested SSM not the graph's value, which has u . grad f in
    place of (v . grad f)^2 / 2). */
-static ebm_var *ebm__sm_loss(ebm_model *m, ebm_graph *g, int obj, int B, float sigma_min, float *x, float *r, float *u,
+static ebm_var *ebm__sm_loss(ebm_model *m, ebm_graph *g, int obj, int B, float N, float sigma_min, float *x, float *r, float *u,
                              int nested, ebm_var **y_out, ebm_var **gx_out, double *value)
 {
     int shape[4], i;
@@ -3043,10 +3069,10 @@ static ebm_var *ebm__sm_loss(ebm_model *m, ebm_graph *g, int obj, int B, float s
         /* Taylor mode: f1 = v.s and f2 = v.H v per sample, without a nested backward */
         *y_out = y;
         if (obj == EBM_OBJ_SSM) {
-            loss = ebm_scale(g, ebm_add(g, ebm_sum(g, f2), ebm_scale(g, ebm_sqnorm(g, f1), 0.5f)), 1.0f / (float)B);
+            loss = ebm_scale(g, ebm_add(g, ebm_sum(g, f2), ebm_scale(g, ebm_sqnorm(g, f1), 0.5f)), 1.0f / N);
         } else { /* s itself is needed */
             if (ebm_grad(g, y, NULL, 1, &xv, &gx, 1) != EBM_OK) return NULL;
-            loss = ebm_scale(g, ebm_add(g, ebm_sum(g, f2), ebm_scale(g, ebm_sqnorm(g, gx), 0.5f)), 1.0f / (float)B);
+            loss = ebm_scale(g, ebm_add(g, ebm_sum(g, f2), ebm_scale(g, ebm_sqnorm(g, gx), 0.5f)), 1.0f / N);
         }
         *gx_out = gx;
         if (loss && loss->data && value) *value = loss->data[0];
@@ -3056,14 +3082,14 @@ static ebm_var *ebm__sm_loss(ebm_model *m, ebm_graph *g, int obj, int B, float s
     if (ebm_grad(g, y, NULL, 1, &xv, &gx, 1) != EBM_OK) return NULL;
     *y_out = y; *gx_out = gx;
     if (obj == EBM_OBJ_DSM) {
-        loss = ebm_scale(g, ebm_sqnorm(g, ebm_add(g, ebm_scale(g, gx, sigma_min), rv)), 0.5f / (float)B);
+        loss = ebm_scale(g, ebm_sqnorm(g, ebm_add(g, ebm_scale(g, gx, sigma_min), rv)), 0.5f / N);
         if (loss && loss->data && value) *value = loss->data[0];
         return loss;
     }
     /* v . H v: H v = grad_x (v . grad f), per sample (the samples do not interact) */
     if (ebm_grad(g, ebm_dot(g, gx, rv), NULL, 1, &xv, &hv, 1) != EBM_OK) return NULL;
     if (obj == EBM_OBJ_SSM_VR) {
-        loss = ebm_scale(g, ebm_add(g, ebm_dot(g, hv, rv), ebm_scale(g, ebm_sqnorm(g, gx), 0.5f)), 1.0f / (float)B);
+        loss = ebm_scale(g, ebm_add(g, ebm_dot(g, hv, rv), ebm_scale(g, ebm_sqnorm(g, gx), 0.5f)), 1.0f / N);
         if (loss && loss->data && value) *value = loss->data[0];
         return loss;
     }
@@ -3077,11 +3103,11 @@ static ebm_var *ebm__sm_loss(ebm_model *m, ebm_graph *g, int obj, int B, float s
         }
         if (value) *value = sq;
     }
-    loss = ebm_scale(g, ebm_add(g, ebm_dot(g, hv, rv), ebm_dot(g, gx, ebm_leaf(g, u, 4, shape))), 1.0f / (float)B);
+    loss = ebm_scale(g, ebm_add(g, ebm_dot(g, hv, rv), ebm_dot(g, gx, ebm_leaf(g, u, 4, shape))), 1.0f / N);
     if (loss && loss->data && value) { /* v . H v from the graph, plus the quadratic term */
         double vhv = 0;
         for (j = 0; j < (size_t)B * D; j++) vhv += (double)hv->data[j] * r[j];
-        *value = (vhv + *value) / B;
+        *value = (vhv + *value) / N;
     }
     return loss;
 }
@@ -3099,7 +3125,7 @@ static int ebm__step_build(ebm_model *m, ebm_graph *g, int kind, int batch, floa
     ebm_var *xv, *y, *gx = NULL, *hv = NULL, *loss = NULL, *vv;
     if (kind >= EBM__STEP_DSM && kind <= EBM__STEP_SSM_VR) {
         /* (SSM's constant u lives in the trainer's buffer, not the arena) */
-        loss = ebm__sm_loss(m, g, kind - EBM__STEP_DSM + EBM_OBJ_DSM, batch, 1.0f, x, v, NULL, 0, &y, &gx, NULL);
+        loss = ebm__sm_loss(m, g, kind - EBM__STEP_DSM + EBM_OBJ_DSM, batch, (float)batch, 1.0f, x, v, NULL, 0, &y, &gx, NULL);
         if (loss) ebm_model_backward(m, g, loss);
         return g->err.status;
     }
@@ -3828,6 +3854,7 @@ EBMDEF void ebm_train_config_default(ebm_train_config *c)
     c->sigma_max = 1.0f;
     c->proj = EBM_PROJ_GAUSSIAN;
     c->fd_eps = 0.1f;
+    c->shards = 1;
 }
 
 static const char *const ebm__start_names[] = { "uniform", "gaussian", "data", "persistent" };
@@ -3841,6 +3868,10 @@ enum { EBM__S_DATA_NOISE = 16, EBM__S_START, EBM__S_COIN, EBM__S_CHAIN, EBM__S_B
        EBM__S_OBJECTIVE /* DSM's xi, SSM's v, NCE's noise */ };
 static ebm_rng ebm__stream(uint64_t seed, uint32_t s) { ebm_rng r; r.seed = seed; r.stream = s; return r; }
 
+/* A shard's parts of an iteration's diagnostics (each already divided by
+   the batch, so the shards' add up), and its status. */
+enum { EBM__D_STATUS, EBM__D_FNEG, EBM__D_FPOS, EBM__D_RT, EBM__D_ACC, EBM__D_LOSS, EBM__D_NCE, EBM__NDIAG };
+
 EBMDEF int ebm_chain_start(int kind, const ebm_rng *r, uint64_t first, uint32_t step, float lo, float hi, float *x, int n, size_t D)
 {
     int i;
@@ -3853,27 +3884,28 @@ EBMDEF int ebm_chain_start(int kind, const ebm_rng *r, uint64_t first, uint32_t 
 }
 
 /* Memory of one iteration: the chain (Langevin, or MALA's state on top) on
-   `batch` samples, or the parameter gradient on the 2 batch of samples and
-   data; for the MCMC-free objectives, their own graph. */
+   a shard's samples, or the parameter gradient on twice as many (samples and
+   data); for the MCMC-free objectives, their own graph. */
 static int ebm__trainer_bytes(ebm_model *m, const ebm_train_config *c, size_t *bytes, ebm_error *err)
 {
     size_t a = 0, b = 0, D = (size_t)m->in_h * m->in_w * m->in_c;
+    const int B = c->batch / c->shards; /* the graph holds one shard at a time */
     int rc;
     if (c->objective == EBM_OBJ_DSM || c->objective == EBM_OBJ_SSM || c->objective == EBM_OBJ_SSM_VR) {
-        if ((rc = ebm_model_step_bytes(m, c->batch, EBM__STEP_DSM + c->objective - EBM_OBJ_DSM, &a, err)) != EBM_OK) return rc;
-        if ((rc = ebm_model_step_bytes(m, c->batch, EBM_STEP_INPUT_GRAD, &b, err)) != EBM_OK) return rc; /* sampling */
+        if ((rc = ebm_model_step_bytes(m, B, EBM__STEP_DSM + c->objective - EBM_OBJ_DSM, &a, err)) != EBM_OK) return rc;
+        if ((rc = ebm_model_step_bytes(m, B, EBM_STEP_INPUT_GRAD, &b, err)) != EBM_OK) return rc; /* sampling */
         *bytes = (a > b ? a : b) + 4096;
         return EBM_OK;
     }
     if (c->objective == EBM_OBJ_FD_SSM) { /* x + eps v, x - eps v and x in one batch */
-        if ((rc = ebm_model_step_bytes(m, 3 * c->batch, EBM_STEP_PARAM_GRAD, &a, err)) != EBM_OK) return rc;
-        if ((rc = ebm_model_step_bytes(m, c->batch, EBM_STEP_INPUT_GRAD, &b, err)) != EBM_OK) return rc;
+        if ((rc = ebm_model_step_bytes(m, 3 * B, EBM_STEP_PARAM_GRAD, &a, err)) != EBM_OK) return rc;
+        if ((rc = ebm_model_step_bytes(m, B, EBM_STEP_INPUT_GRAD, &b, err)) != EBM_OK) return rc;
         *bytes = (a > b ? a : b) + 4096;
         return EBM_OK;
     }
-    if ((rc = ebm_model_step_bytes(m, c->batch, EBM_STEP_INPUT_GRAD, &a, err)) != EBM_OK) return rc;
-    if ((rc = ebm_model_step_bytes(m, 2 * c->batch, EBM_STEP_PARAM_GRAD, &b, err)) != EBM_OK) return rc;
-    a += (3 * (size_t)c->batch * D + 2 * (size_t)c->batch) * sizeof(float) + 4 * EBM__ALIGN; /* MALA's state */
+    if ((rc = ebm_model_step_bytes(m, B, EBM_STEP_INPUT_GRAD, &a, err)) != EBM_OK) return rc;
+    if ((rc = ebm_model_step_bytes(m, 2 * B, EBM_STEP_PARAM_GRAD, &b, err)) != EBM_OK) return rc;
+    a += (3 * (size_t)B * D + 2 * (size_t)B) * sizeof(float) + 4 * EBM__ALIGN; /* MALA's state */
     *bytes = (a > b ? a : b) + 4096;
     return EBM_OK;
 }
@@ -3891,6 +3923,7 @@ static int ebm__tfail(ebm_trainer *t, int status, const char *fmt, ...)
 static int ebm__config_check(const ebm_train_config *c, ebm_error *err)
 {
     if (c->batch < 1 || c->batch > (1 << 20)) return ebm__fail(err, EBM_EINVAL, "trainer: batch %d", c->batch);
+    if (c->shards < 1 || c->batch % c->shards) return ebm__fail(err, EBM_EINVAL, "trainer: %d shards do not divide the batch of %d", c->shards, c->batch);
     if (c->start < EBM_START_UNIFORM || c->start > EBM_START_PERSISTENT) return ebm__fail(err, EBM_EINVAL, "trainer: unknown chain start %d", c->start);
     if (c->restart != EBM_START_UNIFORM && c->restart != EBM_START_GAUSSIAN) return ebm__fail(err, EBM_EINVAL, "trainer: restarts must be uniform or Gaussian noise (got %d)", c->restart);
     if (c->start == EBM_START_PERSISTENT && (c->buffer_size < 1 || c->buffer_size > (1 << 24)))
@@ -3918,22 +3951,32 @@ static int ebm__config_check(const ebm_train_config *c, ebm_error *err)
     return EBM_OK;
 }
 
+/* The trainer's own blocks: three shard batches, a weight per sample and
+   NCE's noise (t->x); with persistent ML chains, the replay buffer and the
+   batch's chains (t->neg); with several shards, each one's gradient. */
+static size_t ebm__trainer_buffers(const ebm_model *m, const ebm_train_config *c)
+{
+    const size_t D = (size_t)m->in_h * m->in_w * m->in_c, Bs = (size_t)(c->batch / c->shards);
+    const int persistent = c->start == EBM_START_PERSISTENT && c->objective == EBM_OBJ_ML;
+    return (3 * Bs * D + 3 * Bs + 2 * D) * sizeof(float) + (size_t)c->shards * EBM__NDIAG * sizeof(double) +
+           (persistent ? ((size_t)c->buffer_size + (size_t)c->batch) * D * sizeof(float) : 0) +
+           (c->shards > 1 ? (size_t)c->shards * m->n_params * sizeof(float) : 0);
+}
+
 EBMDEF int ebm_trainer_memory(ebm_model *m, const ebm_train_config *c, size_t *bytes, ebm_error *err)
 {
-    size_t D, arena;
+    size_t arena;
     int rc;
     if (!m || !m->params || !c || !bytes) return ebm__fail(err, EBM_EINVAL, "trainer_memory: NULL or unallocated model, settings or output");
     if ((rc = ebm__config_check(c, err)) != EBM_OK) return rc;
     if ((rc = ebm__trainer_bytes(m, c, &arena, err)) != EBM_OK) return rc;
-    D = (size_t)m->in_h * m->in_w * m->in_c;
-    *bytes = ebm_model_bytes(m) + arena + (3 * (size_t)c->batch * D + 3 * (size_t)c->batch + 2 * D) * sizeof(float) +
-             (c->start == EBM_START_PERSISTENT && c->objective == EBM_OBJ_ML ? (size_t)c->buffer_size * D * sizeof(float) : 0);
+    *bytes = ebm_model_bytes(m) + arena + ebm__trainer_buffers(m, c);
     return EBM_OK;
 }
 
 EBMDEF int ebm_trainer_init(ebm_trainer *t, ebm_model *m, const ebm_train_config *c, ebm_error *err)
 {
-    size_t D, bytes;
+    size_t D, Bs, bytes;
     int rc, oh, ow, oc;
     ebm_rng rb;
     if (!t) return ebm__fail(err, EBM_EINVAL, "trainer_init: NULL trainer");
@@ -3948,17 +3991,25 @@ EBMDEF int ebm_trainer_init(ebm_trainer *t, ebm_model *m, const ebm_train_config
     D = (size_t)m->in_h * m->in_w * m->in_c;
     if ((rc = ebm__trainer_bytes(m, c, &bytes, err)) != EBM_OK) return rc;
     if ((rc = ebm_graph_create(&t->graph, bytes, err)) != EBM_OK) return rc;
-    /* three batches: [x-; x+] for ML and NCE, three for FD-SSM and score
-       matching's inputs; then a weight per sample; then NCE's noise */
-    t->x = (float *)EBM_MALLOC((3 * (size_t)c->batch * D + 3 * (size_t)c->batch + 2 * D) * sizeof(float));
-    if (c->start == EBM_START_PERSISTENT && c->objective == EBM_OBJ_ML) t->buffer = (float *)EBM_MALLOC((size_t)c->buffer_size * D * sizeof(float));
-    if (!t->x || (c->start == EBM_START_PERSISTENT && c->objective == EBM_OBJ_ML && !t->buffer)) {
-        ebm_trainer_free(t);
-        return ebm__fail(err, EBM_ENOMEM, "trainer_init: no memory for the batch or the replay buffer");
+    /* three shard batches: [x-; x+] for ML and NCE, three for FD-SSM and
+       score matching's inputs; then a weight per sample; then NCE's noise */
+    Bs = (size_t)(c->batch / c->shards);
+    t->x = (float *)EBM_MALLOC((3 * Bs * D + 3 * Bs + 2 * D) * sizeof(float));
+    t->diag = (double *)EBM_MALLOC((size_t)c->shards * EBM__NDIAG * sizeof(double));
+    if (c->start == EBM_START_PERSISTENT && c->objective == EBM_OBJ_ML) {
+        t->buffer = (float *)EBM_MALLOC((size_t)c->buffer_size * D * sizeof(float));
+        t->neg = (float *)EBM_MALLOC((size_t)c->batch * D * sizeof(float));
     }
-    t->w = t->x + 3 * (size_t)c->batch * D;
-    t->noise_mu = t->w + 3 * (size_t)c->batch;
+    if (c->shards > 1) t->partial = (float *)EBM_MALLOC((size_t)c->shards * m->n_params * sizeof(float));
+    if (!t->x || !t->diag || (c->start == EBM_START_PERSISTENT && c->objective == EBM_OBJ_ML && (!t->buffer || !t->neg)) ||
+        (c->shards > 1 && !t->partial)) {
+        ebm_trainer_free(t);
+        return ebm__fail(err, EBM_ENOMEM, "trainer_init: no memory for the batch, the shards' gradients or the replay buffer");
+    }
+    t->w = t->x + 3 * Bs * D;
+    t->noise_mu = t->w + 3 * Bs;
     t->noise_sd = t->noise_mu + D;
+    t->comm.rank = 0; t->comm.size = 1;
     /* the replay buffer starts as noise of the kind fresh chains start from */
     rb = ebm__stream(c->seed, EBM__S_BUFFER);
     if (t->buffer) ebm_chain_start(c->restart, &rb, 0, 0, c->chain.lo, c->chain.hi, t->buffer, c->buffer_size, D);
@@ -3972,7 +4023,21 @@ EBMDEF void ebm_trainer_free(ebm_trainer *t)
     ebm_graph_destroy(t->graph);
     EBM_FREE(t->x);
     EBM_FREE(t->buffer);
+    EBM_FREE(t->neg);
+    EBM_FREE(t->partial);
+    EBM_FREE(t->diag);
     memset(t, 0, sizeof *t);
+}
+
+EBMDEF int ebm_trainer_set_comm(ebm_trainer *t, const ebm_comm *comm)
+{
+    if (!t || !t->model) return EBM_EINVAL;
+    if (!comm || comm->size < 1 || comm->rank < 0 || comm->rank >= comm->size || (comm->size > 1 && !comm->allgather))
+        return ebm__tfail(t, EBM_EINVAL, "trainer_set_comm: need 0 <= rank < size and, for several workers, an allgather");
+    if (t->cfg.shards % comm->size)
+        return ebm__tfail(t, EBM_EINVAL, "trainer_set_comm: %d workers do not divide the %d shards", comm->size, t->cfg.shards);
+    t->comm = *comm;
+    return EBM_OK;
 }
 
 EBMDEF float ebm_trainer_lr(const ebm_trainer *t)
@@ -4106,17 +4171,16 @@ EBMDEF int ebm_trainer_fit_noise(ebm_trainer *t, const float *x, int n)
     return EBM_OK;
 }
 
-/* The model's gradient of the objective for iteration `iter` in
-   model->grads, with the loss and the diagnostics in t. The ML objective
-   writes its chains back into the replay buffer when keep is set. */
-static int ebm__objective(ebm_trainer *t, const float *x_data, long iter, int keep)
+/* One shard's gradient of the objective in model->grads (zeroed first):
+   B samples from global index `first`, data x_data, the loss normalised by
+   the whole batch N (so the shards' gradients add up to the batch's). Its
+   parts of the diagnostics go to dg[EBM__D_*]; ML's chains stay in t->x. */
+static int ebm__shard(ebm_trainer *t, const float *x_data, uint64_t first, int B, double N, long iter, double *dg)
 {
     const ebm_train_config *c = &t->cfg;
     ebm_graph *g = t->graph;
     ebm_model *m = t->model;
     const size_t D = (size_t)m->in_h * m->in_w * m->in_c;
-    const int B = c->batch;
-    const uint64_t first = (uint64_t)iter * (uint64_t)B; /* global index of this iteration's first sample */
     const size_t BD = (size_t)B * D;
     int i, shape[4], ws[4];
     size_t j;
@@ -4127,7 +4191,6 @@ static int ebm__objective(ebm_trainer *t, const float *x_data, long iter, int ke
     shape[1] = m->in_h; shape[2] = m->in_w; shape[3] = m->in_c;
     ws[1] = ws[2] = ws[3] = 1;
     ebm_model_zero_grad(m);
-    t->d_t = t->r_t = 0; t->accept = 1;
     if (c->objective == EBM_OBJ_ML) {
         ebm_rng rch = ebm__stream(c->seed, EBM__S_CHAIN);
         /* 1. x- : chains from their starts, K steps */
@@ -4136,8 +4199,6 @@ static int ebm__objective(ebm_trainer *t, const float *x_data, long iter, int ke
             return ebm__tfail(t, ebm_graph_status(g), "trainer_step: %s", ebm_graph_error(g)->msg);
         if (!ebm__all_finite(x0, BD))
             return ebm__tfail(t, EBM_EDIVERGED, "diverged at iteration %ld: the chains' samples are not finite", iter);
-        if (keep && c->start == EBM_START_PERSISTENT)
-            for (i = 0; i < B; i++) memcpy(t->buffer + (size_t)((first + (uint64_t)i) % (uint64_t)c->buffer_size) * D, x0 + (size_t)i * D, D * sizeof(float));
     }
     /* x+ : the data, plus N(0, data_noise^2); after x- for ML and NCE, first otherwise */
     {
@@ -4151,13 +4212,12 @@ static int ebm__objective(ebm_trainer *t, const float *x_data, long iter, int ke
         /* grad_theta of sum_i w_i f(x_i) over [x-; x+], the weights set
            from the forward pass before the backward pass reads them.
            ML: L = mean f(x-) - mean f(x+) [+ alpha (mean f(x+)^2 + mean
-           f(x-)^2)]: w_i = +-1/B [+ 2 alpha f(x_i) / B]. NCE: x- is noise
+           f(x-)^2)]: w_i = +-1/N [+ 2 alpha f(x_i) / N]. NCE: x- is noise
            from q_n; with u = f - |x|^2/(2 sigma_q^2) - c - log q_n,
-           dL/df = sigmoid(u)/B on noise, -sigmoid(-u)/B on data. */
+           dL/df = sigmoid(u)/N on noise, -sigmoid(-u)/N on data. */
         double dc = 0, lsum = 0;
         float inv_q = c->chain.sigma_q > 0 ? 1.0f / (c->chain.sigma_q * c->chain.sigma_q) : 0.0f;
         if (c->objective == EBM_OBJ_NCE) {
-            if (!t->noise_fitted && ebm_trainer_fit_noise(t, x1, B) != EBM_OK) return t->err.status;
             for (i = 0; i < B; i++) {
                 float xi[256];
                 for (j = 0; j < D; j += 256) {
@@ -4172,7 +4232,7 @@ static int ebm__objective(ebm_trainer *t, const float *x_data, long iter, int ke
         if (ebm_graph_status(g) != EBM_OK) return ebm__tfail(t, ebm_graph_status(g), "trainer_step: %s", ebm_graph_error(g)->msg);
         for (i = 0; i < 2 * B; i++) {
             if (c->objective == EBM_OBJ_ML) {
-                t->w[i] = (i < B ? 1.0f : -1.0f) / (float)B + 2.0f * c->energy_reg * y->data[i] / (float)B;
+                t->w[i] = (i < B ? 1.0f : -1.0f) / (float)N + 2.0f * c->energy_reg * y->data[i] / (float)N;
                 continue;
             } else {
                 const float *xs = t->x + (size_t)i * D;
@@ -4186,10 +4246,10 @@ static int ebm__objective(ebm_trainer *t, const float *x_data, long iter, int ke
                 }
                 u = y->data[i] - 0.5 * inv_q * sq - t->nce_c - lq;
                 if (i < B) { /* noise: -log sigmoid(-u), zero where the model is (outside its box) */
-                    t->w[i] = inside ? (float)(ebm__sigmoid_d(u) / B) : 0.0f;
+                    t->w[i] = inside ? (float)(ebm__sigmoid_d(u) / N) : 0.0f;
                     if (inside) lsum -= ebm__log_sigmoid(-u);
                 } else {
-                    t->w[i] = (float)(-ebm__sigmoid_d(-u) / B);
+                    t->w[i] = (float)(-ebm__sigmoid_d(-u) / N);
                     lsum -= ebm__log_sigmoid(u);
                 }
                 dc -= t->w[i]; /* u falls by what c rises */
@@ -4198,11 +4258,9 @@ static int ebm__objective(ebm_trainer *t, const float *x_data, long iter, int ke
         ebm_model_backward(m, g, ebm_dot(g, y, ebm_leaf(g, t->w, 4, ws)));
         if (ebm_graph_status(g) != EBM_OK) return ebm__tfail(t, ebm_graph_status(g), "trainer_step: %s", ebm_graph_error(g)->msg);
         for (i = 0; i < B; i++) { fn += y->data[i]; fp += y->data[B + i]; }
-        t->f_neg = fn / B; t->f_pos = fp / B;
-        t->d_t = t->f_pos - t->f_neg;
-        t->r_t = rt; t->accept = acc;
-        t->loss = c->objective == EBM_OBJ_ML ? -t->d_t : lsum / B;
-        t->nce_grad = (float)dc;
+        dg[EBM__D_FNEG] = fn / N; dg[EBM__D_FPOS] = fp / N;
+        dg[EBM__D_RT] = rt * (B / N); dg[EBM__D_ACC] = acc * (B / N);
+        dg[EBM__D_LOSS] = lsum / N; dg[EBM__D_NCE] = dc;
         break;
     }
     case EBM_OBJ_DSM: case EBM_OBJ_SSM: case EBM_OBJ_SSM_VR: {
@@ -4225,7 +4283,7 @@ static int ebm__objective(ebm_trainer *t, const float *x_data, long iter, int ke
                 x0[(size_t)i * D + j] = xv;
             }
         }
-        loss = ebm__sm_loss(m, g, c->objective, B, smin, x0, x1, u, 0, &y, &gx, &value);
+        loss = ebm__sm_loss(m, g, c->objective, B, (float)N, smin, x0, x1, u, 0, &y, &gx, &value);
         if (loss) ebm_model_backward(m, g, loss);
         if (ebm_graph_status(g) != EBM_OK) return ebm__tfail(t, ebm_graph_status(g), "trainer_step: %s", ebm_graph_error(g)->msg);
         for (i = 0; i < B; i++) {
@@ -4234,15 +4292,15 @@ static int ebm__objective(ebm_trainer *t, const float *x_data, long iter, int ke
             for (j = 0; gx && j < D; j++) nrm += (double)gx->data[(size_t)i * D + j] * gx->data[(size_t)i * D + j];
             gn += sqrt(nrm);
         }
-        t->f_pos = fp / B;
-        t->r_t = gn / B; /* |grad_x f| at the (noisy) data, where the loss computes it (not plain SSM's Taylor mode: 0) */
-        t->loss = value;
+        dg[EBM__D_FPOS] = fp / N;
+        dg[EBM__D_RT] = gn / N; /* |grad_x f| at the (noisy) data, where the loss computes it (not plain SSM's Taylor mode: 0) */
+        dg[EBM__D_LOSS] = value;
         break;
     }
     case EBM_OBJ_FD_SSM: {
         /* [x + eps v; x - eps v; x], one forward; with d = f+ - f-:
            L = mean [(f+ + f- - 2 f) / eps^2 + d^2 / (8 eps^2)],
-           dL/df+- = (1/eps^2 +- d / (4 eps^2)) / B, dL/df = -2 / (eps^2 B) */
+           dL/df+- = (1/eps^2 +- d / (4 eps^2)) / N, dL/df = -2 / (eps^2 N) */
         const double e2 = (double)c->fd_eps * c->fd_eps;
         double lsum = 0;
         float v[256];
@@ -4262,18 +4320,103 @@ static int ebm__objective(ebm_trainer *t, const float *x_data, long iter, int ke
         for (i = 0; i < B; i++) {
             double fpl = y->data[i], fmi = y->data[B + i], f0 = y->data[2 * B + i], d = fpl - fmi;
             lsum += (fpl + fmi - 2 * f0) / e2 + d * d / (8 * e2);
-            t->w[i] = (float)((1 + d / 4) / (e2 * B));
-            t->w[B + i] = (float)((1 - d / 4) / (e2 * B));
-            t->w[2 * B + i] = (float)(-2 / (e2 * B));
+            t->w[i] = (float)((1 + d / 4) / (e2 * N));
+            t->w[B + i] = (float)((1 - d / 4) / (e2 * N));
+            t->w[2 * B + i] = (float)(-2 / (e2 * N));
             fp += f0;
         }
         ebm_model_backward(m, g, ebm_dot(g, y, ebm_leaf(g, t->w, 4, ws)));
         if (ebm_graph_status(g) != EBM_OK) return ebm__tfail(t, ebm_graph_status(g), "trainer_step: %s", ebm_graph_error(g)->msg);
-        t->f_pos = fp / B;
-        t->loss = lsum / B;
+        dg[EBM__D_FPOS] = fp / N;
+        dg[EBM__D_LOSS] = lsum / N;
         break;
     }
     }
+    return EBM_OK;
+}
+
+/* Sum the shards' gradients b[s*n ..] by a fixed pairwise tree into b[0 ..]:
+   the same additions in the same order whoever computed each shard. */
+static void ebm__tree_sum(float *b, int shards, size_t n)
+{
+    int h, s;
+    for (h = 1; h < shards; h *= 2)
+        for (s = 0; s + h < shards; s += 2 * h) {
+            float *dst = b + (size_t)s * n;
+            const float *src = b + (size_t)(s + h) * n;
+            const long nc = (long)ebm__ceil_div(n, EBM__CHUNK);
+            long q;
+            EBM__PARALLEL_FOR_IF(nc > 1)
+            for (q = 0; q < nc; q++) {
+                size_t i, o = (size_t)q * EBM__CHUNK, e = n - o < EBM__CHUNK ? n : o + EBM__CHUNK;
+                for (i = o; i < e; i++) dst[i] += src[i];
+            }
+        }
+}
+
+/* Fill the other workers' blocks of buf (this one's is in place); nothing for one worker. */
+static int ebm__allgather(ebm_trainer *t, void *buf, size_t bytes)
+{
+    if (t->comm.size <= 1) return EBM_OK;
+    if (t->comm.allgather(t->comm.user, buf, bytes) != 0) return ebm__tfail(t, EBM_EIO, "trainer_step: the workers' allgather failed");
+    return EBM_OK;
+}
+
+/* The model's gradient of the objective for iteration `iter` in
+   model->grads, with the loss and the diagnostics in t: this worker's
+   shards one after another, every worker's gathered, then added in shard
+   order. The ML objective writes its chains back into the replay buffer
+   when keep is set (all of the batch's, on every worker). */
+static int ebm__objective(ebm_trainer *t, const float *x_data, long iter, int keep)
+{
+    const ebm_train_config *c = &t->cfg;
+    ebm_model *m = t->model;
+    const size_t D = (size_t)m->in_h * m->in_w * m->in_c, P = m->n_params;
+    const int S = c->shards, per = S / t->comm.size, s0 = t->comm.rank * per, Bs = c->batch / S;
+    const uint64_t first = (uint64_t)iter * (uint64_t)c->batch; /* global index of the iteration's first sample */
+    double *dg, nce = 0;
+    int s, rc = EBM_OK, failed = -1;
+    if (c->objective == EBM_OBJ_NCE && !t->noise_fitted) { /* q_n from the first batch, unless fitted before */
+        if (t->comm.size > 1) return ebm__tfail(t, EBM_EINVAL, "trainer_step: with several workers, NCE's noise must be fitted first (ebm_trainer_fit_noise, the same data on each)");
+        if (ebm_trainer_fit_noise(t, x_data, c->batch) != EBM_OK) return t->err.status;
+    }
+    memset(t->diag, 0, (size_t)S * EBM__NDIAG * sizeof(double));
+    for (s = s0; s < s0 + per; s++) {
+        dg = t->diag + (size_t)s * EBM__NDIAG;
+        rc = ebm__shard(t, x_data + (size_t)(s - s0) * Bs * D, first + (uint64_t)s * Bs, Bs, (double)c->batch, iter, dg);
+        if (rc != EBM_OK) { dg[EBM__D_STATUS] = rc; break; } /* the other workers still gather, then stop too */
+        if (S > 1) memcpy(t->partial + (size_t)s * P, m->grads, P * sizeof(float));
+        if (t->neg) memcpy(t->neg + (size_t)s * Bs * D, t->x, (size_t)Bs * D * sizeof(float));
+    }
+    if (ebm__allgather(t, t->diag, (size_t)per * EBM__NDIAG * sizeof(double)) != EBM_OK) return t->err.status;
+    for (s = 0; s < S && failed < 0; s++) if (t->diag[(size_t)s * EBM__NDIAG + EBM__D_STATUS] != 0) failed = s;
+    if (failed >= 0) {
+        if (rc != EBM_OK) return rc; /* ours: t->err says why */
+        return ebm__tfail(t, (int)t->diag[(size_t)failed * EBM__NDIAG + EBM__D_STATUS], "trainer_step: shard %d failed on worker %d at iteration %ld",
+                          failed, failed / per, iter);
+    }
+    if (S > 1) {
+        if (ebm__allgather(t, t->partial, (size_t)per * P * sizeof(float)) != EBM_OK) return t->err.status;
+        ebm__tree_sum(t->partial, S, P);
+        memcpy(m->grads, t->partial, P * sizeof(float));
+    }
+    if (t->neg) {
+        if (ebm__allgather(t, t->neg, (size_t)per * Bs * D * sizeof(float)) != EBM_OK) return t->err.status;
+        if (keep) /* sample i's chain back into slot (first + i) mod size */
+            for (s = 0; s < c->batch; s++)
+                memcpy(t->buffer + (size_t)((first + (uint64_t)s) % (uint64_t)c->buffer_size) * D, t->neg + (size_t)s * D, D * sizeof(float));
+    }
+    /* the diagnostics, added in shard order */
+    t->f_pos = t->f_neg = t->r_t = t->accept = t->loss = 0;
+    for (s = 0; s < S; s++) {
+        dg = t->diag + (size_t)s * EBM__NDIAG;
+        t->f_neg += dg[EBM__D_FNEG]; t->f_pos += dg[EBM__D_FPOS]; t->r_t += dg[EBM__D_RT];
+        t->accept += dg[EBM__D_ACC]; t->loss += dg[EBM__D_LOSS]; nce += dg[EBM__D_NCE];
+    }
+    t->nce_grad = (float)nce;
+    if (c->objective == EBM_OBJ_ML || c->objective == EBM_OBJ_NCE) t->d_t = t->f_pos - t->f_neg;
+    else { t->d_t = 0; t->accept = 1; }
+    if (c->objective == EBM_OBJ_ML) t->loss = -t->d_t;
     return EBM_OK;
 }
 
@@ -4336,12 +4479,12 @@ EBMDEF int ebm_trainer_sample(ebm_trainer *t, uint64_t first, const float *x_dat
     D = (size_t)t->model->in_h * t->model->in_w * t->model->in_c;
     rs = ebm__stream(c->seed, EBM__S_FRESH_START);
     rch = ebm__stream(c->seed, EBM__S_FRESH_CHAIN);
-    if (c->start == EBM_START_DATA) memcpy(x, x_data, (size_t)n * D * sizeof(float));
+    if (c->start == EBM_START_DATA && x_data) memcpy(x, x_data, (size_t)n * D * sizeof(float));
     else ebm_chain_start(c->start == EBM_START_GAUSSIAN ? EBM_START_GAUSSIAN : c->start == EBM_START_PERSISTENT ? c->restart : EBM_START_UNIFORM,
                          &rs, first, 0, c->chain.lo, c->chain.hi, x, n, D);
-    /* in chunks of the batch the graph was sized for */
-    for (i = 0; i < n; i += c->batch) {
-        int m = n - i < c->batch ? n - i : c->batch;
+    /* in chunks of the shard the graph was sized for */
+    for (i = 0; i < n; i += c->batch / c->shards) {
+        int m = n - i < c->batch / c->shards ? n - i : c->batch / c->shards;
         if ((rc = ebm__chain_run(t, &rch, first + (uint64_t)i, x + (size_t)i * D, m, n_steps, &rt, &acc)) != EBM_OK)
             return ebm__tfail(t, rc, "trainer_sample: %s", ebm_graph_error(t->graph)->msg);
     }
@@ -5413,7 +5556,7 @@ EBMDEF int ebm_npy_load(const char *path, float **data, int *ndim, int shape[4],
    "<path>.tmp", flushed, synced to disk (POSIX), closed, then renamed over <path>, so a crash leaves
    either the old file or the new one. */
 
-#define EBM__CKPT_VERSION 2u /* 2: objectives, STANLEY and NCE's state; version 1 is still read */
+#define EBM__CKPT_VERSION 3u /* 2: objectives, STANLEY and NCE's state; 3: shards; versions 1 and 2 are still read */
 #ifdef EBM_TEST_HOOKS
 /* Tests only: called while a checkpoint is written, with the bytes written
    so far (stage 0, after every write) and once between closing the
@@ -5506,6 +5649,8 @@ static void ebm__write_config(ebm__writer *w, const ebm_train_config *c)
     /* version 2 */
     ebm__wf32(w, l->aniso_th); ebm__wu32(w, (uint32_t)c->objective); ebm__wf32(w, c->sigma); ebm__wu32(w, (uint32_t)c->n_sigmas);
     ebm__wf32(w, c->sigma_max); ebm__wu32(w, (uint32_t)c->proj); ebm__wf32(w, c->fd_eps);
+    /* version 3 */
+    ebm__wu32(w, (uint32_t)c->shards);
 }
 
 static void ebm__read_config(ebm__reader *r, ebm_train_config *c, uint32_t version)
@@ -5524,6 +5669,8 @@ static void ebm__read_config(ebm__reader *r, ebm_train_config *c, uint32_t versi
     if (version < 2) return;
     l->aniso_th = ebm__rf32(r); c->objective = (int)ebm__ru32(r); c->sigma = ebm__rf32(r); c->n_sigmas = (int)ebm__ru32(r);
     c->sigma_max = ebm__rf32(r); c->proj = (int)ebm__ru32(r); c->fd_eps = ebm__rf32(r);
+    if (version < 3) return;
+    c->shards = (int)ebm__ru32(r);
 }
 
 /* The file's data on the disk before the rename, so that a power cut

@@ -1,6 +1,8 @@
 /* ebm.h tests. Built by `make test` as C99, as C++, without OpenMP, with
    EBM_NO_SIMD, and under AddressSanitizer + UBSan. */
+#define _POSIX_C_SOURCE 200809L /* pthread barriers: the data-parallel test's workers */
 #include <stdlib.h>
+#include <pthread.h>
 #include <math.h>
 
 /* An allocator hook that counts live blocks and can be told to fail. */
@@ -1779,6 +1781,7 @@ static const test_case tests[] = {
     { "checkpoint_objectives", test_checkpoint_objectives },
     { "ssm_taylor_matches_nested", test_ssm_taylor_matches_nested },
     { "dsm_annealed_sampling", test_dsm_annealed_sampling },
+    { "data_parallel_bit_identical", test_data_parallel_bit_identical },
 };
 
 int main(int argc, char **argv)

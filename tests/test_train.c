@@ -1050,7 +1050,7 @@ static void test_ssm_taylor_matches_nested(void)
         for (nested = 0; nested < 2; nested++) {
             ebm_graph_reset(g);
             ebm_model_zero_grad(&m);
-            loss = ebm__sm_loss(&m, g, obj, B, 1.0f, x, v, u, nested, &y, &gx, nested ? &vb : &va);
+            loss = ebm__sm_loss(&m, g, obj, B, (float)B, 1.0f, x, v, u, nested, &y, &gx, nested ? &vb : &va);
             CHECK(loss && ebm_model_backward(&m, g, loss) == EBM_OK, "%s loss: %s", nested ? "nested" : "taylor", gmsg(g));
             if (!nested) memcpy(ga, m.grads, m.n_params * sizeof *ga);
         }
@@ -1091,4 +1091,189 @@ static void test_dsm_annealed_sampling(void)
     free(x);
     ebm_trainer_free(&t);
     ebm_model_free(&m);
+}
+
+/* ------------------------------------------------------------------ tests: data parallelism */
+
+/* Workers as threads, joined by a barrier-based allgather: the same contract
+   an MPI program meets with MPI_Allgather (examples/train_mpi.c). */
+typedef struct { pthread_barrier_t bar; unsigned char *stage; } t_fabric;
+typedef struct {
+    t_fabric *fab;
+    ebm_trainer *t;
+    int rank, size, set_nan; /* set_nan: this worker's data is NaN (failure test) */
+    long it0, it1;
+    int rc;
+} t_worker;
+
+static int t_allgather(void *user, void *buf, size_t bytes)
+{
+    t_worker *w = (t_worker *)user;
+    memcpy(w->fab->stage + (size_t)w->rank * bytes, (unsigned char *)buf + (size_t)w->rank * bytes, bytes);
+    pthread_barrier_wait(&w->fab->bar);
+    memcpy(buf, w->fab->stage, (size_t)w->size * bytes);
+    pthread_barrier_wait(&w->fab->bar); /* nobody overwrites the stage before all have read it */
+    return 0;
+}
+
+/* 8 Gaussians by global index: worker r's part of iteration it's batch */
+static void t_shard_batch(int batch, long it, int rank, int size, float *x)
+{
+    ebm_rng r;
+    r.seed = 5; r.stream = 78;
+    ebm_toy_sample(EBM_TOY_8GAUSSIANS, &r, (uint64_t)it * batch + (uint64_t)(rank * (batch / size)), x, batch / size);
+}
+
+static void *t_worker_run(void *arg)
+{
+    t_worker *w = (t_worker *)arg;
+    float x[64 * 2];
+    long it;
+    w->rc = EBM_OK;
+    for (it = w->it0; it < w->it1 && w->rc == EBM_OK; it++) {
+        t_shard_batch(w->t->cfg.batch, it, w->rank, w->size, x);
+        if (w->set_nan) x[0] = NAN;
+        w->rc = ebm_trainer_step(w->t, x);
+    }
+    return NULL;
+}
+
+/* Run trainers t[0..size-1] as workers from iteration it0 to it1. */
+static void t_run_workers(ebm_trainer *t, int size, long it0, long it1, int nan_rank, int *rc)
+{
+    t_fabric fab;
+    t_worker w[4];
+    pthread_t th[4];
+    int r;
+    fab.stage = (unsigned char *)malloc(1 << 20);
+    pthread_barrier_init(&fab.bar, NULL, (unsigned)size);
+    for (r = 0; r < size; r++) {
+        ebm_comm comm;
+        w[r].fab = &fab; w[r].t = &t[r]; w[r].rank = r; w[r].size = size; w[r].it0 = it0; w[r].it1 = it1; w[r].set_nan = r == nan_rank;
+        comm.rank = r; comm.size = size; comm.allgather = t_allgather; comm.user = &w[r];
+        CHECK(ebm_trainer_set_comm(&t[r], &comm) == EBM_OK, "set_comm: %s", t[r].err.msg);
+    }
+    for (r = 0; r < size; r++) pthread_create(&th[r], NULL, t_worker_run, &w[r]);
+    for (r = 0; r < size; r++) { pthread_join(th[r], NULL); rc[r] = w[r].rc; }
+    pthread_barrier_destroy(&fab.bar);
+    free(fab.stage);
+}
+
+static void t_parallel_config(ebm_train_config *c, int kind)
+{
+    ebm_train_config_default(c);
+    c->batch = 16; c->shards = 4; c->lr = 1e-2f; c->seed = 11; c->data_noise = 0.01f;
+    c->chain.form = EBM_LANGEVIN_EPS; c->chain.eps = 0.3f; c->chain.box = EBM_BOX_REFLECT; c->chain.lo = -4.5f; c->chain.hi = 4.5f; c->chain.n_steps = 5;
+    if (kind == 0) { c->start = EBM_START_PERSISTENT; c->buffer_size = 40; c->reinit = 0.2f; c->mala = 1; } /* slots reused; MALA adapts per shard */
+    if (kind == 1) { c->start = EBM_START_UNIFORM; c->energy_reg = 0.01f; c->schedule = EBM_LR_COSINE; c->total_iters = 8; }
+    if (kind == 2) { c->objective = EBM_OBJ_SSM_VR; c->chain.box = EBM_BOX_NONE; }
+    if (kind == 3) { c->objective = EBM_OBJ_NCE; c->chain.box = EBM_BOX_NONE; }
+}
+
+static void t_parallel_trainer(ebm_trainer *t, ebm_model *m, const ebm_train_config *c)
+{
+    ebm_error e;
+    float fit[64 * 2];
+    ebm_model_mlp_prior(m, 2, 16, EBM_ACT_SILU, 0.0f, 4);
+    CHECK(ebm_trainer_init(t, m, c, &e) == EBM_OK, "init: %s", e.msg);
+    if (c->objective == EBM_OBJ_NCE) { /* every worker fits the same noise */
+        ebm_rng r;
+        r.seed = 6; r.stream = 79;
+        ebm_toy_sample(EBM_TOY_8GAUSSIANS, &r, 0, fit, 64);
+        ebm_trainer_fit_noise(t, fit, 64);
+    }
+}
+
+static int t_same_trainer(const ebm_trainer *a, const ebm_trainer *b)
+{
+    const size_t P = a->model->n_params;
+    return !memcmp(a->model->params, b->model->params, P * 4) && !memcmp(a->model->m1, b->model->m1, P * 4) &&
+           !memcmp(a->model->m2, b->model->m2, P * 4) && a->d_t == b->d_t && a->r_t == b->r_t && a->loss == b->loss &&
+           a->accept == b->accept && a->nce_c == b->nce_c && a->iter == b->iter &&
+           (!a->buffer || !memcmp(a->buffer, b->buffer, (size_t)a->cfg.buffer_size * 2 * 4));
+}
+
+/* R workers with batch/R data points each give, bit for bit, what one
+   trainer with the whole batch gives when both cut it into the same shards:
+   model, Adam moments, replay buffer, diagnostics, for persistent MALA
+   chains (buffer slots reused, step adapted per shard), noise-started chains
+   with a schedule, SSM-VR and NCE; 2 and 4 workers, and a checkpoint of the
+   one-process run resumed by 4 workers. The shards only change the order of
+   the gradient's sums: 4 shards agree with 1 to float rounding (3e-5). A
+   worker whose chains blow up stops every worker, none hangs. */
+static void test_data_parallel_bit_identical(void)
+{
+    int kind, r, rc[4];
+    for (kind = 0; kind < 4; kind++) {
+        ebm_train_config c;
+        ebm_trainer ref, w[4], res[4];
+        ebm_model mref, mw[4], mres[4];
+        ebm_error e;
+        t_parallel_config(&c, kind);
+        t_parallel_trainer(&ref, &mref, &c);
+        t_run_workers(&ref, 1, 0, 4, -1, rc); /* one worker: the plain trainer */
+        CHECK(rc[0] == EBM_OK, "kind %d: %s", kind, ref.err.msg);
+        CHECK(ebm_trainer_save(&ref, "par.ckpt", &e) == EBM_OK, "save: %s", e.msg);
+        t_run_workers(&ref, 1, 4, 8, -1, rc);
+        for (r = 0; r < 2; r++) t_parallel_trainer(&w[r], &mw[r], &c);
+        t_run_workers(w, 2, 0, 8, -1, rc);
+        for (r = 0; r < 2; r++) CHECK(rc[r] == EBM_OK && t_same_trainer(&ref, &w[r]), "kind %d: worker %d of 2 differs from one process", kind, r);
+        for (r = 0; r < 4; r++) CHECK(ebm_trainer_load(&res[r], &mres[r], "par.ckpt", &e) == EBM_OK, "load: %s", e.msg);
+        t_run_workers(res, 4, 4, 8, -1, rc);
+        for (r = 0; r < 4; r++) CHECK(rc[r] == EBM_OK && t_same_trainer(&ref, &res[r]), "kind %d: worker %d of 4 (resumed) differs", kind, r);
+        for (r = 0; r < 2; r++) { ebm_trainer_free(&w[r]); ebm_model_free(&mw[r]); }
+        for (r = 0; r < 4; r++) { ebm_trainer_free(&res[r]); ebm_model_free(&mres[r]); }
+        if (kind == 1 || kind == 2) { /* 4 shards against 1: the same gradient up to the order of its sums */
+            ebm_trainer one;
+            ebm_model m1;
+            float x[16 * 2], *g4 = (float *)malloc(mref.n_params * 4);
+            double l4, l1, num = 0, den = 0;
+            size_t j;
+            t_parallel_trainer(&one, &m1, &c);
+            t_shard_batch(16, 0, 0, 1, x);
+            ebm_trainer_loss(&one, x, 0, &l4);
+            memcpy(g4, m1.grads, m1.n_params * 4);
+            ebm_trainer_free(&one);
+            c.shards = 1;
+            CHECK(ebm_trainer_init(&one, &m1, &c, &e) == EBM_OK, "init: %s", e.msg);
+            ebm_trainer_loss(&one, x, 0, &l1);
+            for (j = 0; j < m1.n_params; j++) { num += (g4[j] - m1.grads[j]) * (double)(g4[j] - m1.grads[j]); den += (double)m1.grads[j] * m1.grads[j]; }
+            CHECK(sqrt(num / den) < 3e-5 && fabs(l4 - l1) <= 3e-5 * (fabs(l1) + 1e-3), "kind %d: 4 shards vs 1: gradient rel. diff %.3g, loss %.9g vs %.9g",
+                  kind, sqrt(num / den), l4, l1);
+            free(g4);
+            ebm_trainer_free(&one); ebm_model_free(&m1);
+        }
+        ebm_trainer_free(&ref); ebm_model_free(&mref);
+    }
+    { /* data-started chains from NaN data on worker 1: both workers stop with EDIVERGED */
+        ebm_train_config c;
+        ebm_trainer w[2];
+        ebm_model mw[2];
+        t_parallel_config(&c, 1);
+        c.start = EBM_START_DATA;
+        for (r = 0; r < 2; r++) t_parallel_trainer(&w[r], &mw[r], &c);
+        t_run_workers(w, 2, 0, 3, 1, rc);
+        CHECK(rc[0] == EBM_EDIVERGED && rc[1] == EBM_EDIVERGED && w[0].iter == 0 && strstr(w[0].err.msg, "worker 1"),
+              "a failing worker: status %d / %d, iter %ld, \"%s\"", rc[0], rc[1], w[0].iter, w[0].err.msg);
+        for (r = 0; r < 2; r++) { ebm_trainer_free(&w[r]); ebm_model_free(&mw[r]); }
+    }
+    { /* bad worker settings */
+        ebm_train_config c;
+        ebm_trainer t;
+        ebm_model m;
+        ebm_comm comm;
+        t_parallel_config(&c, 1);
+        t_parallel_trainer(&t, &m, &c);
+        comm.rank = 0; comm.size = 3; comm.allgather = t_allgather; comm.user = NULL;
+        CHECK(ebm_trainer_set_comm(&t, &comm) == EBM_EINVAL, "3 workers for 4 shards accepted");
+        comm.size = 2; comm.rank = 2;
+        CHECK(ebm_trainer_set_comm(&t, &comm) == EBM_EINVAL, "rank 2 of 2 accepted");
+        comm.rank = 1; comm.allgather = NULL;
+        CHECK(ebm_trainer_set_comm(&t, &comm) == EBM_EINVAL, "no allgather accepted");
+        ebm_trainer_free(&t); ebm_model_free(&m);
+        c.shards = 3;
+        CHECK(ebm_trainer_init(&t, &m, &c, NULL) == EBM_EINVAL, "3 shards of a batch of 16 accepted");
+        ebm_model_free(&m);
+    }
+    remove("par.ckpt");
 }
