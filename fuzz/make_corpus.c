@@ -36,13 +36,13 @@ int main(void)
     ebm_model_mlp_prior(&m, 2, 4, EBM_ACT_SILU, 0.0f, 1);
     ebm_model_save(&m, "tests/fuzz_corpus/ckpt/model.ckpt", &err);
     ebm_train_config_default(&c);
-    c.batch = 4; c.start = EBM_START_PERSISTENT; c.buffer_size = 8; c.chain.n_steps = 2;
+    c.batch = 4; c.start = EBM_START_PERSISTENT; c.buffer_size = 8; c.chain.n_steps = 2; c.shards = 2; /* shards: version 3 */
     if (ebm_trainer_init(&t, &m, &c, &err) == EBM_OK) {
         ebm_trainer_save(&t, "tests/fuzz_corpus/ckpt/trainer.ckpt", &err);
         ebm_trainer_free(&t);
     }
     /* an NCE trainer with its fitted noise (the sections of version 2) */
-    c.start = EBM_START_UNIFORM; c.objective = EBM_OBJ_NCE; c.chain.aniso_th = 0.5f;
+    c.start = EBM_START_UNIFORM; c.shards = 1; c.objective = EBM_OBJ_NCE; c.chain.aniso_th = 0.5f;
     if (ebm_trainer_init(&t, &m, &c, &err) == EBM_OK) {
         float pts[8] = { 0.1f, -0.2f, 0.5f, 0.3f, -0.4f, 0.0f, 0.2f, 0.9f };
         ebm_trainer_fit_noise(&t, pts, 4);

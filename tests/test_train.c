@@ -1015,6 +1015,13 @@ static void test_checkpoint_objectives(void)
                   b.cfg.chain.aniso_th == 0 && b.cfg.n_sigmas == 1,
               "version-1 checkpoint: %s", e.msg);
         ebm_trainer_free(&b); ebm_model_free(&mb);
+        CHECK(ebm_trainer_load(&b, &mb, "../tests/fuzz_corpus/ckpt/trainer_nce_v2.ckpt", &e) == EBM_OK && b.cfg.objective == EBM_OBJ_NCE &&
+                  b.cfg.shards == 1 && b.noise_fitted,
+              "version-2 checkpoint: %s", e.msg);
+        ebm_trainer_free(&b); ebm_model_free(&mb);
+        CHECK(ebm_trainer_load(&b, &mb, "../tests/fuzz_corpus/ckpt/trainer.ckpt", &e) == EBM_OK && b.cfg.shards == 2,
+              "version-3 checkpoint (2 shards): %s", e.msg);
+        ebm_trainer_free(&b); ebm_model_free(&mb);
     }
     remove("t.ckpt");
 }
