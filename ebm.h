@@ -705,6 +705,76 @@ EBMDEF int ebm_inpaint_mask(int kind, const ebm_rng *r, uint64_t first, int n, i
    O((n + m) log(n + m)). Returns -1 when out of memory or a set is empty. */
 EBMDEF double ebm_auroc(const float *normal, int n_normal, const float *anomalous, int n_anomalous);
 
+/* ---------------------------------------------------------------- latent-space EBM prior */
+
+/* A top-down generator x = g_beta(z) + N(0, sigma^2 I) with an EBM prior
+   p_alpha(z) = exp(f_alpha(z)) N(z; 0, I) / Z on its latent vector (Pang et
+   al. 2020; ALGORITHMS.md section 6), learned together by maximum
+   likelihood with short-run Langevin chains in latent space:
+     prior chain:     z += (s^2/2) grad_z[f(z) - |z|^2/2] + s xi
+     posterior chain: z += (s^2/2) grad_z[f(z) - |z|^2/2 - |x - g(z)|^2 / (2 sigma^2)] + s xi
+   both started from N(0, I). An iteration draws z+ from the posterior of
+   the data batch and z- from the prior, then takes an Adam step on
+   alpha with mean f(z-) - mean f(z+) (the EBM's maximum-likelihood loss)
+   and one on beta with mean |x - g(z+)|^2 / (2 sigma^2). The prior is any
+   model mapping (nz,1,1) to one value (ebm_model_mlp_prior), the generator
+   any model mapping (nz,1,1) to an image (ebm_model_generator28). */
+typedef struct ebm_latent_config {
+    int batch;                 /* data points per iteration (default 64) */
+    int prior_steps;           /* prior chain: K (60) ... */
+    float prior_step;          /* ... and s (0.4) */
+    int post_steps;            /* posterior chain: K (20) ... */
+    float post_step;           /* ... and s (0.1) */
+    float sigma;               /* std of x given z (0.3) */
+    float lr_prior, lr_gen;    /* Adam learning rates (2e-5, 1e-4) */
+    float beta1, beta2;        /* Adam's betas for both (0.5, 0.999) */
+    uint64_t seed;             /* keys every chain's noise */
+} ebm_latent_config;
+
+typedef struct ebm_latent {
+    ebm_latent_config cfg;
+    ebm_model *prior, *gen;    /* not owned */
+    ebm_graph *graph;
+    float *z;                  /* two batches of latents: [z-; z+] */
+    float *f, *dz, *w;         /* energies, gradients in z, loss weights */
+    long iter;                 /* iterations completed */
+    double mse;                /* mean squared error per pixel of g(z+) at the last iteration */
+    double f_pos, f_neg, d_t;  /* mean f(z+), mean f(z-), their difference */
+    ebm_error err;
+} ebm_latent;
+
+/* The paper's settings (above). */
+EBMDEF void ebm_latent_config_default(ebm_latent_config *c);
+/* Set up a latent EBM on an allocated prior and generator (both (nz,1,1)
+   inputs, the prior one output). */
+EBMDEF int ebm_latent_init(ebm_latent *L, ebm_model *prior, ebm_model *gen, const ebm_latent_config *c, ebm_error *err);
+EBMDEF void ebm_latent_free(ebm_latent *L);
+/* n_steps of the prior chain (n_steps < 0: cfg's K) on z (n x nz) in place;
+   the noise of sample i at step k is drawn at (seed, stream, first + i, k). */
+EBMDEF int ebm_latent_prior_chain(ebm_latent *L, uint32_t stream, uint64_t first, float *z, int n, int n_steps);
+/* The same for the posterior chain given images x (n, H, W, C). */
+EBMDEF int ebm_latent_posterior_chain(ebm_latent *L, uint32_t stream, uint64_t first, const float *x, float *z, int n, int n_steps);
+/* x = g(z) for n latents. */
+EBMDEF int ebm_latent_generate(ebm_latent *L, const float *z, int n, float *x);
+/* sum_i |x_i - g(z_i)|^2 / (2 sigma^2) in *nll; its gradient in beta in
+   gen->grads (zeroed first) and, if dz is not NULL, in z (n x nz). */
+EBMDEF int ebm_latent_nll(ebm_latent *L, const float *x, const float *z, int n, double *nll, float *dz);
+/* One iteration on the data batch x (batch images in [-1, 1]). Returns
+   EBM_EDIVERGED, leaving both models as they were, on non-finite values. */
+EBMDEF int ebm_latent_step(ebm_latent *L, const float *x);
+/* n new images: N(0, I) noise for samples first.., the prior chain, g.
+   z (n x nz, may be NULL) receives the latents. */
+EBMDEF int ebm_latent_sample(ebm_latent *L, uint64_t first, float *x, int n, float *z);
+/* Reconstructions xr of n images x: the posterior chain from N(0, I) (K
+   steps, noise of samples first..), then g. */
+EBMDEF int ebm_latent_reconstruct(ebm_latent *L, uint64_t first, const float *x, float *xr, int n);
+/* Checkpoints of both models, their Adam moments, the settings and the
+   iteration (the trainer's crash-safe format; ebm_model_load reads the
+   generator out of one). ebm_latent_load builds prior and gen; the caller
+   frees them and L. */
+EBMDEF int ebm_latent_save(const ebm_latent *L, const char *path, ebm_error *err);
+EBMDEF int ebm_latent_load(ebm_latent *L, ebm_model *prior, ebm_model *gen, const char *path, ebm_error *err);
+
 /* ---------------------------------------------------------------- data sets */
 
 /* Images as bytes, channels last (n, h, w, c), with labels 0..n_classes-1. */
@@ -4778,6 +4848,313 @@ EBMDEF double ebm_auroc(const float *normal, int n_normal, const float *anomalou
     return (rank_sum - 0.5 * n_anomalous * (n_anomalous + 1.0)) / ((double)n_normal * n_anomalous);
 }
 
+/* ---------------------------------------------------------------- 6f. latent-space EBM prior */
+
+EBMDEF void ebm_latent_config_default(ebm_latent_config *c)
+{
+    if (!c) return;
+    memset(c, 0, sizeof *c);
+    c->batch = 64;
+    c->prior_steps = 60; c->prior_step = 0.4f;
+    c->post_steps = 20; c->post_step = 0.1f;
+    c->sigma = 0.3f;
+    c->lr_prior = 2e-5f; c->lr_gen = 1e-4f;
+    c->beta1 = 0.5f; c->beta2 = 0.999f;
+    c->seed = 1;
+}
+
+/* The latent model's random streams (seed = cfg.seed). */
+enum { EBM__LS_PRIOR_START = 48, EBM__LS_PRIOR_CHAIN, EBM__LS_POST_START, EBM__LS_POST_CHAIN, EBM__LS_SAMPLE_START, EBM__LS_SAMPLE_CHAIN,
+       EBM__LS_RECON_START, EBM__LS_RECON_CHAIN };
+
+static int ebm__lfail(ebm_latent *L, int status, const char *fmt, ...)
+{
+    va_list ap;
+    L->err.status = status;
+    va_start(ap, fmt);
+    vsnprintf(L->err.msg, sizeof L->err.msg, fmt, ap);
+    va_end(ap);
+    return status;
+}
+
+static int ebm__latent_check(const ebm_model *prior, const ebm_model *gen, const ebm_latent_config *c, ebm_error *err)
+{
+    int oh, ow, oc;
+    if (!prior || !prior->params || !gen || !gen->params || !c) return ebm__fail(err, EBM_EINVAL, "latent: NULL or unallocated prior or generator, or NULL settings");
+    ebm_model_out_shape(prior, &oh, &ow, &oc);
+    if (oh * ow * oc != 1 || prior->in_h != 1 || prior->in_w != 1) return ebm__fail(err, EBM_EINVAL, "latent: the prior must map (nz,1,1) to one value");
+    if (gen->in_h != 1 || gen->in_w != 1 || gen->in_c != prior->in_c)
+        return ebm__fail(err, EBM_EINVAL, "latent: the generator's input (%d,%d,%d) is not the prior's (%d,1,1)", gen->in_c, gen->in_h, gen->in_w, prior->in_c);
+    if (c->batch < 1 || c->batch > (1 << 20) || c->prior_steps < 0 || c->post_steps < 0) return ebm__fail(err, EBM_EINVAL, "latent: batch %d, K %d / %d", c->batch, c->prior_steps, c->post_steps);
+    if (!ebm__finite_pos(c->prior_step) || !ebm__finite_pos(c->post_step) || !ebm__finite_pos(c->sigma) || !ebm__finite_pos(c->lr_prior) ||
+        !ebm__finite_pos(c->lr_gen) || !(c->beta1 >= 0 && c->beta1 < 1 && c->beta2 >= 0 && c->beta2 < 1))
+        return ebm__fail(err, EBM_EINVAL, "latent: steps, sigma and learning rates must be > 0, betas in [0, 1)");
+    return EBM_OK;
+}
+
+static int ebm__latent_nll(ebm_latent *L, const float *x, const float *z, int n, double scale, double *nll, float *dz);
+EBMDEF int ebm_latent_init(ebm_latent *L, ebm_model *prior, ebm_model *gen, const ebm_latent_config *c, ebm_error *err)
+{
+    size_t a = 0, b = 0, nz, bytes;
+    int rc, oh, ow, oc, pass;
+    if (!L) return ebm__fail(err, EBM_EINVAL, "latent_init: NULL");
+    memset(L, 0, sizeof *L);
+    if ((rc = ebm__latent_check(prior, gen, c, err)) != EBM_OK) return rc;
+    nz = (size_t)prior->in_c;
+    ebm_model_out_shape(gen, &oh, &ow, &oc);
+    /* the arena: the largest of the prior's parameter gradient on two
+       batches, and the likelihood's gradient in z and in beta, measured by
+       running their shapes through a counting graph */
+    if ((rc = ebm_model_step_bytes(prior, 2 * c->batch, EBM_STEP_PARAM_GRAD, &b, err)) != EBM_OK) return rc;
+    if ((rc = ebm_graph_create(&L->graph, (size_t)16 << 20, err)) != EBM_OK) return rc;
+    L->cfg = *c; L->prior = prior; L->gen = gen;
+    for (pass = 0; pass < 2; pass++) {
+        double nll;
+        float dz1;
+        ebm_graph_reset(L->graph);
+        L->graph->measuring = 1;
+        rc = ebm__latent_nll(L, &dz1, &dz1, c->batch, 1.0, &nll, pass ? &dz1 : NULL);
+        bytes = L->graph->peak - (size_t)(ebm__aligned_base(L->graph) - L->graph->a.base) + EBM__ALIGN;
+        if (bytes > a) a = bytes;
+        if (rc != EBM_OK) { ebm__fail(err, rc, "latent_init: %s", L->err.msg); ebm_latent_free(L); return rc; }
+    }
+    ebm_graph_destroy(L->graph);
+    L->graph = NULL;
+    if ((rc = ebm_graph_create(&L->graph, (a > b ? a : b) + 4096, err)) != EBM_OK) return rc;
+    L->z = (float *)EBM_MALLOC((4 * (size_t)c->batch * nz + 4 * (size_t)c->batch) * sizeof(float));
+    if (!L->z) { ebm_latent_free(L); return ebm__fail(err, EBM_ENOMEM, "latent_init: no memory for the latents"); }
+    L->dz = L->z + 2 * (size_t)c->batch * nz;
+    L->f = L->dz + 2 * (size_t)c->batch * nz;
+    L->w = L->f + 2 * (size_t)c->batch;
+    ebm__ok(err);
+    return EBM_OK;
+}
+
+EBMDEF void ebm_latent_free(ebm_latent *L)
+{
+    if (!L) return;
+    ebm_graph_destroy(L->graph);
+    EBM_FREE(L->z);
+    memset(L, 0, sizeof *L);
+}
+
+/* sum_i scale |x_i - g(z_i)|^2 / (2 sigma^2) for n <= batch latents, its
+   gradient in beta added to gen->grads and, if dz, written there in z. */
+static int ebm__latent_nll(ebm_latent *L, const float *x, const float *z, int n, double scale, double *nll, float *dz)
+{
+    ebm_graph *g = L->graph;
+    const ebm_model *gen = L->gen;
+    int zs[4], xs[4], oh, ow, oc;
+    ebm_var *zv, *y, *loss, *gz = NULL;
+    ebm_model_out_shape(gen, &oh, &ow, &oc);
+    zs[0] = n; zs[1] = 1; zs[2] = 1; zs[3] = gen->in_c;
+    xs[0] = n; xs[1] = oh; xs[2] = ow; xs[3] = oc;
+    ebm_graph_reset(g);
+    zv = ebm_leaf(g, (float *)(uintptr_t)z, 4, zs);
+    y = ebm_model_forward(L->gen, g, zv);
+    loss = ebm_scale(g, ebm_sqnorm(g, ebm_sub(g, y, ebm_leaf(g, (float *)(uintptr_t)x, 4, xs))),
+                     (float)(scale / (2.0 * L->cfg.sigma * L->cfg.sigma)));
+    if (dz) {
+        if (ebm_grad(g, loss, NULL, 1, &zv, &gz, 0) != EBM_OK) return ebm__lfail(L, g->err.status, "latent: %s", g->err.msg);
+        if (!g->measuring) memcpy(dz, gz->data, (size_t)n * gen->in_c * sizeof(float));
+    } else if (ebm_model_backward(L->gen, g, loss) != EBM_OK)
+        return ebm__lfail(L, g->err.status, "latent: %s", ebm_graph_error(g)->msg);
+    if (ebm_graph_status(g) != EBM_OK) return ebm__lfail(L, g->err.status, "latent: %s", ebm_graph_error(g)->msg);
+    *nll = g->measuring ? 0 : loss->data[0];
+    return EBM_OK;
+}
+
+EBMDEF int ebm_latent_nll(ebm_latent *L, const float *x, const float *z, int n, double *nll, float *dz)
+{
+    int rc, i, nb;
+    double part;
+    if (!L || !L->gen) return EBM_EINVAL;
+    if (!x || !z || !nll || n < 1) return ebm__lfail(L, EBM_EINVAL, "latent_nll: NULL argument or n < 1");
+    ebm_model_zero_grad(L->gen);
+    *nll = 0;
+    for (i = 0; i < n; i += nb) { /* in batches; the parameter gradient first, then z's */
+        size_t D, nz = (size_t)L->gen->in_c;
+        int oh, ow, oc;
+        ebm_model_out_shape(L->gen, &oh, &ow, &oc);
+        D = (size_t)oh * ow * oc;
+        nb = n - i < L->cfg.batch ? n - i : L->cfg.batch;
+        if ((rc = ebm__latent_nll(L, x + (size_t)i * D, z + (size_t)i * nz, nb, 1.0, &part, NULL)) != EBM_OK) return rc;
+        *nll += part;
+        if (dz && (rc = ebm__latent_nll(L, x + (size_t)i * D, z + (size_t)i * nz, nb, 1.0, &part, dz + (size_t)i * nz)) != EBM_OK) return rc;
+    }
+    return EBM_OK;
+}
+
+EBMDEF int ebm_latent_prior_chain(ebm_latent *L, uint32_t stream, uint64_t first, float *z, int n, int n_steps)
+{
+    ebm_langevin ch;
+    ebm_rng r;
+    int i, rc;
+    if (!L || !L->prior) return EBM_EINVAL;
+    if (!z || n < 1) return ebm__lfail(L, EBM_EINVAL, "latent_prior_chain: NULL z or n < 1");
+    memset(&ch, 0, sizeof ch);
+    /* the eps form with a N(0, I) reference: z += (s^2/2)(grad f - z) + s xi */
+    ch.form = EBM_LANGEVIN_EPS; ch.eps = L->cfg.prior_step; ch.sigma_q = 1.0f; ch.box = EBM_BOX_NONE;
+    ch.n_steps = n_steps < 0 ? L->cfg.prior_steps : n_steps;
+    r.seed = L->cfg.seed; r.stream = stream;
+    for (i = 0; i < n; i += L->cfg.batch) { /* chunks the graph was sized for */
+        int nb = n - i < L->cfg.batch ? n - i : L->cfg.batch;
+        if ((rc = ebm_langevin_run(L->prior, L->graph, &ch, &r, first + (uint64_t)i, z + (size_t)i * L->prior->in_c, nb, NULL)) != EBM_OK)
+            return ebm__lfail(L, rc, "latent_prior_chain: %s", ebm_graph_error(L->graph)->msg);
+    }
+    return EBM_OK;
+}
+
+EBMDEF int ebm_latent_posterior_chain(ebm_latent *L, uint32_t stream, uint64_t first, const float *x, float *z, int n, int n_steps)
+{
+    const size_t nz = L && L->prior ? (size_t)L->prior->in_c : 0;
+    const float s = L ? L->cfg.post_step : 0, a = 0.5f * s * s;
+    ebm_rng r;
+    int i, k, K, rc, oh, ow, oc;
+    size_t D, j;
+    if (!L || !L->prior) return EBM_EINVAL;
+    if (!x || !z || n < 1) return ebm__lfail(L, EBM_EINVAL, "latent_posterior_chain: NULL x or z, or n < 1");
+    ebm_model_out_shape(L->gen, &oh, &ow, &oc);
+    D = (size_t)oh * ow * oc;
+    K = n_steps < 0 ? L->cfg.post_steps : n_steps;
+    r.seed = L->cfg.seed; r.stream = stream;
+    for (i = 0; i < n; i += L->cfg.batch) {
+        const int nb = n - i < L->cfg.batch ? n - i : L->cfg.batch;
+        float *zi = z + (size_t)i * nz, *gp = L->dz, *gl = L->dz + (size_t)nb * nz;
+        for (k = 0; k < K; k++) {
+            double nll;
+            /* drift = grad f - z - grad_z |x - g(z)|^2 / (2 sigma^2) */
+            if ((rc = ebm_model_score(L->prior, L->graph, zi, nb, L->f, gp)) != EBM_OK)
+                return ebm__lfail(L, rc, "latent_posterior_chain: %s", ebm_graph_error(L->graph)->msg);
+            if ((rc = ebm__latent_nll(L, x + (size_t)i * D, zi, nb, 1.0, &nll, gl)) != EBM_OK) return rc;
+            for (j = 0; j < (size_t)nb; j++) {
+                float xi[256];
+                size_t c0;
+                for (c0 = 0; c0 < nz; c0 += 256) {
+                    size_t q, len = nz - c0 < 256 ? nz - c0 : 256, o = j * nz + c0;
+                    ebm__rng_normal_at(&r, first + (uint64_t)i + j, (uint32_t)k, c0, xi, len);
+                    for (q = 0; q < len; q++) zi[o + q] += a * (gp[o + q] - zi[o + q] - gl[o + q]) + s * xi[q];
+                }
+            }
+        }
+    }
+    return EBM_OK;
+}
+
+EBMDEF int ebm_latent_generate(ebm_latent *L, const float *z, int n, float *x)
+{
+    int i, zs[4];
+    size_t D;
+    if (!L || !L->gen) return EBM_EINVAL;
+    if (!z || !x || n < 1) return ebm__lfail(L, EBM_EINVAL, "latent_generate: NULL z or x, or n < 1");
+    {
+        int oh, ow, oc;
+        ebm_model_out_shape(L->gen, &oh, &ow, &oc);
+        D = (size_t)oh * ow * oc;
+    }
+    for (i = 0; i < n; i += L->cfg.batch) {
+        int nb = n - i < L->cfg.batch ? n - i : L->cfg.batch;
+        ebm_var *y;
+        ebm_graph_reset(L->graph);
+        zs[0] = nb; zs[1] = 1; zs[2] = 1; zs[3] = L->gen->in_c;
+        y = ebm_model_forward(L->gen, L->graph, ebm_leaf(L->graph, (float *)(uintptr_t)(z + (size_t)i * L->gen->in_c), 4, zs));
+        if (!y || !y->data) return ebm__lfail(L, ebm_graph_status(L->graph), "latent_generate: %s", ebm_graph_error(L->graph)->msg);
+        memcpy(x + (size_t)i * D, y->data, (size_t)nb * D * sizeof(float));
+    }
+    return EBM_OK;
+}
+
+/* z_i ~ N(0, I) for samples first.. of `stream`. */
+static void ebm__latent_noise(const ebm_latent *L, uint32_t stream, uint64_t first, float *z, int n)
+{
+    ebm_rng r;
+    r.seed = L->cfg.seed; r.stream = stream;
+    ebm_chain_start(EBM_START_GAUSSIAN, &r, first, 0, 0, 0, z, n, (size_t)L->prior->in_c);
+}
+
+EBMDEF int ebm_latent_sample(ebm_latent *L, uint64_t first, float *x, int n, float *z)
+{
+    float *zz;
+    int rc;
+    if (!L || !L->prior) return EBM_EINVAL;
+    if (!x || n < 1) return ebm__lfail(L, EBM_EINVAL, "latent_sample: NULL x or n < 1");
+    zz = z ? z : (float *)EBM_MALLOC((size_t)n * L->prior->in_c * sizeof(float));
+    if (!zz) return ebm__lfail(L, EBM_ENOMEM, "latent_sample: no memory for %d latents", n);
+    ebm__latent_noise(L, EBM__LS_SAMPLE_START, first, zz, n);
+    rc = ebm_latent_prior_chain(L, EBM__LS_SAMPLE_CHAIN, first, zz, n, -1);
+    if (rc == EBM_OK) rc = ebm_latent_generate(L, zz, n, x);
+    if (!z) EBM_FREE(zz);
+    return rc;
+}
+
+EBMDEF int ebm_latent_reconstruct(ebm_latent *L, uint64_t first, const float *x, float *xr, int n)
+{
+    float *z;
+    int rc;
+    if (!L || !L->prior) return EBM_EINVAL;
+    if (!x || !xr || n < 1) return ebm__lfail(L, EBM_EINVAL, "latent_reconstruct: NULL x or xr, or n < 1");
+    z = (float *)EBM_MALLOC((size_t)n * L->prior->in_c * sizeof(float));
+    if (!z) return ebm__lfail(L, EBM_ENOMEM, "latent_reconstruct: no memory for %d latents", n);
+    ebm__latent_noise(L, EBM__LS_RECON_START, first, z, n);
+    rc = ebm_latent_posterior_chain(L, EBM__LS_RECON_CHAIN, first, x, z, n, -1);
+    if (rc == EBM_OK) rc = ebm_latent_generate(L, z, n, xr);
+    EBM_FREE(z);
+    return rc;
+}
+
+EBMDEF int ebm_latent_step(ebm_latent *L, const float *x)
+{
+    const ebm_latent_config *c;
+    ebm_graph *g;
+    size_t nz, Bz;
+    int B, i, shape[4], ws[4], rc;
+    double nll, fp = 0, fn = 0;
+    float *zneg, *zpos;
+    ebm_var *y;
+    if (!L || !L->prior) return EBM_EINVAL;
+    if (!x) return ebm__lfail(L, EBM_EINVAL, "latent_step: NULL data batch");
+    c = &L->cfg; g = L->graph; B = c->batch;
+    nz = (size_t)L->prior->in_c; Bz = (size_t)B * nz;
+    zneg = L->z; zpos = L->z + Bz;
+    {   /* 1. z- from the prior, z+ from the posterior of x: short-run chains from N(0, I) */
+        const uint64_t first = (uint64_t)L->iter * (uint64_t)B;
+        ebm__latent_noise(L, EBM__LS_PRIOR_START, first, zneg, B);
+        ebm__latent_noise(L, EBM__LS_POST_START, first, zpos, B);
+        if ((rc = ebm_latent_prior_chain(L, EBM__LS_PRIOR_CHAIN, first, zneg, B, -1)) != EBM_OK) return rc;
+        if ((rc = ebm_latent_posterior_chain(L, EBM__LS_POST_CHAIN, first, x, zpos, B, -1)) != EBM_OK) return rc;
+        if (!ebm__all_finite(L->z, 2 * Bz)) return ebm__lfail(L, EBM_EDIVERGED, "latent: diverged at iteration %ld: non-finite latents", L->iter);
+    }
+    /* 2. alpha: grad of mean f(z-) - mean f(z+), one pass on [z-; z+] */
+    ebm_model_zero_grad(L->prior);
+    ebm_graph_reset(g);
+    shape[0] = 2 * B; shape[1] = 1; shape[2] = 1; shape[3] = (int)nz;
+    ws[0] = 2 * B; ws[1] = ws[2] = ws[3] = 1;
+    y = ebm_model_forward(L->prior, g, ebm_leaf(g, L->z, 4, shape));
+    if (!y || !y->data) return ebm__lfail(L, ebm_graph_status(g), "latent_step: %s", ebm_graph_error(g)->msg);
+    for (i = 0; i < 2 * B; i++) L->w[i] = (i < B ? 1.0f : -1.0f) / (float)B;
+    if (ebm_model_backward(L->prior, g, ebm_dot(g, y, ebm_leaf(g, L->w, 4, ws))) != EBM_OK)
+        return ebm__lfail(L, ebm_graph_status(g), "latent_step: %s", ebm_graph_error(g)->msg);
+    for (i = 0; i < B; i++) { fn += y->data[i]; fp += y->data[B + i]; }
+    /* 3. beta: grad of mean |x - g(z+)|^2 / (2 sigma^2) */
+    ebm_model_zero_grad(L->gen);
+    if ((rc = ebm__latent_nll(L, x, zpos, B, 1.0 / B, &nll, NULL)) != EBM_OK) return rc;
+    if (!(fp == fp) || !(fn == fn) || !(nll == nll) || !ebm__all_finite(L->prior->grads, L->prior->n_params) ||
+        !ebm__all_finite(L->gen->grads, L->gen->n_params))
+        return ebm__lfail(L, EBM_EDIVERGED, "latent: diverged at iteration %ld: non-finite energies, loss or gradients", L->iter);
+    if (ebm_adam_step(L->prior, c->lr_prior, c->beta1, c->beta2, 1e-8f, L->iter + 1) != EBM_OK ||
+        ebm_adam_step(L->gen, c->lr_gen, c->beta1, c->beta2, 1e-8f, L->iter + 1) != EBM_OK)
+        return ebm__lfail(L, EBM_EINVAL, "latent_step: Adam failed");
+    L->f_pos = fp / B; L->f_neg = fn / B; L->d_t = L->f_pos - L->f_neg;
+    {
+        int oh, ow, oc;
+        ebm_model_out_shape(L->gen, &oh, &ow, &oc);
+        L->mse = nll * 2.0 * c->sigma * c->sigma / ((double)oh * ow * oc);
+    }
+    L->iter++;
+    L->err.status = EBM_OK;
+    return EBM_OK;
+}
+
 /* ---------------------------------------------------------------- 7. file formats */
 
 /* NPY v1.0: magic, a little-endian header length, a Python dict padded with
@@ -5697,7 +6074,21 @@ static int ebm__fsync(FILE *f) { (void)f; return 0; }
 #endif
 
 /* Write through a temporary file and rename it into place. */
-static int ebm__ckpt_write(const char *path, const ebm_model *m, const ebm_trainer *t, ebm_error *err)
+/* The latent model's settings (section kind 2). */
+static void ebm__write_latent(ebm__writer *w, const ebm_latent *L)
+{
+    const ebm_latent_config *c = &L->cfg;
+    ebm__wu32(w, (uint32_t)c->batch); ebm__wu32(w, (uint32_t)c->prior_steps); ebm__wf32(w, c->prior_step);
+    ebm__wu32(w, (uint32_t)c->post_steps); ebm__wf32(w, c->post_step); ebm__wf32(w, c->sigma);
+    ebm__wf32(w, c->lr_prior); ebm__wf32(w, c->lr_gen); ebm__wf32(w, c->beta1); ebm__wf32(w, c->beta2); ebm__wu64(w, c->seed);
+    ebm__wu64(w, (uint64_t)L->iter);
+    ebm__write_model(w, L->prior);
+}
+
+/* A model alone (kind 0), a trainer's checkpoint (1: model, then the
+   trainer's state) or a latent model's (2: generator, then settings,
+   iteration and the prior). */
+static int ebm__ckpt_write(const char *path, const ebm_model *m, const ebm_trainer *t, const ebm_latent *L, ebm_error *err)
 {
     char tmp[1024];
     ebm__writer w;
@@ -5705,15 +6096,17 @@ static int ebm__ckpt_write(const char *path, const ebm_model *m, const ebm_train
     if (!path || !m || !m->params) return ebm__fail(err, EBM_EINVAL, "checkpoint: NULL path or unallocated model");
     if (strlen(path) + 5 > sizeof tmp) return ebm__fail(err, EBM_EINVAL, "checkpoint: path too long");
     /* a diverged model never replaces a good checkpoint */
-    if (!ebm__all_finite(m->params, m->n_params) || (t && t->buffer && !ebm__all_finite(t->buffer, (size_t)t->cfg.buffer_size * m->in_h * m->in_w * m->in_c)))
+    if (!ebm__all_finite(m->params, m->n_params) || (t && t->buffer && !ebm__all_finite(t->buffer, (size_t)t->cfg.buffer_size * m->in_h * m->in_w * m->in_c)) ||
+        (L && !ebm__all_finite(L->prior->params, L->prior->n_params)))
         return ebm__fail(err, EBM_EDIVERGED, "checkpoint: not written to %s: the model or its replay buffer holds a NaN or an infinity", path);
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     w.f = fopen(tmp, "wb"); w.crc = 0; w.bad = 0; w.bytes = 0;
     if (!w.f) return ebm__fail(err, EBM_EIO, "checkpoint: cannot open %s for writing", tmp);
     ebm__wbytes(&w, "EBMCKPT", 8);
     ebm__wu32(&w, EBM__CKPT_VERSION);
-    ebm__wu32(&w, t ? 1u : 0u);
+    ebm__wu32(&w, t ? 1u : L ? 2u : 0u);
     ebm__write_model(&w, m);
+    if (L) ebm__write_latent(&w, L);
     if (t) {
         size_t D = (size_t)m->in_h * m->in_w * m->in_c;
         ebm__write_config(&w, &t->cfg);
@@ -5736,20 +6129,20 @@ static int ebm__ckpt_write(const char *path, const ebm_model *m, const ebm_train
     return EBM_OK;
 }
 
-EBMDEF int ebm_model_save(const ebm_model *m, const char *path, ebm_error *err) { return ebm__ckpt_write(path, m, NULL, err); }
+EBMDEF int ebm_model_save(const ebm_model *m, const char *path, ebm_error *err) { return ebm__ckpt_write(path, m, NULL, NULL, err); }
 EBMDEF int ebm_trainer_save(const ebm_trainer *t, const char *path, ebm_error *err)
 {
     if (!t || !t->model) return ebm__fail(err, EBM_EINVAL, "trainer_save: NULL trainer");
-    return ebm__ckpt_write(path, t->model, t, err);
+    return ebm__ckpt_write(path, t->model, t, NULL, err);
 }
 
 /* Read and check a checkpoint, building m from its layer table; *r is left
    after the model section, *has_trainer says whether a trainer section follows. */
+static int ebm__read_model(ebm__reader *r, ebm_model *m, const char *path, ebm_error *err);
 static int ebm__ckpt_open(const char *path, ebm_model *m, unsigned char **file, ebm__reader *r, int *has_trainer, uint32_t *version, ebm_error *err)
 {
     size_t len;
-    int rc, i, nl;
-    uint64_t np;
+    int rc;
     memset(m, 0, sizeof *m);
     if ((rc = ebm__read_file(path, EBM_CKPT_MAX_BYTES, file, &len, err)) != EBM_OK) return rc;
     r->p = *file; r->len = len; r->pos = 0; r->bad = 0;
@@ -5761,6 +6154,15 @@ static int ebm__ckpt_open(const char *path, ebm_model *m, unsigned char **file, 
     if (*version < 1 || *version > EBM__CKPT_VERSION)
         return ebm__fail(err, EBM_EFORMAT, "%s: checkpoint version %u, this build reads 1 to %u", path, *version, EBM__CKPT_VERSION);
     *has_trainer = (int)ebm__ru32(r);
+    return ebm__read_model(r, m, path, err);
+}
+
+/* A model section (as ebm__write_model writes it) into m, built from its
+   layer table; memory only after the file has shown it holds the numbers. */
+static int ebm__read_model(ebm__reader *r, ebm_model *m, const char *path, ebm_error *err)
+{
+    int i, nl;
+    uint64_t np;
     {
         int c = (int)ebm__ru32(r), h = (int)ebm__ru32(r), w = (int)ebm__ru32(r);
         if (ebm_model_init(m, c, h, w) != EBM_OK) return ebm__fail(err, EBM_EFORMAT, "%s: %s", path, m->err.msg);
@@ -5822,7 +6224,7 @@ EBMDEF int ebm_trainer_load(ebm_trainer *t, ebm_model *m, const char *path, ebm_
     if (!t || !m) return ebm__fail(err, EBM_EINVAL, "trainer_load: NULL trainer or model");
     memset(t, 0, sizeof *t);
     if ((rc = ebm__ckpt_open(path, m, &file, &r, &has_t, &version, err)) != EBM_OK) { EBM_FREE(file); return rc; }
-    if (!has_t) { EBM_FREE(file); ebm_model_free(m); return ebm__fail(err, EBM_EFORMAT, "%s: holds a model only, no trainer state", path); }
+    if (has_t != 1) { EBM_FREE(file); ebm_model_free(m); return ebm__fail(err, EBM_EFORMAT, "%s: holds no trainer state", path); }
     ebm__read_config(&r, &c, version);
     if (r.bad) { EBM_FREE(file); ebm_model_free(m); return ebm__fail(err, EBM_EFORMAT, "%s: truncated settings", path); }
     {
@@ -5847,6 +6249,47 @@ EBMDEF int ebm_trainer_load(ebm_trainer *t, ebm_model *m, const char *path, ebm_
         return ebm__fail(err, EBM_EFORMAT, "%s: truncated or inconsistent trainer state", path);
     }
     EBM_FREE(file);
+    ebm__ok(err);
+    return EBM_OK;
+}
+
+EBMDEF int ebm_latent_save(const ebm_latent *L, const char *path, ebm_error *err)
+{
+    if (!L || !L->gen || !L->prior) return ebm__fail(err, EBM_EINVAL, "latent_save: NULL or uninitialised latent model");
+    return ebm__ckpt_write(path, L->gen, NULL, L, err);
+}
+
+EBMDEF int ebm_latent_load(ebm_latent *L, ebm_model *prior, ebm_model *gen, const char *path, ebm_error *err)
+{
+    unsigned char *file = NULL;
+    ebm__reader r;
+    ebm_latent_config c;
+    int kind, rc;
+    uint32_t version;
+    long iter;
+    if (!L || !prior || !gen) return ebm__fail(err, EBM_EINVAL, "latent_load: NULL latent model or models");
+    memset(L, 0, sizeof *L);
+    memset(prior, 0, sizeof *prior);
+    if ((rc = ebm__ckpt_open(path, gen, &file, &r, &kind, &version, err)) != EBM_OK) { EBM_FREE(file); return rc; }
+    if (kind != 2) { EBM_FREE(file); ebm_model_free(gen); return ebm__fail(err, EBM_EFORMAT, "%s: not a latent model's checkpoint", path); }
+    c.batch = (int)ebm__ru32(&r); c.prior_steps = (int)ebm__ru32(&r); c.prior_step = ebm__rf32(&r);
+    c.post_steps = (int)ebm__ru32(&r); c.post_step = ebm__rf32(&r); c.sigma = ebm__rf32(&r);
+    c.lr_prior = ebm__rf32(&r); c.lr_gen = ebm__rf32(&r); c.beta1 = ebm__rf32(&r); c.beta2 = ebm__rf32(&r); c.seed = ebm__ru64(&r);
+    iter = (long)ebm__ru64(&r);
+    if (r.bad || iter < 0) { EBM_FREE(file); ebm_model_free(gen); return ebm__fail(err, EBM_EFORMAT, "%s: truncated settings", path); }
+    if ((rc = ebm__read_model(&r, prior, path, err)) != EBM_OK || r.pos != r.len) {
+        EBM_FREE(file); ebm_model_free(gen); ebm_model_free(prior);
+        return rc != EBM_OK ? rc : ebm__fail(err, EBM_EFORMAT, "%s: bytes after the prior", path);
+    }
+    EBM_FREE(file);
+    {
+        ebm_error e2;
+        if (ebm_latent_init(L, prior, gen, &c, &e2) != EBM_OK) {
+            ebm_model_free(gen); ebm_model_free(prior);
+            return ebm__fail(err, e2.status == EBM_ENOMEM ? EBM_ENOMEM : EBM_EFORMAT, "%s: %s", path, e2.msg);
+        }
+    }
+    L->iter = iter;
     ebm__ok(err);
     return EBM_OK;
 }

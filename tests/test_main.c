@@ -1782,6 +1782,9 @@ static const test_case tests[] = {
     { "ssm_taylor_matches_nested", test_ssm_taylor_matches_nested },
     { "dsm_annealed_sampling", test_dsm_annealed_sampling },
     { "data_parallel_bit_identical", test_data_parallel_bit_identical },
+    { "latent_chains_known_laws", test_latent_chains_known_laws },
+    { "latent_nll_gradient", test_latent_nll_gradient },
+    { "latent_checkpoint", test_latent_checkpoint },
 };
 
 int main(int argc, char **argv)

@@ -1284,3 +1284,192 @@ static void test_data_parallel_bit_identical(void)
     }
     remove("par.ckpt");
 }
+
+/* ------------------------------------------------------------------ tests: the latent-space EBM prior */
+
+/* A random-number key (no compound literals: the harness is C++ too). */
+static const ebm_rng *t_key(uint64_t seed, uint32_t stream)
+{
+    static ebm_rng r;
+    r.seed = seed; r.stream = stream;
+    return &r;
+}
+
+/* A prior f(z) = b.z + c (one linear layer, b given; b = 0 gives f = 0). */
+static void t_linear_prior(ebm_model *m, int nz, const float *b)
+{
+    int j;
+    ebm_model_init(m, nz, 1, 1);
+    ebm_model_add_linear(m, 1, 1);
+    ebm_model_alloc(m, 1);
+    for (j = 0; j < nz; j++) m->params[m->layer[0].w_off + j] = b ? b[j] : 0.0f;
+    m->params[m->layer[0].b_off] = 0.3f;
+}
+
+/* Latent chains on laws known in closed form, 8000 independent chains of
+   200 steps from N(0, I) (the AR(1) coefficient 1 - s^2/2 <= 0.92 forgets
+   the start to 1e-7). The unadjusted chain on a Gaussian target of
+   precision lam has mean exactly the target's and variance
+   1 / (lam (1 - s^2 lam / 4)) (its known discretisation bias):
+   - prior chain, f = 0: N(0, I) at s = 0.4: variance 1/(1 - 0.04) = 1.0417;
+   - prior chain, f(z) = b.z (target exp(f - |z|^2/2) = N(b, I)): mean b;
+   - posterior chain, f = 0, linear generator g(z) = (w1 z1, w2 z2), sigma
+     1, x = (0.5, -0.4): precisions lam_j = 1 + w_j^2, mean w_j x_j / lam_j.
+   Tolerances 5 standard errors of 8000 (or 64000 pooled) samples: for a
+   variance v, 5 v sqrt(2/n). The bias (0.042) is 7 of those standard errors
+   for the pooled f = 0 check, so the test sees it. */
+static void test_latent_chains_known_laws(void)
+{
+    const int n = 8000, nz = 8;
+    ebm_model prior, gen;
+    ebm_latent L;
+    ebm_latent_config c;
+    ebm_error e;
+    float *z = (float *)calloc((size_t)n * nz, sizeof(float)), b[8] = { 0.5f, -1.0f, 0.25f, 0, 0, 0, 0, 2.0f };
+    int i, j, pass;
+    ebm_latent_config_default(&c);
+    c.batch = 1000; c.prior_step = 0.4f;
+    for (pass = 0; pass < 2; pass++) { /* f = 0, then f = b.z */
+        double m1 = 0, m2 = 0, v = 1 / (1 - 0.04), tol_v, tol_m;
+        t_linear_prior(&prior, nz, pass ? b : NULL);
+        ebm_model_generator28(&gen, nz, 2, 1, 1);
+        CHECK(ebm_latent_init(&L, &prior, &gen, &c, &e) == EBM_OK, "latent_init: %s", e.msg);
+        for (i = 0; i < n * nz; i++) z[i] = 0;
+        ebm_rng_normal(t_key(9, 5), 0, 0, z, (size_t)n * nz);
+        CHECK(ebm_latent_prior_chain(&L, 7, 0, z, n, 200) == EBM_OK, "prior chain: %s", L.err.msg);
+        if (pass == 0) { /* pooled over the 8 coordinates */
+            for (i = 0; i < n * nz; i++) { m1 += z[i]; m2 += (double)z[i] * z[i]; }
+            m1 /= n * nz; m2 = m2 / (n * nz) - m1 * m1;
+            tol_v = 5 * v * sqrt(2.0 / (n * nz)); tol_m = 5 * sqrt(v / (n * nz));
+            CHECK(fabs(m1) < tol_m && fabs(m2 - v) < tol_v, "f = 0: mean %.4f (tol %.4f), variance %.4f, expected %.4f +- %.4f", m1, tol_m, m2, v, tol_v);
+        } else
+            for (j = 0; j < nz; j++) {
+                m1 = m2 = 0;
+                for (i = 0; i < n; i++) { m1 += z[i * nz + j]; m2 += (double)z[i * nz + j] * z[i * nz + j]; }
+                m1 /= n; m2 = m2 / n - m1 * m1;
+                tol_v = 5 * v * sqrt(2.0 / n); tol_m = 5 * sqrt(v / n);
+                CHECK(fabs(m1 - b[j]) < tol_m && fabs(m2 - v) < tol_v, "f = b.z, coordinate %d: mean %.4f vs %.4f (tol %.4f), variance %.4f vs %.4f (tol %.4f)",
+                      j, m1, (double)b[j], tol_m, m2, v, tol_v);
+            }
+        ebm_latent_free(&L); ebm_model_free(&prior); ebm_model_free(&gen);
+    }
+    { /* the posterior chain of a linear generator */
+        const float w[2] = { 1.0f, 2.0f }, xo[2] = { 0.5f, -0.4f }, s = 0.3f;
+        float *x = (float *)malloc((size_t)n * 2 * sizeof(float));
+        t_linear_prior(&prior, 2, NULL);
+        ebm_model_init(&gen, 2, 1, 1);
+        ebm_model_add_linear(&gen, 2, 1);
+        ebm_model_alloc(&gen, 1);
+        /* linear (In, Out) weights: diagonal W, no bias */
+        gen.params[gen.layer[0].w_off + 0] = w[0]; gen.params[gen.layer[0].w_off + 1] = 0;
+        gen.params[gen.layer[0].w_off + 2] = 0; gen.params[gen.layer[0].w_off + 3] = w[1];
+        gen.params[gen.layer[0].b_off] = gen.params[gen.layer[0].b_off + 1] = 0;
+        c.sigma = 1.0f; c.post_step = s;
+        CHECK(ebm_latent_init(&L, &prior, &gen, &c, &e) == EBM_OK, "latent_init: %s", e.msg);
+        for (i = 0; i < n; i++) { x[2 * i] = xo[0]; x[2 * i + 1] = xo[1]; }
+        ebm_rng_normal(t_key(9, 6), 0, 0, z, (size_t)n * 2);
+        CHECK(ebm_latent_posterior_chain(&L, 8, 0, x, z, n, 200) == EBM_OK, "posterior chain: %s", L.err.msg);
+        for (j = 0; j < 2; j++) {
+            double lam = 1 + w[j] * w[j], mu = w[j] * xo[j] / lam, v = 1 / (lam * (1 - s * s * lam / 4)), m1 = 0, m2 = 0;
+            for (i = 0; i < n; i++) { m1 += z[2 * i + j]; m2 += (double)z[2 * i + j] * z[2 * i + j]; }
+            m1 /= n; m2 = m2 / n - m1 * m1;
+            CHECK(fabs(m1 - mu) < 5 * sqrt(v / n) && fabs(m2 - v) < 5 * v * sqrt(2.0 / n),
+                  "posterior coordinate %d: mean %.4f vs %.4f, variance %.4f vs %.4f", j, m1, mu, m2, v);
+        }
+        free(x);
+        ebm_latent_free(&L); ebm_model_free(&prior); ebm_model_free(&gen);
+    }
+    free(z);
+}
+
+/* The generator's negative log-likelihood sum |x - g(z)|^2 / (2 sigma^2):
+   its gradients in z and in beta (ebm_latent_nll) against central
+   differences (h = 1e-2; float32: 2 % of |g| + 1e-3), on the 28x28
+   generator (transposed convolutions, LeakyReLU, tanh). */
+static void test_latent_nll_gradient(void)
+{
+    const int n = 3, nz = 4;
+    ebm_model prior, gen;
+    ebm_latent L;
+    ebm_latent_config c;
+    ebm_error e;
+    float z[3 * 4], dz[3 * 4], *x = (float *)malloc(3 * 784 * sizeof(float)), *gb;
+    double l0, lp, lm;
+    int i, k;
+    ebm_latent_config_default(&c);
+    c.batch = 2; /* n = 3 runs in two batches */
+    ebm_model_mlp_prior(&prior, nz, 8, EBM_ACT_SILU, 0, 2);
+    ebm_model_generator28(&gen, nz, 2, 1, 3);
+    CHECK(ebm_latent_init(&L, &prior, &gen, &c, &e) == EBM_OK, "latent_init: %s", e.msg);
+    ebm_rng_normal(t_key(4, 1), 0, 0, z, 12);
+    ebm_rng_uniform(t_key(4, 2), 0, 0, -1.0f, 1.0f, x, 3 * 784);
+    CHECK(ebm_latent_nll(&L, x, z, n, &l0, dz) == EBM_OK, "nll: %s", L.err.msg);
+    gb = (float *)malloc(gen.n_params * sizeof(float));
+    memcpy(gb, gen.grads, gen.n_params * sizeof(float));
+    for (i = 0; i < n * nz; i++) {
+        float keep = z[i];
+        z[i] = keep + 1e-2f; ebm_latent_nll(&L, x, z, n, &lp, NULL);
+        z[i] = keep - 1e-2f; ebm_latent_nll(&L, x, z, n, &lm, NULL);
+        z[i] = keep;
+        CHECK(fabs((lp - lm) / 2e-2 - dz[i]) < 0.02 * fabs(dz[i]) + 1e-3 * (1 + fabs(l0)), "d/dz[%d]: %.5g vs differences %.5g", i, dz[i], (lp - lm) / 2e-2);
+    }
+    for (k = 0; k < 40; k++) {
+        size_t p = (size_t)((k * 2654435761u) % gen.n_params);
+        float keep = gen.params[p];
+        gen.params[p] = keep + 1e-2f; ebm_latent_nll(&L, x, z, n, &lp, NULL);
+        gen.params[p] = keep - 1e-2f; ebm_latent_nll(&L, x, z, n, &lm, NULL);
+        gen.params[p] = keep;
+        CHECK(fabs((lp - lm) / 2e-2 - gb[p]) < 0.02 * fabs(gb[p]) + 1e-3 * (1 + fabs(l0)), "d/dbeta[%lu]: %.5g vs differences %.5g", (unsigned long)p, gb[p], (lp - lm) / 2e-2);
+    }
+    free(gb); free(x);
+    ebm_latent_free(&L); ebm_model_free(&prior); ebm_model_free(&gen);
+}
+
+/* A latent model checkpointed after 3 iterations and loaded continues bit
+   for bit like the one that never stopped (both models, their Adam
+   moments, the iteration); ebm_model_load reads its generator; a trainer
+   reading it, or it reading a trainer's, is refused; bad settings too. */
+static void test_latent_checkpoint(void)
+{
+    const int nz = 4, B = 4;
+    ebm_model prior, gen, p2, g2, gm;
+    ebm_latent L, L2;
+    ebm_latent_config c;
+    ebm_trainer t;
+    ebm_model tm;
+    ebm_error e;
+    float *x = (float *)malloc((size_t)B * 784 * sizeof(float));
+    int i;
+    ebm_latent_config_default(&c);
+    c.batch = B; c.prior_steps = 5; c.post_steps = 3; c.lr_gen = 1e-3f; c.lr_prior = 1e-3f;
+    ebm_model_mlp_prior(&prior, nz, 8, EBM_ACT_SILU, 0, 2);
+    ebm_model_generator28(&gen, nz, 2, 1, 3);
+    CHECK(ebm_latent_init(&L, &prior, &gen, &c, &e) == EBM_OK, "latent_init: %s", e.msg);
+    for (i = 0; i < 3; i++) {
+        ebm_rng_uniform(t_key(4, 3), (uint64_t)i, 0, -1.0f, 1.0f, x, (size_t)B * 784);
+        CHECK(ebm_latent_step(&L, x) == EBM_OK, "step: %s", L.err.msg);
+    }
+    CHECK(ebm_latent_save(&L, "lat.ckpt", &e) == EBM_OK, "save: %s", e.msg);
+    CHECK(ebm_latent_load(&L2, &p2, &g2, "lat.ckpt", &e) == EBM_OK && L2.iter == 3 && !memcmp(&L2.cfg, &L.cfg, sizeof c), "load: %s", e.msg);
+    for (i = 3; i < 5 && L2.gen; i++) {
+        ebm_rng_uniform(t_key(4, 3), (uint64_t)i, 0, -1.0f, 1.0f, x, (size_t)B * 784);
+        ebm_latent_step(&L, x);
+        ebm_latent_step(&L2, x);
+    }
+    CHECK(L2.gen && !memcmp(gen.params, g2.params, gen.n_params * 4) && !memcmp(gen.m1, g2.m1, gen.n_params * 4) &&
+              !memcmp(gen.m2, g2.m2, gen.n_params * 4) && !memcmp(prior.params, p2.params, prior.n_params * 4) &&
+              !memcmp(prior.m2, p2.m2, prior.n_params * 4) && L.mse == L2.mse && L.d_t == L2.d_t && L2.iter == 5,
+          "the resumed latent model differs");
+    CHECK(ebm_model_load(&gm, "lat.ckpt", &e) == EBM_OK && gm.n_params == gen.n_params, "model_load of a latent checkpoint: %s", e.msg);
+    ebm_model_free(&gm);
+    CHECK(ebm_trainer_load(&t, &tm, "lat.ckpt", &e) == EBM_EFORMAT, "a trainer read a latent checkpoint");
+    ebm_latent_free(&L2); ebm_model_free(&p2); ebm_model_free(&g2);
+    CHECK(ebm_latent_load(&L2, &p2, &g2, "../tests/fuzz_corpus/ckpt/trainer.ckpt", &e) == EBM_EFORMAT, "a trainer's checkpoint read as a latent model");
+    c.sigma = 0;
+    CHECK(ebm_latent_init(&L2, &prior, &gen, &c, &e) == EBM_EINVAL, "sigma 0 accepted");
+    c.sigma = 0.3f;
+    CHECK(ebm_latent_init(&L2, &gen, &prior, &c, &e) == EBM_EINVAL, "prior and generator swapped accepted");
+    ebm_latent_free(&L); ebm_model_free(&prior); ebm_model_free(&gen);
+    free(x);
+    remove("lat.ckpt");
+}
