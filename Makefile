@@ -18,7 +18,7 @@ $(B):
 	mkdir -p $(B)
 
 # --- examples
-EXAMPLES = $(B)/hello_energy $(B)/toy2d $(B)/train_images $(B)/evaluate $(B)/generate
+EXAMPLES = $(B)/hello_energy $(B)/toy2d $(B)/train_images $(B)/evaluate $(B)/generate $(B)/latent_ebm
 examples: $(EXAMPLES)
 # (_POSIX_C_SOURCE: a monotonic clock for the progress lines in strict C99)
 $(B)/%: examples/%.c examples/flags.h examples/images.h ebm.h | $(B)
@@ -163,7 +163,11 @@ asan-examples: | $(B)
 	  rm -rf $(B)/asan_run && \
 	  ./$(B)/train_images_asan --nf 4 --k 3 --iters 3 --samples 4 --start persistent --buffer 100 --out $(B)/asan_run | grep -q 'status=ok' && \
 	  ./$(B)/generate_asan --ckpt $(B)/asan_run/ckpt.bin --out $(B)/asan_gen --n-eval 8 --n-recon 8 --recon-iters 1 --chains 1 --n-zopt 8 \
-	    --long-steps 20 --long-chains 1 --k 3 | grep -q 'status=ok'; \
+	    --long-steps 20 --long-chains 1 --k 3 | grep -q 'status=ok' && \
+	  $(CC) $(ASAN_FLAGS) examples/latent_ebm.c -o $(B)/latent_ebm_asan -lm && rm -rf $(B)/asan_latent && \
+	  ./$(B)/latent_ebm_asan --nz 8 --hidden 16 --ngf 4 --batch 8 --prior-k 3 --post-k 3 --iters 2 --samples 4 --test-images 40 --holdout 3 \
+	    --out $(B)/asan_latent | grep -q 'status=ok' && \
+	  ./$(B)/latent_ebm_asan --resume --iters 3 --samples 4 --test-images 0 --out $(B)/asan_latent | grep -q 'iters=3 .*status=ok'; \
 	fi
 	@echo "asan-examples: clean"
 

@@ -326,6 +326,9 @@ EBMDEF int ebm_model_mlp_prior(ebm_model *m, int nz, int hidden, int act, float 
 /* 28x28 generator: nz -> convT 7x7 (ngf*2, 7x7) -> convT 4x4 s2 (ngf, 14x14)
    -> convT 4x4 s2 (C, 28x28) -> tanh; LeakyReLU(0.2) between. */
 EBMDEF int ebm_model_generator28(ebm_model *m, int nz, int ngf, int c, uint64_t seed);
+/* 32x32 generator: nz -> convT 4x4 (ngf*4, 4x4) -> convT 4x4 s2 (ngf*2, 8x8)
+   -> (ngf, 16x16) -> (C, 32x32) -> tanh; LeakyReLU(0.2) between. */
+EBMDEF int ebm_model_generator32(ebm_model *m, int nz, int ngf, int c, uint64_t seed);
 
 /* Run the model on x (N,H,W,C) in g; returns (N, out_h, out_w, out_c). The
    parameters enter the graph as leaves owned by m. */
@@ -3363,6 +3366,22 @@ EBMDEF int ebm_model_generator28(ebm_model *m, int nz, int ngf, int c, uint64_t 
     return ebm_model_alloc(m, seed);
 }
 
+EBMDEF int ebm_model_generator32(ebm_model *m, int nz, int ngf, int c, uint64_t seed)
+{
+    if (!m) return EBM_EINVAL;
+    if (ebm_model_init(m, nz, 1, 1) != EBM_OK) return m->status;
+    if (ngf < 1 || ngf > EBM__MAX_DIM / 4) return ebm__mfail(m, EBM_EINVAL, "generator: ngf %d", ngf);
+    ebm_model_add_conv_transpose2d(m, ngf * 4, 4, 1, 0, 0, 1); /* 1 -> 4 */
+    ebm_model_add_act(m, EBM_ACT_LEAKY_RELU, 0.2f);
+    ebm_model_add_conv_transpose2d(m, ngf * 2, 4, 2, 1, 0, 1); /* 4 -> 8 */
+    ebm_model_add_act(m, EBM_ACT_LEAKY_RELU, 0.2f);
+    ebm_model_add_conv_transpose2d(m, ngf, 4, 2, 1, 0, 1);     /* 8 -> 16 */
+    ebm_model_add_act(m, EBM_ACT_LEAKY_RELU, 0.2f);
+    ebm_model_add_conv_transpose2d(m, c, 4, 2, 1, 0, 1);       /* 16 -> 32 */
+    ebm_model_add_act(m, EBM_ACT_TANH, 0.0f);
+    return ebm_model_alloc(m, seed);
+}
+
 /* --- optimisers (PyTorch's update rules, so its recipes carry over) --- */
 
 static int ebm__finite_pos(float x) { return x == x && x > 0 && x < 1e30f; }
@@ -6199,7 +6218,7 @@ EBMDEF int ebm_model_load(ebm_model *m, const char *path, ebm_error *err)
 {
     unsigned char *file = NULL;
     ebm__reader r;
-    int has_t, rc;
+    int has_t = 0, rc;
     uint32_t version;
     if (!m) return ebm__fail(err, EBM_EINVAL, "model_load: NULL model");
     rc = ebm__ckpt_open(path, m, &file, &r, &has_t, &version, err);
@@ -6218,7 +6237,7 @@ EBMDEF int ebm_trainer_load(ebm_trainer *t, ebm_model *m, const char *path, ebm_
     unsigned char *file = NULL;
     ebm__reader r;
     ebm_train_config c;
-    int has_t, rc;
+    int has_t = 0, rc;
     uint32_t version;
     size_t D;
     if (!t || !m) return ebm__fail(err, EBM_EINVAL, "trainer_load: NULL trainer or model");
@@ -6264,7 +6283,7 @@ EBMDEF int ebm_latent_load(ebm_latent *L, ebm_model *prior, ebm_model *gen, cons
     unsigned char *file = NULL;
     ebm__reader r;
     ebm_latent_config c;
-    int kind, rc;
+    int kind = 0, rc;
     uint32_t version;
     long iter;
     if (!L || !prior || !gen) return ebm__fail(err, EBM_EINVAL, "latent_load: NULL latent model or models");

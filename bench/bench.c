@@ -443,6 +443,61 @@ static void case_layers(int nf)
     ebm_model_free(&m);
 }
 
+/* The latent EBM's iteration (ALGORITHMS.md section 6, the paper's
+   settings: nz 100, prior MLP 200, K 60 / 20, batch 64; generator ngf 32)
+   against the network work inside it, timed call by call: the prior's
+   forward + grad_z at every step of both chains, the generator's forward +
+   grad_z at every posterior step, and the two parameter-gradient passes.
+   What is left (noise, updates, copies, Adam) is the bookkeeping. Target:
+   under 10 % of the iteration. */
+static void case_latent(void)
+{
+    ebm_model prior, gen;
+    ebm_latent L;
+    ebm_latent_config c;
+    ebm_error e;
+    const int B = 64, nz = 100;
+    float *x = (float *)malloc((size_t)B * 784 * sizeof(float)), *z = (float *)malloc(2 * (size_t)B * nz * sizeof(float));
+    float *f = (float *)malloc(2 * (size_t)B * sizeof(float)), *dz = (float *)malloc((size_t)B * nz * sizeof(float));
+    double ts[16], tn[16], step, net, nll;
+    ebm_rng r;
+    int i, k;
+    ebm_latent_config_default(&c);
+    ebm_model_mlp_prior(&prior, nz, 200, EBM_ACT_LEAKY_RELU, 0.2f, 1);
+    ebm_model_generator28(&gen, nz, 32, 1, 2);
+    if (ebm_latent_init(&L, &prior, &gen, &c, &e) != EBM_OK) { fprintf(stderr, "error: %s\n", e.msg); exit(1); }
+    r.seed = 1; r.stream = EBM_STREAM_USER;
+    ebm_rng_uniform(&r, 0, 0, -1, 1, x, (size_t)B * 784);
+    ebm_rng_normal(&r, 0, 1, z, 2 * (size_t)B * nz);
+    ebm_latent_step(&L, x); /* warm-up */
+    for (i = 0; i < reps; i++) {
+        double t0 = ebm_time_sec();
+        ebm_latent_step(&L, x);
+        ts[i] = (ebm_time_sec() - t0) * 1e3;
+        t0 = ebm_time_sec();
+        for (k = 0; k < c.prior_steps; k++) ebm_model_score(&prior, L.graph, z, B, f, dz);
+        for (k = 0; k < c.post_steps; k++) {
+            ebm_model_score(&prior, L.graph, z, B, f, dz);
+            ebm__latent_nll(&L, x, z, B, 1.0, &nll, dz);
+        }
+        { /* the prior's parameter gradient on [z-; z+], the generator's on z+ */
+            int shape[4];
+            ebm_var *y;
+            ebm_graph_reset(L.graph);
+            shape[0] = 2 * B; shape[1] = 1; shape[2] = 1; shape[3] = nz;
+            y = ebm_model_forward(&prior, L.graph, ebm_leaf(L.graph, z, 4, shape));
+            ebm_model_backward(&prior, L.graph, ebm_sum(L.graph, y));
+            ebm__latent_nll(&L, x, z, B, 1.0 / B, &nll, NULL);
+        }
+        tn[i] = (ebm_time_sec() - t0) * 1e3;
+    }
+    step = median(ts, reps); net = median(tn, reps);
+    printf("bench latent_step_nz100_ngf32 ms=%.2f network_ms=%.2f bookkeeping_pct=%.1f target_pct=10\n", step, net, 100 * (step - net) / step);
+    ebm_latent_free(&L);
+    ebm_model_free(&prior); ebm_model_free(&gen);
+    free(x); free(z); free(f); free(dz);
+}
+
 int main(int argc, char **argv)
 {
     const char *only = NULL;
@@ -474,6 +529,7 @@ int main(int argc, char **argv)
     RUN("chain_gradient_nf16_silu", case_chain_gradient(16));
     RUN("objective_nf16_silu", case_objectives(16));
     RUN("gen28", case_gen());
+    RUN("latent_step", case_latent());
     /* in a process of its own (this program again), so that its peak memory
        is its own: getrusage's peak covers a process's whole life */
     if (!only || strstr("train_nf32", only)) {

@@ -29,9 +29,9 @@ static int load_images(int ds_i, const char *data_dir, ebm_dataset *ds)
     return 0;
 }
 
-/* Read DIR/log.csv back (columns iter, seconds, lr, d_t, r_t, ...) and
-   plot d_t and r_t in DIR/curves.png. */
-static void plot_log(const char *dir)
+/* Read DIR/log.csv back (columns iter, seconds, lr, then the two to plot,
+   named a and b) and plot them in DIR/curves.png. */
+static void plot_log(const char *dir, const char *a, const char *b)
 {
     char path[1100], line[512];
     FILE *f;
@@ -48,10 +48,11 @@ static void plot_log(const char *dir)
     }
     fclose(f);
     if (n > 0) {
-        static const char *const names[2] = { "d_t", "r_t" };
+        const char *names[2];
         float *p = (float *)malloc(2 * (size_t)n * sizeof *p);
         int i;
         ebm_error err;
+        names[0] = a; names[1] = b;
         if (p) {
             for (i = 0; i < n; i++) { p[i] = y[2 * i]; p[n + i] = y[2 * i + 1]; }
             snprintf(path, sizeof path, "%s/curves.png", dir);

@@ -248,7 +248,7 @@ int main(int argc, char **argv)
     }
     if (tty) fprintf(stderr, "\n");
     fclose(log);
-    plot_log(out);
+    plot_log(out, "d_t", "r_t");
     if (!diverged && rc == 0) {
         int shape[4];
         float *nchw = (float *)malloc((size_t)n_samples * D * sizeof *nchw);

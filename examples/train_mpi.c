@@ -145,7 +145,7 @@ static int run(int rank, int ranks, int argc, char **argv)
     if (rank == 0) {
         if (tty) fprintf(stderr, "\n");
         if (log) fclose(log);
-        plot_log(out);
+        plot_log(out, "d_t", "r_t");
         if (rc == 0) {
             float *nchw = (float *)malloc((size_t)n_samples * D * sizeof *nchw);
             snprintf(path, sizeof path, "%s/ckpt.bin", out);

@@ -1423,6 +1423,14 @@ static void test_latent_nll_gradient(void)
     }
     free(gb); free(x);
     ebm_latent_free(&L); ebm_model_free(&prior); ebm_model_free(&gen);
+    { /* the 32x32 generator: its shapes and parameter count (4x4 kernels: 16 Cin Cout + Cout per layer) */
+        int oh, ow, oc;
+        CHECK(ebm_model_generator32(&gen, 4, 2, 3, 1) == EBM_OK, "generator32: %s", gen.err.msg);
+        ebm_model_out_shape(&gen, &oh, &ow, &oc);
+        CHECK(oh == 32 && ow == 32 && oc == 3 && gen.n_params == (size_t)(16 * 4 * 8 + 8 + 16 * 8 * 4 + 4 + 16 * 4 * 2 + 2 + 16 * 2 * 3 + 3),
+              "generator32: %dx%dx%d, %lu parameters", oh, ow, oc, (unsigned long)gen.n_params);
+        ebm_model_free(&gen);
+    }
 }
 
 /* A latent model checkpointed after 3 iterations and loaded continues bit
