@@ -9,7 +9,8 @@
    Files in --out DIR: ckpt.bin (everything to resume), log.csv and
    curves.png (d_t and the reconstruction error), grid_<iter>.png and
    grid_final.png (prior chain, then the generator), recon.png (test images
-   and their reconstructions through the posterior chain, row by row),
+   and their reconstructions through the posterior chain, row by row; with
+   --holdout, anomaly.png: the held-out class's and the others'),
    samples.npy (N, C, H, W) float32 in [-1, 1]. The last line is
    latent_ebm data= iters= seconds= mse= recon_mse_test= holdout= auroc= status= */
 #define EBM_IMPLEMENTATION
@@ -64,9 +65,11 @@ static int drop_class(ebm_dataset *ds, int holdout)
 int main(int argc, char **argv)
 {
     static const char *const datasets[] = { "fashion", "mnist", "cifar10" };
-    const char *data = "fashion", *data_dir = NULL, *out = "run_latent";
+    static const char *const acts[] = { "lrelu", "silu", "softplus", "elu", "gelu", "tanh" };
+    const char *data = "fashion", *data_dir = NULL, *out = "run_latent", *act = "lrelu";
+    float act_param = 0.2f;
     int nz = 100, hidden = 200, ngf = 32, resume = 0, seed = 1, n_samples = 64, threads = 0, holdout = -1, n_test = 2000;
-    int ds_i, rc = 0, d, tty = isatty(2);
+    int ds_i, ac, rc = 0, d, tty = isatty(2);
     long iters = 0;
     float minutes = 0, save_minutes = 2;
     ebm_latent_config c;
@@ -93,6 +96,8 @@ int main(int argc, char **argv)
             { "threads", "OpenMP threads (default: all)", 'i', &threads },
             { "nz", "latent dimension (default 100)", 'i', &nz },
             { "hidden", "width of the prior MLP nz -> h -> h -> 1 (default 200)", 'i', &hidden },
+            { "prior-act", "the prior MLP's activation: lrelu | silu | softplus | elu | gelu | tanh (default lrelu)", 's', &act },
+            { "prior-act-param", "LeakyReLU slope / ELU alpha (default 0.2)", 'f', &act_param },
             { "ngf", "generator width: nz -> 2ngf x 7x7 -> ngf x 14x14 -> 28x28 (32x32: 4ngf x 4x4 -> 2ngf x 8x8 -> ngf x 16x16 -> 32x32) (default 32)", 'i', &ngf },
             { "batch", "batch size (default 64)", 'i', &c.batch },
             { "prior-k", "prior chain steps (default 60)", 'i', &c.prior_steps },
@@ -109,7 +114,7 @@ int main(int argc, char **argv)
             { "save-minutes", "minutes between checkpoints and grids (default 2)", 'f', &save_minutes },
         };
         if (parse_flags("latent_ebm", argc, argv, f, (int)(sizeof f / sizeof f[0])) != 0) return 2;
-        if ((ds_i = lookup("data set", data, datasets, 3)) < 0) return 2;
+        if ((ds_i = lookup("data set", data, datasets, 3)) < 0 || (ac = lookup("activation", act, acts, 6)) < 0) return 2;
         if (minutes <= 0 && iters <= 0) { fprintf(stderr, "error: give --minutes or --iters\n"); return 2; }
         if (n_samples < 1 || n_test < 0) { fprintf(stderr, "error: --samples must be >= 1, --test-images >= 0\n"); return 2; }
         c.seed = (uint64_t)seed;
@@ -126,7 +131,7 @@ int main(int argc, char **argv)
         if (oh != ds.h || ow != ds.w || oc != ds.c) { fprintf(stderr, "error: the checkpoint's generator makes other images\n"); return 1; }
         printf("resumed %s at iteration %ld (its settings replace the flags)\n", path, L.iter);
     } else {
-        if (ebm_model_mlp_prior(&prior, nz, hidden, EBM_ACT_LEAKY_RELU, 0.2f, (uint64_t)seed) != EBM_OK) { fprintf(stderr, "error: prior: %s\n", prior.err.msg); return 2; }
+        if (ebm_model_mlp_prior(&prior, nz, hidden, ac, act_param, (uint64_t)seed) != EBM_OK) { fprintf(stderr, "error: prior: %s\n", prior.err.msg); return 2; }
         if ((ds.h == 32 ? ebm_model_generator32(&gen, nz, ngf, ds.c, (uint64_t)seed + 1) : ebm_model_generator28(&gen, nz, ngf, ds.c, (uint64_t)seed + 1)) != EBM_OK) { fprintf(stderr, "error: generator: %s\n", gen.err.msg); return 2; }
         if (ebm_latent_init(&L, &prior, &gen, &c, &err) != EBM_OK) { fprintf(stderr, "error: %s\n", err.msg); return 2; }
     }
@@ -209,6 +214,26 @@ int main(int argc, char **argv)
                     }
                     recon_mse = n_norm ? sum / n_norm : -1;
                     if (holdout >= 0) auroc = ebm_auroc(sc_norm, n_norm, sc_anom, n_anom);
+                    if (holdout >= 0 && test.labels) { /* 16 held-out images, then 16 others, each row of 8 above its reconstructions */
+                        float *panel = (float *)malloc(64 * D * sizeof *panel);
+                        int got[2] = { 0, 0 }, kind;
+                        if (panel) {
+                            for (i = 0; i < n && (got[0] < 16 || got[1] < 16); i++) {
+                                kind = test.labels[i] == holdout ? 0 : 1;
+                                if (got[kind] < 16) {
+                                    int slot = 32 * kind + 16 * (got[kind] / 8) + got[kind] % 8;
+                                    memcpy(panel + (size_t)slot * D, xt + (size_t)i * D, D * sizeof *panel);
+                                    memcpy(panel + (size_t)(slot + 8) * D, xr + (size_t)i * D, D * sizeof *panel);
+                                    got[kind]++;
+                                }
+                            }
+                            snprintf(path, sizeof path, "%s/anomaly.png", out);
+                            if (got[0] == 16 && got[1] == 16 &&
+                                ebm_png_save_grid(path, panel, 64, ds.h, ds.w, ds.c, 8, "held-out class (rows 1-4) and others (5-8): images, reconstructions", &err) != EBM_OK)
+                                fprintf(stderr, "error: %s\n", err.msg);
+                            free(panel);
+                        }
+                    }
                     { /* 32 test images (rows of 8) each above its reconstruction */
                         float *panel = (float *)malloc(64 * D * sizeof *panel);
                         int r;
