@@ -1,4 +1,4 @@
-/* ebm.h - energy-based models in plain C, one header.                 v0.4.0
+/* ebm.h - energy-based models in plain C, one header.                 v0.5.0
 
    Train and sample energy-based models p(x) = exp(f(x)) q(x) / Z with a ConvNet
    f, Langevin MCMC and autograd (including gradients of gradients), using only
@@ -52,9 +52,12 @@
        6d. trainer      maximum likelihood: chain starts, replay buffer,
                         diagnostics d_t and r_t, divergence, schedules; the
                         MCMC-free objectives (DSM, SSM in Taylor mode, FD-SSM,
-                        NCE) and annealed sampling
+                        NCE) and annealed sampling; shards and workers
+                        (ebm_comm: data parallelism through a user allgather)
        6e. generator    the short-run chain as a function of its noise, and
                         its gradient by reverse mode through every step
+       6f. latent EBM   an EBM prior on a generator's latent vector: prior
+                        and posterior chains, the joint training step
        7. file formats  NPY; CRC-32, inflate and gzip; IDX and CIFAR-10
                         readers; PNG grids and plots; checkpoints
 
@@ -76,7 +79,8 @@
    sample index, step, coordinate); every parallel loop splits work into tiles
    whose number and size do not depend on the thread count, and every reduction
    runs in a fixed order. The same seed therefore gives bit-identical results
-   with any number of threads, with or without OpenMP.
+   with any number of threads, with or without OpenMP, and with any number
+   of ebm_comm workers that divides cfg.shards.
 
    ERRORS: functions that can fail return an ebm_status (EBM_OK == 0). The reason
    is left in the object that failed (model->err, ebm_graph_error(g)) or in the
@@ -90,7 +94,7 @@
 #ifndef EBM_H
 #define EBM_H
 
-#define EBM_VERSION "0.4.0"
+#define EBM_VERSION "0.5.0"
 
 #include <stddef.h>
 #include <stdint.h>
