@@ -5,7 +5,7 @@
                of one dimension (byte 3 = 1) is read as the labels of a
                valid 5-image file;
      2 cifar   a CIFAR-10 binary batch;
-     3 ckpt    a checkpoint, as a trainer's and as a model's (the evaluation
+     3 ckpt    a checkpoint, as a trainer's, a latent EBM's and as a model's (the evaluation
                classifier's weights are a model checkpoint), as given and
                with its CRC-32 made valid;
      4 npy     an NPY array.
@@ -76,6 +76,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             }
             if (ebm_trainer_load(&t, &m, path, &err) == EBM_OK) { ebm_trainer_free(&t); ebm_model_free(&m); }
             if (ebm_model_load(&m, path, &err) == EBM_OK) ebm_model_free(&m);
+            {
+                ebm_latent L;
+                ebm_model lp, lg;
+                if (ebm_latent_load(&L, &lp, &lg, path, &err) == EBM_OK) { ebm_latent_free(&L); ebm_model_free(&lp); ebm_model_free(&lg); }
+            }
         }
     }
 #elif FUZZ_TARGET == 4

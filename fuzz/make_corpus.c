@@ -49,6 +49,22 @@ int main(void)
         ebm_trainer_save(&t, "tests/fuzz_corpus/ckpt/trainer_nce.ckpt", &err);
         ebm_trainer_free(&t);
     }
+    { /* a latent EBM: generator, settings, iteration, prior (checkpoint kind 2) */
+        ebm_model prior, gen;
+        ebm_latent L;
+        ebm_latent_config lc;
+        ebm_latent_config_default(&lc);
+        lc.batch = 2;
+        ebm_model_mlp_prior(&prior, 2, 3, EBM_ACT_SILU, 0.0f, 1);
+        ebm_model_init(&gen, 2, 1, 1);
+        ebm_model_add_linear(&gen, 4, 1);
+        ebm_model_alloc(&gen, 1);
+        if (ebm_latent_init(&L, &prior, &gen, &lc, &err) == EBM_OK) {
+            ebm_latent_save(&L, "tests/fuzz_corpus/ckpt/latent.ckpt", &err);
+            ebm_latent_free(&L);
+        }
+        ebm_model_free(&prior); ebm_model_free(&gen);
+    }
     ebm_model_free(&m);
     ebm_npy_save("tests/fuzz_corpus/npy/a.npy", a, 2, shape, &err);
     return 0;
