@@ -149,8 +149,10 @@ generate-check: $(B)/generate resume-check
 	cmp $(B)/gen_check/sample.png $(B)/gen_check2/sample.png
 	@echo "generate-check: every task ran"
 
-# Every example's short run under ASan + UBSan (leaks included): toy2d, and
-# with Fashion-MNIST installed train_images and generate at toy sizes.
+# Every example's short run under ASan + UBSan (leaks included): toy2d and
+# hello_energy, and with Fashion-MNIST installed train_images, generate,
+# latent_ebm and evaluate (on 500 images) at toy sizes, and train_mpi on 2
+# ranks when Open MPI is there (tests/asan_mpi.sh: see there for its leaks).
 ASAN_FLAGS = $(CSTD) $(WARN) -O1 -g -march=native -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all $(FPFLAGS) -D_POSIX_C_SOURCE=200809L -I.
 asan-examples: | $(B)
 	$(CC) $(ASAN_FLAGS) examples/toy2d.c -o $(B)/toy2d_asan -lm
@@ -167,7 +169,14 @@ asan-examples: | $(B)
 	  $(CC) $(ASAN_FLAGS) examples/latent_ebm.c -o $(B)/latent_ebm_asan -lm && rm -rf $(B)/asan_latent && \
 	  ./$(B)/latent_ebm_asan --nz 8 --hidden 16 --ngf 4 --batch 8 --prior-k 3 --post-k 3 --iters 2 --samples 4 --test-images 40 --holdout 3 \
 	    --out $(B)/asan_latent | grep -q 'status=ok' && \
-	  ./$(B)/latent_ebm_asan --resume --iters 3 --samples 4 --test-images 0 --out $(B)/asan_latent | grep -q 'iters=3 .*status=ok'; \
+	  ./$(B)/latent_ebm_asan --resume --iters 3 --samples 4 --test-images 0 --out $(B)/asan_latent | grep -q 'iters=3 .*status=ok' && \
+	  $(CC) $(ASAN_FLAGS) examples/evaluate.c -o $(B)/evaluate_asan -lm && \
+	  ./$(B)/evaluate_asan --train --steps 3 --subset 500 --classifier $(B)/asan_clf.ckpt | grep -q '^classifier path=' && \
+	  ./$(B)/evaluate_asan --self-test --n 20 --subset 500 --classifier $(B)/asan_clf.ckpt | grep -q '^ref=uniform_noise n=20 fid=' && \
+	  ./$(B)/evaluate_asan $(B)/asan_run/samples.npy --subset 500 --classifier $(B)/asan_clf.ckpt | grep -q '^samples=.* n=4 fid=' && \
+	  if command -v $(MPICC) > /dev/null && command -v mpirun > /dev/null; then \
+	    $(MPICC) $(ASAN_FLAGS) examples/train_mpi.c -o $(B)/train_mpi_asan -lm && B=$(B) sh tests/asan_mpi.sh; \
+	  fi; \
 	fi
 	@echo "asan-examples: clean"
 

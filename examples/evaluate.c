@@ -13,7 +13,9 @@
      evaluate --self-test [--n N]       reference scores: training images, blurred
                                         test images, uniform noise (N of each)
      evaluate SAMPLES.npy [...]         score (N, 1, 28, 28) float32 arrays in [-1, 1]
-   --classifier PATH (default build/classifier.ckpt), --threads T. */
+   --classifier PATH (default build/classifier.ckpt), --threads T, --subset N
+   (only the first N training and test images: a smoke test whose scores are
+   not comparable with the full sets'). */
 #define EBM_IMPLEMENTATION
 #include "ebm.h"
 #include <stdlib.h>
@@ -195,7 +197,7 @@ static double accuracy(ebm_model *m, ebm_graph *g, const ebm_dataset *test, floa
 int main(int argc, char **argv)
 {
     const char *ckpt = arg_str(argc, argv, "--classifier", "build/classifier.ckpt");
-    int threads = atoi(arg_str(argc, argv, "--threads", "0")), i, rc = 0;
+    int threads = atoi(arg_str(argc, argv, "--threads", "0")), subset = atoi(arg_str(argc, argv, "--subset", "0")), i, rc = 0;
     ebm_dataset train, test;
     ebm_model m;
     ebm_graph *g;
@@ -204,13 +206,18 @@ int main(int argc, char **argv)
     float *buf;
     scorer sc;
     if (argc < 2 || has(argc, argv, "--help") || has(argc, argv, "-h")) {
-        printf("usage: evaluate --train [--epochs E | --steps S] | --self-test [--n N] | SAMPLES.npy ...  [--classifier PATH] [--threads T]\n");
+        printf("usage: evaluate --train [--epochs E | --steps S] | --self-test [--n N] | SAMPLES.npy ...  [--classifier PATH] [--threads T] [--subset N]\n");
         return argc < 2 ? 2 : 0;
     }
     if (threads > 0) ebm_set_threads(threads);
+    if (subset < 0 || (subset > 0 && subset < 128)) { fprintf(stderr, "error: --subset must be at least 128 (one training batch)\n"); return 2; }
     if (ebm_mnist_load(&train, NULL, 0, &err) != EBM_OK || ebm_mnist_load(&test, NULL, 1, &err) != EBM_OK) {
         fprintf(stderr, "error: %s\n(Fashion-MNIST: apt-get install dataset-fashion-mnist)\n", err.msg);
         return 1;
+    }
+    if (subset > 0) { /* the first N of each set: the arrays stay as loaded, only n shrinks */
+        if (train.n > subset) train.n = subset;
+        if (test.n > subset) test.n = subset;
     }
     buf = (float *)malloc((size_t)test.n * 784 * sizeof *buf);
     if (has(argc, argv, "--train")) {
@@ -295,7 +302,10 @@ int main(int argc, char **argv)
         for (i = 1; i < argc; i++) {
             float *data, *nhwc;
             int nd, shape[4];
-            if (argv[i][0] == '-') { if (!strcmp(argv[i], "--classifier") || !strcmp(argv[i], "--threads") || !strcmp(argv[i], "--n")) i++; continue; }
+            if (argv[i][0] == '-') { /* a flag, and its value if it takes one */
+                if (!strcmp(argv[i], "--classifier") || !strcmp(argv[i], "--threads") || !strcmp(argv[i], "--n") || !strcmp(argv[i], "--subset")) i++;
+                continue;
+            }
             if (ebm_npy_load(argv[i], &data, &nd, shape, &err) != EBM_OK) { fprintf(stderr, "error: %s\n", err.msg); rc = 1; continue; }
             if (nd != 4 || shape[1] != 1 || shape[2] != 28 || shape[3] != 28 || shape[0] < 2) {
                 fprintf(stderr, "error: %s: expected (N, 1, 28, 28) with N >= 2\n", argv[i]); free(data); rc = 1; continue;
