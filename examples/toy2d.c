@@ -5,7 +5,11 @@
    Recipes (--recipe):
      convergent  maximum likelihood; persistent chains (a replay buffer of
                  8192, 5 % restarted from uniform noise) advanced by K = 20
-                 MALA steps (exact for this target; the box is a wall)
+                 Metropolis-adjusted STANLEY steps (exact for this target; the
+                 box is a wall): MALA whose per-coordinate step shrinks where
+                 |grad f| exceeds --th 2, which keeps proposals acceptable on
+                 the steep flanks of sharp modes where isotropic MALA stalls
+                 (--th 0: isotropic MALA)
      shortrun    maximum likelihood; every iteration fresh uniform noise,
                  K = 40 unadjusted Langevin steps reflected at the box - the
                  chain is the generator, and the energy learns whatever makes
@@ -68,7 +72,7 @@ int main(int argc, char **argv)
     const char *data_name = "8gaussians", *recipe_name = "convergent", *out = NULL, *npy = NULL, *proj = "gaussian";
     int iters = 0, seed = 1, K = 0, n_samples = 4096, threads = 0, n_sigmas = 1, set, recipe, ml, chains_mala, i, mala = -1;
     long t;
-    float eps = 0, lr = 0, reg = 0, reinit = 0.05f, th = 1.0f, sigma = 0.1f, sigma_max = 1.0f, fd_eps = 0.1f, seconds = 0;
+    float eps = 0, lr = 0, reg = 0, reinit = 0.05f, th = -1.0f, sigma = 0.1f, sigma_max = 1.0f, fd_eps = 0.1f, seconds = 0;
     const flag flags[] = {
         { "data", "8gaussians | rings | checkerboard | moons (default 8gaussians)", 's', &data_name },
         { "recipe", "convergent | shortrun | stanley | dsm | ssm | ssm-vr | fd-ssm | nce (default convergent)", 's', &recipe_name },
@@ -77,7 +81,7 @@ int main(int argc, char **argv)
         { "seed", "seed of every random number (default 1)", 'i', &seed },
         { "k", "chain steps per iteration (default 20, shortrun 40)", 'i', &K },
         { "eps", "Langevin step (default 0.5, shortrun 0.3, stanley 0.3; stanley's eta = eps^2)", 'f', &eps },
-        { "th", "STANLEY's threshold on |grad f| (default 1)", 'f', &th },
+        { "th", "STANLEY's threshold on |grad f| (default 2, stanley 1; convergent: 0 = isotropic MALA)", 'f', &th },
         { "mala", "1: Metropolis-adjusted chains, 0: unadjusted (default: 1 for convergent only)", 'i', &mala },
         { "lr", "Adam learning rate (default 1e-2, shortrun 1e-3)", 'f', &lr },
         { "reg", "energy regulariser alpha (ML)", 'f', &reg },
@@ -114,8 +118,9 @@ int main(int argc, char **argv)
     if (!K) K = recipe == R_SHORTRUN ? 40 : 20;
     if (!(eps > 0)) eps = recipe == R_CONVERGENT ? 0.5f : 0.3f;
     if (!(lr > 0)) lr = recipe == R_SHORTRUN ? 1e-3f : 1e-2f;
-    if (iters < 1 || K < 1 || !(th > 0) || n_samples < 1 || seconds < 0) {
-        fprintf(stderr, "error: --iters, --k, --th and --samples must be positive, --seconds >= 0\n");
+    if (th < 0) th = recipe == R_CONVERGENT ? 2.0f : 1.0f;
+    if (iters < 1 || K < 1 || !(th > 0 || (th == 0 && recipe == R_CONVERGENT)) || n_samples < 1 || seconds < 0) {
+        fprintf(stderr, "error: --iters, --k, --th and --samples must be positive (--th 0 allowed for convergent), --seconds >= 0\n");
         return 2;
     }
     if (threads > 0) ebm_set_threads(threads);
@@ -133,7 +138,7 @@ int main(int argc, char **argv)
     c.chain.form = EBM_LANGEVIN_EPS; c.chain.eps = eps; c.chain.n_steps = K;
     c.chain.box = chains_mala ? EBM_BOX_CLAMP : EBM_BOX_REFLECT; /* MALA: a wall (proposals outside rejected) */
     c.chain.lo = lo; c.chain.hi = hi;
-    if (recipe == R_STANLEY) c.chain.aniso_th = th;
+    if (recipe == R_STANLEY || recipe == R_CONVERGENT) c.chain.aniso_th = th; /* 0: isotropic */
     c.sigma = sigma; c.n_sigmas = n_sigmas; c.sigma_max = sigma_max; c.proj = pj; c.fd_eps = fd_eps;
     c.data_noise = 0;
     c.lr = lr; c.schedule = EBM_LR_COSINE; c.total_iters = iters;
@@ -165,8 +170,8 @@ int main(int argc, char **argv)
     }
     if (ml) {
         printf("chains: %s, K = %d, eps = %.2f, %s%s", recipe == R_SHORTRUN ? "fresh uniform starts" : "persistent buffer 8192 (5 % restarts)", K, (double)eps,
-               chains_mala ? "Metropolis-adjusted" : "unadjusted, reflected", recipe == R_STANLEY ? " STANLEY steps" : "");
-        if (recipe == R_STANLEY) printf(" (th %g)", (double)th);
+               chains_mala ? "Metropolis-adjusted" : "unadjusted, reflected", c.chain.aniso_th > 0 ? " STANLEY steps" : "");
+        if (c.chain.aniso_th > 0) printf(" (th %g)", (double)th);
         printf("\n");
     }
     printf("true density: test NLL %.4f nats; uniform on the box: %.4f\n", true_nll, 2 * log((double)(hi - lo)));

@@ -16,9 +16,9 @@ for data in $DATA; do
     recipe=$method
     case $method in
       shortrun) extra="" ;;                                   # its own defaults: lr 1e-3, K 40, eps 0.3
-      convergent) extra="--lr 3e-3" ;;                        # MALA, eps 0.5; lr 1e-2 runs away on rings
+      convergent) extra="--lr 3e-3 --th 0" ;;                 # isotropic MALA, eps 0.5; lr 1e-2 runs away on rings
       stanley) extra="--lr 3e-3 --eps 0.3 --th 1" ;;          # unadjusted STANLEY steps in the persistent chains
-      stanley-mala) recipe=stanley; extra="--lr 3e-3 --eps 0.5 --th 2 --mala 1" ;;
+      stanley-mala) recipe=stanley; extra="--lr 3e-3 --eps 0.5 --th 2 --mala 1" ;; # = convergent's default chains
       *) extra="--lr 3e-3" ;;
     esac
     echo "== $data $method ($recipe $extra)"
