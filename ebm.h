@@ -1812,7 +1812,7 @@ EBM__REFERENCE double ebm__act_ref(int type, int order, double a, double x)
    style: x = n ln2 + r, |r| <= ln2/2, a degree-6 polynomial for e^r, 2^n
    from the exponent bits). x is clamped to [-87, 88], where the result is a
    normal float; error ~2 ulp. */
-static float ebm__expf(float x)
+EBM__INLINE float ebm__expf(float x)
 {
     float n, r, p, scale;
     uint32_t u;
@@ -1832,7 +1832,7 @@ static float ebm__expf(float x)
     return p * scale;
 }
 
-static float ebm__sigmoid(float v) { return 1.0f / (1.0f + ebm__expf(-v)); }
+EBM__INLINE float ebm__sigmoid(float v) { return 1.0f / (1.0f + ebm__expf(-v)); }
 
 /* y = act^(order)(x) on one range, one branch-free loop per (type, order). */
 static void ebm__act_range(int type, int order, float a, const float *x, float *y, size_t n)
