@@ -10,7 +10,7 @@ CSTD     = -std=c99 -pedantic
 OMP      = -fopenmp
 B        = build
 
-.PHONY: all demo test test-quick test-arm crosscheck clean examples bench resume-check generate-check fuzz asan-examples valgrind-check soak compare2d mpi-test mpi-time
+.PHONY: all demo test test-quick test-arm crosscheck clean examples bench resume-check generate-check fuzz asan-examples valgrind-check soak compare2d mpi-test mpi-time nostdio-check
 
 all: examples
 
@@ -75,6 +75,17 @@ $(B)/kill_test: tests/kill_test.c ebm.h | $(B)
 $(B)/memory_test: tests/memory_test.c ebm.h | $(B)
 	$(CC) $(CSTD) $(WARN) $(OPT) $(FPFLAGS) $(OMP) -I. tests/memory_test.c -o $@ -lm
 
+# EBM_NO_STDIO: the library without its file functions (nm finds none of
+# the C library's file calls in it), and a program that trains,
+# checkpoints to memory and resumes, and reads a data set from memory.
+NOSTDIO_CALLS = fopen|fwrite|fread|fclose|fseek|ftell|fflush|rename|remove|fsync|fileno|fprintf|fputc
+nostdio-check: | $(B)
+	printf '#define EBM_IMPLEMENTATION\n#include "ebm.h"\n' > $(B)/nostdio_lib.c
+	$(CC) $(CSTD) $(WARN) $(OPT) $(FPFLAGS) $(OMP) -DEBM_NO_STDIO -I. -c $(B)/nostdio_lib.c -o $(B)/nostdio_lib.o
+	@if nm -u $(B)/nostdio_lib.o | grep -wE '$(NOSTDIO_CALLS)'; then echo "EBM_NO_STDIO: the library still calls the file functions above"; exit 1; fi
+	$(CC) $(CSTD) $(WARN) $(OPT) $(FPFLAGS) $(OMP) -DEBM_NO_STDIO -I. tests/nostdio_test.c -o $(B)/nostdio_test -lm
+	./$(B)/nostdio_test
+
 # Each build runs the whole suite; the last line sums them for CI.
 test: $(TEST_BINS) $(EXAMPLES) $(B)/kill_test $(B)/memory_test
 	@p=0; f=0; for t in $(TEST_BINS); do \
@@ -92,6 +103,7 @@ test: $(TEST_BINS) $(EXAMPLES) $(B)/kill_test $(B)/memory_test
 	if command -v valgrind > /dev/null; then if $(MAKE) -s valgrind-check > $(B)/valgrind.log 2>&1; then p=$$((p+1)); tail -1 $(B)/valgrind.log; else echo "valgrind check failed"; cat $(B)/valgrind.log; f=$$((f+1)); fi; \
 	else echo "skipped: valgrind check (apt-get install valgrind)"; fi; \
 	echo "== examples under ASan + UBSan"; if $(MAKE) -s asan-examples > $(B)/asan_examples.log 2>&1; then p=$$((p+1)); else echo "asan-examples failed"; tail -30 $(B)/asan_examples.log; f=$$((f+1)); fi; \
+	echo "== EBM_NO_STDIO"; if $(MAKE) -s nostdio-check > $(B)/nostdio.log 2>&1; then p=$$((p+1)); grep '^ok' $(B)/nostdio.log; else echo "nostdio check failed"; cat $(B)/nostdio.log; f=$$((f+1)); fi; \
 	echo "== example smoke runs"; if ./$(B)/hello_energy > $(B)/hello.log 2>&1 && grep -q '^params=' $(B)/hello.log; then p=$$((p+1)); else echo "hello_energy failed"; cat $(B)/hello.log; f=$$((f+1)); fi; \
 	if OMP_NUM_THREADS=2 ./$(B)/toy2d --iters 250 --out $(B)/toy2d_smoke.png > $(B)/toy2d.log 2>&1 && grep -q '^toy2d data=8gaussians recipe=convergent nll=' $(B)/toy2d.log; then p=$$((p+1)); else echo "toy2d failed"; cat $(B)/toy2d.log; f=$$((f+1)); fi; \
 	if [ -f $(FMNIST)/train-images-idx3-ubyte.gz ]; then \

@@ -59,13 +59,23 @@
        6f. latent EBM   an EBM prior on a generator's latent vector: prior
                         and posterior chains, the joint training step
        7. file formats  NPY; CRC-32, inflate and gzip; IDX and CIFAR-10
-                        readers; PNG grids and plots; checkpoints
+                        readers; PNG grids and plots; checkpoints - each
+                        as bytes through a write function or from memory,
+                        with the file forms built on them
 
    OPTIONS (#define before including the implementation)
        EBM_STATIC             make every function static (private to one file)
        EBM_MALLOC(n)/EBM_FREE(p)   allocation hooks; define both or neither
        EBM_ASSERT(c)          internal-invariant check (default: assert)
        EBM_NO_SIMD            use the scalar reference kernels (slower)
+       EBM_NO_STDIO           leave out every function that opens a file (for
+                              systems without a file system): checkpoints,
+                              data, NPY and PNG go through the ebm_*_write
+                              (a write function) and ebm_*_read (bytes in
+                              memory) forms, which are always there; the
+                              grids, plots and ebm_model_print go too.
+                              (<stdio.h> is still included, for snprintf.)
+       EBM_NO_FSYNC           do not fsync a checkpoint before its rename
        EBM_MAX_LAYERS         layers per model (default 32)
        EBM_DATA_MAX_BYTES     the most bytes a data file may declare (default 1 GiB)
        EBM_CKPT_MAX_BYTES     the largest checkpoint read (default 4 GiB)
@@ -357,7 +367,9 @@ enum { EBM_STEP_FORWARD,      /* f(x) */
        EBM_STEP_THIRD_ORDER   /* grad_theta of v.grad_x(v.grad_x f): sliced score matching */ };
 EBMDEF int ebm_model_step_bytes(ebm_model *m, int batch, int kind, size_t *bytes, ebm_error *err);
 /* A table of layers, shapes and parameter counts. */
+#ifndef EBM_NO_STDIO
 EBMDEF void ebm_model_print(const ebm_model *m, FILE *out);
+#endif
 
 /* Parameters in PyTorch's order and layouts (conv OIHW, transposed conv IOHW,
    linear (O,I) with I in (C,H,W) order): export writes n_params floats. */
@@ -626,10 +638,19 @@ EBMDEF int ebm_trainer_sample(ebm_trainer *t, uint64_t first, const float *x_dat
    (EBM_START_GAUSSIAN) noise for samples first.. at the given step. */
 EBMDEF int ebm_chain_start(int kind, const ebm_rng *r, uint64_t first, uint32_t step, float lo, float hi, float *x, int n, size_t D);
 
+/* Every writer has a form that gives its bytes to a function instead of a
+   file (ebm_*_write; the files' ebm_*_save are built on them), and every
+   reader a form that reads bytes in memory (ebm_*_read): for programs
+   without a file system (EBM_NO_STDIO leaves the file functions out), or
+   that keep a checkpoint in memory or send it elsewhere. The function gets
+   the bytes in order and returns 0 when it has taken all n of them. */
+typedef int (*ebm_write_fn)(void *user, const void *data, size_t n);
+
 /* Checkpoints (crash-safe: written to <path>.tmp, synced, then renamed;
    CRC-32 checked on load; a model or buffer holding a NaN or an infinity is
    refused with EBM_EDIVERGED, so it never replaces a good checkpoint). A trainer's holds everything to continue bit-identically:
    model, optimiser moments, settings, iteration, replay buffer. */
+#ifndef EBM_NO_STDIO
 EBMDEF int ebm_trainer_save(const ebm_trainer *t, const char *path, ebm_error *err);
 /* Build model m (uninitialised; it is overwritten) and trainer t from a
    checkpoint. The caller frees both. */
@@ -637,6 +658,12 @@ EBMDEF int ebm_trainer_load(ebm_trainer *t, ebm_model *m, const char *path, ebm_
 /* A model alone: save, or build m (uninitialised) from any checkpoint. */
 EBMDEF int ebm_model_save(const ebm_model *m, const char *path, ebm_error *err);
 EBMDEF int ebm_model_load(ebm_model *m, const char *path, ebm_error *err);
+#endif
+/* The same bytes to fn, and the same checks from len bytes at buf. */
+EBMDEF int ebm_trainer_write(const ebm_trainer *t, ebm_write_fn fn, void *user, ebm_error *err);
+EBMDEF int ebm_trainer_read(ebm_trainer *t, ebm_model *m, const void *buf, size_t len, ebm_error *err);
+EBMDEF int ebm_model_write(const ebm_model *m, ebm_write_fn fn, void *user, ebm_error *err);
+EBMDEF int ebm_model_read(ebm_model *m, const void *buf, size_t len, ebm_error *err);
 
 /* ---------------------------------------------------------------- the chain as a generator */
 
@@ -779,8 +806,12 @@ EBMDEF int ebm_latent_reconstruct(ebm_latent *L, uint64_t first, const float *x,
    iteration (the trainer's crash-safe format; ebm_model_load reads the
    generator out of one). ebm_latent_load builds prior and gen; the caller
    frees them and L. */
+#ifndef EBM_NO_STDIO
 EBMDEF int ebm_latent_save(const ebm_latent *L, const char *path, ebm_error *err);
 EBMDEF int ebm_latent_load(ebm_latent *L, ebm_model *prior, ebm_model *gen, const char *path, ebm_error *err);
+#endif
+EBMDEF int ebm_latent_write(const ebm_latent *L, ebm_write_fn fn, void *user, ebm_error *err);
+EBMDEF int ebm_latent_read(ebm_latent *L, ebm_model *prior, ebm_model *gen, const void *buf, size_t len, ebm_error *err);
 
 /* ---------------------------------------------------------------- data sets */
 
@@ -804,12 +835,17 @@ typedef struct ebm_dataset {
 /* IDX images (3 dimensions) and optional labels (1), gzip or raw (no zlib:
    ebm.h carries its own inflate). Memory is the size the header declares,
    checked against EBM_DATA_MAX_BYTES; a stream that holds more or less is an error. */
+#ifndef EBM_NO_STDIO
 EBMDEF int ebm_idx_load(ebm_dataset *ds, const char *images_path, const char *labels_path, ebm_error *err);
 /* MNIST or Fashion-MNIST from a directory with the standard file names
    (.gz or not); dir NULL means EBM_FASHION_MNIST_DIR; test 0 = train, 1 = t10k. */
 EBMDEF int ebm_mnist_load(ebm_dataset *ds, const char *dir, int test, ebm_error *err);
 /* CIFAR-10 binary batches (data_batch_*.bin, test_batch.bin), concatenated. */
 EBMDEF int ebm_cifar10_load(ebm_dataset *ds, const char *const *paths, int n_paths, ebm_error *err);
+#endif
+/* The same from bytes in memory (labels may be NULL; n_bufs batches). */
+EBMDEF int ebm_idx_read(ebm_dataset *ds, const void *images, size_t images_len, const void *labels, size_t labels_len, ebm_error *err);
+EBMDEF int ebm_cifar10_read(ebm_dataset *ds, const void *const *bufs, const size_t *lens, int n_bufs, ebm_error *err);
 EBMDEF void ebm_dataset_free(ebm_dataset *ds);
 /* A batch by global sample index: sample first+i is image idx(r, first+i),
    drawn uniformly with replacement, as floats in [-1, 1]; labels may be NULL. */
@@ -819,6 +855,7 @@ EBMDEF void ebm_dataset_get(const ebm_dataset *ds, int first, int n, float *x);
 
 /* ---------------------------------------------------------------- files */
 
+#ifndef EBM_NO_STDIO
 /* Write a float32 little-endian NPY file of the given shape. */
 EBMDEF int ebm_npy_save(const char *path, const float *data, int ndim, const int *shape, ebm_error *err);
 /* Read a float32 little-endian C-order NPY file of 1..4 dimensions: *data
@@ -835,6 +872,12 @@ EBMDEF int ebm_png_save_grid(const char *path, const float *x, int n, int h, int
 /* n_series curves y[s*n + i], one panel each with its name, range and zero
    line; each pixel column shows the band and the mean of its points. */
 EBMDEF int ebm_png_save_plot(const char *path, const float *y, int n_series, int n, const char *const *names, ebm_error *err);
+#endif
+/* NPY and PNG through a write function, and NPY from memory. */
+EBMDEF int ebm_npy_write(ebm_write_fn fn, void *user, const float *data, int ndim, const int *shape, ebm_error *err);
+EBMDEF int ebm_npy_read(const void *buf, size_t len, float **data, int *ndim, int shape[4], ebm_error *err);
+EBMDEF int ebm_png_write(ebm_write_fn fn, void *user, const unsigned char *pixels, int w, int h, int channels, const char *description,
+                         ebm_error *err);
 
 #ifdef __cplusplus
 }
@@ -3250,6 +3293,7 @@ EBMDEF int ebm_model_step_bytes(ebm_model *m, int batch, int kind, size_t *bytes
     return st;
 }
 
+#ifndef EBM_NO_STDIO
 EBMDEF void ebm_model_print(const ebm_model *m, FILE *out)
 {
     static const char *const kinds[] = { "conv2d", "conv_transpose2d", "linear", "act", "avgpool", "maxpool" };
@@ -3270,6 +3314,7 @@ EBMDEF void ebm_model_print(const ebm_model *m, FILE *out)
     fprintf(out, "parameters: %lu (%lu bytes with gradients and Adam moments)\n", (unsigned long)m->n_params,
             (unsigned long)ebm_model_bytes(m));
 }
+#endif
 
 /* Weight index maps between the kernels' layouts and PyTorch's. `to_torch`
    copies ours -> theirs, else theirs -> ours. */
@@ -5182,43 +5227,65 @@ EBMDEF int ebm_latent_step(ebm_latent *L, const float *x)
 
 /* NPY v1.0: magic, a little-endian header length, a Python dict padded with
    spaces to a multiple of 64 bytes, then the raw little-endian data. */
-EBMDEF int ebm_npy_save(const char *path, const float *data, int ndim, const int *shape, ebm_error *err)
+/* n bytes to a sink, unless an earlier write failed (*bad). */
+static void ebm__put(ebm_write_fn fn, void *user, const void *p, size_t n, int *bad)
 {
-    char hdr[256], dims[128];
+    if (!*bad && n && fn(user, p, n) != 0) *bad = 1;
+}
+
+EBMDEF int ebm_npy_write(ebm_write_fn fn, void *user, const float *data, int ndim, const int *shape, ebm_error *err)
+{
+    char hdr[10 + 256 + 64], dims[128];
     size_t len = 0, n = 1, i, pad;
-    FILE *f;
-    int d;
+    int d, bad = 0;
     uint16_t one = 1;
-    if (!path || !data || !shape || ndim < 1 || ndim > 4) return ebm__fail(err, EBM_EINVAL, "npy_save: bad arguments");
+    if (!fn || !data || !shape || ndim < 1 || ndim > 4) return ebm__fail(err, EBM_EINVAL, "npy_write: bad arguments");
     dims[0] = 0;
     for (d = 0; d < ndim; d++) {
-        if (shape[d] < 0) return ebm__fail(err, EBM_EINVAL, "npy_save: negative dimension");
+        if (shape[d] < 0) return ebm__fail(err, EBM_EINVAL, "npy_write: negative dimension");
         /* Python's tuple syntax: "(6,)" for one dimension, "(1, 2, 3)" for more */
         len += (size_t)snprintf(dims + len, sizeof dims - len, "%d%s", shape[d], d + 1 < ndim ? ", " : ndim == 1 ? "," : "");
         n *= (size_t)shape[d];
     }
-    len = (size_t)snprintf(hdr, sizeof hdr, "{'descr': '<f4', 'fortran_order': False, 'shape': (%s), }", dims);
+    /* magic, version 1.0, the header's length, the header padded with
+       spaces and a newline so that the data start at a multiple of 64 */
+    memcpy(hdr, "\x93NUMPY\x01\x00", 8);
+    len = (size_t)snprintf(hdr + 10, 256, "{'descr': '<f4', 'fortran_order': False, 'shape': (%s), }", dims);
     pad = 64 - (10 + len + 1) % 64;
-    f = fopen(path, "wb");
-    if (!f) return ebm__fail(err, EBM_EIO, "npy_save: cannot open %s for writing", path);
-    fwrite("\x93NUMPY\x01\x00", 1, 8, f);
-    fputc((int)((len + pad + 1) & 0xff), f);
-    fputc((int)((len + pad + 1) >> 8), f);
-    fwrite(hdr, 1, len, f);
-    for (i = 0; i < pad; i++) fputc(' ', f);
-    fputc('\n', f);
-    if (*(unsigned char *)&one == 1) fwrite(data, sizeof(float), n, f);
+    hdr[8] = (char)((len + pad + 1) & 0xff);
+    hdr[9] = (char)((len + pad + 1) >> 8);
+    for (i = 0; i < pad; i++) hdr[10 + len + i] = ' ';
+    hdr[10 + len + pad] = '\n';
+    ebm__put(fn, user, hdr, 10 + len + pad + 1, &bad);
+    if (*(unsigned char *)&one == 1) ebm__put(fn, user, data, n * sizeof(float), &bad);
     else
         for (i = 0; i < n; i++) { /* big-endian host: write bytes reversed */
             unsigned char b[4], r[4];
             memcpy(b, data + i, 4);
             r[0] = b[3]; r[1] = b[2]; r[2] = b[1]; r[3] = b[0];
-            fwrite(r, 1, 4, f);
+            ebm__put(fn, user, r, 4, &bad);
         }
-    if (ferror(f) | fclose(f)) return ebm__fail(err, EBM_EIO, "npy_save: write to %s failed", path);
+    if (bad) return ebm__fail(err, EBM_EIO, "npy_write: the write function failed");
     ebm__ok(err);
     return EBM_OK;
 }
+
+#ifndef EBM_NO_STDIO
+/* The sink of the file writers: fwrite. */
+static int ebm__file_put(void *f, const void *p, size_t n) { return fwrite(p, 1, n, (FILE *)f) == n ? 0 : -1; }
+
+EBMDEF int ebm_npy_save(const char *path, const float *data, int ndim, const int *shape, ebm_error *err)
+{
+    FILE *f;
+    int rc;
+    if (!path || !data || !shape || ndim < 1 || ndim > 4) return ebm__fail(err, EBM_EINVAL, "npy_save: bad arguments");
+    f = fopen(path, "wb");
+    if (!f) return ebm__fail(err, EBM_EIO, "npy_save: cannot open %s for writing", path);
+    rc = ebm_npy_write(ebm__file_put, f, data, ndim, shape, err);
+    if ((ferror(f) | fclose(f)) || rc != EBM_OK) return ebm__fail(err, EBM_EIO, "npy_save: write to %s failed", path);
+    return EBM_OK;
+}
+#endif
 
 /* --- checksums: CRC-32 (gzip, PNG, checkpoints) and Adler-32 (zlib) --- */
 
@@ -5254,6 +5321,8 @@ static uint32_t ebm__be32(const unsigned char *p) { return (uint32_t)p[0] << 24 
 static uint32_t ebm__le32(const unsigned char *p) { return (uint32_t)p[3] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[1] << 8 | p[0]; }
 
 /* Read a whole file into memory, refusing one larger than cap bytes. */
+#ifndef EBM_NO_STDIO
+/* A whole file into memory, refused when larger than cap. */
 static int ebm__read_file(const char *path, size_t cap, unsigned char **out, size_t *len, ebm_error *err)
 {
     FILE *f;
@@ -5281,6 +5350,7 @@ static int ebm__read_file(const char *path, size_t cap, unsigned char **out, siz
     *out = buf; *len = (size_t)sz;
     return EBM_OK;
 }
+#endif
 
 /* --- inflate (RFC 1951) and gzip (RFC 1952) ---
    A small decoder written for bounded memory: it writes into a buffer of a
@@ -5545,33 +5615,33 @@ EBMDEF void ebm_dataset_free(ebm_dataset *ds)
 /* One IDX file of unsigned bytes: magic 00 00 08 ndim, ndim big-endian
    dimensions, then the data. The dimensions fix the size, checked against
    EBM_DATA_MAX_BYTES before anything is allocated. */
-static int ebm__idx_read(const char *path, int want_ndim, int dims[3], unsigned char **data, size_t *n_bytes, ebm_error *err)
+/* One IDX file of unsigned bytes in memory (raw or gzip): its dimensions
+   fix the size, checked against EBM_DATA_MAX_BYTES before anything is
+   allocated; the data, without the header, in *data. */
+static int ebm__idx_parse(const char *path, const unsigned char *file, size_t flen, int want_ndim, int dims[3], unsigned char **data,
+                          size_t *n_bytes, ebm_error *err)
 {
-    unsigned char *file = NULL, hdr[16], *buf;
-    size_t flen = 0, got = 0, total = 1;
+    unsigned char hdr[16], *buf;
+    size_t got = 0, total = 1;
     int i, rc;
     *data = NULL;
-    if ((rc = ebm__read_file(path, EBM_DATA_MAX_BYTES, &file, &flen, err)) != EBM_OK) return rc;
-    if ((rc = ebm__decode(path, file, flen, hdr, (size_t)(4 + 4 * want_ndim), 1, &got, err)) != EBM_OK) { EBM_FREE(file); return rc; }
-    if (got < 4 || hdr[0] || hdr[1] || hdr[2] != 8 || hdr[3] != want_ndim) {
-        EBM_FREE(file);
+    if (!file) return ebm__fail(err, EBM_EINVAL, "%s: NULL buffer", path);
+    if (flen > EBM_DATA_MAX_BYTES) return ebm__fail(err, EBM_EFORMAT, "%s: %lu bytes is more than this reader accepts", path, (unsigned long)flen);
+    if ((rc = ebm__decode(path, file, flen, hdr, (size_t)(4 + 4 * want_ndim), 1, &got, err)) != EBM_OK) return rc;
+    if (got < 4 || hdr[0] || hdr[1] || hdr[2] != 8 || hdr[3] != want_ndim)
         return ebm__fail(err, EBM_EFORMAT, "%s: not an IDX file of unsigned bytes with %d dimensions", path, want_ndim);
-    }
-    if (got < (size_t)(4 + 4 * want_ndim)) { EBM_FREE(file); return ebm__fail(err, EBM_EFORMAT, "%s: truncated IDX header", path); }
+    if (got < (size_t)(4 + 4 * want_ndim)) return ebm__fail(err, EBM_EFORMAT, "%s: truncated IDX header", path);
     for (i = 0; i < want_ndim; i++) {
         uint32_t d = ebm__be32(hdr + 4 + 4 * i);
-        if (d < 1 || d > (1u << 24) || total * d > EBM_DATA_MAX_BYTES) {
-            EBM_FREE(file);
+        if (d < 1 || d > (1u << 24) || total * d > EBM_DATA_MAX_BYTES)
             return ebm__fail(err, EBM_EFORMAT, "%s: dimension %d is %lu (too large or zero)", path, i, (unsigned long)d);
-        }
         dims[i] = (int)d;
         total *= d;
     }
     total += (size_t)(4 + 4 * want_ndim);
     buf = (unsigned char *)EBM_MALLOC(total);
-    if (!buf) { EBM_FREE(file); return ebm__fail(err, EBM_ENOMEM, "%s: no memory for %lu bytes", path, (unsigned long)total); }
+    if (!buf) return ebm__fail(err, EBM_ENOMEM, "%s: no memory for %lu bytes", path, (unsigned long)total);
     rc = ebm__decode(path, file, flen, buf, total, 0, &got, err);
-    EBM_FREE(file);
     if (rc == EBM_OK && got != total) rc = ebm__fail(err, EBM_EFORMAT, "%s: truncated: %lu of %lu bytes", path, (unsigned long)got, (unsigned long)total);
     if (rc != EBM_OK) { EBM_FREE(buf); return rc; }
     memmove(buf, buf + 4 + 4 * want_ndim, total - (size_t)(4 + 4 * want_ndim));
@@ -5580,28 +5650,26 @@ static int ebm__idx_read(const char *path, int want_ndim, int dims[3], unsigned 
     return EBM_OK;
 }
 
-EBMDEF int ebm_idx_load(ebm_dataset *ds, const char *images_path, const char *labels_path, ebm_error *err)
+/* The data set from parsed images and labels (lab may be NULL), which it
+   takes over: on an error both are freed. */
+static int ebm__idx_assemble(ebm_dataset *ds, unsigned char *pixels, const int dims[3], unsigned char *lab, const int ldims[3],
+                             const char *labels_name, ebm_error *err)
 {
-    int dims[3] = { 0, 0, 0 }, ldims[3] = { 0, 0, 0 }, rc;
-    size_t nb, i;
-    unsigned char *lab = NULL;
-    if (!ds) return ebm__fail(err, EBM_EINVAL, "idx_load: NULL data set");
-    memset(ds, 0, sizeof *ds);
-    if ((rc = ebm__idx_read(images_path, 3, dims, &ds->pixels, &nb, err)) != EBM_OK) return rc;
+    size_t i;
+    ds->pixels = pixels;
     ds->n = dims[0]; ds->h = dims[1]; ds->w = dims[2]; ds->c = 1;
-    if (labels_path) {
-        if ((rc = ebm__idx_read(labels_path, 1, ldims, &lab, &nb, err)) != EBM_OK) { ebm_dataset_free(ds); return rc; }
+    if (lab) {
         if (ldims[0] != ds->n) {
             EBM_FREE(lab); ebm_dataset_free(ds);
-            return ebm__fail(err, EBM_EFORMAT, "%s: %d labels for %d images", labels_path, ldims[0], dims[0]);
+            return ebm__fail(err, EBM_EFORMAT, "%s: %d labels for %d images", labels_name, ldims[0], dims[0]);
         }
         ds->labels = (int *)EBM_MALLOC((size_t)ds->n * sizeof(int));
-        if (!ds->labels) { EBM_FREE(lab); ebm_dataset_free(ds); return ebm__fail(err, EBM_ENOMEM, "idx_load: no memory for labels"); }
+        if (!ds->labels) { EBM_FREE(lab); ebm_dataset_free(ds); return ebm__fail(err, EBM_ENOMEM, "idx: no memory for labels"); }
         for (i = 0; i < (size_t)ds->n; i++) {
             if (lab[i] > 9) {
                 int bad = lab[i];
                 EBM_FREE(lab); ebm_dataset_free(ds);
-                return ebm__fail(err, EBM_EFORMAT, "%s: label %d of image %lu is not a class 0..9", labels_path, bad, (unsigned long)i);
+                return ebm__fail(err, EBM_EFORMAT, "%s: label %d of image %lu is not a class 0..9", labels_name, bad, (unsigned long)i);
             }
             ds->labels[i] = lab[i];
         }
@@ -5610,6 +5678,46 @@ EBMDEF int ebm_idx_load(ebm_dataset *ds, const char *images_path, const char *la
     }
     ebm__ok(err);
     return EBM_OK;
+}
+
+EBMDEF int ebm_idx_read(ebm_dataset *ds, const void *images, size_t images_len, const void *labels, size_t labels_len, ebm_error *err)
+{
+    int dims[3] = { 0, 0, 0 }, ldims[3] = { 0, 0, 0 }, rc;
+    size_t nb;
+    unsigned char *pix = NULL, *lab = NULL;
+    if (!ds) return ebm__fail(err, EBM_EINVAL, "idx_read: NULL data set");
+    memset(ds, 0, sizeof *ds);
+    if ((rc = ebm__idx_parse("images", (const unsigned char *)images, images_len, 3, dims, &pix, &nb, err)) != EBM_OK) return rc;
+    if (labels && (rc = ebm__idx_parse("labels", (const unsigned char *)labels, labels_len, 1, ldims, &lab, &nb, err)) != EBM_OK) {
+        EBM_FREE(pix);
+        return rc;
+    }
+    return ebm__idx_assemble(ds, pix, dims, lab, ldims, "labels", err);
+}
+
+#ifndef EBM_NO_STDIO
+static int ebm__idx_file(const char *path, int want_ndim, int dims[3], unsigned char **data, size_t *n_bytes, ebm_error *err)
+{
+    unsigned char *file = NULL;
+    size_t flen = 0;
+    int rc;
+    *data = NULL;
+    if ((rc = ebm__read_file(path, EBM_DATA_MAX_BYTES, &file, &flen, err)) != EBM_OK) return rc;
+    rc = ebm__idx_parse(path, file, flen, want_ndim, dims, data, n_bytes, err);
+    EBM_FREE(file);
+    return rc;
+}
+
+EBMDEF int ebm_idx_load(ebm_dataset *ds, const char *images_path, const char *labels_path, ebm_error *err)
+{
+    int dims[3] = { 0, 0, 0 }, ldims[3] = { 0, 0, 0 }, rc;
+    size_t nb;
+    unsigned char *pix = NULL, *lab = NULL;
+    if (!ds) return ebm__fail(err, EBM_EINVAL, "idx_load: NULL data set");
+    memset(ds, 0, sizeof *ds);
+    if ((rc = ebm__idx_file(images_path, 3, dims, &pix, &nb, err)) != EBM_OK) return rc;
+    if (labels_path && (rc = ebm__idx_file(labels_path, 1, ldims, &lab, &nb, err)) != EBM_OK) { EBM_FREE(pix); return rc; }
+    return ebm__idx_assemble(ds, pix, dims, lab, ldims, labels_path, err);
 }
 
 EBMDEF int ebm_mnist_load(ebm_dataset *ds, const char *dir, int test, ebm_error *err)
@@ -5629,53 +5737,94 @@ EBMDEF int ebm_mnist_load(ebm_dataset *ds, const char *dir, int test, ebm_error 
     return ebm_idx_load(ds, img, lab, err);
 }
 
+#endif /* EBM_NO_STDIO */
+
 /* CIFAR-10 binary: records of one label byte and 3072 pixel bytes (the red,
-   green and blue 32x32 planes), stored here channels-last. */
+   green and blue 32x32 planes), stored here channels-last. The sizes of all
+   files come first, so memory is allocated once and bounded. */
+#define EBM__CIFAR_REC (1 + 3072)
+static int ebm__cifar_size(const char *name, size_t bytes, size_t *total, ebm_error *err)
+{
+    if (bytes == 0 || bytes % EBM__CIFAR_REC != 0)
+        return ebm__fail(err, EBM_EFORMAT, "%s: %lu bytes is not a whole number of 3073-byte CIFAR-10 records", name, (unsigned long)bytes);
+    *total += bytes / EBM__CIFAR_REC;
+    if (*total * 3072 > EBM_DATA_MAX_BYTES) return ebm__fail(err, EBM_EFORMAT, "cifar10: more than %lu bytes of images", (unsigned long)EBM_DATA_MAX_BYTES);
+    return EBM_OK;
+}
+
+static int ebm__cifar_alloc(ebm_dataset *ds, size_t total, ebm_error *err)
+{
+    ds->pixels = (unsigned char *)EBM_MALLOC(total * 3072);
+    ds->labels = (int *)EBM_MALLOC(total * sizeof(int));
+    if (!ds->pixels || !ds->labels) { ebm_dataset_free(ds); return ebm__fail(err, EBM_ENOMEM, "cifar10: no memory for %lu images", (unsigned long)total); }
+    ds->h = ds->w = 32; ds->c = 3; ds->n_classes = 10;
+    return EBM_OK;
+}
+
+/* Append one file's records (the data set is freed on an error). */
+static int ebm__cifar_records(ebm_dataset *ds, const char *name, const unsigned char *file, size_t len, size_t total, ebm_error *err)
+{
+    size_t r, j;
+    if (!file || len == 0 || len % EBM__CIFAR_REC != 0 || (size_t)ds->n + len / EBM__CIFAR_REC > total) {
+        ebm_dataset_free(ds);
+        return ebm__fail(err, EBM_EFORMAT, "%s: changed size while being read", name);
+    }
+    for (r = 0; r < len / EBM__CIFAR_REC; r++) {
+        const unsigned char *s = file + r * EBM__CIFAR_REC;
+        unsigned char *d = ds->pixels + (size_t)ds->n * 3072;
+        if (s[0] > 9) {
+            int bad = s[0];
+            ebm_dataset_free(ds);
+            return ebm__fail(err, EBM_EFORMAT, "%s: record %lu has label %d, not a class 0..9", name, (unsigned long)r, bad);
+        }
+        ds->labels[ds->n] = s[0];
+        for (j = 0; j < 1024; j++) { d[3 * j] = s[1 + j]; d[3 * j + 1] = s[1 + 1024 + j]; d[3 * j + 2] = s[1 + 2048 + j]; }
+        ds->n++;
+    }
+    return EBM_OK;
+}
+
+EBMDEF int ebm_cifar10_read(ebm_dataset *ds, const void *const *bufs, const size_t *lens, int n_bufs, ebm_error *err)
+{
+    size_t total = 0;
+    int p, rc;
+    if (!ds || !bufs || !lens || n_bufs < 1) return ebm__fail(err, EBM_EINVAL, "cifar10_read: NULL data set or no buffers");
+    memset(ds, 0, sizeof *ds);
+    for (p = 0; p < n_bufs; p++) if ((rc = ebm__cifar_size("cifar10 buffer", lens[p], &total, err)) != EBM_OK) return rc;
+    if ((rc = ebm__cifar_alloc(ds, total, err)) != EBM_OK) return rc;
+    for (p = 0; p < n_bufs; p++)
+        if ((rc = ebm__cifar_records(ds, "cifar10 buffer", (const unsigned char *)bufs[p], lens[p], total, err)) != EBM_OK) return rc;
+    ebm__ok(err);
+    return EBM_OK;
+}
+
+#ifndef EBM_NO_STDIO
 EBMDEF int ebm_cifar10_load(ebm_dataset *ds, const char *const *paths, int n_paths, ebm_error *err)
 {
-    const size_t rec = 1 + 3072;
-    size_t total = 0, len, r, j;
+    size_t total = 0, len;
     unsigned char *file;
     int p, rc;
     if (!ds || !paths || n_paths < 1) return ebm__fail(err, EBM_EINVAL, "cifar10_load: NULL data set or no files");
     memset(ds, 0, sizeof *ds);
-    for (p = 0; p < n_paths; p++) { /* sizes first, so memory is allocated once and bounded */
+    for (p = 0; p < n_paths; p++) {
         FILE *f = paths[p] ? fopen(paths[p], "rb") : NULL;
         long sz;
         if (!f) return ebm__fail(err, EBM_EIO, "cannot open %s", paths[p] ? paths[p] : "(null)");
         if (fseek(f, 0, SEEK_END) != 0 || (sz = ftell(f)) < 0) { fclose(f); return ebm__fail(err, EBM_EIO, "cannot size %s", paths[p]); }
         fclose(f);
-        if (sz == 0 || (size_t)sz % rec != 0) return ebm__fail(err, EBM_EFORMAT, "%s: %ld bytes is not a whole number of 3073-byte CIFAR-10 records", paths[p], sz);
-        total += (size_t)sz / rec;
-        if (total * 3072 > EBM_DATA_MAX_BYTES) return ebm__fail(err, EBM_EFORMAT, "cifar10_load: more than %lu bytes of images", (unsigned long)EBM_DATA_MAX_BYTES);
+        if ((rc = ebm__cifar_size(paths[p], (size_t)sz, &total, err)) != EBM_OK) return rc;
     }
-    ds->pixels = (unsigned char *)EBM_MALLOC(total * 3072);
-    ds->labels = (int *)EBM_MALLOC(total * sizeof(int));
-    if (!ds->pixels || !ds->labels) { ebm_dataset_free(ds); return ebm__fail(err, EBM_ENOMEM, "cifar10_load: no memory for %lu images", (unsigned long)total); }
-    ds->h = ds->w = 32; ds->c = 3; ds->n_classes = 10;
+    if ((rc = ebm__cifar_alloc(ds, total, err)) != EBM_OK) return rc;
     for (p = 0; p < n_paths; p++) {
         if ((rc = ebm__read_file(paths[p], EBM_DATA_MAX_BYTES, &file, &len, err)) != EBM_OK) { ebm_dataset_free(ds); return rc; }
-        if (len == 0 || len % rec != 0 || (size_t)ds->n + len / rec > total) {
-            EBM_FREE(file); ebm_dataset_free(ds);
-            return ebm__fail(err, EBM_EFORMAT, "%s: changed size while being read", paths[p]);
-        }
-        for (r = 0; r < len / rec; r++) {
-            const unsigned char *s = file + r * rec;
-            unsigned char *d = ds->pixels + (size_t)ds->n * 3072;
-            if (s[0] > 9) {
-                int bad = s[0];
-                EBM_FREE(file); ebm_dataset_free(ds);
-                return ebm__fail(err, EBM_EFORMAT, "%s: record %lu has label %d, not a class 0..9", paths[p], (unsigned long)r, bad);
-            }
-            ds->labels[ds->n] = s[0];
-            for (j = 0; j < 1024; j++) { d[3 * j] = s[1 + j]; d[3 * j + 1] = s[1 + 1024 + j]; d[3 * j + 2] = s[1 + 2048 + j]; }
-            ds->n++;
-        }
+        rc = ebm__cifar_records(ds, paths[p], file, len, total, err);
         EBM_FREE(file);
+        if (rc != EBM_OK) return rc;
     }
     ebm__ok(err);
     return EBM_OK;
 }
+#endif
 
 EBMDEF int ebm_dataset_batch(const ebm_dataset *ds, const ebm_rng *r, uint64_t first, int n, float *x, int *labels)
 {
@@ -5710,34 +5859,33 @@ EBMDEF void ebm_dataset_get(const ebm_dataset *ds, int first, int n, float *x)
 
 static void ebm__put32(unsigned char *p, uint32_t v) { p[0] = (unsigned char)(v >> 24); p[1] = (unsigned char)(v >> 16); p[2] = (unsigned char)(v >> 8); p[3] = (unsigned char)v; }
 
-static void ebm__png_chunk(FILE *f, const char *type, const unsigned char *data, size_t n)
+static void ebm__png_chunk(ebm_write_fn fn, void *user, int *bad, const char *type, const unsigned char *data, size_t n)
 {
     unsigned char b[4];
     uint32_t crc = ebm__crc32(0, (const unsigned char *)type, 4);
     crc = ebm__crc32(crc, data, n);
     ebm__put32(b, (uint32_t)n);
-    fwrite(b, 1, 4, f);
-    fwrite(type, 1, 4, f);
-    if (n) fwrite(data, 1, n, f);
+    ebm__put(fn, user, b, 4, bad);
+    ebm__put(fn, user, type, 4, bad);
+    ebm__put(fn, user, data, n, bad);
     ebm__put32(b, crc);
-    fwrite(b, 1, 4, f);
+    ebm__put(fn, user, b, 4, bad);
 }
 
-EBMDEF int ebm_png_save(const char *path, const unsigned char *pixels, int w, int h, int channels, const char *description,
-                        ebm_error *err)
+EBMDEF int ebm_png_write(ebm_write_fn fn, void *user, const unsigned char *pixels, int w, int h, int channels, const char *description,
+                         ebm_error *err)
 {
     size_t row = (size_t)w * (size_t)channels + 1, raw_n, z_n, i, o, nblk;
     unsigned char ihdr[13], *z;
-    FILE *f;
     uint32_t adler = 1;
-    int y;
-    if (!path || !pixels || w < 1 || h < 1 || w > 1 << 15 || h > 1 << 15 || (channels != 1 && channels != 3))
-        return ebm__fail(err, EBM_EINVAL, "png_save: bad arguments (%dx%d, %d channels)", w, h, channels);
+    int y, bad = 0;
+    if (!fn || !pixels || w < 1 || h < 1 || w > 1 << 15 || h > 1 << 15 || (channels != 1 && channels != 3))
+        return ebm__fail(err, EBM_EINVAL, "png_write: bad arguments (%dx%d, %d channels)", w, h, channels);
     raw_n = row * (size_t)h;
     nblk = (raw_n + 65534) / 65535;
     z_n = 2 + raw_n + 5 * nblk + 4;
     z = (unsigned char *)EBM_MALLOC(z_n);
-    if (!z) return ebm__fail(err, EBM_ENOMEM, "png_save: no memory");
+    if (!z) return ebm__fail(err, EBM_ENOMEM, "png_write: no memory");
     /* zlib stream: header, stored blocks of <= 65535 bytes of filter-0 rows, Adler-32 */
     z[0] = 0x78; z[1] = 0x01;
     o = 2;
@@ -5758,30 +5906,45 @@ EBMDEF int ebm_png_save(const char *path, const unsigned char *pixels, int w, in
     }
     ebm__put32(z + o, adler);
     o += 4;
-    f = fopen(path, "wb");
-    if (!f) { EBM_FREE(z); return ebm__fail(err, EBM_EIO, "png_save: cannot open %s for writing", path); }
-    fwrite("\x89PNG\r\n\x1a\n", 1, 8, f);
+    ebm__put(fn, user, "\x89PNG\r\n\x1a\n", 8, &bad);
     ebm__put32(ihdr, (uint32_t)w); ebm__put32(ihdr + 4, (uint32_t)h);
     ihdr[8] = 8; ihdr[9] = channels == 1 ? 0 : 2; ihdr[10] = ihdr[11] = ihdr[12] = 0;
-    ebm__png_chunk(f, "IHDR", ihdr, 13);
+    ebm__png_chunk(fn, user, &bad, "IHDR", ihdr, 13);
     if (description) { /* a tEXt chunk: keyword, NUL, Latin-1 text */
         size_t dl = strlen(description);
         unsigned char *t = (unsigned char *)EBM_MALLOC(12 + dl);
         if (t) {
             memcpy(t, "Description", 12);
             memcpy(t + 12, description, dl);
-            ebm__png_chunk(f, "tEXt", t, 12 + dl);
+            ebm__png_chunk(fn, user, &bad, "tEXt", t, 12 + dl);
             EBM_FREE(t);
         }
     }
-    ebm__png_chunk(f, "IDAT", z, o);
-    ebm__png_chunk(f, "IEND", NULL, 0);
+    ebm__png_chunk(fn, user, &bad, "IDAT", z, o);
+    ebm__png_chunk(fn, user, &bad, "IEND", NULL, 0);
     EBM_FREE(z);
-    if (ferror(f) | fclose(f)) return ebm__fail(err, EBM_EIO, "png_save: write to %s failed", path);
+    if (bad) return ebm__fail(err, EBM_EIO, "png_write: the write function failed");
     ebm__ok(err);
     return EBM_OK;
 }
 
+#ifndef EBM_NO_STDIO
+EBMDEF int ebm_png_save(const char *path, const unsigned char *pixels, int w, int h, int channels, const char *description,
+                        ebm_error *err)
+{
+    FILE *f;
+    int rc;
+    if (!path) return ebm__fail(err, EBM_EINVAL, "png_save: NULL path");
+    f = fopen(path, "wb");
+    if (!f) return ebm__fail(err, EBM_EIO, "png_save: cannot open %s for writing", path);
+    rc = ebm_png_write(ebm__file_put, f, pixels, w, h, channels, description, err);
+    if ((ferror(f) | fclose(f)) && rc == EBM_OK) rc = ebm__fail(err, EBM_EIO, "png_save: write to %s failed", path);
+    if (rc != EBM_OK) remove(path);
+    return rc;
+}
+#endif
+
+#ifndef EBM_NO_STDIO /* the grids and plots, and their font, write files */
 /* A 3x5 pixel font for the labels of grids and plots: digits, signs and the
    letters the library writes. Rows top to bottom, 3 bits each, MSB left. */
 static int ebm__glyph(char ch)
@@ -5902,27 +6065,27 @@ EBMDEF int ebm_png_save_plot(const char *path, const float *y, int n_series, int
     EBM_FREE(img);
     return rc;
 }
+#endif
 
 
-EBMDEF int ebm_npy_load(const char *path, float **data, int *ndim, int shape[4], ebm_error *err)
+static int ebm__npy_from(const char *path, const unsigned char *file, size_t len, float **data, int *ndim, int shape[4], ebm_error *err)
 {
-    unsigned char *file;
-    size_t len, hl, off, n = 1, i;
+    size_t hl, off, n = 1, i;
     char hdr[512];
     const char *p;
-    int rc, d = 0;
-    if (!data || !ndim || !shape) return ebm__fail(err, EBM_EINVAL, "npy_load: NULL output");
+    int d = 0;
+    if (!data || !ndim || !shape) return ebm__fail(err, EBM_EINVAL, "npy_read: NULL output");
     *data = NULL; *ndim = 0;
-    if ((rc = ebm__read_file(path, EBM_DATA_MAX_BYTES + 4096, &file, &len, err)) != EBM_OK) return rc;
-    if (len < 10 || memcmp(file, "\x93NUMPY", 6) != 0 || (file[6] != 1 && file[6] != 2)) { EBM_FREE(file); return ebm__fail(err, EBM_EFORMAT, "%s: not an NPY file", path); }
+    if (!file) return ebm__fail(err, EBM_EINVAL, "%s: NULL buffer", path);
+    if (len > EBM_DATA_MAX_BYTES + 4096) return ebm__fail(err, EBM_EFORMAT, "%s: %lu bytes is more than this reader accepts", path, (unsigned long)len);
+    if (len < 10 || memcmp(file, "\x93NUMPY", 6) != 0 || (file[6] != 1 && file[6] != 2)) { return ebm__fail(err, EBM_EFORMAT, "%s: not an NPY file", path); }
     if (file[6] == 1) { hl = (size_t)file[8] | (size_t)file[9] << 8; off = 10; }
-    else { if (len < 12) { EBM_FREE(file); return ebm__fail(err, EBM_EFORMAT, "%s: truncated", path); } hl = ebm__le32(file + 8); off = 12; }
-    if (hl >= sizeof hdr || off + hl > len) { EBM_FREE(file); return ebm__fail(err, EBM_EFORMAT, "%s: bad header length", path); }
+    else { if (len < 12) { return ebm__fail(err, EBM_EFORMAT, "%s: truncated", path); } hl = ebm__le32(file + 8); off = 12; }
+    if (hl >= sizeof hdr || off + hl > len) { return ebm__fail(err, EBM_EFORMAT, "%s: bad header length", path); }
     memcpy(hdr, file + off, hl);
     hdr[hl] = 0;
     off += hl;
     if (!strstr(hdr, "'descr': '<f4'") || !strstr(hdr, "'fortran_order': False") || !(p = strstr(hdr, "'shape': ("))) {
-        EBM_FREE(file);
         return ebm__fail(err, EBM_EFORMAT, "%s: only little-endian float32 C-order arrays are read", path);
     }
     for (p += 10; *p && *p != ')';) {
@@ -5931,21 +6094,40 @@ EBMDEF int ebm_npy_load(const char *path, float **data, int *ndim, int shape[4],
         while (*p == ' ' || *p == ',') p++;
         if (*p == ')') break;
         v = strtol(p, &end, 10);
-        if (end == p || v < 0 || v > (1L << 30) || d == 4) { EBM_FREE(file); return ebm__fail(err, EBM_EFORMAT, "%s: bad or more than 4 dimensions", path); }
+        if (end == p || v < 0 || v > (1L << 30) || d == 4) { return ebm__fail(err, EBM_EFORMAT, "%s: bad or more than 4 dimensions", path); }
         shape[d++] = (int)v;
         n *= (size_t)v;
-        if (n > EBM_DATA_MAX_BYTES / 4) { EBM_FREE(file); return ebm__fail(err, EBM_EFORMAT, "%s: too large", path); }
+        if (n > EBM_DATA_MAX_BYTES / 4) { return ebm__fail(err, EBM_EFORMAT, "%s: too large", path); }
         p = end;
     }
-    if (d < 1 || len - off != n * 4) { EBM_FREE(file); return ebm__fail(err, EBM_EFORMAT, "%s: %lu data bytes for %lu floats", path, (unsigned long)(len - off), (unsigned long)n); }
+    if (d < 1 || len - off != n * 4) { return ebm__fail(err, EBM_EFORMAT, "%s: %lu data bytes for %lu floats", path, (unsigned long)(len - off), (unsigned long)n); }
     *data = (float *)EBM_MALLOC(n ? n * 4 : 4);
-    if (!*data) { EBM_FREE(file); return ebm__fail(err, EBM_ENOMEM, "%s: no memory", path); }
+    if (!*data) { return ebm__fail(err, EBM_ENOMEM, "%s: no memory", path); }
     for (i = 0; i < n; i++) { uint32_t u = ebm__le32(file + off + 4 * i); memcpy(*data + i, &u, 4); }
     *ndim = d;
-    EBM_FREE(file);
     ebm__ok(err);
     return EBM_OK;
 }
+
+EBMDEF int ebm_npy_read(const void *buf, size_t len, float **data, int *ndim, int shape[4], ebm_error *err)
+{
+    return ebm__npy_from("npy buffer", (const unsigned char *)buf, len, data, ndim, shape, err);
+}
+
+#ifndef EBM_NO_STDIO
+EBMDEF int ebm_npy_load(const char *path, float **data, int *ndim, int shape[4], ebm_error *err)
+{
+    unsigned char *file;
+    size_t len;
+    int rc;
+    if (!data || !ndim || !shape) return ebm__fail(err, EBM_EINVAL, "npy_load: NULL output");
+    *data = NULL; *ndim = 0;
+    if ((rc = ebm__read_file(path, EBM_DATA_MAX_BYTES + 4096, &file, &len, err)) != EBM_OK) return rc;
+    rc = ebm__npy_from(path, file, len, data, ndim, shape, err);
+    EBM_FREE(file);
+    return rc;
+}
+#endif
 
 /* --- checkpoints ---
    Little-endian: "EBMCKPT\0", u32 version, then sections, then the CRC-32 of
@@ -5968,14 +6150,14 @@ static void (*ebm_test_ckpt_hook)(size_t bytes, int stage);
 #define EBM__CKPT_HOOK(bytes, stage) ((void)0)
 #endif
 
-typedef struct { FILE *f; uint32_t crc; int bad; size_t bytes; } ebm__writer;
+typedef struct { ebm_write_fn fn; void *user; uint32_t crc; int bad; size_t bytes; } ebm__writer;
 
 static void ebm__wbytes(ebm__writer *w, const void *p, size_t n)
 {
     if (w->bad || !n) return;
     w->crc = ebm__crc32(w->crc, (const unsigned char *)p, n);
-    if (fwrite(p, 1, n, w->f) != n) w->bad = 1;
-    w->bytes += n;
+    if (w->fn(w->user, p, n) != 0) { w->bad = 1; return; }
+    w->bytes += n; /* the bytes taken */
     EBM__CKPT_HOOK(w->bytes, 0);
 }
 static void ebm__wu32(ebm__writer *w, uint32_t v)
@@ -6073,6 +6255,7 @@ static void ebm__read_config(ebm__reader *r, ebm_train_config *c, uint32_t versi
     c->shards = (int)ebm__ru32(r);
 }
 
+#ifndef EBM_NO_STDIO
 /* The file's data on the disk before the rename, so that a power cut
    cannot leave the new name on a file whose blocks were never written.
    POSIX only (on Linux declared here: glibc's strict C99 headers hide fsync
@@ -6095,8 +6278,8 @@ static int ebm__fsync(FILE *f) { return fsync(fileno(f)); }
 #else
 static int ebm__fsync(FILE *f) { (void)f; return 0; }
 #endif
+#endif /* EBM_NO_STDIO */
 
-/* Write through a temporary file and rename it into place. */
 /* The latent model's settings (section kind 2). */
 static void ebm__write_latent(ebm__writer *w, const ebm_latent *L)
 {
@@ -6110,42 +6293,86 @@ static void ebm__write_latent(ebm__writer *w, const ebm_latent *L)
 
 /* A model alone (kind 0), a trainer's checkpoint (1: model, then the
    trainer's state) or a latent model's (2: generator, then settings,
-   iteration and the prior). */
+   iteration and the prior), refused when anything is not finite (a diverged
+   model never replaces a good checkpoint). */
+static int ebm__ckpt_check(const ebm_model *m, const ebm_trainer *t, const ebm_latent *L, const char *name, ebm_error *err)
+{
+    if (!m || !m->params) return ebm__fail(err, EBM_EINVAL, "checkpoint: unallocated model");
+    if (!ebm__all_finite(m->params, m->n_params) || (t && t->buffer && !ebm__all_finite(t->buffer, (size_t)t->cfg.buffer_size * m->in_h * m->in_w * m->in_c)) ||
+        (L && !ebm__all_finite(L->prior->params, L->prior->n_params)))
+        return ebm__fail(err, EBM_EDIVERGED, "checkpoint: not written to %s: the model or its replay buffer holds a NaN or an infinity", name);
+    return EBM_OK;
+}
+
+/* The checkpoint's bytes, then their CRC-32, into w; w->bad on a failed write. */
+static void ebm__ckpt_emit(ebm__writer *w, const ebm_model *m, const ebm_trainer *t, const ebm_latent *L)
+{
+    unsigned char crc[4];
+    ebm__wbytes(w, "EBMCKPT", 8);
+    ebm__wu32(w, EBM__CKPT_VERSION);
+    ebm__wu32(w, t ? 1u : L ? 2u : 0u);
+    ebm__write_model(w, m);
+    if (L) ebm__write_latent(w, L);
+    if (t) {
+        size_t D = (size_t)m->in_h * m->in_w * m->in_c;
+        ebm__write_config(w, &t->cfg);
+        ebm__wu64(w, (uint64_t)t->iter);
+        ebm__wf32(w, t->lr_scale);
+        ebm__wf64(w, t->d_t); ebm__wf64(w, t->r_t);
+        ebm__wu32(w, t->buffer ? 1u : 0u);
+        if (t->buffer) ebm__wfloats(w, t->buffer, (size_t)t->cfg.buffer_size * D);
+        ebm__wu32(w, (uint32_t)t->noise_fitted);
+        ebm__wf32(w, t->nce_c); ebm__wf32(w, t->nce_m1); ebm__wf32(w, t->nce_m2);
+        if (t->noise_fitted) { ebm__wfloats(w, t->noise_mu, D); ebm__wfloats(w, t->noise_sd, D); }
+    }
+    crc[0] = (unsigned char)w->crc; crc[1] = (unsigned char)(w->crc >> 8); crc[2] = (unsigned char)(w->crc >> 16); crc[3] = (unsigned char)(w->crc >> 24);
+    if (!w->bad && w->fn(w->user, crc, 4) != 0) w->bad = 1;
+}
+
+/* To a sink (ebm_model_write and its siblings). */
+static int ebm__ckpt_to(ebm_write_fn fn, void *user, const ebm_model *m, const ebm_trainer *t, const ebm_latent *L, ebm_error *err)
+{
+    ebm__writer w;
+    int rc;
+    if (!fn) return ebm__fail(err, EBM_EINVAL, "checkpoint: NULL write function");
+    if ((rc = ebm__ckpt_check(m, t, L, "the sink", err)) != EBM_OK) return rc;
+    w.fn = fn; w.user = user; w.crc = 0; w.bad = 0; w.bytes = 0;
+    ebm__ckpt_emit(&w, m, t, L);
+    if (w.bad) return ebm__fail(err, EBM_EIO, "checkpoint: the write function failed after %lu bytes", (unsigned long)w.bytes);
+    ebm__ok(err);
+    return EBM_OK;
+}
+
+EBMDEF int ebm_model_write(const ebm_model *m, ebm_write_fn fn, void *user, ebm_error *err) { return ebm__ckpt_to(fn, user, m, NULL, NULL, err); }
+EBMDEF int ebm_trainer_write(const ebm_trainer *t, ebm_write_fn fn, void *user, ebm_error *err)
+{
+    if (!t || !t->model) return ebm__fail(err, EBM_EINVAL, "trainer_write: NULL trainer");
+    return ebm__ckpt_to(fn, user, t->model, t, NULL, err);
+}
+EBMDEF int ebm_latent_write(const ebm_latent *L, ebm_write_fn fn, void *user, ebm_error *err)
+{
+    if (!L || !L->gen || !L->prior) return ebm__fail(err, EBM_EINVAL, "latent_write: NULL or uninitialised latent model");
+    return ebm__ckpt_to(fn, user, L->gen, NULL, L, err);
+}
+
+#ifndef EBM_NO_STDIO
+/* To a file: through "<path>.tmp", flushed, synced, closed and renamed. */
 static int ebm__ckpt_write(const char *path, const ebm_model *m, const ebm_trainer *t, const ebm_latent *L, ebm_error *err)
 {
     char tmp[1024];
     ebm__writer w;
-    unsigned char crc[4];
-    if (!path || !m || !m->params) return ebm__fail(err, EBM_EINVAL, "checkpoint: NULL path or unallocated model");
+    FILE *f;
+    int rc;
+    if (!path) return ebm__fail(err, EBM_EINVAL, "checkpoint: NULL path");
     if (strlen(path) + 5 > sizeof tmp) return ebm__fail(err, EBM_EINVAL, "checkpoint: path too long");
-    /* a diverged model never replaces a good checkpoint */
-    if (!ebm__all_finite(m->params, m->n_params) || (t && t->buffer && !ebm__all_finite(t->buffer, (size_t)t->cfg.buffer_size * m->in_h * m->in_w * m->in_c)) ||
-        (L && !ebm__all_finite(L->prior->params, L->prior->n_params)))
-        return ebm__fail(err, EBM_EDIVERGED, "checkpoint: not written to %s: the model or its replay buffer holds a NaN or an infinity", path);
+    if ((rc = ebm__ckpt_check(m, t, L, path, err)) != EBM_OK) return rc;
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    w.f = fopen(tmp, "wb"); w.crc = 0; w.bad = 0; w.bytes = 0;
-    if (!w.f) return ebm__fail(err, EBM_EIO, "checkpoint: cannot open %s for writing", tmp);
-    ebm__wbytes(&w, "EBMCKPT", 8);
-    ebm__wu32(&w, EBM__CKPT_VERSION);
-    ebm__wu32(&w, t ? 1u : L ? 2u : 0u);
-    ebm__write_model(&w, m);
-    if (L) ebm__write_latent(&w, L);
-    if (t) {
-        size_t D = (size_t)m->in_h * m->in_w * m->in_c;
-        ebm__write_config(&w, &t->cfg);
-        ebm__wu64(&w, (uint64_t)t->iter);
-        ebm__wf32(&w, t->lr_scale);
-        ebm__wf64(&w, t->d_t); ebm__wf64(&w, t->r_t);
-        ebm__wu32(&w, t->buffer ? 1u : 0u);
-        if (t->buffer) ebm__wfloats(&w, t->buffer, (size_t)t->cfg.buffer_size * D);
-        ebm__wu32(&w, (uint32_t)t->noise_fitted);
-        ebm__wf32(&w, t->nce_c); ebm__wf32(&w, t->nce_m1); ebm__wf32(&w, t->nce_m2);
-        if (t->noise_fitted) { ebm__wfloats(&w, t->noise_mu, D); ebm__wfloats(&w, t->noise_sd, D); }
-    }
-    crc[0] = (unsigned char)w.crc; crc[1] = (unsigned char)(w.crc >> 8); crc[2] = (unsigned char)(w.crc >> 16); crc[3] = (unsigned char)(w.crc >> 24);
-    if (!w.bad && fwrite(crc, 1, 4, w.f) != 4) w.bad = 1;
-    if (fflush(w.f) != 0 || ebm__fsync(w.f) != 0) w.bad = 1;
-    if (ferror(w.f) | fclose(w.f) | w.bad) { remove(tmp); return ebm__fail(err, EBM_EIO, "checkpoint: write to %s failed", tmp); }
+    f = fopen(tmp, "wb");
+    if (!f) return ebm__fail(err, EBM_EIO, "checkpoint: cannot open %s for writing", tmp);
+    w.fn = ebm__file_put; w.user = f; w.crc = 0; w.bad = 0; w.bytes = 0;
+    ebm__ckpt_emit(&w, m, t, L);
+    if (fflush(f) != 0 || ebm__fsync(f) != 0) w.bad = 1;
+    if (ferror(f) | fclose(f) | w.bad) { remove(tmp); return ebm__fail(err, EBM_EIO, "checkpoint: write to %s failed", tmp); }
     EBM__CKPT_HOOK(w.bytes, 1);
     if (rename(tmp, path) != 0) { remove(tmp); return ebm__fail(err, EBM_EIO, "checkpoint: cannot rename %s to %s", tmp, path); }
     ebm__ok(err);
@@ -6158,19 +6385,25 @@ EBMDEF int ebm_trainer_save(const ebm_trainer *t, const char *path, ebm_error *e
     if (!t || !t->model) return ebm__fail(err, EBM_EINVAL, "trainer_save: NULL trainer");
     return ebm__ckpt_write(path, t->model, t, NULL, err);
 }
+EBMDEF int ebm_latent_save(const ebm_latent *L, const char *path, ebm_error *err)
+{
+    if (!L || !L->gen || !L->prior) return ebm__fail(err, EBM_EINVAL, "latent_save: NULL or uninitialised latent model");
+    return ebm__ckpt_write(path, L->gen, NULL, L, err);
+}
+#endif
 
 /* Read and check a checkpoint, building m from its layer table; *r is left
    after the model section, *has_trainer says whether a trainer section follows. */
 static int ebm__read_model(ebm__reader *r, ebm_model *m, const char *path, ebm_error *err);
-static int ebm__ckpt_open(const char *path, ebm_model *m, unsigned char **file, ebm__reader *r, int *has_trainer, uint32_t *version, ebm_error *err)
+static int ebm__ckpt_parse(const unsigned char *buf, size_t len, const char *path, ebm_model *m, ebm__reader *r, int *has_trainer,
+                           uint32_t *version, ebm_error *err)
 {
-    size_t len;
-    int rc;
     memset(m, 0, sizeof *m);
-    if ((rc = ebm__read_file(path, EBM_CKPT_MAX_BYTES, file, &len, err)) != EBM_OK) return rc;
-    r->p = *file; r->len = len; r->pos = 0; r->bad = 0;
-    if (len < 24 || memcmp(*file, "EBMCKPT", 8) != 0) return ebm__fail(err, EBM_EFORMAT, "%s: not an ebm.h checkpoint", path);
-    if (ebm__le32(*file + len - 4) != ebm__crc32(0, *file, len - 4)) return ebm__fail(err, EBM_EFORMAT, "%s: checksum mismatch (truncated or corrupted)", path);
+    r->p = buf; r->len = len; r->pos = 0; r->bad = 0;
+    if (!buf) return ebm__fail(err, EBM_EINVAL, "%s: NULL buffer", path);
+    if (len > EBM_CKPT_MAX_BYTES) return ebm__fail(err, EBM_EFORMAT, "%s: %lu bytes is more than a checkpoint may hold", path, (unsigned long)len);
+    if (len < 24 || memcmp(buf, "EBMCKPT", 8) != 0) return ebm__fail(err, EBM_EFORMAT, "%s: not an ebm.h checkpoint", path);
+    if (ebm__le32(buf + len - 4) != ebm__crc32(0, buf, len - 4)) return ebm__fail(err, EBM_EFORMAT, "%s: checksum mismatch (truncated or corrupted)", path);
     r->len = len - 4;
     ebm__rbytes(r, 8);
     *version = ebm__ru32(r);
@@ -6218,15 +6451,14 @@ static int ebm__read_model(ebm__reader *r, ebm_model *m, const char *path, ebm_e
     return EBM_OK;
 }
 
-EBMDEF int ebm_model_load(ebm_model *m, const char *path, ebm_error *err)
+/* The readers of a checkpoint in memory; path names it in messages. */
+static int ebm__model_from(ebm_model *m, const void *buf, size_t len, const char *path, ebm_error *err)
 {
-    unsigned char *file = NULL;
     ebm__reader r;
     int has_t = 0, rc;
     uint32_t version;
-    if (!m) return ebm__fail(err, EBM_EINVAL, "model_load: NULL model");
-    rc = ebm__ckpt_open(path, m, &file, &r, &has_t, &version, err);
-    EBM_FREE(file);
+    if (!m) return ebm__fail(err, EBM_EINVAL, "model_read: NULL model");
+    rc = ebm__ckpt_parse((const unsigned char *)buf, len, path, m, &r, &has_t, &version, err);
     /* a trainer's checkpoint holds a model too: its trainer section is skipped */
     if (rc == EBM_OK && !has_t && r.pos != r.len) {
         ebm_model_free(m);
@@ -6236,9 +6468,8 @@ EBMDEF int ebm_model_load(ebm_model *m, const char *path, ebm_error *err)
     return rc;
 }
 
-EBMDEF int ebm_trainer_load(ebm_trainer *t, ebm_model *m, const char *path, ebm_error *err)
+static int ebm__trainer_from(ebm_trainer *t, ebm_model *m, const void *buf, size_t len, const char *path, ebm_error *err)
 {
-    unsigned char *file = NULL;
     ebm__reader r;
     ebm_train_config c;
     int has_t = 0, rc;
@@ -6246,14 +6477,14 @@ EBMDEF int ebm_trainer_load(ebm_trainer *t, ebm_model *m, const char *path, ebm_
     size_t D;
     if (!t || !m) return ebm__fail(err, EBM_EINVAL, "trainer_load: NULL trainer or model");
     memset(t, 0, sizeof *t);
-    if ((rc = ebm__ckpt_open(path, m, &file, &r, &has_t, &version, err)) != EBM_OK) { EBM_FREE(file); return rc; }
-    if (has_t != 1) { EBM_FREE(file); ebm_model_free(m); return ebm__fail(err, EBM_EFORMAT, "%s: holds no trainer state", path); }
+    if ((rc = ebm__ckpt_parse((const unsigned char *)buf, len, path, m, &r, &has_t, &version, err)) != EBM_OK) return rc;
+    if (has_t != 1) { ebm_model_free(m); return ebm__fail(err, EBM_EFORMAT, "%s: holds no trainer state", path); }
     ebm__read_config(&r, &c, version);
-    if (r.bad) { EBM_FREE(file); ebm_model_free(m); return ebm__fail(err, EBM_EFORMAT, "%s: truncated settings", path); }
+    if (r.bad) { ebm_model_free(m); return ebm__fail(err, EBM_EFORMAT, "%s: truncated settings", path); }
     {
         ebm_error e2;
         if (ebm_trainer_init(t, m, &c, &e2) != EBM_OK) {
-            EBM_FREE(file); ebm_model_free(m);
+            ebm_model_free(m);
             return ebm__fail(err, e2.status == EBM_ENOMEM ? EBM_ENOMEM : EBM_EFORMAT, "%s: %s", path, e2.msg);
         }
     }
@@ -6268,23 +6499,15 @@ EBMDEF int ebm_trainer_load(ebm_trainer *t, ebm_model *m, const char *path, ebm_
         if (t->noise_fitted && (ebm__rfloats(&r, t->noise_mu, D) || ebm__rfloats(&r, t->noise_sd, D))) r.bad = 1;
     }
     if (r.bad || r.pos != r.len || t->iter < 0 || !ebm__finite_pos(t->lr_scale)) {
-        EBM_FREE(file); ebm_trainer_free(t); ebm_model_free(m);
+        ebm_trainer_free(t); ebm_model_free(m);
         return ebm__fail(err, EBM_EFORMAT, "%s: truncated or inconsistent trainer state", path);
     }
-    EBM_FREE(file);
     ebm__ok(err);
     return EBM_OK;
 }
 
-EBMDEF int ebm_latent_save(const ebm_latent *L, const char *path, ebm_error *err)
+static int ebm__latent_from(ebm_latent *L, ebm_model *prior, ebm_model *gen, const void *buf, size_t len, const char *path, ebm_error *err)
 {
-    if (!L || !L->gen || !L->prior) return ebm__fail(err, EBM_EINVAL, "latent_save: NULL or uninitialised latent model");
-    return ebm__ckpt_write(path, L->gen, NULL, L, err);
-}
-
-EBMDEF int ebm_latent_load(ebm_latent *L, ebm_model *prior, ebm_model *gen, const char *path, ebm_error *err)
-{
-    unsigned char *file = NULL;
     ebm__reader r;
     ebm_latent_config c;
     int kind = 0, rc;
@@ -6293,18 +6516,17 @@ EBMDEF int ebm_latent_load(ebm_latent *L, ebm_model *prior, ebm_model *gen, cons
     if (!L || !prior || !gen) return ebm__fail(err, EBM_EINVAL, "latent_load: NULL latent model or models");
     memset(L, 0, sizeof *L);
     memset(prior, 0, sizeof *prior);
-    if ((rc = ebm__ckpt_open(path, gen, &file, &r, &kind, &version, err)) != EBM_OK) { EBM_FREE(file); return rc; }
-    if (kind != 2) { EBM_FREE(file); ebm_model_free(gen); return ebm__fail(err, EBM_EFORMAT, "%s: not a latent model's checkpoint", path); }
+    if ((rc = ebm__ckpt_parse((const unsigned char *)buf, len, path, gen, &r, &kind, &version, err)) != EBM_OK) return rc;
+    if (kind != 2) { ebm_model_free(gen); return ebm__fail(err, EBM_EFORMAT, "%s: not a latent model's checkpoint", path); }
     c.batch = (int)ebm__ru32(&r); c.prior_steps = (int)ebm__ru32(&r); c.prior_step = ebm__rf32(&r);
     c.post_steps = (int)ebm__ru32(&r); c.post_step = ebm__rf32(&r); c.sigma = ebm__rf32(&r);
     c.lr_prior = ebm__rf32(&r); c.lr_gen = ebm__rf32(&r); c.beta1 = ebm__rf32(&r); c.beta2 = ebm__rf32(&r); c.seed = ebm__ru64(&r);
     iter = (long)ebm__ru64(&r);
-    if (r.bad || iter < 0) { EBM_FREE(file); ebm_model_free(gen); return ebm__fail(err, EBM_EFORMAT, "%s: truncated settings", path); }
+    if (r.bad || iter < 0) { ebm_model_free(gen); return ebm__fail(err, EBM_EFORMAT, "%s: truncated settings", path); }
     if ((rc = ebm__read_model(&r, prior, path, err)) != EBM_OK || r.pos != r.len) {
-        EBM_FREE(file); ebm_model_free(gen); ebm_model_free(prior);
+        ebm_model_free(gen); ebm_model_free(prior);
         return rc != EBM_OK ? rc : ebm__fail(err, EBM_EFORMAT, "%s: bytes after the prior", path);
     }
-    EBM_FREE(file);
     {
         ebm_error e2;
         if (ebm_latent_init(L, prior, gen, &c, &e2) != EBM_OK) {
@@ -6316,6 +6538,57 @@ EBMDEF int ebm_latent_load(ebm_latent *L, ebm_model *prior, ebm_model *gen, cons
     ebm__ok(err);
     return EBM_OK;
 }
+
+EBMDEF int ebm_model_read(ebm_model *m, const void *buf, size_t len, ebm_error *err) { return ebm__model_from(m, buf, len, "checkpoint", err); }
+EBMDEF int ebm_trainer_read(ebm_trainer *t, ebm_model *m, const void *buf, size_t len, ebm_error *err)
+{
+    return ebm__trainer_from(t, m, buf, len, "checkpoint", err);
+}
+EBMDEF int ebm_latent_read(ebm_latent *L, ebm_model *prior, ebm_model *gen, const void *buf, size_t len, ebm_error *err)
+{
+    return ebm__latent_from(L, prior, gen, buf, len, "checkpoint", err);
+}
+
+#ifndef EBM_NO_STDIO
+/* The file readers: the whole file into memory (at most EBM_CKPT_MAX_BYTES),
+   then the readers above. */
+EBMDEF int ebm_model_load(ebm_model *m, const char *path, ebm_error *err)
+{
+    unsigned char *file;
+    size_t len;
+    int rc;
+    if (!m) return ebm__fail(err, EBM_EINVAL, "model_load: NULL model");
+    memset(m, 0, sizeof *m);
+    if ((rc = ebm__read_file(path, EBM_CKPT_MAX_BYTES, &file, &len, err)) != EBM_OK) return rc;
+    rc = ebm__model_from(m, file, len, path, err);
+    EBM_FREE(file);
+    return rc;
+}
+EBMDEF int ebm_trainer_load(ebm_trainer *t, ebm_model *m, const char *path, ebm_error *err)
+{
+    unsigned char *file;
+    size_t len;
+    int rc;
+    if (!t || !m) return ebm__fail(err, EBM_EINVAL, "trainer_load: NULL trainer or model");
+    memset(t, 0, sizeof *t); memset(m, 0, sizeof *m);
+    if ((rc = ebm__read_file(path, EBM_CKPT_MAX_BYTES, &file, &len, err)) != EBM_OK) return rc;
+    rc = ebm__trainer_from(t, m, file, len, path, err);
+    EBM_FREE(file);
+    return rc;
+}
+EBMDEF int ebm_latent_load(ebm_latent *L, ebm_model *prior, ebm_model *gen, const char *path, ebm_error *err)
+{
+    unsigned char *file;
+    size_t len;
+    int rc;
+    if (!L || !prior || !gen) return ebm__fail(err, EBM_EINVAL, "latent_load: NULL latent model or models");
+    memset(L, 0, sizeof *L); memset(prior, 0, sizeof *prior); memset(gen, 0, sizeof *gen);
+    if ((rc = ebm__read_file(path, EBM_CKPT_MAX_BYTES, &file, &len, err)) != EBM_OK) return rc;
+    rc = ebm__latent_from(L, prior, gen, file, len, path, err);
+    EBM_FREE(file);
+    return rc;
+}
+#endif
 
 #endif /* EBM_IMPLEMENTATION_DONE */
 #endif /* EBM_IMPLEMENTATION */

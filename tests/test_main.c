@@ -1785,6 +1785,7 @@ static const test_case tests[] = {
     { "latent_chains_known_laws", test_latent_chains_known_laws },
     { "latent_nll_gradient", test_latent_nll_gradient },
     { "latent_checkpoint", test_latent_checkpoint },
+    { "memory_io", test_memory_io },
 };
 
 int main(int argc, char **argv)

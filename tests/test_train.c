@@ -1481,3 +1481,137 @@ static void test_latent_checkpoint(void)
     free(x);
     remove("lat.ckpt");
 }
+
+/* A growing memory sink for the ebm_*_write functions; it refuses bytes
+   beyond fail_after (>= 0), as a full disk or a closed socket would. */
+typedef struct { unsigned char *p; size_t n, cap; long fail_after; } t_sink;
+static int t_sink_put(void *user, const void *data, size_t n)
+{
+    t_sink *s = (t_sink *)user;
+    if (s->fail_after >= 0 && s->n + n > (size_t)s->fail_after) return -1;
+    if (s->n + n > s->cap) {
+        size_t c = (s->n + n) * 2;
+        unsigned char *q = (unsigned char *)realloc(s->p, c);
+        if (!q) return -1;
+        s->p = q; s->cap = c;
+    }
+    memcpy(s->p + s->n, data, n);
+    s->n += n;
+    return 0;
+}
+
+/* The memory forms of the writers and readers (what EBM_NO_STDIO leaves):
+   each writes the bytes its file form writes, and each reader gives what
+   its file form gives. */
+static void test_memory_io(void)
+{
+    ebm_trainer a, b;
+    ebm_model ma, mb, mc;
+    ebm_dataset d1, d2;
+    ebm_error e;
+    t_sink s;
+    unsigned char *f, raw[16 + 2 * 3 * 4], lab[8 + 2], rec[2 * 3073];
+    float x[64], arr[6] = { 1, -2, 3.5f, 4, 5, -6 }, *back = NULL;
+    int i, shape[2] = { 2, 3 }, s2[4], nd = 0;
+    size_t n;
+    memset(&s, 0, sizeof s);
+    s.fail_after = -1;
+    /* a trainer's checkpoint */
+    toy_trainer(&a, &ma, EBM_START_PERSISTENT, 1e-2f, 9);
+    for (i = 0; i < 5; i++) { toy_batch(i, x); ebm_trainer_step(&a, x); }
+    CHECK(ebm_trainer_write(&a, t_sink_put, &s, &e) == EBM_OK, "trainer_write: %s", e.msg);
+    CHECK(ebm_trainer_save(&a, "t_mem.ckpt", &e) == EBM_OK, "trainer_save: %s", e.msg);
+    f = read_bytes("t_mem.ckpt", &n);
+    CHECK(f && n == s.n && !memcmp(f, s.p, n), "the checkpoint in memory (%lu bytes) is not the file's (%lu)", (unsigned long)s.n, (unsigned long)n);
+    free(f);
+    CHECK(ebm_trainer_read(&b, &mb, s.p, s.n, &e) == EBM_OK, "trainer_read: %s", e.msg);
+    CHECK(b.iter == 5 && b.buffer && !memcmp(a.buffer, b.buffer, 100 * 2 * sizeof(float)), "trainer_read: iteration %ld or buffer differ", b.iter);
+    for (i = 5; i < 8 && b.model; i++) { toy_batch(i, x); ebm_trainer_step(&a, x); ebm_trainer_step(&b, x); }
+    CHECK(b.model && !memcmp(ma.params, mb.params, ma.n_params * sizeof(float)) && !memcmp(ma.m2, mb.m2, ma.n_params * sizeof(float)),
+          "a trainer read from memory does not continue the run bit for bit");
+    CHECK(ebm_model_read(&mc, s.p, s.n, &e) == EBM_OK && mc.n_params == ma.n_params, "model_read: %s", e.msg);
+    ebm_model_free(&mc);
+    s.p[s.n / 2] ^= 4;
+    CHECK(ebm_model_read(&mc, s.p, s.n, &e) == EBM_EFORMAT && strstr(e.msg, "checksum"), "a damaged checkpoint in memory was read: %s", e.msg);
+    CHECK(ebm_model_read(&mc, s.p, 20, &e) == EBM_EFORMAT, "20 bytes read as a checkpoint");
+    CHECK(ebm_model_read(&mc, NULL, 100, &e) == EBM_EINVAL, "a NULL buffer was read");
+    s.n = 0; s.fail_after = 100;
+    CHECK(ebm_trainer_write(&a, t_sink_put, &s, &e) == EBM_EIO && strstr(e.msg, "after 100 bytes"), "a failing sink was not reported: %s", e.msg);
+    CHECK(ebm_model_write(&ma, NULL, &s, &e) == EBM_EINVAL, "a NULL write function was accepted");
+    s.fail_after = -1;
+    ebm_trainer_free(&a); ebm_model_free(&ma); ebm_trainer_free(&b); ebm_model_free(&mb);
+    remove("t_mem.ckpt");
+    /* NPY */
+    s.n = 0;
+    CHECK(ebm_npy_write(t_sink_put, &s, arr, 2, shape, &e) == EBM_OK && ebm_npy_save("t_mem.npy", arr, 2, shape, &e) == EBM_OK, "npy: %s", e.msg);
+    f = read_bytes("t_mem.npy", &n);
+    CHECK(f && n == s.n && !memcmp(f, s.p, n) && n % 64 == 24, "the NPY in memory is not the file's");
+    free(f);
+    CHECK(ebm_npy_read(s.p, s.n, &back, &nd, s2, &e) == EBM_OK && nd == 2 && s2[0] == 2 && s2[1] == 3 && back && !memcmp(back, arr, sizeof arr),
+          "npy_read: %s", e.msg);
+    free(back);
+    CHECK(ebm_npy_read(s.p, s.n - 1, &back, &nd, s2, &e) == EBM_EFORMAT, "a short NPY buffer was read");
+    remove("t_mem.npy");
+    /* PNG */
+    for (i = 0; i < (int)sizeof rec; i++) rec[i] = (unsigned char)(i * 7);
+    s.n = 0;
+    CHECK(ebm_png_write(t_sink_put, &s, rec, 9, 4, 3, "mem", &e) == EBM_OK && ebm_png_save("t_mem.png", rec, 9, 4, 3, "mem", &e) == EBM_OK, "png: %s", e.msg);
+    f = read_bytes("t_mem.png", &n);
+    CHECK(f && n == s.n && !memcmp(f, s.p, n), "the PNG in memory is not the file's");
+    free(f);
+    remove("t_mem.png");
+    /* IDX: raw with labels, and gzip */
+    memset(raw, 0, sizeof raw);
+    raw[2] = 8; raw[3] = 3; raw[7] = 2; raw[11] = 3; raw[15] = 4;
+    for (i = 0; i < 24; i++) raw[16 + i] = (unsigned char)(i * 9);
+    memset(lab, 0, sizeof lab);
+    lab[2] = 8; lab[3] = 1; lab[7] = 2; lab[8] = 6; lab[9] = 1;
+    CHECK(ebm_idx_read(&d1, raw, sizeof raw, lab, sizeof lab, &e) == EBM_OK && d1.n == 2 && d1.h == 3 && d1.w == 4 && d1.labels &&
+              d1.labels[0] == 6 && d1.labels[1] == 1 && d1.pixels[23] == 23 * 9, "idx_read: %s", e.msg);
+    ebm_dataset_free(&d1);
+    lab[9] = 10;
+    CHECK(ebm_idx_read(&d1, raw, sizeof raw, lab, sizeof lab, &e) == EBM_EFORMAT && strstr(e.msg, "label"), "a label of 10 was read");
+    CHECK(ebm_idx_read(&d1, raw, sizeof raw - 1, NULL, 0, &e) == EBM_EFORMAT, "a truncated IDX buffer was read");
+    write_bytes("t_mem.gz", idx_gz_dynamic, sizeof idx_gz_dynamic);
+    CHECK(ebm_idx_read(&d1, idx_gz_dynamic, sizeof idx_gz_dynamic, NULL, 0, &e) == EBM_OK && ebm_idx_load(&d2, "t_mem.gz", NULL, &e) == EBM_OK &&
+              d1.n == d2.n && d1.n == 20 && !memcmp(d1.pixels, d2.pixels, 20 * 64), "gzip IDX from memory differs from the file's");
+    ebm_dataset_free(&d1); ebm_dataset_free(&d2);
+    remove("t_mem.gz");
+    /* CIFAR-10: two batches */
+    {
+        const void *bufs[2];
+        size_t lens[2] = { 3073, 3073 };
+        for (i = 0; i < 2 * 3073; i++) rec[i] = (unsigned char)(i % 251);
+        rec[0] = 3; rec[3073] = 8;
+        bufs[0] = rec; bufs[1] = rec + 3073;
+        CHECK(ebm_cifar10_read(&d1, bufs, lens, 2, &e) == EBM_OK && d1.n == 2 && d1.labels[0] == 3 && d1.labels[1] == 8 &&
+                  d1.pixels[1] == rec[1 + 1024] && d1.pixels[3072 + 3] == rec[3073 + 2], "cifar10_read: %s", e.msg);
+        ebm_dataset_free(&d1);
+        lens[1] = 3072;
+        CHECK(ebm_cifar10_read(&d1, bufs, lens, 2, &e) == EBM_EFORMAT, "a short CIFAR-10 record was read");
+    }
+    /* a latent model's checkpoint */
+    {
+        ebm_model prior, gen, p2, g2;
+        ebm_latent L, L2;
+        ebm_latent_config c;
+        float *img = (float *)calloc(2 * 784, sizeof(float));
+        ebm_latent_config_default(&c);
+        c.batch = 2; c.prior_steps = 2; c.post_steps = 2;
+        ebm_model_mlp_prior(&prior, 4, 8, EBM_ACT_SILU, 0, 2);
+        ebm_model_generator28(&gen, 4, 2, 1, 3);
+        CHECK(ebm_latent_init(&L, &prior, &gen, &c, &e) == EBM_OK && ebm_latent_step(&L, img) == EBM_OK, "latent: %s", e.msg);
+        s.n = 0;
+        CHECK(ebm_latent_write(&L, t_sink_put, &s, &e) == EBM_OK && ebm_latent_save(&L, "t_mem.ckpt", &e) == EBM_OK, "latent_write: %s", e.msg);
+        f = read_bytes("t_mem.ckpt", &n);
+        CHECK(f && n == s.n && !memcmp(f, s.p, n), "the latent checkpoint in memory is not the file's");
+        free(f);
+        CHECK(ebm_latent_read(&L2, &p2, &g2, s.p, s.n, &e) == EBM_OK && L2.iter == 1 && !memcmp(p2.params, prior.params, prior.n_params * sizeof(float)),
+              "latent_read: %s", e.msg);
+        ebm_latent_free(&L2); ebm_model_free(&p2); ebm_model_free(&g2);
+        ebm_latent_free(&L); ebm_model_free(&prior); ebm_model_free(&gen);
+        free(img);
+        remove("t_mem.ckpt");
+    }
+    free(s.p);
+}
