@@ -1979,13 +1979,13 @@ enum {
     EBM__OP_LEAF, EBM__OP_CONV, EBM__OP_CONVT, EBM__OP_WGRAD, EBM__OP_ACT,
     EBM__OP_CHSUM, EBM__OP_CHBCAST, EBM__OP_SUM, EBM__OP_EXPAND, EBM__OP_ADD,
     EBM__OP_MUL, EBM__OP_SCALE, EBM__OP_RESHAPE, EBM__OP_AVGPOOL, EBM__OP_AVGPOOL_T,
-    EBM__OP_MAXPOOL, EBM__OP_SCATTER, EBM__OP_GATHER, EBM__OP_XENT, EBM__OP_XENT_GRAD
+    EBM__OP_MAXPOOL, EBM__OP_SCATTER, EBM__OP_GATHER, EBM__OP_XENT, EBM__OP_XENT_GRAD, EBM__OP_JET
 };
 
 static const char *const ebm__op_names[] = {
     "leaf", "conv2d", "conv2d_transpose", "conv2d_weight_grad", "act", "channel_sum",
     "channel_broadcast", "sum", "expand", "add", "mul", "scale", "reshape", "avgpool",
-    "avgpool_transpose", "maxpool", "scatter", "gather", "softmax_xent", "softmax_xent_grad"
+    "avgpool_transpose", "maxpool", "scatter", "gather", "softmax_xent", "softmax_xent_grad", "act_jet"
 };
 
 struct ebm_graph {
@@ -2398,6 +2398,99 @@ EBMDEF ebm_var *ebm_elu(ebm_graph *g, ebm_var *x, float alpha) { return ebm_act(
 EBMDEF ebm_var *ebm_gelu(ebm_graph *g, ebm_var *x) { return ebm_act(g, x, EBM_ACT_GELU, 0.0f); }
 EBMDEF ebm_var *ebm_tanh(ebm_graph *g, ebm_var *x) { return ebm_act(g, x, EBM_ACT_TANH, 0.0f); }
 
+/* Taylor mode's activation rules (ebm__model_jet) as one element-wise node
+   each instead of five: through a(h0 + t h1 + t^2/2 h2 + ...) the first
+   coefficient is a'(h0) h1 (kind 1) and the second a''(h0) h1^2 + a'(h0) h2
+   (kind 2; h2 may be NULL, meaning 0). The backward rules, with d_k the
+   k-th derivative at h0:
+     kind 1: dh0 = d2 h1 g,                 dh1 = d1 g
+     kind 2: dh0 = (d3 h1^2 + d2 h2) g,     dh1 = 2 d2 h1 g,    dh2 = d1 g
+   fused when not recording; recorded, the same products of ebm_act_deriv
+   nodes, in the same order, so both give the same bits. */
+#define EBM__JET_BLOCK 256
+/* d1, d2 and (d3 not NULL) d3 at x: for SiLU from one sigmoid, by the
+   expressions of ebm__act_range (so the same bits as ebm_act_deriv's). */
+static void ebm__jet_derivs(int type, float a, const float *x, float *d1, float *d2, float *d3, size_t m)
+{
+    size_t i;
+    if (type != EBM_ACT_SILU) {
+        ebm__act_range(type, 1, a, x, d1, m);
+        ebm__act_range(type, 2, a, x, d2, m);
+        if (d3) ebm__act_range(type, 3, a, x, d3, m);
+        return;
+    }
+    if (d3)
+        for (i = 0; i < m; i++) {
+            float v = x[i], s = ebm__sigmoid(v), s1 = s * (1 - s);
+            d1[i] = s + v * s * (1 - s);
+            d2[i] = s1 * (2 + v * (1 - 2 * s));
+            d3[i] = s1 * ((1 - 2 * s) * (3 + v * (1 - 2 * s)) - 2 * v * s1);
+        }
+    else
+        for (i = 0; i < m; i++) {
+            float v = x[i], s = ebm__sigmoid(v), s1 = s * (1 - s);
+            d1[i] = s + v * s * (1 - s);
+            d2[i] = s1 * (2 + v * (1 - 2 * s));
+        }
+}
+
+static void ebm__jet_range(int type, float a, int kind, const float *h0, const float *h1, const float *h2, const float *gy,
+                           float *y, float *g0, float *g1, float *g2, size_t n)
+{
+    float d1[EBM__JET_BLOCK], d2[EBM__JET_BLOCK], d3[EBM__JET_BLOCK];
+    size_t o, i;
+    for (o = 0; o < n; o += EBM__JET_BLOCK) {
+        const size_t m = n - o < EBM__JET_BLOCK ? n - o : EBM__JET_BLOCK;
+        const float *x0 = h0 + o, *x1 = h1 + o, *x2 = h2 ? h2 + o : NULL;
+        ebm__jet_derivs(type, a, x0, d1, d2, gy && kind == 2 && g0 ? d3 : NULL, m);
+        if (!gy) { /* forward */
+            if (kind == 1) for (i = 0; i < m; i++) y[o + i] = d1[i] * x1[i];
+            else if (x2) for (i = 0; i < m; i++) y[o + i] = d2[i] * (x1[i] * x1[i]) + d1[i] * x2[i];
+            else for (i = 0; i < m; i++) y[o + i] = d2[i] * (x1[i] * x1[i]);
+            continue;
+        }
+        if (kind == 1) {
+            if (g0) for (i = 0; i < m; i++) g0[o + i] = gy[o + i] * (d2[i] * x1[i]);
+            if (g1) for (i = 0; i < m; i++) g1[o + i] = gy[o + i] * d1[i];
+            continue;
+        }
+        if (g0) {
+            if (x2) for (i = 0; i < m; i++) g0[o + i] = gy[o + i] * (d3[i] * (x1[i] * x1[i]) + d2[i] * x2[i]);
+            else for (i = 0; i < m; i++) g0[o + i] = gy[o + i] * (d3[i] * (x1[i] * x1[i]));
+        }
+        if (g1) for (i = 0; i < m; i++) g1[o + i] = gy[o + i] * (2.0f * (d2[i] * x1[i]));
+        if (g2) for (i = 0; i < m; i++) g2[o + i] = gy[o + i] * d1[i];
+    }
+}
+
+/* The same over n elements, in fixed chunks run in parallel. */
+static void ebm__jet_kernel(int type, float a, int kind, const float *h0, const float *h1, const float *h2, const float *gy,
+                            float *y, float *g0, float *g1, float *g2, size_t n)
+{
+    const long nc = (long)ebm__ceil_div(n, EBM__CHUNK);
+    long c;
+    EBM__PARALLEL_FOR_IF(nc > 1)
+    for (c = 0; c < nc; c++) {
+        size_t o = (size_t)c * EBM__CHUNK, m = n - o < EBM__CHUNK ? n - o : EBM__CHUNK;
+        ebm__jet_range(type, a, kind, h0 + o, h1 + o, h2 ? h2 + o : NULL, gy ? gy + o : NULL, y ? y + o : NULL,
+                       g0 ? g0 + o : NULL, g1 ? g1 + o : NULL, g2 ? g2 + o : NULL, m);
+    }
+}
+
+static ebm_var *ebm__act_jet(ebm_graph *g, ebm_var *h0, ebm_var *h1, ebm_var *h2, int type, float param, int kind)
+{
+    ebm_var *y;
+    EBM__BEGIN(g);
+    EBM__NEED(g, h0, "act_jet"); EBM__NEED(g, h1, "act_jet");
+    if (h1->size != h0->size || (h2 && h2->size != h0->size)) return ebm__gfail(g, EBM_EINVAL, "act_jet: sizes differ");
+    if (type < 0 || type >= EBM_ACT_COUNT || (kind != 1 && kind != 2)) return ebm__gfail(g, EBM_EINVAL, "act_jet: activation %d, kind %d", type, kind);
+    y = ebm__node(g, EBM__OP_JET, h0->ndim, h0->shape, h0, h1, kind == 2 ? h2 : NULL, 0);
+    if (!y) return NULL;
+    y->ip[0] = type; y->ip[1] = kind; y->fp[0] = param;
+    if (y->data) ebm__jet_kernel(type, param, kind, h0->data, h1->data, kind == 2 && h2 ? h2->data : NULL, NULL, y->data, NULL, NULL, NULL, y->size);
+    return y;
+}
+
 /* --- element-wise ops and reductions --- */
 
 static ebm_var *ebm__binary(ebm_graph *g, int op, ebm_var *a, ebm_var *b)
@@ -2737,6 +2830,37 @@ static void ebm__backward(ebm_graph *g, ebm_var *v)
             ebm__acc(g, a, gx);
         }
         break;
+    case EBM__OP_JET: { /* a = h0, b = h1, c = h2 (kind 2; may be NULL) */
+        const int type = v->ip[0], kind = v->ip[1];
+        const float prm = v->fp[0];
+        if (g->record) {
+            ebm_var *h11 = kind == 2 ? ebm_mul(g, b, b) : NULL, *t;
+            if (a->needed) {
+                if (kind == 1) t = ebm_mul(g, ebm_act_deriv(g, a, type, prm, 2), b);
+                else {
+                    t = ebm_mul(g, ebm_act_deriv(g, a, type, prm, 3), h11);
+                    if (c) t = ebm_add(g, t, ebm_mul(g, ebm_act_deriv(g, a, type, prm, 2), c));
+                }
+                ebm__acc(g, a, ebm_mul(g, gy, t));
+            }
+            if (b->needed)
+                ebm__acc(g, b, ebm_mul(g, gy, kind == 1 ? ebm_act_deriv(g, a, type, prm, 1)
+                                                        : ebm_scale(g, ebm_mul(g, ebm_act_deriv(g, a, type, prm, 2), b), 2.0f)));
+            if (c && c->needed) ebm__acc(g, c, ebm_mul(g, gy, ebm_act_deriv(g, a, type, prm, 1)));
+        } else {
+            ebm_var *g0 = a->needed ? ebm__node(g, EBM__OP_LEAF, a->ndim, a->shape, NULL, NULL, NULL, 0) : NULL;
+            ebm_var *g1 = b->needed ? ebm__node(g, EBM__OP_LEAF, b->ndim, b->shape, NULL, NULL, NULL, 0) : NULL;
+            ebm_var *g2 = c && c->needed ? ebm__node(g, EBM__OP_LEAF, c->ndim, c->shape, NULL, NULL, NULL, 0) : NULL;
+            if (g->err.status != EBM_OK) break;
+            if (gy->data && (!g0 || g0->data) && (!g1 || g1->data) && (!g2 || g2->data))
+                ebm__jet_kernel(type, prm, kind, a->data, b->data, c ? c->data : NULL, gy->data, NULL, g0 ? g0->data : NULL,
+                                g1 ? g1->data : NULL, g2 ? g2->data : NULL, a->size);
+            if (g0) ebm__acc(g, a, g0);
+            if (g1) ebm__acc(g, b, g1);
+            if (g2) ebm__acc(g, c, g2);
+        }
+        break;
+    }
     case EBM__OP_CHSUM: ebm__acc(g, a, ebm__chbcast(g, gy, a)); break;
     case EBM__OP_CHBCAST: ebm__acc(g, a, ebm__chsum(g, gy)); break;
     case EBM__OP_SUM: ebm__acc(g, a, ebm__expand(g, gy, a)); break;
@@ -3058,13 +3182,10 @@ static int ebm__model_jet(ebm_model *m, ebm_graph *g, ebm_var *x, ebm_var *v, eb
             h1 = ebm_reshape(g, ebm_linear(g, h1, w, NULL), 4, shape);
             if (h2) h2 = ebm_reshape(g, ebm_linear(g, h2, w, NULL), 4, shape);
             break;
-        case EBM_LAYER_ACT: {
-            ebm_var *d1 = ebm_act_deriv(g, h0, L->act, L->act_param, 1), *n2 = NULL;
-            if (L->act != EBM_ACT_LEAKY_RELU) /* a'' = 0 for LeakyReLU */
-                n2 = ebm_mul(g, ebm_act_deriv(g, h0, L->act, L->act_param, 2), ebm_mul(g, h1, h1));
-            if (h2) n2 = n2 ? ebm_add(g, n2, ebm_mul(g, d1, h2)) : ebm_mul(g, d1, h2);
+        case EBM_LAYER_ACT: { /* h2 stays NULL (zero) through a LeakyReLU, whose a'' is 0 */
+            ebm_var *n2 = h2 || L->act != EBM_ACT_LEAKY_RELU ? ebm__act_jet(g, h0, h1, h2, L->act, L->act_param, 2) : NULL;
+            h1 = ebm__act_jet(g, h0, h1, NULL, L->act, L->act_param, 1);
             h0 = ebm_act(g, h0, L->act, L->act_param);
-            h1 = ebm_mul(g, d1, h1);
             h2 = n2;
             break;
         }
