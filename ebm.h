@@ -3153,8 +3153,9 @@ static void ebm__layer_params(ebm_model *m, ebm_graph *g, const ebm_layer *L, eb
    ops, so the parameter gradient of any function of (f0, f1, f2) is one
    first-order backward on the fast kernels: cheaper than differentiating a
    Hessian-vector product (reverse over reverse), which the first two
-   coefficients' pass replaces. Max-pooling has no rule here: 0 is
-   returned, nothing built, and the caller takes the nested path. */
+   coefficients' pass replaces. f2 NULL: the first two coefficients only.
+   Max-pooling has no rule here: 0 is returned, nothing built, and the
+   caller takes the nested path. */
 static int ebm__model_jet(ebm_model *m, ebm_graph *g, ebm_var *x, ebm_var *v, ebm_var **f0, ebm_var **f1, ebm_var **f2)
 {
     ebm_var *h0 = x, *h1 = v, *h2 = NULL; /* h2 = 0 at the input: kept NULL while it is zero */
@@ -3182,8 +3183,8 @@ static int ebm__model_jet(ebm_model *m, ebm_graph *g, ebm_var *x, ebm_var *v, eb
             h1 = ebm_reshape(g, ebm_linear(g, h1, w, NULL), 4, shape);
             if (h2) h2 = ebm_reshape(g, ebm_linear(g, h2, w, NULL), 4, shape);
             break;
-        case EBM_LAYER_ACT: { /* h2 stays NULL (zero) through a LeakyReLU, whose a'' is 0 */
-            ebm_var *n2 = h2 || L->act != EBM_ACT_LEAKY_RELU ? ebm__act_jet(g, h0, h1, h2, L->act, L->act_param, 2) : NULL;
+        case EBM_LAYER_ACT: { /* h2 stays NULL (zero) through a LeakyReLU, whose a'' is 0, and when not asked for */
+            ebm_var *n2 = f2 && (h2 || L->act != EBM_ACT_LEAKY_RELU) ? ebm__act_jet(g, h0, h1, h2, L->act, L->act_param, 2) : NULL;
             h1 = ebm__act_jet(g, h0, h1, NULL, L->act, L->act_param, 1);
             h0 = ebm_act(g, h0, L->act, L->act_param);
             h2 = n2;
@@ -3197,7 +3198,7 @@ static int ebm__model_jet(ebm_model *m, ebm_graph *g, ebm_var *x, ebm_var *v, eb
         }
     }
     *f0 = h0; *f1 = h1;
-    *f2 = h2 ? h2 : h0 ? ebm_zeros(g, h0->ndim, h0->shape) : NULL; /* a piecewise-linear net: v.H v = 0 */
+    if (f2) *f2 = h2 ? h2 : h0 ? ebm_zeros(g, h0->ndim, h0->shape) : NULL; /* a piecewise-linear net: v.H v = 0 */
     return 1;
 }
 
@@ -4787,7 +4788,7 @@ static int ebm__piecewise_linear(const ebm_model *m)
 EBMDEF int ebm_chain_backward(ebm_model *m, ebm_graph *g, const ebm_langevin *cfg, const ebm_rng *rng, uint64_t first_sample,
                               const float *states, int n, const float *gK, float *gz)
 {
-    int k, i, shape[4], flat;
+    int k, i, shape[4], flat, jet;
     size_t D, nD, j;
     float a, b, inv_q;
     if (!g) return EBM_EINVAL;
@@ -4800,7 +4801,28 @@ EBMDEF int ebm_chain_backward(ebm_model *m, ebm_graph *g, const ebm_langevin *cf
     if (gz != gK) memcpy(gz, gK, nD * sizeof(float)); /* gz may be gK */
     if (cfg->aniso_th > 0) return ebm__gfail(g, EBM_EUNSUPPORTED, "chain_backward: STANLEY chains are not differentiated (their step depends on |drift|)"), EBM_EUNSUPPORTED;
     flat = ebm__piecewise_linear(m); /* H = 0: no Hessian-vector products */
-    for (k = cfg->n_steps - 1; k >= 0; k--) {
+    /* Without a reflecting wall the box's derivative can be read off the
+       recorded states (a clamped coordinate sits on the wall), so grad f is
+       not needed, and H v = grad_x (v . grad f) is the gradient of the
+       first Taylor coefficient of f along v (ebm__model_jet): forward over
+       reverse, a first-order pass on the fused kernels instead of
+       differentiating a recorded backward pass. */
+    jet = !flat && cfg->box != EBM_BOX_REFLECT;
+    for (i = 0; i < m->n_layers; i++) jet &= m->layer[i].type != EBM_LAYER_MAXPOOL;
+    for (k = cfg->n_steps - 1; jet && k >= 0; k--) {
+        const float *xk = states + (size_t)k * nD, *x1 = xk + nD;
+        ebm_var *xv, *v, *f0 = NULL, *f1 = NULL, *hv = NULL;
+        ebm_graph_reset(g);
+        v = ebm_tensor(g, 4, shape);
+        xv = ebm_leaf(g, (float *)(uintptr_t)xk, 4, shape);
+        if (!v) return g->err.status;
+        for (j = 0; j < nD; j++) /* v = B_k dL/dx_{k+1}: 0 where the wall clamped the step */
+            v->data[j] = cfg->box == EBM_BOX_NONE || (x1[j] > cfg->lo && x1[j] < cfg->hi) ? gz[j] : 0.0f;
+        ebm__model_jet(m, g, xv, v, &f0, &f1, NULL); /* no max-pooling here: it builds */
+        if (ebm_grad(g, ebm_sum(g, f1), NULL, 1, &xv, &hv, 0) != EBM_OK) return g->err.status;
+        for (j = 0; j < nD; j++) gz[j] = (1.0f - a * inv_q) * v->data[j] + a * hv->data[j];
+    }
+    for (k = cfg->n_steps - 1; !jet && k >= 0; k--) {
         const float *xk = states + (size_t)k * nD;
         ebm_var *xv, *y, *gx = NULL, *hv = NULL, *v;
         ebm_graph_reset(g);
