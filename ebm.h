@@ -5368,14 +5368,14 @@ EBMDEF int ebm_latent_step(ebm_latent *L, const float *x)
 
 /* ---------------------------------------------------------------- 7. file formats */
 
-/* NPY v1.0: magic, a little-endian header length, a Python dict padded with
-   spaces to a multiple of 64 bytes, then the raw little-endian data. */
 /* n bytes to a sink, unless an earlier write failed (*bad). */
 static void ebm__put(ebm_write_fn fn, void *user, const void *p, size_t n, int *bad)
 {
     if (!*bad && n && fn(user, p, n) != 0) *bad = 1;
 }
 
+/* NPY v1.0: magic, a little-endian header length, a Python dict padded with
+   spaces to a multiple of 64 bytes, then the raw little-endian data. */
 EBMDEF int ebm_npy_write(ebm_write_fn fn, void *user, const float *data, int ndim, const int *shape, ebm_error *err)
 {
     char hdr[10 + 256 + 64], dims[128];
@@ -5390,8 +5390,6 @@ EBMDEF int ebm_npy_write(ebm_write_fn fn, void *user, const float *data, int ndi
         len += (size_t)snprintf(dims + len, sizeof dims - len, "%d%s", shape[d], d + 1 < ndim ? ", " : ndim == 1 ? "," : "");
         n *= (size_t)shape[d];
     }
-    /* magic, version 1.0, the header's length, the header padded with
-       spaces and a newline so that the data start at a multiple of 64 */
     memcpy(hdr, "\x93NUMPY\x01\x00", 8);
     len = (size_t)snprintf(hdr + 10, 256, "{'descr': '<f4', 'fortran_order': False, 'shape': (%s), }", dims);
     pad = 64 - (10 + len + 1) % 64;
@@ -5463,9 +5461,8 @@ static uint32_t ebm__adler32(uint32_t a, const unsigned char *p, size_t n)
 static uint32_t ebm__be32(const unsigned char *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
 static uint32_t ebm__le32(const unsigned char *p) { return (uint32_t)p[3] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[1] << 8 | p[0]; }
 
-/* Read a whole file into memory, refusing one larger than cap bytes. */
 #ifndef EBM_NO_STDIO
-/* A whole file into memory, refused when larger than cap. */
+/* Read a whole file into memory, refusing one larger than cap bytes. */
 static int ebm__read_file(const char *path, size_t cap, unsigned char **out, size_t *len, ebm_error *err)
 {
     FILE *f;
@@ -5755,12 +5752,10 @@ EBMDEF void ebm_dataset_free(ebm_dataset *ds)
     memset(ds, 0, sizeof *ds);
 }
 
-/* One IDX file of unsigned bytes: magic 00 00 08 ndim, ndim big-endian
-   dimensions, then the data. The dimensions fix the size, checked against
-   EBM_DATA_MAX_BYTES before anything is allocated. */
-/* One IDX file of unsigned bytes in memory (raw or gzip): its dimensions
-   fix the size, checked against EBM_DATA_MAX_BYTES before anything is
-   allocated; the data, without the header, in *data. */
+/* One IDX file of unsigned bytes in memory, raw or gzip: magic 00 00 08
+   ndim, ndim big-endian dimensions, then the data. The dimensions fix the
+   size, checked against EBM_DATA_MAX_BYTES before anything is allocated;
+   the data, without the header, in *data. */
 static int ebm__idx_parse(const char *path, const unsigned char *file, size_t flen, int want_ndim, int dims[3], unsigned char **data,
                           size_t *n_bytes, ebm_error *err)
 {
@@ -6015,15 +6010,23 @@ static void ebm__png_chunk(ebm_write_fn fn, void *user, int *bad, const char *ty
     ebm__put(fn, user, b, 4, bad);
 }
 
+/* The image's arguments, checked before anything is written (or a file opened). */
+static int ebm__png_args(const char *who, const unsigned char *pixels, int w, int h, int channels, ebm_error *err)
+{
+    if (!pixels || w < 1 || h < 1 || w > 1 << 15 || h > 1 << 15 || (channels != 1 && channels != 3))
+        return ebm__fail(err, EBM_EINVAL, "%s: bad arguments (%dx%d, %d channels)", who, w, h, channels);
+    return EBM_OK;
+}
+
 EBMDEF int ebm_png_write(ebm_write_fn fn, void *user, const unsigned char *pixels, int w, int h, int channels, const char *description,
                          ebm_error *err)
 {
     size_t row = (size_t)w * (size_t)channels + 1, raw_n, z_n, i, o, nblk;
     unsigned char ihdr[13], *z;
     uint32_t adler = 1;
-    int y, bad = 0;
-    if (!fn || !pixels || w < 1 || h < 1 || w > 1 << 15 || h > 1 << 15 || (channels != 1 && channels != 3))
-        return ebm__fail(err, EBM_EINVAL, "png_write: bad arguments (%dx%d, %d channels)", w, h, channels);
+    int y, bad = 0, rc;
+    if (!fn) return ebm__fail(err, EBM_EINVAL, "png_write: NULL write function");
+    if ((rc = ebm__png_args("png_write", pixels, w, h, channels, err)) != EBM_OK) return rc;
     raw_n = row * (size_t)h;
     nblk = (raw_n + 65534) / 65535;
     z_n = 2 + raw_n + 5 * nblk + 4;
@@ -6078,6 +6081,7 @@ EBMDEF int ebm_png_save(const char *path, const unsigned char *pixels, int w, in
     FILE *f;
     int rc;
     if (!path) return ebm__fail(err, EBM_EINVAL, "png_save: NULL path");
+    if ((rc = ebm__png_args("png_save", pixels, w, h, channels, err)) != EBM_OK) return rc; /* an existing file is left alone */
     f = fopen(path, "wb");
     if (!f) return ebm__fail(err, EBM_EIO, "png_save: cannot open %s for writing", path);
     rc = ebm_png_write(ebm__file_put, f, pixels, w, h, channels, description, err);
@@ -6600,7 +6604,7 @@ static int ebm__model_from(ebm_model *m, const void *buf, size_t len, const char
     ebm__reader r;
     int has_t = 0, rc;
     uint32_t version;
-    if (!m) return ebm__fail(err, EBM_EINVAL, "model_read: NULL model");
+    if (!m) return ebm__fail(err, EBM_EINVAL, "model checkpoint: NULL model");
     rc = ebm__ckpt_parse((const unsigned char *)buf, len, path, m, &r, &has_t, &version, err);
     /* a trainer's checkpoint holds a model too: its trainer section is skipped */
     if (rc == EBM_OK && !has_t && r.pos != r.len) {
@@ -6618,7 +6622,7 @@ static int ebm__trainer_from(ebm_trainer *t, ebm_model *m, const void *buf, size
     int has_t = 0, rc;
     uint32_t version;
     size_t D;
-    if (!t || !m) return ebm__fail(err, EBM_EINVAL, "trainer_load: NULL trainer or model");
+    if (!t || !m) return ebm__fail(err, EBM_EINVAL, "trainer checkpoint: NULL trainer or model");
     memset(t, 0, sizeof *t);
     if ((rc = ebm__ckpt_parse((const unsigned char *)buf, len, path, m, &r, &has_t, &version, err)) != EBM_OK) return rc;
     if (has_t != 1) { ebm_model_free(m); return ebm__fail(err, EBM_EFORMAT, "%s: holds no trainer state", path); }
@@ -6656,7 +6660,7 @@ static int ebm__latent_from(ebm_latent *L, ebm_model *prior, ebm_model *gen, con
     int kind = 0, rc;
     uint32_t version;
     long iter;
-    if (!L || !prior || !gen) return ebm__fail(err, EBM_EINVAL, "latent_load: NULL latent model or models");
+    if (!L || !prior || !gen) return ebm__fail(err, EBM_EINVAL, "latent checkpoint: NULL latent model or models");
     memset(L, 0, sizeof *L);
     memset(prior, 0, sizeof *prior);
     if ((rc = ebm__ckpt_parse((const unsigned char *)buf, len, path, gen, &r, &kind, &version, err)) != EBM_OK) return rc;

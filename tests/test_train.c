@@ -157,6 +157,9 @@ static void test_png_writer(void)
     for (i = 0; i < 5 && got == 110; i++) CHECK(out[i * 22] == 0 && !memcmp(out + i * 22 + 1, img + i * 21, 21), "row %d", i);
     CHECK(ebm_png_save("t.png", img, 0, 5, 3, NULL, &e) == EBM_EINVAL, "zero width accepted");
     free(p);
+    p = read_bytes("t.png", &n); /* a refused call leaves the file that was there */
+    CHECK(p && n > 8 && memcmp(p, "\x89PNG", 4) == 0, "png_save with bad arguments damaged or removed the existing file");
+    free(p);
     remove("t.png");
 }
 
