@@ -1,4 +1,4 @@
-/* ebm.h - energy-based models in plain C, one header.                 v0.5.1
+/* ebm.h - energy-based models in plain C, one header.                 v0.5.2
 
    Train and sample energy-based models p(x) = exp(f(x)) q(x) / Z with a ConvNet
    f, Langevin MCMC and autograd (including gradients of gradients), using only
@@ -104,7 +104,7 @@
 #ifndef EBM_H
 #define EBM_H
 
-#define EBM_VERSION "0.5.1"
+#define EBM_VERSION "0.5.2"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -509,7 +509,7 @@ enum { EBM_LR_CONSTANT, EBM_LR_COSINE, EBM_LR_LINEAR }; /* from lr to lr_min ove
              term weighted by sigma_l^2: the same formula, f is the energy of
              the least noisy level.
      SSM     1/B sum [v.H v + (v.s)^2 / 2], H = grad_x s: sliced score matching,
-             v Gaussian or Rademacher (proj); three nested derivatives
+             v Rademacher (the default) or Gaussian (proj); three nested derivatives
      SSM_VR  the variance-reduced form, (v.s)^2 / 2 replaced by |s|^2 / 2
      FD_SSM  SSM with v.H v and v.s from finite differences of f at x, x +- eps v
              (Pang et al. 2020): first derivatives only
@@ -544,7 +544,7 @@ typedef struct ebm_train_config {
     float sigma;         /* DSM: the noise (the smallest level) */
     int n_sigmas;        /* DSM: levels (1: one sigma) */
     float sigma_max;     /* DSM: the largest level */
-    int proj;            /* SSM, FD-SSM: EBM_PROJ_* */
+    int proj;            /* SSM, SSM-VR, FD-SSM: EBM_PROJ_* */
     float fd_eps;        /* FD-SSM: the finite-difference step */
     int shards;          /* the batch is cut into this many equal shards, each one's gradient
                             summed on its own, then the shards' added in a fixed pairwise tree:
@@ -4112,7 +4112,11 @@ EBMDEF void ebm_train_config_default(ebm_train_config *c)
     c->sigma = 0.1f;
     c->n_sigmas = 1;
     c->sigma_max = 1.0f;
-    c->proj = EBM_PROJ_GAUSSIAN;
+    /* Rademacher: v_i^2 = 1 exactly, so v.H v and (v.s)^2 vary only through
+       their cross terms v_i v_j; a Gaussian v adds the squares' own noise.
+       On toy2d's rings (60 s, seeds 1-3) plain SSM's gap: 0.15-0.20 nats
+       with Gaussian v, 0.03-0.08 with Rademacher. */
+    c->proj = EBM_PROJ_RADEMACHER;
     c->fd_eps = 0.1f;
     c->shards = 1;
 }

@@ -4,12 +4,15 @@
    f is an MLP 2 -> 128 -> 128 -> 1 (SiLU); p(x) = exp(f(x)) / Z on the data box.
    Recipes (--recipe):
      convergent  maximum likelihood; persistent chains (a replay buffer of
-                 8192, 5 % restarted from uniform noise) advanced by K = 20
-                 Metropolis-adjusted STANLEY steps (exact for this target; the
-                 box is a wall): MALA whose per-coordinate step shrinks where
-                 |grad f| exceeds --th 2, which keeps proposals acceptable on
-                 the steep flanks of sharp modes where isotropic MALA stalls
-                 (--th 0: isotropic MALA)
+                 8192, 15 % restarted from uniform noise) advanced by K = 20
+                 Metropolis-adjusted STANLEY steps of eps 0.7 (exact for this
+                 target; the box is a wall): MALA whose per-coordinate step
+                 shrinks where |grad f| exceeds --th 2, which keeps proposals
+                 acceptable on the steep flanks of sharp modes where isotropic
+                 MALA stalls (--th 0: isotropic MALA). The restarts reach
+                 what settled chains no longer visit, such as the disc inside
+                 the innermost ring: with 5 % that disc kept its mass in some
+                 seeds' runs
      shortrun    maximum likelihood; every iteration fresh uniform noise,
                  K = 40 unadjusted Langevin steps reflected at the box - the
                  chain is the generator, and the energy learns whatever makes
@@ -22,9 +25,11 @@
                  matching at --sigma (its model is the data smoothed by
                  N(0, sigma^2), so its NLL is also set beside that density's),
                  sliced score matching (exact Hessian-vector products; the
-                 variance-reduced form; finite differences), noise-contrastive
-                 estimation against a Gaussian fitted to the data
-   Adam, lr decayed to 0 by a cosine over the run, batch 256. With --seconds
+                 variance-reduced form; finite differences; Rademacher
+                 projections by default), noise-contrastive estimation
+                 against a Gaussian fitted to the data
+   Adam, lr 1e-2 (shortrun 1e-3) decayed to 0 by a cosine over the run,
+   batch 256. With --seconds
    the run's length is set by timing its first 20 iterations, and set again
    after 200 and every 500.
    Writes toy2d_<data>_<recipe>.png: data, the learned density exp(f)/Z, and
@@ -69,10 +74,10 @@ static const char *const recipe_names[R_COUNT] = { "convergent", "shortrun", "st
 
 int main(int argc, char **argv)
 {
-    const char *data_name = "8gaussians", *recipe_name = "convergent", *out = NULL, *npy = NULL, *proj = "gaussian";
+    const char *data_name = "8gaussians", *recipe_name = "convergent", *out = NULL, *npy = NULL, *proj = "rademacher";
     int iters = 0, seed = 1, K = 0, n_samples = 4096, threads = 0, n_sigmas = 1, set, recipe, ml, chains_mala, i, mala = -1;
     long t;
-    float eps = 0, lr = 0, reg = 0, reinit = 0.05f, th = -1.0f, sigma = 0.1f, sigma_max = 1.0f, fd_eps = 0.1f, seconds = 0;
+    float eps = 0, lr = 0, reg = 0, reinit = 0.15f, th = -1.0f, sigma = 0.1f, sigma_max = 1.0f, fd_eps = 0.1f, seconds = 0;
     const flag flags[] = {
         { "data", "8gaussians | rings | checkerboard | moons (default 8gaussians)", 's', &data_name },
         { "recipe", "convergent | shortrun | stanley | dsm | ssm | ssm-vr | fd-ssm | nce (default convergent)", 's', &recipe_name },
@@ -80,16 +85,16 @@ int main(int argc, char **argv)
         { "seconds", "training budget in seconds: sets --iters from a timing probe", 'f', &seconds },
         { "seed", "seed of every random number (default 1)", 'i', &seed },
         { "k", "chain steps per iteration (default 20, shortrun 40)", 'i', &K },
-        { "eps", "Langevin step (default 0.5, shortrun 0.3, stanley 0.3; stanley's eta = eps^2)", 'f', &eps },
+        { "eps", "Langevin step (default 0.7, shortrun 0.3, stanley 0.3; stanley's eta = eps^2)", 'f', &eps },
         { "th", "STANLEY's threshold on |grad f| (default 2, stanley 1; convergent: 0 = isotropic MALA)", 'f', &th },
         { "mala", "1: Metropolis-adjusted chains, 0: unadjusted (default: 1 for convergent only)", 'i', &mala },
         { "lr", "Adam learning rate (default 1e-2, shortrun 1e-3)", 'f', &lr },
         { "reg", "energy regulariser alpha (ML)", 'f', &reg },
-        { "reinit", "persistent chains' restart probability (default 0.05)", 'f', &reinit },
+        { "reinit", "persistent chains' restart probability (default 0.15)", 'f', &reinit },
         { "sigma", "DSM: noise (the smallest level; default 0.1)", 'f', &sigma },
         { "sigmas", "DSM: noise levels (default 1)", 'i', &n_sigmas },
         { "sigma-max", "DSM: largest level (default 1)", 'f', &sigma_max },
-        { "proj", "SSM, FD-SSM: gaussian | rademacher projections", 's', &proj },
+        { "proj", "SSM, SSM-VR, FD-SSM: rademacher | gaussian projections (default rademacher)", 's', &proj },
         { "fd-eps", "FD-SSM: finite-difference step (default 0.1)", 'f', &fd_eps },
         { "samples", "fresh chains in the picture (default 4096)", 'i', &n_samples },
         { "threads", "threads (default: OpenMP's)", 'i', &threads },
@@ -116,7 +121,7 @@ int main(int argc, char **argv)
     chains_mala = mala >= 0 && ml && recipe != R_SHORTRUN ? mala != 0 : recipe == R_CONVERGENT;
     if (!iters) iters = seconds > 0 ? 1000000000 : 3000;
     if (!K) K = recipe == R_SHORTRUN ? 40 : 20;
-    if (!(eps > 0)) eps = recipe == R_CONVERGENT ? 0.5f : 0.3f;
+    if (!(eps > 0)) eps = recipe == R_CONVERGENT ? 0.7f : 0.3f;
     if (!(lr > 0)) lr = recipe == R_SHORTRUN ? 1e-3f : 1e-2f;
     if (th < 0) th = recipe == R_CONVERGENT ? 2.0f : 1.0f;
     if (iters < 1 || K < 1 || !(th > 0 || (th == 0 && recipe == R_CONVERGENT)) || n_samples < 1 || seconds < 0) {
@@ -169,7 +174,9 @@ int main(int argc, char **argv)
                data_name, recipe_name, on ? on : "?", (unsigned long)m.n_params, c.batch, (double)lr);
     }
     if (ml) {
-        printf("chains: %s, K = %d, eps = %.2f, %s%s", recipe == R_SHORTRUN ? "fresh uniform starts" : "persistent buffer 8192 (5 % restarts)", K, (double)eps,
+        if (recipe == R_SHORTRUN) printf("chains: fresh uniform starts");
+        else printf("chains: persistent buffer 8192 (%.0f %% restarts)", 100.0 * reinit);
+        printf(", K = %d, eps = %.2f, %s%s", K, (double)eps,
                chains_mala ? "Metropolis-adjusted" : "unadjusted, reflected", c.chain.aniso_th > 0 ? " STANLEY steps" : "");
         if (c.chain.aniso_th > 0) printf(" (th %g)", (double)th);
         printf("\n");

@@ -52,7 +52,7 @@ int main(int argc, char **argv)
     static const char *const opts[] = { "adam", "sgd" }, *const scheds[] = { "constant", "cosine", "linear" }, *const boxes[] = { "none", "clamp", "reflect" };
     static const char *const acts[] = { "lrelu", "silu", "softplus", "elu", "gelu", "tanh" }, *const diverge[] = { "stop", "rollback" };
     const char *data = "fashion", *data_dir = NULL, *out = "run", *start = "uniform", *restart = "uniform", *opt = "adam", *sched = "cosine";
-    const char *box = "clamp", *act = "lrelu", *on_div = "rollback", *objective = "ml", *proj = "gaussian";
+    const char *box = "clamp", *act = "lrelu", *on_div = "rollback", *objective = "ml", *proj = "rademacher";
     static const char *const objectives[] = { "ml", "dsm", "ssm", "ssm-vr", "fd-ssm", "nce" }, *const projs[] = { "gaussian", "rademacher" };
     int nf = 16, resume = 0, seed = 1, n_samples = 64, sample_k = 0, threads = 0, mala = 0, rollbacks = 0;
     long iters = 0;
@@ -100,7 +100,7 @@ int main(int argc, char **argv)
             { "sigma", "DSM: noise, the smallest level (default 0.1)", 'f', &c.sigma },
             { "sigmas", "DSM: noise levels (default 1)", 'i', &c.n_sigmas },
             { "sigma-max", "DSM: largest level (default 1)", 'f', &c.sigma_max },
-            { "proj", "SSM, FD-SSM: gaussian | rademacher (default gaussian)", 's', &proj },
+            { "proj", "SSM, SSM-VR, FD-SSM: rademacher | gaussian (default rademacher)", 's', &proj },
             { "fd-eps", "FD-SSM: finite-difference step (default 0.1)", 'f', &c.fd_eps },
             { "data-noise", "noise std added to data (default 0.03)", 'f', &c.data_noise },
             { "energy-reg", "alpha of alpha (f+^2 + f-^2) (default 0)", 'f', &c.energy_reg },

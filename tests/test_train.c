@@ -798,7 +798,7 @@ static void objective_trainer(ebm_trainer *t, ebm_model *m, int obj, int variant
     c.chain.box = EBM_BOX_NONE; c.chain.lo = -4.5f; c.chain.hi = 4.5f;
     c.sigma = 0.3f; c.fd_eps = 0.1f; c.lr = 1e-2f; c.max_abs_dt = 1e20f;
     if (obj == EBM_OBJ_DSM && variant) { c.n_sigmas = 3; c.sigma = 0.1f; c.sigma_max = 1.0f; }
-    if ((obj == EBM_OBJ_SSM || obj == EBM_OBJ_FD_SSM) && variant) c.proj = EBM_PROJ_RADEMACHER;
+    c.proj = (obj == EBM_OBJ_SSM || obj == EBM_OBJ_FD_SSM) && variant ? EBM_PROJ_RADEMACHER : EBM_PROJ_GAUSSIAN;
     if (obj == EBM_OBJ_FD_SSM) c.fd_eps = 0.3f; /* its loss divides float32 energies by eps^2 */
     if (obj == EBM_OBJ_NCE && variant) { c.chain.box = EBM_BOX_CLAMP; c.chain.lo = -3.0f; c.chain.hi = 3.0f; } /* some noise outside */
     CHECK(ebm_trainer_init(t, m, &c, &e) == EBM_OK, "init %s: %s", ebm_objective_name(obj), e.msg);

@@ -8,7 +8,7 @@ set -e
 B=${B:-build}
 OUT=$B/compare2d
 S=${SECONDS_EACH:-60}
-METHODS=${METHODS:-"shortrun convergent stanley stanley-mala dsm ssm ssm-vr fd-ssm nce"}
+METHODS=${METHODS:-"shortrun convergent-iso stanley convergent dsm ssm ssm-vr fd-ssm nce"}
 DATA=${DATA:-"8gaussians rings checkerboard moons"}
 mkdir -p $OUT
 for data in $DATA; do
@@ -16,10 +16,10 @@ for data in $DATA; do
     recipe=$method
     case $method in
       shortrun) extra="" ;;                                   # its own defaults: lr 1e-3, K 40, eps 0.3
-      convergent) extra="--lr 3e-3 --th 0" ;;                 # isotropic MALA, eps 0.5; lr 1e-2 runs away on rings
-      stanley) extra="--lr 3e-3 --eps 0.3 --th 1" ;;          # unadjusted STANLEY steps in the persistent chains
-      stanley-mala) recipe=stanley; extra="--lr 3e-3 --eps 0.5 --th 2 --mala 1" ;; # = convergent's default chains
-      *) extra="--lr 3e-3" ;;
+      convergent-iso) recipe=convergent; extra="--lr 3e-3 --th 0 --eps 0.5 --reinit 0.05" ;; # isotropic MALA (the default before v0.5.1)
+      stanley) extra="--lr 3e-3 --eps 0.3 --th 1 --reinit 0.05" ;; # unadjusted STANLEY steps in the persistent chains
+      convergent) extra="" ;;                                 # its defaults: MH-corrected STANLEY, eps 0.7, 15 % restarts, lr 1e-2
+      *) extra="--lr 3e-3" ;;                                 # the MCMC-free objectives (SSM's: Rademacher projections)
     esac
     echo "== $data $method ($recipe $extra)"
     OMP_NUM_THREADS=2 ./$B/toy2d --data $data --recipe $recipe --seconds $S --samples 2048 $extra \
