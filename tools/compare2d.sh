@@ -22,6 +22,7 @@ for data in $DATA; do
       *) extra="--lr 3e-3" ;;                                 # the MCMC-free objectives (SSM's: Rademacher projections)
     esac
     echo "== $data $method ($recipe $extra)"
+    rm -f $OUT/${data}_$method.png $OUT/${data}_$method.npy   # a run that diverges writes none: no stale picture
     OMP_NUM_THREADS=2 ./$B/toy2d --data $data --recipe $recipe --seconds $S --samples 2048 $extra \
       --out $OUT/${data}_$method.png --density-npy $OUT/${data}_$method.npy > $OUT/${data}_$method.log 2>&1 || true
     echo "method=$method $(tail -n 1 $OUT/${data}_$method.log)" | tee $OUT/${data}_$method.summary
