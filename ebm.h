@@ -1638,9 +1638,12 @@ static void ebm__conv_fwd(const ebm__cgeom *G, const float *x, const float *w, c
         for (r = 0; r < nr && r < EBM__ROWS; r++) {
             float *o = y + (m0 + (size_t)r) * cy + co0;
             const float *tr = tmp + r * (int)CBW;
-            for (q = 0; q < nc && r * (int)CBW + q < EBM__TILE; q++) o[q] = tr[q] + (b ? b[co0 + q] : 0.0f);
-            if (leaky) /* a fused LeakyReLU */
-                for (q = 0; q < nc; q++) o[q] = o[q] > 0 ? o[q] : slope * o[q];
+            /* each case its own plain loop, so that the compiler vectorises it */
+            if (b && leaky) /* a fused LeakyReLU */
+                for (q = 0; q < nc; q++) { const float v = tr[q] + b[co0 + q]; o[q] = v > 0 ? v : slope * v; }
+            else if (b) for (q = 0; q < nc; q++) o[q] = tr[q] + b[co0 + q];
+            else if (leaky) for (q = 0; q < nc; q++) o[q] = tr[q] > 0 ? tr[q] : slope * tr[q];
+            else for (q = 0; q < nc; q++) o[q] = tr[q];
         }
     }
 }
@@ -1735,7 +1738,9 @@ static void ebm__conv_bwd_data(const ebm__cgeom *G, const float *gy, const float
                 }
                 for (r = 0; r < nr && r < EBM__ROWS; r++) {
                     float *o = gx + pix[r] + c0;
-                    for (q = 0; q < nc && r * CC + q < EBM__TILE; q++) o[q] = tmp[r * CC + q] + (b ? b[c0 + q] : 0.0f);
+                    const float *tr = tmp + r * CC;
+                    if (b) for (q = 0; q < nc; q++) o[q] = tr[q] + b[c0 + q];
+                    else for (q = 0; q < nc; q++) o[q] = tr[q];
                 }
             }
         }
