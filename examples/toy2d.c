@@ -29,9 +29,8 @@
                  projections by default), noise-contrastive estimation
                  against a Gaussian fitted to the data
    Adam, lr 1e-2 (shortrun 1e-3) decayed to 0 by a cosine over the run,
-   batch 256. With --seconds
-   the run's length is set by timing its first 20 iterations, and set again
-   after 200 and every 500.
+   batch 256. With --seconds the run's length is set by timing its first 20
+   iterations, and set again after 200 and every 500.
    Writes toy2d_<data>_<recipe>.png: data, the learned density exp(f)/Z, and
    samples from fresh chains (the ML recipes: started as the recipe starts
    them; the others: 500 MALA steps from uniform noise, which sample exp(f)/Z).
