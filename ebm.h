@@ -104,7 +104,7 @@
 #ifndef EBM_H
 #define EBM_H
 
-#define EBM_VERSION "0.5.2"
+#define EBM_VERSION "0.6.0"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -351,6 +351,8 @@ EBMDEF ebm_var *ebm_model_forward(ebm_model *m, ebm_graph *g, ebm_var *x);
 EBMDEF ebm_var *ebm_model_forward_partial(ebm_model *m, ebm_graph *g, ebm_var *x, int n_layers);
 /* Add d loss / d theta to m->grads for every parameter leaf of m in g. */
 EBMDEF int ebm_model_backward(ebm_model *m, ebm_graph *g, ebm_var *loss);
+/* The same, and d loss / d x into *gx, in one backward pass. */
+EBMDEF int ebm_model_backward_input(ebm_model *m, ebm_graph *g, ebm_var *loss, ebm_var *x, ebm_var **gx);
 EBMDEF void ebm_model_zero_grad(ebm_model *m);
 /* One-shot energies and input gradients: resets g, computes f(x) into f[n]
    and grad_x sum f into dx (n*H*W*C, may be NULL). x is (n,H,W,C). */
@@ -679,11 +681,18 @@ EBMDEF int ebm_model_read(ebm_model *m, const void *buf, size_t len, ebm_error *
    0 where clamped, -1 where reflected). For a piecewise-linear net (LeakyReLU,
    pooling) H = 0 almost everywhere and the product is skipped: J_k = B_k
    (1 - a / sigma_q^2) I, the identity inside the box without a reference
-   density (ALGORITHMS.md section 3's caveat). Size g for EBM_STEP_SECOND_ORDER. */
+   density (ALGORITHMS.md section 3's caveat). Size g for EBM_STEP_SECOND_ORDER.
+   kept (may be NULL) trades memory for time: ebm_chain_kept_floats floats in
+   which the record keeps every step's conv-layer outputs, so that the
+   backward pass reads them instead of recomputing them (one forward pass in
+   four of its work). It is 0 where nothing is kept, and kept is then
+   ignored: piecewise-linear nets, max-pooling, a reflecting wall, STANLEY,
+   or a LeakyReLU fused into a conv (whose output is not the conv's). */
+EBMDEF size_t ebm_chain_kept_floats(const ebm_model *m, const ebm_langevin *cfg, int n);
 EBMDEF int ebm_chain_record(ebm_model *m, ebm_graph *g, const ebm_langevin *cfg, const ebm_rng *rng, uint64_t first_sample,
-                            const float *z, int n, float *states);
+                            const float *z, int n, float *states, float *kept);
 EBMDEF int ebm_chain_backward(ebm_model *m, ebm_graph *g, const ebm_langevin *cfg, const ebm_rng *rng, uint64_t first_sample,
-                              const float *states, int n, const float *gK, float *gz);
+                              const float *states, const float *kept, int n, const float *gK, float *gz);
 
 /* Reconstruct images (n samples) by gradient descent on the chain's initial
    noise z (in/out; start it as the recipe starts its chains): each of n_iters
@@ -696,7 +705,8 @@ EBMDEF int ebm_chain_backward(ebm_model *m, ebm_graph *g, const ebm_langevin *cf
      EBM_KNOWN_DOWNSAMPLE target the (n, H/2, W/2, C) image, compared with
                           x_K's 2x2 means (super-resolution); mask unused.
    x_out (may be NULL) receives the final x_K, *mse its error on what is known.
-   Allocates (K + 4) n D floats for the duration of the call. */
+   Allocates (K + 4) n D floats for the duration of the call, and the chain's
+   kept activations (ebm_chain_kept_floats) when there is memory for them. */
 enum { EBM_KNOWN_PIXELS, EBM_KNOWN_DOWNSAMPLE };
 EBMDEF int ebm_chain_reconstruct(ebm_model *m, ebm_graph *g, const ebm_langevin *cfg, const ebm_rng *rng, uint64_t first_sample,
                                  int kind, const float *target, const float *mask, int n, float *z, int n_iters, int optimizer,
@@ -2228,7 +2238,10 @@ static ebm_var *ebm__check_conv(ebm_graph *g, const char *op, ebm_var *w, int k_
 /* conv2d, optionally followed by LeakyReLU(slope >= 0) in the same pass
    (ip[2] = 1). Its backward reads the activation's derivative off the
    output: with slope >= 0 the output has the sign of the pre-activation. */
-static ebm_var *ebm__conv2d(ebm_graph *g, ebm_var *x, ebm_var *w, ebm_var *b, int stride, int pad, int leaky, float slope)
+/* given (may be NULL): the output, already computed (a recorded chain's
+   kept activations); the node then points at it instead of computing it. */
+static ebm_var *ebm__conv2d(ebm_graph *g, ebm_var *x, ebm_var *w, ebm_var *b, int stride, int pad, int leaky, float slope,
+                            const float *given)
 {
     int shape[4], k;
     ebm_var *y;
@@ -2244,9 +2257,10 @@ static ebm_var *ebm__conv2d(ebm_graph *g, ebm_var *x, ebm_var *w, ebm_var *b, in
     shape[3] = w->shape[3];
     if (shape[1] < 1 || shape[2] < 1)
         return ebm__gfail(g, EBM_EINVAL, "conv2d: %dx%d kernel does not fit a %dx%d input with padding %d", k, k, x->shape[1], x->shape[2], pad);
-    y = ebm__node(g, EBM__OP_CONV, 4, shape, x, w, b, 0);
+    y = ebm__node(g, EBM__OP_CONV, 4, shape, x, w, b, given != NULL);
     if (!y) return NULL;
     y->ip[0] = stride; y->ip[1] = pad; y->ip[2] = leaky; y->fp[0] = slope;
+    if (given) { y->data = (float *)(uintptr_t)given; return y; } /* read only: nothing writes a node's output */
     {
         ebm__cgeom G;
         ebm__mark mk = ebm__mark_get(g);
@@ -2261,7 +2275,7 @@ static ebm_var *ebm__conv2d(ebm_graph *g, ebm_var *x, ebm_var *w, ebm_var *b, in
 
 EBMDEF ebm_var *ebm_conv2d(ebm_graph *g, ebm_var *x, ebm_var *w, ebm_var *b, int stride, int pad)
 {
-    return ebm__conv2d(g, x, w, b, stride, pad, 0, 0.0f);
+    return ebm__conv2d(g, x, w, b, stride, pad, 0, 0.0f, NULL);
 }
 
 /* gy times LeakyReLU'(pre-activation) of a fused conv y, read off y. The
@@ -3164,6 +3178,24 @@ static void ebm__layer_params(ebm_model *m, ebm_graph *g, const ebm_layer *L, eb
     if (L->b_size) *b = ebm__param(g, m, L->b_off, 1, &bs);
 }
 
+/* 1 if a recorded chain keeps this layer's output (ebm_chain_kept_floats): a
+   conv with at least 32 multiply-adds per output. Below that (a first layer
+   of 1 or 3 channels) recomputing costs less than storing and reading back. */
+static int ebm__keeps_output(const ebm_layer *L)
+{
+    return L->type == EBM_LAYER_CONV2D && (size_t)L->k * L->k * L->in_c >= 32;
+}
+
+/* The floats one step of n samples keeps (ebm__keep_convs). */
+static size_t ebm__kept_per_step(const ebm_model *m, int n)
+{
+    size_t s = 0;
+    int l;
+    for (l = 0; l < m->n_layers; l++)
+        if (ebm__keeps_output(&m->layer[l])) s += (size_t)n * m->layer[l].out_h * m->layer[l].out_w * m->layer[l].out_c;
+    return s;
+}
+
 /* The second-order Taylor expansion of f along v, pushed through the net
    layer by layer (Taylor mode): f(x + t v) = f0 + t f1 + t^2/2 f2 + ..., so
    f1 = v.grad f and f2 = v.H v. A linear layer maps each coefficient (the
@@ -3174,8 +3206,11 @@ static void ebm__layer_params(ebm_model *m, ebm_graph *g, const ebm_layer *L, eb
    Hessian-vector product (reverse over reverse), which the first two
    coefficients' pass replaces. f2 NULL: the first two coefficients only.
    Max-pooling has no rule here: 0 is returned, nothing built, and the
-   caller takes the nested path. */
-static int ebm__model_jet(ebm_model *m, ebm_graph *g, ebm_var *x, ebm_var *v, ebm_var **f0, ebm_var **f1, ebm_var **f2)
+   caller takes the nested path. kept (may be NULL): the conv layers' outputs
+   at x, one block per conv layer in order (ebm__chain_keeps), which the
+   primal path then reads instead of recomputing. */
+static int ebm__model_jet(ebm_model *m, ebm_graph *g, ebm_var *x, ebm_var *v, ebm_var **f0, ebm_var **f1, ebm_var **f2,
+                          const float *kept)
 {
     ebm_var *h0 = x, *h1 = v, *h2 = NULL; /* h2 = 0 at the input: kept NULL while it is zero */
     int i;
@@ -3187,7 +3222,10 @@ static int ebm__model_jet(ebm_model *m, ebm_graph *g, ebm_var *x, ebm_var *v, eb
         ebm__layer_params(m, g, L, &w, &b);
         switch (L->type) {
         case EBM_LAYER_CONV2D:
-            h0 = ebm_conv2d(g, h0, w, b, L->stride, L->pad);
+            if (kept && ebm__keeps_output(L)) {
+                h0 = ebm__conv2d(g, h0, w, b, L->stride, L->pad, 0, 0.0f, kept);
+                kept += (size_t)x->shape[0] * L->out_h * L->out_w * L->out_c;
+            } else h0 = ebm_conv2d(g, h0, w, b, L->stride, L->pad);
             h1 = ebm_conv2d(g, h1, w, NULL, L->stride, L->pad);
             if (h2) h2 = ebm_conv2d(g, h2, w, NULL, L->stride, L->pad);
             break;
@@ -3221,6 +3259,14 @@ static int ebm__model_jet(ebm_model *m, ebm_graph *g, ebm_var *x, ebm_var *v, eb
     return 1;
 }
 
+/* 1 if layer i is a conv whose next layer, a LeakyReLU of slope >= 0, the
+   forward pass fuses into it (one node, the pre-activation never stored). */
+static int ebm__fuses_act(const ebm_model *m, int i)
+{
+    return m->layer[i].type == EBM_LAYER_CONV2D && i + 1 < m->n_layers && m->layer[i + 1].type == EBM_LAYER_ACT &&
+           m->layer[i + 1].act == EBM_ACT_LEAKY_RELU && m->layer[i + 1].act_param >= 0;
+}
+
 EBMDEF ebm_var *ebm_model_forward(ebm_model *m, ebm_graph *g, ebm_var *x)
 {
     return ebm_model_forward_partial(m, g, x, m ? m->n_layers : 0);
@@ -3242,9 +3288,8 @@ EBMDEF ebm_var *ebm_model_forward_partial(ebm_model *m, ebm_graph *g, ebm_var *x
         ebm__layer_params(m, g, L, &w, &b);
         switch (L->type) {
         case EBM_LAYER_CONV2D: /* a LeakyReLU (slope >= 0) right after is fused into the conv */
-            if (i + 1 < n_layers && m->layer[i + 1].type == EBM_LAYER_ACT && m->layer[i + 1].act == EBM_ACT_LEAKY_RELU &&
-                m->layer[i + 1].act_param >= 0) {
-                x = ebm__conv2d(g, x, w, b, L->stride, L->pad, 1, m->layer[i + 1].act_param);
+            if (i + 1 < n_layers && ebm__fuses_act(m, i)) {
+                x = ebm__conv2d(g, x, w, b, L->stride, L->pad, 1, m->layer[i + 1].act_param, NULL);
                 i++;
             } else x = ebm_conv2d(g, x, w, b, L->stride, L->pad);
             break;
@@ -3263,19 +3308,27 @@ EBMDEF ebm_var *ebm_model_forward_partial(ebm_model *m, ebm_graph *g, ebm_var *x
 
 EBMDEF int ebm_model_backward(ebm_model *m, ebm_graph *g, ebm_var *loss)
 {
+    return ebm_model_backward_input(m, g, loss, NULL, NULL);
+}
+
+EBMDEF int ebm_model_backward_input(ebm_model *m, ebm_graph *g, ebm_var *loss, ebm_var *x, ebm_var **gx)
+{
     ebm_var *v, **wrt, **out;
     int n = 0, i, st;
     if (!g) return EBM_EINVAL;
     if (g->err.status != EBM_OK) return g->err.status;
     if (!m || !m->params || !loss) return ebm__gfail(g, EBM_EINVAL, "model_backward: NULL or unallocated model, or NULL loss"), EBM_EINVAL;
+    if (!x != !gx) return ebm__gfail(g, EBM_EINVAL, "model_backward: an input x needs somewhere for its gradient, and gx an x"), EBM_EINVAL;
     for (v = g->first; v; v = v->next) n += v->is_param && v->owner == m;
-    wrt = (ebm_var **)ebm__meta(g, 2 * (size_t)(n ? n : 1) * sizeof *wrt);
+    wrt = (ebm_var **)ebm__meta(g, 2 * (size_t)(n + 1) * sizeof *wrt);
     if (!wrt) return g->err.status;
-    out = wrt + n;
+    out = wrt + n + 1;
     n = 0;
     for (v = g->first; v; v = v->next) if (v->is_param && v->owner == m) wrt[n++] = v;
-    st = ebm_grad(g, loss, NULL, n, wrt, out, 0);
+    if (x) wrt[n] = x; /* last, after the parameters */
+    st = ebm_grad(g, loss, NULL, n + (x != NULL), wrt, out, 0);
     if (st != EBM_OK) return st;
+    if (x) *gx = out[n];
     for (i = 0; i < n; i++)
         if (out[i]->data) {
             float *dst = m->grads + wrt[i]->owner_off;
@@ -3326,7 +3379,7 @@ static ebm_var *ebm__sm_loss(ebm_model *m, ebm_graph *g, int obj, int B, float N
     shape[0] = B; shape[1] = m->in_h; shape[2] = m->in_w; shape[3] = m->in_c;
     xv = ebm_leaf(g, x, 4, shape);
     rv = ebm_leaf(g, r, 4, shape);
-    if (obj != EBM_OBJ_DSM && !nested && ebm__model_jet(m, g, xv, rv, &y, &f1, &f2)) {
+    if (obj != EBM_OBJ_DSM && !nested && ebm__model_jet(m, g, xv, rv, &y, &f1, &f2, NULL)) {
         /* Taylor mode: f1 = v.s and f2 = v.H v per sample, without a nested backward */
         *y_out = y;
         if (obj == EBM_OBJ_SSM) {
@@ -3703,8 +3756,23 @@ static int ebm__sampler_begin(ebm_model *m, ebm_graph *g, const ebm_langevin *c,
     return ebm__langevin_check(g, c, a, b);
 }
 
-EBMDEF int ebm_langevin_run(ebm_model *m, ebm_graph *g, const ebm_langevin *c, const ebm_rng *rng,
-                            uint64_t first_sample, float *x, int n, double *grad_norm)
+/* Copy the kept conv outputs among the nodes from x to y to out. The conv
+   nodes come in tape order, which is the order of the model's conv layers. */
+static void ebm__keep_convs(const ebm_model *m, const ebm_var *x, const ebm_var *y, float *out)
+{
+    const ebm_var *v;
+    int l = 0;
+    for (v = x; v && v != y->next; v = v->next) {
+        if (v->op != EBM__OP_CONV) continue;
+        while (m->layer[l].type != EBM_LAYER_CONV2D) l++;
+        if (ebm__keeps_output(&m->layer[l++])) { memcpy(out, v->data, v->size * sizeof(float)); out += v->size; }
+    }
+}
+
+/* ebm_langevin_run; keep (may be NULL) receives each step's conv outputs
+   (ebm__kept_per_step floats per step), for ebm_chain_record. */
+static int ebm__langevin_run(ebm_model *m, ebm_graph *g, const ebm_langevin *c, const ebm_rng *rng,
+                             uint64_t first_sample, float *x, int n, double *grad_norm, float *keep)
 {
     int shape[4], k, i;
     size_t D;
@@ -3721,6 +3789,7 @@ EBMDEF int ebm_langevin_run(ebm_model *m, ebm_graph *g, const ebm_langevin *c, c
         xv = ebm_leaf(g, x, 4, shape);
         y = ebm_model_forward(m, g, xv);
         if (ebm_grad(g, y, NULL, 1, &xv, &gx, 0) != EBM_OK) return g->err.status;
+        if (keep) ebm__keep_convs(m, xv, y, keep + (size_t)k * ebm__kept_per_step(m, n));
         /* x_{k+1} = x_k + a (grad f - x / sigma_q^2) + b xi, sample by sample,
            the noise drawn in chunks on the stack. Samples are split into
            EBM__SAMPLE_CHUNKS fixed groups run in parallel; each group sums
@@ -3765,6 +3834,12 @@ EBMDEF int ebm_langevin_run(ebm_model *m, ebm_graph *g, const ebm_langevin *c, c
     }
     if (grad_norm) *grad_norm = c->n_steps ? gsum / ((double)c->n_steps * n) : 0.0;
     return EBM_OK;
+}
+
+EBMDEF int ebm_langevin_run(ebm_model *m, ebm_graph *g, const ebm_langevin *c, const ebm_rng *rng,
+                            uint64_t first_sample, float *x, int n, double *grad_norm)
+{
+    return ebm__langevin_run(m, g, c, rng, first_sample, x, n, grad_norm, NULL);
 }
 
 
@@ -4776,28 +4851,6 @@ EBMDEF int ebm_trainer_sample(ebm_trainer *t, uint64_t first, const float *x_dat
 
 /* ---------------------------------------------------------------- 6e. the chain as a generator */
 
-EBMDEF int ebm_chain_record(ebm_model *m, ebm_graph *g, const ebm_langevin *cfg, const ebm_rng *rng, uint64_t first_sample,
-                            const float *z, int n, float *states)
-{
-    ebm_langevin one;
-    size_t D, nD;
-    int k, rc;
-    if (!g) return EBM_EINVAL;
-    if (!m || !cfg || !z || !states || n < 1 || cfg->n_steps < 0)
-        return ebm__gfail(g, EBM_EINVAL, "chain_record: NULL argument, n < 1 or K < 0"), EBM_EINVAL;
-    D = (size_t)m->in_h * m->in_w * m->in_c;
-    nD = (size_t)n * D;
-    memcpy(states, z, nD * sizeof(float));
-    one = *cfg;
-    one.n_steps = 1;
-    for (k = 0; k < cfg->n_steps; k++) { /* step by step, the same bits as one K-step run */
-        memcpy(states + (size_t)(k + 1) * nD, states + (size_t)k * nD, nD * sizeof(float));
-        one.first_step = cfg->first_step + (uint32_t)k;
-        if ((rc = ebm_langevin_run(m, g, &one, rng, first_sample, states + (size_t)(k + 1) * nD, n, NULL)) != EBM_OK) return rc;
-    }
-    return EBM_OK;
-}
-
 /* 1 if every layer is linear or piecewise linear (LeakyReLU, pooling): the
    net's Hessian in x is then zero almost everywhere. */
 static int ebm__piecewise_linear(const ebm_model *m)
@@ -4808,8 +4861,54 @@ static int ebm__piecewise_linear(const ebm_model *m)
     return 1;
 }
 
+/* 1 if ebm_chain_backward takes its products in Taylor mode: a curved net
+   without max-pooling, and no reflecting wall. Without a reflecting wall the
+   box's derivative can be read off the recorded states (a clamped coordinate
+   sits on the wall), so grad f is not needed, and H v = grad_x (v . grad f)
+   is the gradient of the first Taylor coefficient of f along v
+   (ebm__model_jet): forward over reverse, a first-order pass on the fused
+   kernels instead of differentiating a recorded backward pass. */
+static int ebm__chain_jet(const ebm_model *m, const ebm_langevin *cfg)
+{
+    int l, jet = !ebm__piecewise_linear(m) && cfg->box != EBM_BOX_REFLECT && cfg->aniso_th <= 0;
+    for (l = 0; l < m->n_layers; l++) jet &= m->layer[l].type != EBM_LAYER_MAXPOOL;
+    return jet;
+}
+
+EBMDEF size_t ebm_chain_kept_floats(const ebm_model *m, const ebm_langevin *cfg, int n)
+{
+    int l;
+    if (!m || !m->params || !cfg || n < 1 || cfg->n_steps < 1 || !ebm__chain_jet(m, cfg)) return 0;
+    for (l = 0; l < m->n_layers; l++) if (ebm__fuses_act(m, l)) return 0; /* its pre-activation is never stored */
+    return (size_t)cfg->n_steps * ebm__kept_per_step(m, n); /* may be 0: no conv worth keeping */
+}
+
+EBMDEF int ebm_chain_record(ebm_model *m, ebm_graph *g, const ebm_langevin *cfg, const ebm_rng *rng, uint64_t first_sample,
+                            const float *z, int n, float *states, float *kept)
+{
+    ebm_langevin one;
+    size_t D, nD;
+    int k, rc;
+    if (!g) return EBM_EINVAL;
+    if (!m || !cfg || !z || !states || n < 1 || cfg->n_steps < 0)
+        return ebm__gfail(g, EBM_EINVAL, "chain_record: NULL argument, n < 1 or K < 0"), EBM_EINVAL;
+    D = (size_t)m->in_h * m->in_w * m->in_c;
+    nD = (size_t)n * D;
+    if (!ebm_chain_kept_floats(m, cfg, n)) kept = NULL;
+    memcpy(states, z, nD * sizeof(float));
+    one = *cfg;
+    one.n_steps = 1;
+    for (k = 0; k < cfg->n_steps; k++) { /* step by step, the same bits as one K-step run */
+        memcpy(states + (size_t)(k + 1) * nD, states + (size_t)k * nD, nD * sizeof(float));
+        one.first_step = cfg->first_step + (uint32_t)k;
+        if ((rc = ebm__langevin_run(m, g, &one, rng, first_sample, states + (size_t)(k + 1) * nD, n, NULL,
+                                    kept ? kept + (size_t)k * ebm__kept_per_step(m, n) : NULL)) != EBM_OK) return rc;
+    }
+    return EBM_OK;
+}
+
 EBMDEF int ebm_chain_backward(ebm_model *m, ebm_graph *g, const ebm_langevin *cfg, const ebm_rng *rng, uint64_t first_sample,
-                              const float *states, int n, const float *gK, float *gz)
+                              const float *states, const float *kept, int n, const float *gK, float *gz)
 {
     int k, i, shape[4], flat, jet;
     size_t D, nD, j;
@@ -4824,14 +4923,8 @@ EBMDEF int ebm_chain_backward(ebm_model *m, ebm_graph *g, const ebm_langevin *cf
     if (gz != gK) memcpy(gz, gK, nD * sizeof(float)); /* gz may be gK */
     if (cfg->aniso_th > 0) return ebm__gfail(g, EBM_EUNSUPPORTED, "chain_backward: STANLEY chains are not differentiated (their step depends on |drift|)"), EBM_EUNSUPPORTED;
     flat = ebm__piecewise_linear(m); /* H = 0: no Hessian-vector products */
-    /* Without a reflecting wall the box's derivative can be read off the
-       recorded states (a clamped coordinate sits on the wall), so grad f is
-       not needed, and H v = grad_x (v . grad f) is the gradient of the
-       first Taylor coefficient of f along v (ebm__model_jet): forward over
-       reverse, a first-order pass on the fused kernels instead of
-       differentiating a recorded backward pass. */
-    jet = !flat && cfg->box != EBM_BOX_REFLECT;
-    for (i = 0; i < m->n_layers; i++) jet &= m->layer[i].type != EBM_LAYER_MAXPOOL;
+    jet = ebm__chain_jet(m, cfg);
+    if (!ebm_chain_kept_floats(m, cfg, n)) kept = NULL;
     for (k = cfg->n_steps - 1; jet && k >= 0; k--) {
         const float *xk = states + (size_t)k * nD, *x1 = xk + nD;
         ebm_var *xv, *v, *f0 = NULL, *f1 = NULL, *hv = NULL;
@@ -4841,7 +4934,8 @@ EBMDEF int ebm_chain_backward(ebm_model *m, ebm_graph *g, const ebm_langevin *cf
         if (!v) return g->err.status;
         for (j = 0; j < nD; j++) /* v = B_k dL/dx_{k+1}: 0 where the wall clamped the step */
             v->data[j] = cfg->box == EBM_BOX_NONE || (x1[j] > cfg->lo && x1[j] < cfg->hi) ? gz[j] : 0.0f;
-        ebm__model_jet(m, g, xv, v, &f0, &f1, NULL); /* no max-pooling here: it builds */
+        ebm__model_jet(m, g, xv, v, &f0, &f1, NULL, /* no max-pooling here: it builds */
+                       kept ? kept + (size_t)k * ebm__kept_per_step(m, n) : NULL);
         if (ebm_grad(g, ebm_sum(g, f1), NULL, 1, &xv, &hv, 0) != EBM_OK) return g->err.status;
         for (j = 0; j < nD; j++) gz[j] = (1.0f - a * inv_q) * v->data[j] + a * hv->data[j];
     }
@@ -4917,8 +5011,8 @@ EBMDEF int ebm_chain_reconstruct(ebm_model *m, ebm_graph *g, const ebm_langevin 
                                  int kind, const float *target, const float *mask, int n, float *z, int n_iters, int optimizer,
                                  float lr, float *x_out, double *mse)
 {
-    size_t D, nD, j;
-    float *st, *m1, *m2, *gk;
+    size_t D, nD, j, n_kept;
+    float *st, *m1, *m2, *gk, *kept;
     double err = 0;
     int it, rc = EBM_OK;
     if (!g) return EBM_EINVAL;
@@ -4932,11 +5026,13 @@ EBMDEF int ebm_chain_reconstruct(ebm_model *m, ebm_graph *g, const ebm_langevin 
     if (!st) return ebm__gfail(g, EBM_ENOMEM, "chain_reconstruct: no memory for %d states", cfg->n_steps + 1), EBM_ENOMEM;
     m1 = st + ((size_t)cfg->n_steps + 1) * nD; m2 = m1 + nD; gk = m2 + nD;
     memset(m1, 0, 2 * nD * sizeof(float));
+    n_kept = ebm_chain_kept_floats(m, cfg, n); /* without them (no memory) the backward pass recomputes them */
+    kept = n_kept ? (float *)EBM_MALLOC(n_kept * sizeof(float)) : NULL;
     for (it = 0; it <= n_iters; it++) {
-        if ((rc = ebm_chain_record(m, g, cfg, rng, first_sample, z, n, st)) != EBM_OK) break;
+        if ((rc = ebm_chain_record(m, g, cfg, rng, first_sample, z, n, st, it < n_iters ? kept : NULL)) != EBM_OK) break;
         err = ebm__known_loss(m, st + (size_t)cfg->n_steps * nD, n, kind, target, mask, gk);
         if (it == n_iters) break; /* the error of the final z */
-        if ((rc = ebm_chain_backward(m, g, cfg, rng, first_sample, st, n, gk, gk)) != EBM_OK) break;
+        if ((rc = ebm_chain_backward(m, g, cfg, rng, first_sample, st, kept, n, gk, gk)) != EBM_OK) break;
         if (optimizer == EBM_OPT_SGD) {
             for (j = 0; j < nD; j++) z[j] -= lr * gk[j];
         } else { /* Adam on z, PyTorch's rule */
@@ -4951,6 +5047,7 @@ EBMDEF int ebm_chain_reconstruct(ebm_model *m, ebm_graph *g, const ebm_langevin 
     }
     if (rc == EBM_OK && x_out) memcpy(x_out, st + (size_t)cfg->n_steps * nD, nD * sizeof(float));
     if (mse) *mse = err;
+    EBM_FREE(kept);
     EBM_FREE(st);
     return rc;
 }

@@ -211,43 +211,50 @@ static void case_sampler_overhead(int nf)
 /* One reconstruction step of ALGORITHMS.md section 3 (the chain recorded,
    then dL/dz through all K steps: a Hessian-vector product per step) against
    the K-step chain alone, on the SiLU reference net (whose Hessian is not
-   zero), batch 64, K = 40, medians. Target: at most 3x. */
+   zero), batch 64, K = 40, medians; with the chain's conv outputs kept (as
+   ebm_chain_reconstruct runs it) and, beside it, recomputed. Target: at most 3x. */
 static void case_chain_gradient(int nf)
 {
     ebm_model m;
     ebm_graph *g;
     ebm_langevin cfg;
     ebm_rng r;
-    float *z, *x, *st, *gk;
+    float *z, *x, *st, *gk, *kept;
     const int batch = 64, K = 40;
-    double tc[16], tr[16], chain, recon;
-    size_t nx = (size_t)batch * 784, bytes, j;
+    double tc[16], tr[16], tn[16], chain, recon, recon_nokeep;
+    size_t nx = (size_t)batch * 784, bytes, n_kept, j;
     ebm_error e;
-    int i;
+    int i, keep;
     ebm_model_convnet(&m, 1, 28, nf, EBM_ACT_SILU, 0, 1);
     ebm_model_step_bytes(&m, batch, EBM_STEP_SECOND_ORDER, &bytes, &e);
     if (ebm_graph_create(&g, 2 * bytes, &e) != EBM_OK) { fprintf(stderr, "error: %s\n", e.msg); exit(1); }
-    z = (float *)malloc(nx * sizeof *z); x = (float *)malloc(nx * sizeof *x); gk = (float *)malloc(nx * sizeof *gk);
-    st = (float *)malloc((K + 1) * nx * sizeof *st);
-    r.seed = 1; r.stream = EBM_STREAM_USER;
-    ebm_rng_uniform(&r, 0, 0, -1, 1, z, nx);
     ebm_langevin_default(&cfg);
     cfg.n_steps = K;
+    n_kept = ebm_chain_kept_floats(&m, &cfg, batch);
+    z = (float *)malloc(nx * sizeof *z); x = (float *)malloc(nx * sizeof *x); gk = (float *)malloc(nx * sizeof *gk);
+    st = (float *)malloc((K + 1) * nx * sizeof *st);
+    kept = (float *)malloc((n_kept ? n_kept : 1) * sizeof *kept);
+    r.seed = 1; r.stream = EBM_STREAM_USER;
+    ebm_rng_uniform(&r, 0, 0, -1, 1, z, nx);
     for (i = 0; i < reps; i++) {
         double t0 = ebm_time_sec();
         memcpy(x, z, nx * sizeof *x);
         ebm_langevin_run(&m, g, &cfg, &r, 0, x, batch, NULL);
         tc[i] = (ebm_time_sec() - t0) * 1e3;
-        t0 = ebm_time_sec();
-        ebm_chain_record(&m, g, &cfg, &r, 0, z, batch, st);
-        for (j = 0; j < nx; j++) gk[j] = 2 * (st[(size_t)K * nx + j] - x[j]) / (float)nx;
-        ebm_chain_backward(&m, g, &cfg, &r, 0, st, batch, gk, gk);
-        tr[i] = (ebm_time_sec() - t0) * 1e3;
+        for (keep = 1; keep >= 0; keep--) {
+            t0 = ebm_time_sec();
+            ebm_chain_record(&m, g, &cfg, &r, 0, z, batch, st, keep ? kept : NULL);
+            for (j = 0; j < nx; j++) gk[j] = 2 * (st[(size_t)K * nx + j] - x[j]) / (float)nx;
+            ebm_chain_backward(&m, g, &cfg, &r, 0, st, keep ? kept : NULL, batch, gk, gk);
+            (keep ? tr : tn)[i] = (ebm_time_sec() - t0) * 1e3;
+        }
     }
     if (ebm_graph_status(g) != EBM_OK) { fprintf(stderr, "error: %s\n", ebm_graph_error(g)->msg); exit(1); }
-    chain = median(tc, reps); recon = median(tr, reps);
-    printf("bench chain_gradient_nf%d_silu chain_ms=%.1f recon_step_ms=%.1f ratio=%.2f target_ratio=3\n", nf, chain, recon, recon / chain);
-    free(z); free(x); free(gk); free(st);
+    chain = median(tc, reps); recon = median(tr, reps); recon_nokeep = median(tn, reps);
+    printf("bench chain_gradient_nf%d_silu chain_ms=%.1f recon_step_ms=%.1f ratio=%.2f target_ratio=3 kept_mb=%.1f "
+           "recomputed_ms=%.1f recomputed_ratio=%.2f\n", nf, chain, recon, recon / chain, n_kept * 4.0 / (1 << 20),
+           recon_nokeep, recon_nokeep / chain);
+    free(z); free(x); free(gk); free(st); free(kept);
     ebm_graph_destroy(g);
     ebm_model_free(&m);
 }
@@ -336,8 +343,7 @@ static void case_gen(void)
         zv = ebm_leaf(g, z, 4, s);
         loss = ebm_sqnorm(g, ebm_model_forward(&m, g, zv));
         ebm_model_zero_grad(&m);
-        ebm_grad(g, loss, NULL, 1, &zv, &gz, 0); /* grad wrt z ... */
-        ebm_model_backward(&m, g, loss);          /* ... and wrt the parameters */
+        ebm_model_backward_input(&m, g, loss, zv, &gz); /* grad wrt the parameters and z, one pass */
         if (ebm_graph_status(g) != EBM_OK) { fprintf(stderr, "error: %s\n", ebm_graph_error(g)->msg); exit(1); }
         if (i) t[i - 1] = (ebm_time_sec() - t0) * 1e3;
     }

@@ -1342,6 +1342,40 @@ static void test_optimisers(void)
     ebm_model_free(&m);
 }
 
+/* ebm_model_backward_input: one backward pass gives the parameter gradients
+   of ebm_model_backward and the input gradient of ebm_grad, bit for bit, on
+   the latent model's generator (transposed convs, tanh). */
+static void test_model_backward_input(void)
+{
+    ebm_model m;
+    ebm_graph *g = new_graph(64);
+    ebm_rng r;
+    int s[4] = { 3, 1, 1, 8 };
+    float z[3 * 8], *grads;
+    ebm_var *zv, *loss, *gz = NULL, *gz2 = NULL;
+    size_t j;
+    ebm_model_generator28(&m, 8, 4, 1, 5);
+    grads = (float *)malloc(m.n_params * sizeof *grads);
+    r.seed = 31; r.stream = 2;
+    ebm_rng_normal(&r, 0, 0, z, 3 * 8);
+    zv = ebm_leaf(g, z, 4, s);
+    loss = ebm_sqnorm(g, ebm_model_forward(&m, g, zv));
+    ebm_model_zero_grad(&m);
+    CHECK(ebm_model_backward(&m, g, loss) == EBM_OK, "backward: %s", gmsg(g));
+    memcpy(grads, m.grads, m.n_params * sizeof *grads);
+    CHECK(ebm_grad(g, loss, NULL, 1, &zv, &gz2, 0) == EBM_OK, "grad: %s", gmsg(g));
+    ebm_model_zero_grad(&m);
+    CHECK(ebm_model_backward_input(&m, g, loss, zv, &gz) == EBM_OK && gz, "backward_input: %s", gmsg(g));
+    CHECK(!memcmp(grads, m.grads, m.n_params * sizeof *grads), "parameter gradients differ from ebm_model_backward's");
+    CHECK(!memcmp(gz->data, gz2->data, sizeof z), "input gradient differs from ebm_grad's");
+    for (j = 0; j < 3 * 8 && gz->data[j] == 0; j++) {}
+    CHECK(j < 3 * 8, "the input gradient is zero");
+    CHECK(ebm_model_backward_input(&m, g, loss, zv, NULL) == EBM_EINVAL, "an input without a place for its gradient accepted");
+    free(grads);
+    ebm_graph_destroy(g);
+    ebm_model_free(&m);
+}
+
 static void test_model_score_matches_graph(void)
 {
     ebm_model m;
@@ -1808,6 +1842,7 @@ static const test_case tests[] = {
     { "step_bytes_exact", test_step_bytes_exact },
     { "no_allocation_per_step", test_no_allocation_per_step },
     { "optimisers", test_optimisers },
+    { "model_backward_input", test_model_backward_input },
     { "model_score_matches_graph", test_model_score_matches_graph },
     { "langevin_gaussian_exact_discretisation", test_langevin_gaussian_exact_discretisation },
     { "langevin_same_bits_in_any_batch", test_langevin_same_bits_in_any_batch },
@@ -1830,6 +1865,7 @@ static const test_case tests[] = {
     { "samplers_on_2d_mixture", test_samplers_on_2d_mixture },
     { "chain_gradient_through_every_step", test_chain_gradient_through_every_step },
     { "chain_gradient_piecewise_linear", test_chain_gradient_piecewise_linear },
+    { "chain_kept_activations", test_chain_kept_activations },
     { "chain_reconstruct_and_interpolate", test_chain_reconstruct_and_interpolate },
     { "langevin_conditional", test_langevin_conditional },
     { "generator_helpers", test_generator_helpers },

@@ -545,19 +545,19 @@ static void test_chain_gradient_through_every_step(void)
     for (box = EBM_BOX_NONE; box <= EBM_BOX_REFLECT; box++) {
     cfg.box = box; cfg.lo = -1.1f; cfg.hi = 1.1f;
     dir = plain = 0;
-    CHECK(ebm_chain_record(&m, g, &cfg, &r, 0, z, n, st) == EBM_OK, "record: %s", gmsg(g));
+    CHECK(ebm_chain_record(&m, g, &cfg, &r, 0, z, n, st, NULL) == EBM_OK, "record: %s", gmsg(g));
     {   /* the recorded chain equals one K-step run */
         float x[3 * 36];
         memcpy(x, z, sizeof x);
         ebm_langevin_run(&m, g, &cfg, &r, 0, x, n, NULL);
         CHECK(!memcmp(x, st + (size_t)K * n * D, sizeof x), "the recorded chain differs from ebm_langevin_run");
     }
-    CHECK(ebm_chain_backward(&m, g, &cfg, &r, 0, st, n, c, gz) == EBM_OK, "backward: %s", gmsg(g));
+    CHECK(ebm_chain_backward(&m, g, &cfg, &r, 0, st, NULL, n, c, gz) == EBM_OK, "backward: %s", gmsg(g));
     for (i = 0; i < n * D; i++) { dir += (double)gz[i] * d[i]; plain += (double)c[i] * d[i]; }
     for (sgn = 0; sgn < 2; sgn++) {
         const double h = 1e-3; /* small: a step of 1e-2 can carry a coordinate across a wall's kink */
         for (i = 0; i < n * D; i++) zp[i] = z[i] + (float)(sgn ? -h : h) * d[i];
-        ebm_chain_record(&m, g, &cfg, &r, 0, zp, n, st);
+        ebm_chain_record(&m, g, &cfg, &r, 0, zp, n, st, NULL);
         lp[sgn] = 0;
         for (i = 0; i < n * D; i++) lp[sgn] += (double)c[i] * st[(size_t)K * n * D + i];
     }
@@ -603,12 +603,12 @@ static void test_chain_gradient_piecewise_linear(void)
     ebm_chain_start(EBM_START_UNIFORM, &r, 0, 0, -1, 1, z, n, D);
     ebm_chain_start(EBM_START_GAUSSIAN, &r, 0, 1, 0, 0, c, n, D);
     ebm_chain_start(EBM_START_GAUSSIAN, &r, 0, 2, 0, 0, d, n, D);
-    ebm_chain_record(&m, g, &cfg, &r, 0, z, n, st);
-    CHECK(ebm_chain_backward(&m, g, &cfg, &r, 0, st, n, c, gz) == EBM_OK, "backward: %s", gmsg(g));
+    ebm_chain_record(&m, g, &cfg, &r, 0, z, n, st, NULL);
+    CHECK(ebm_chain_backward(&m, g, &cfg, &r, 0, st, NULL, n, c, gz) == EBM_OK, "backward: %s", gmsg(g));
     for (i = 0; i < n * D; i++) dir += (double)gz[i] * d[i];
     for (sgn = 0; sgn < 2; sgn++) {
         for (i = 0; i < n * D; i++) zp[i] = z[i] + (sgn ? -1e-2f : 1e-2f) * d[i];
-        ebm_chain_record(&m, g, &cfg, &r, 0, zp, n, st);
+        ebm_chain_record(&m, g, &cfg, &r, 0, zp, n, st, NULL);
         lp[sgn] = 0;
         for (i = 0; i < n * D; i++) lp[sgn] += (double)c[i] * st[(size_t)K * n * D + i];
     }
@@ -617,6 +617,74 @@ static void test_chain_gradient_piecewise_linear(void)
     free(st);
     ebm_graph_destroy(g);
     ebm_model_free(&m);
+}
+
+/* Kept activations (ebm_chain_kept_floats): the record keeps the conv
+   outputs worth keeping and the backward pass reads them instead of
+   recomputing them, with the same bits. The net has a kept conv (4 channels
+   of 3x3: 36 multiply-adds per output) that feeds a SiLU, so the kept values
+   enter the products; a block read at the wrong step or offset changes the
+   result. Nets where nothing is kept report 0. */
+static void test_chain_kept_activations(void)
+{
+    enum { n = 2, K = 3, D = 36 };
+    ebm_model m, flat, mixed;
+    ebm_graph *g;
+    ebm_error e;
+    ebm_langevin cfg, other;
+    ebm_rng r;
+    size_t bytes, n_kept;
+    float z[n * D], c[n * D], gz0[n * D], gz1[n * D], *st0 = falloc((size_t)(K + 1) * n * D), *st1 = falloc((size_t)(K + 1) * n * D), *kept;
+    ebm_model_init(&m, 1, 6, 6);
+    ebm_model_add_conv2d(&m, 4, 3, 1, 1, 1); /* 9 multiply-adds per output: recomputed */
+    ebm_model_add_act(&m, EBM_ACT_SILU, 0.0f);
+    ebm_model_add_conv2d(&m, 4, 3, 1, 1, 1); /* 36: kept */
+    ebm_model_add_act(&m, EBM_ACT_SILU, 0.0f);
+    ebm_model_add_conv2d(&m, 1, 6, 1, 0, 1); /* 144: kept */
+    ebm_model_alloc(&m, 21);
+    ebm_model_step_bytes(&m, n, EBM_STEP_SECOND_ORDER, &bytes, &e);
+    ebm_graph_create(&g, 2 * bytes + 65536, &e);
+    ebm_langevin_default(&cfg);
+    cfg.step = 0.3f; cfg.noise = 0.05f; cfg.n_steps = K;
+    r.seed = 22; r.stream = 3;
+    ebm_chain_start(EBM_START_UNIFORM, &r, 0, 0, -1, 1, z, n, D);
+    ebm_chain_start(EBM_START_GAUSSIAN, &r, 0, 1, 0, 0, c, n, D);
+    n_kept = ebm_chain_kept_floats(&m, &cfg, n);
+    CHECK(n_kept == (size_t)K * n * (36 * 4 + 1), "kept floats %lu, expected %d", (unsigned long)n_kept, K * n * (36 * 4 + 1));
+    kept = falloc(n_kept);
+    CHECK(ebm_chain_record(&m, g, &cfg, &r, 0, z, n, st0, NULL) == EBM_OK, "record: %s", gmsg(g));
+    CHECK(ebm_chain_record(&m, g, &cfg, &r, 0, z, n, st1, kept) == EBM_OK, "record, keeping: %s", gmsg(g));
+    CHECK(!memcmp(st0, st1, (size_t)(K + 1) * n * D * sizeof *st0), "keeping changed the recorded states");
+    CHECK(ebm_chain_backward(&m, g, &cfg, &r, 0, st0, NULL, n, c, gz0) == EBM_OK, "backward: %s", gmsg(g));
+    CHECK(ebm_chain_backward(&m, g, &cfg, &r, 0, st1, kept, n, c, gz1) == EBM_OK, "backward, kept: %s", gmsg(g));
+    CHECK(!memcmp(gz0, gz1, sizeof gz0), "dL/dz from kept activations differs from recomputed ones");
+    {   /* the kept values are read: other values give another gradient */
+        size_t j;
+        for (j = 0; j < n_kept; j++) kept[j] *= 1.5f;
+        ebm_chain_backward(&m, g, &cfg, &r, 0, st1, kept, n, c, gz1);
+        CHECK(memcmp(gz0, gz1, sizeof gz0) != 0, "the backward pass ignored the kept activations");
+    }
+    other = cfg; other.box = EBM_BOX_REFLECT;
+    CHECK(ebm_chain_kept_floats(&m, &other, n) == 0, "a reflecting wall keeps activations (its path does not read them)");
+    other = cfg; other.aniso_th = 0.1f;
+    CHECK(ebm_chain_kept_floats(&m, &other, n) == 0, "a STANLEY chain keeps activations");
+    ebm_model_init(&flat, 1, 6, 6);
+    ebm_model_add_conv2d(&flat, 4, 3, 1, 1, 1);
+    ebm_model_add_act(&flat, EBM_ACT_LEAKY_RELU, 0.2f);
+    ebm_model_add_conv2d(&flat, 1, 6, 1, 0, 1);
+    ebm_model_alloc(&flat, 1);
+    CHECK(ebm_chain_kept_floats(&flat, &cfg, n) == 0, "a piecewise-linear net keeps activations");
+    ebm_model_init(&mixed, 1, 6, 6);
+    ebm_model_add_conv2d(&mixed, 4, 3, 1, 1, 1);
+    ebm_model_add_act(&mixed, EBM_ACT_LEAKY_RELU, 0.2f);
+    ebm_model_add_conv2d(&mixed, 4, 3, 1, 1, 1);
+    ebm_model_add_act(&mixed, EBM_ACT_SILU, 0.0f);
+    ebm_model_add_conv2d(&mixed, 1, 6, 1, 0, 1);
+    ebm_model_alloc(&mixed, 1);
+    CHECK(ebm_chain_kept_floats(&mixed, &cfg, n) == 0, "a net with a fused LeakyReLU keeps activations");
+    free(st0); free(st1); free(kept);
+    ebm_graph_destroy(g);
+    ebm_model_free(&m); ebm_model_free(&flat); ebm_model_free(&mixed);
 }
 
 /* Reconstruction by Adam on z through the whole chain lowers the error on
