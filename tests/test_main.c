@@ -545,8 +545,9 @@ static void test_rng_math_kernels(void)
 /* Wider channel counts for the kernel comparison only (too big for the
    per-coordinate differences of the op tests): whole panels (64, 32),
    panels plus a tail (33, 48), the reference nets' 3x3-output
-   and first layers, a weight gradient large enough to be blocked, and
-   batches large enough for the input gradient's position-first order. */
+   and first layers, a weight gradient large enough to be blocked,
+   batches large enough for the input gradient's position-first order, and
+   few input channels with many taps. */
 static const int wide_geoms[][8] = {
     /* n  h  w  ci co k  s  p */
     { 2, 6, 5, 3, 32, 4, 2, 1 },
@@ -558,6 +559,8 @@ static const int wide_geoms[][8] = {
     { 4, 12, 12, 32, 32, 3, 1, 1 }, /* weight gradient: grouped row tiles and several pixel chunks */
     { 9, 7, 7, 64, 48, 4, 2, 1 },   /* input gradient position-first: a batch that fills a tile, */
     { 17, 7, 7, 16, 32, 4, 2, 1 },  /* and a narrow one, each with tiles across two positions */
+    { 3, 10, 10, 1, 20, 4, 2, 1 },  /* few input channels (the tap-vector input gradient): one narrow */
+    { 2, 9, 9, 4, 5, 4, 2, 1 },     /* panel of 16 taps; two wide ones of 64 taps with a tail of gy channels */
 };
 
 static void test_conv_kernels_match_reference(void)
