@@ -1741,10 +1741,10 @@ static void ebm__conv_bwd_data(const ebm__cgeom *G, const float *gy, const float
                 const int kh = ph + s * (int)(tap / tw), kw = pw + s * (int)(tap % tw), co = (int)(jj % cy);
                 size_t ii, cc;
                 for (ii = 0; ii < n_ct; ii++)
-                        for (cc = 0; cc < CBW; cc++) {
-                            size_t ci = ii * CBW + cc;
-                            Bp[(ii * KC + jj) * CBW + cc] = ci < (size_t)cx ? w[(((size_t)kh * K + kw) * cx + ci) * cy + co] : 0.0f;
-                        }
+                    for (cc = 0; cc < CBW; cc++) {
+                        size_t ci = ii * CBW + cc;
+                        Bp[(ii * KC + jj) * CBW + cc] = ci < (size_t)cx ? w[(((size_t)kh * K + kw) * cx + ci) * cy + co] : 0.0f;
+                    }
             }
             EBM__PARALLEL_FOR_IF(n_tiles > 1)
             for (t = 0; t < n_tiles; t++) {
@@ -2262,8 +2262,8 @@ static ebm_var *ebm__check_conv(ebm_graph *g, const char *op, ebm_var *w, int k_
 
 /* conv2d, optionally followed by LeakyReLU(slope >= 0) in the same pass
    (ip[2] = 1). Its backward reads the activation's derivative off the
-   output: with slope >= 0 the output has the sign of the pre-activation. */
-/* given (may be NULL): the output, already computed (a recorded chain's
+   output: with slope >= 0 the output has the sign of the pre-activation.
+   given (may be NULL): the output, already computed (a recorded chain's
    kept activations); the node then points at it instead of computing it. */
 static ebm_var *ebm__conv2d(ebm_graph *g, ebm_var *x, ebm_var *w, ebm_var *b, int stride, int pad, int leaky, float slope,
                             const float *given)
@@ -3231,9 +3231,9 @@ static size_t ebm__kept_per_step(const ebm_model *m, int n)
    Hessian-vector product (reverse over reverse), which the first two
    coefficients' pass replaces. f2 NULL: the first two coefficients only.
    Max-pooling has no rule here: 0 is returned, nothing built, and the
-   caller takes the nested path. kept (may be NULL): the conv layers' outputs
-   at x, one block per conv layer in order (ebm__chain_keeps), which the
-   primal path then reads instead of recomputing. */
+   caller takes the nested path. kept (may be NULL): the outputs at x of the
+   conv layers a recorded chain keeps (ebm__keeps_output), one block each in
+   layer order, which the primal stream then reads instead of recomputing. */
 static int ebm__model_jet(ebm_model *m, ebm_graph *g, ebm_var *x, ebm_var *v, ebm_var **f0, ebm_var **f1, ebm_var **f2,
                           const float *kept)
 {
