@@ -1,4 +1,4 @@
-/* ebm.h - energy-based models in plain C, one header.                 v0.5.2
+/* ebm.h - energy-based models in plain C, one header.                 v0.6.0
 
    Train and sample energy-based models p(x) = exp(f(x)) q(x) / Z with a ConvNet
    f, Langevin MCMC and autograd (including gradients of gradients), using only
