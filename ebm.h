@@ -1735,7 +1735,7 @@ static void ebm__conv_bwd_data(const ebm__cgeom *G, const float *gy, const float
             if (M == 0) continue;
             /* this phase's taps of the weights, transposed so the input channel runs fastest:
                panels Bp[(i KC + (tap, co)) CBW + c] */
-            EBM__PARALLEL_FOR_IF(KC > 4096)
+            EBM__PARALLEL_FOR_IF(KC * n_ct * CBW > 16384) /* by the floats packed, as ebm__pack */
             for (t = 0; t < (long)KC; t++) {
                 const size_t jj = (size_t)t, tap = jj / cy;
                 const int kh = ph + s * (int)(tap / tw), kw = pw + s * (int)(tap % tw), co = (int)(jj % cy);
