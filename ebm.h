@@ -1787,7 +1787,7 @@ static void ebm__conv_bwd_data(const ebm__cgeom *G, const float *gy, const float
    row tiles over the pixels chunk by chunk, so each chunk of the packed gy
    panel is read from cache by the whole group (streaming the whole panel
    once per tile was memory-bound: 39-61 % of peak). */
-#define EBM__WG_GROUP 8
+#define EBM__WG_GROUP 16
 #define EBM__WG_CHUNK 256
 static void ebm__conv_bwd_weight(const ebm__cgeom *G, const float *x, const float *gy, float *gw, void *scratch)
 {
@@ -1811,9 +1811,11 @@ static void ebm__conv_bwd_weight(const ebm__cgeom *G, const float *x, const floa
         A = xp;
     }
     koff = (ptrdiff_t *)ebm__carve(&sp, M * sizeof(ptrdiff_t));
-    for (m = 0; m < M; m++) {
-        int n = (int)(m / (size_t)HW), ho = (int)(m % (size_t)HW) / G->wy, wo = (int)(m % (size_t)HW) % G->wy;
-        koff[m] = (((ptrdiff_t)n * Hp + (ptrdiff_t)ho * s) * Wp + (ptrdiff_t)wo * s) * cx;
+    m = 0; /* pixel m = (n, ho, wo) in order; nested loops, no division per pixel */
+    for (t = 0; t < G->n; t++) {
+        int ho, wo;
+        for (ho = 0; ho < G->hy; ho++)
+            for (wo = 0; wo < G->wy; wo++) koff[m++] = ((t * Hp + (ptrdiff_t)ho * s) * Wp + (ptrdiff_t)wo * s) * cx;
     }
     /* B: gy, pixels x co, in contiguous panels */
     Bp = (float *)ebm__carve(&sp, n_ct * CBW * M * sizeof(float));
