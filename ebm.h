@@ -1549,8 +1549,8 @@ static size_t ebm__conv_bwd_data_scratch(const ebm__cgeom *G)
 {
     const size_t T = (size_t)G->k * G->k * G->cx; /* ebm__conv_bwd_data_few: the weights in panels of taps, a tap table */
     size_t panels = ebm__ceil_div((size_t)G->cx, ebm__panel(G->cx)) * ebm__panel(G->cx) * G->k * G->k * G->cy;
-    if (ebm__few_cx(G)) return (ebm__ceil_div(T, ebm__panel((int)T)) * ebm__panel((int)T) * G->cy + (size_t)G->cy) * sizeof(float) +
-                               3 * T * sizeof(int) + 3 * EBM__ALIGN;
+    if (ebm__few_cx(G)) return ebm__ceil_div(T, ebm__panel((int)T)) * ebm__panel((int)T) * G->cy * sizeof(float) +
+                               3 * T * sizeof(int) + 2 * EBM__ALIGN;
     return (panels + (size_t)G->cy) * sizeof(float) + 3 * EBM__ALIGN;
 }
 

@@ -560,7 +560,7 @@ static const int wide_geoms[][8] = {
     { 9, 7, 7, 64, 48, 4, 2, 1 },   /* input gradient position-first: a batch that fills a tile, */
     { 17, 7, 7, 16, 32, 4, 2, 1 },  /* and a narrow one, each with tiles across two positions */
     { 3, 10, 10, 1, 20, 4, 2, 1 },  /* few input channels (the tap-vector input gradient): one narrow */
-    { 2, 9, 9, 4, 5, 4, 2, 1 },     /* panel of 16 taps; two wide ones of 64 taps with a tail of gy channels */
+    { 2, 9, 9, 4, 5, 4, 2, 1 },     /* panel of 16 taps; two wide panels of 64 taps over gy's 5 channels */
 };
 
 static void test_conv_kernels_match_reference(void)
