@@ -1563,7 +1563,9 @@ static size_t ebm__conv_bwd_weight_scratch(const ebm__cgeom *G)
 }
 
 /* Forward: tile = (RM output pixels of the whole batch, one panel of output
-   channels). With `leaky` the write-back applies LeakyReLU(slope) as well
+   channels); a thread takes a pixel tile's panels in turn, so the tile's
+   tap table is built once for all of them (building it per panel was 7 %
+   of a training iteration at n_f = 32). With `leaky` the write-back applies LeakyReLU(slope) as well
    (the models fuse a conv and the LeakyReLU after it: one pass over the
    output instead of three, and no pre-activation tensor). */
 static void ebm__conv_fwd(const ebm__cgeom *G, const float *x, const float *w, const float *b, float *y, void *scratch,
@@ -1573,46 +1575,52 @@ static void ebm__conv_fwd(const ebm__cgeom *G, const float *x, const float *w, c
     const int K = G->k, KK = G->k * G->k, cx = G->cx, cy = G->cy, s = G->s, p = G->p, HW = G->hy * G->wy;
     const int narrow = ebm__narrow(cy), RR = narrow ? EBM__RM1 : EBM__RM;
     const size_t CBW = ebm__panel(cy), M = (size_t)G->n * HW, n_ct = ebm__ceil_div((size_t)cy, CBW), KKC = (size_t)KK * cx;
-    const long n_tiles = (long)(ebm__ceil_div(M, (size_t)RR) * n_ct);
+    const long n_pt = (long)ebm__ceil_div(M, (size_t)RR);
     float *zero, *Bp;
-    long t;
+    long pt;
     zero = (float *)ebm__carve(&sp, (size_t)cx * sizeof(float));
     memset(zero, 0, (size_t)cx * sizeof(float));
     /* B: the weights (tap, ci) x co in contiguous panels (faster to stream
        than reading rows of cy floats in place, measured) */
     Bp = (float *)ebm__carve(&sp, n_ct * CBW * KKC * sizeof(float));
     ebm__pack(w, KKC, (size_t)cy, (size_t)cy, Bp, CBW);
-    EBM__PARALLEL_FOR_IF(n_tiles > 1)
-    for (t = 0; t < n_tiles; t++) {
-        const size_t pt = (size_t)t / n_ct, ct = (size_t)t % n_ct, m0 = pt * (size_t)RR;
+    EBM__PARALLEL_FOR_IF(n_pt > 1)
+    for (pt = 0; pt < n_pt; pt++) {
+        const size_t m0 = (size_t)pt * (size_t)RR;
         const int nr = M - m0 < (size_t)RR ? (int)(M - m0) : RR;
-        const int co0 = (int)(ct * CBW), nc = cy - co0 < (int)CBW ? cy - co0 : (int)CBW;
         const float *ap[EBM__TAPS * EBM__ROWS], *bt[EBM__TAPS];
         int pn[EBM__ROWS], ph[EBM__ROWS], pw[EBM__ROWS];
         float tmp[EBM__TILE];
-        int r, q, t0;
+        size_t ct;
+        int r, q, t0, kept = 0;
         for (r = 0; r < RR; r++) {
             size_t m = m0 + (size_t)(r < nr ? r : nr - 1);
             pn[r] = (int)(m / (size_t)HW);
             ph[r] = (int)(m % (size_t)HW) / G->wy * s - p;
             pw[r] = (int)(m % (size_t)HW) % G->wy * s - p;
         }
-        memset(tmp, 0, sizeof tmp);
-        for (t0 = 0; t0 < KK; t0 += EBM__TAPS) {
-            const int nt = KK - t0 < EBM__TAPS ? KK - t0 : EBM__TAPS;
-            const int kept = ebm__tap_table(x, G->hx, G->wx, cx, zero, pn, ph, pw, 1, K, RR, t0, nt, 0,
-                                            Bp + ct * KKC * CBW, (size_t)cx * CBW, ap, bt);
-            if (kept) ebm__mk_taps(ap, bt, kept, cx, CBW, tmp, narrow);
-        }
-        for (r = 0; r < nr && r < EBM__ROWS; r++) {
-            float *o = y + (m0 + (size_t)r) * cy + co0;
-            const float *tr = tmp + r * (int)CBW;
-            /* each case its own plain loop, so that the compiler vectorises it */
-            if (b && leaky) /* a fused LeakyReLU */
-                for (q = 0; q < nc; q++) { const float v = tr[q] + b[co0 + q]; o[q] = v > 0 ? v : slope * v; }
-            else if (b) for (q = 0; q < nc; q++) o[q] = tr[q] + b[co0 + q];
-            else if (leaky) for (q = 0; q < nc; q++) o[q] = tr[q] > 0 ? tr[q] : slope * tr[q];
-            else for (q = 0; q < nc; q++) o[q] = tr[q];
+        for (ct = 0; ct < n_ct; ct++) {
+            const int co0 = (int)(ct * CBW), nc = cy - co0 < (int)CBW ? cy - co0 : (int)CBW;
+            memset(tmp, 0, sizeof tmp);
+            for (t0 = 0; t0 < KK; t0 += EBM__TAPS) {
+                const int nt = KK - t0 < EBM__TAPS ? KK - t0 : EBM__TAPS;
+                if (ct == 0 || KK > EBM__TAPS)
+                    kept = ebm__tap_table(x, G->hx, G->wx, cx, zero, pn, ph, pw, 1, K, RR, t0, nt, 0,
+                                          Bp + ct * KKC * CBW, (size_t)cx * CBW, ap, bt);
+                else /* one table serves all panels: the same taps, the next panel's weights */
+                    for (q = 0; q < kept; q++) bt[q] += KKC * CBW;
+                if (kept) ebm__mk_taps(ap, bt, kept, cx, CBW, tmp, narrow);
+            }
+            for (r = 0; r < nr && r < EBM__ROWS; r++) {
+                float *o = y + (m0 + (size_t)r) * cy + co0;
+                const float *tr = tmp + r * (int)CBW;
+                /* each case its own plain loop, so that the compiler vectorises it */
+                if (b && leaky) /* a fused LeakyReLU */
+                    for (q = 0; q < nc; q++) { const float v = tr[q] + b[co0 + q]; o[q] = v > 0 ? v : slope * v; }
+                else if (b) for (q = 0; q < nc; q++) o[q] = tr[q] + b[co0 + q];
+                else if (leaky) for (q = 0; q < nc; q++) o[q] = tr[q] > 0 ? tr[q] : slope * tr[q];
+                else for (q = 0; q < nc; q++) o[q] = tr[q];
+            }
         }
     }
 }
@@ -1730,8 +1738,8 @@ static void ebm__conv_bwd_data(const ebm__cgeom *G, const float *gy, const float
                gy is tiny (a 1x1 -> 7x7 transposed conv: the tile's pixels then share their
                taps) or the phase small and the batch fills a tile (see above) */
             const int pos_major = G->hy * G->wy <= 4 || (G->n >= RR && per <= EBM__POS_MAJOR);
-            const long n_tiles = (long)(ebm__ceil_div(M, (size_t)RR) * n_ct);
-            long t;
+            const long n_pt = (long)ebm__ceil_div(M, (size_t)RR);
+            long t, pt;
             if (M == 0) continue;
             /* this phase's taps of the weights, transposed so the input channel runs fastest:
                panels Bp[(i KC + (tap, co)) CBW + c] */
@@ -1746,16 +1754,15 @@ static void ebm__conv_bwd_data(const ebm__cgeom *G, const float *gy, const float
                         Bp[(ii * KC + jj) * CBW + cc] = ci < (size_t)cx ? w[(((size_t)kh * K + kw) * cx + ci) * cy + co] : 0.0f;
                     }
             }
-            EBM__PARALLEL_FOR_IF(n_tiles > 1)
-            for (t = 0; t < n_tiles; t++) {
-                const size_t pt = (size_t)t / n_ct, ct = (size_t)t % n_ct, m0 = pt * (size_t)RR;
+            EBM__PARALLEL_FOR_IF(n_pt > 1)
+            for (pt = 0; pt < n_pt; pt++) { /* a pixel tile, its panels in turn (as the forward) */
+                const size_t m0 = (size_t)pt * (size_t)RR;
                 const int nr = M - m0 < (size_t)RR ? (int)(M - m0) : RR;
-                const int c0 = (int)(ct * CBW), nc = cx - c0 < (int)CBW ? cx - c0 : (int)CBW;
                 const float *ap[EBM__TAPS * EBM__ROWS], *bt[EBM__TAPS];
-                size_t pix[EBM__ROWS];
+                size_t pix[EBM__ROWS], ct;
                 int pn[EBM__ROWS], qh[EBM__ROWS], qw[EBM__ROWS];
                 float tmp[EBM__TILE];
-                int r, q, t0;
+                int r, q, t0, kept = 0;
                 for (r = 0; r < RR; r++) {
                     size_t m = m0 + (size_t)(r < nr ? r : nr - 1);
                     const size_t pos = pos_major ? m / (size_t)G->n : m % per;
@@ -1765,18 +1772,24 @@ static void ebm__conv_bwd_data(const ebm__cgeom *G, const float *gy, const float
                     qw[r] = (wi + p - pw) / s;
                     pix[r] = (((size_t)pn[r] * G->hx + hi) * G->wx + wi) * cx;
                 }
-                memset(tmp, 0, sizeof tmp);
-                for (t0 = 0; t0 < nt_all; t0 += EBM__TAPS) {
-                    const int nt = nt_all - t0 < EBM__TAPS ? nt_all - t0 : EBM__TAPS;
-                    const int kept = ebm__tap_table(gy, G->hy, G->wy, cy, zero, pn, qh, qw, -1, tw, RR, t0, nt, 0,
-                                                    Bp + ct * KC * CBW, (size_t)cy * CBW, ap, bt);
-                    if (kept) ebm__mk_taps(ap, bt, kept, cy, CBW, tmp, narrow);
-                }
-                for (r = 0; r < nr && r < EBM__ROWS; r++) {
-                    float *o = gx + pix[r] + c0;
-                    const float *tr = tmp + r * (int)CBW;
-                    if (b) for (q = 0; q < nc; q++) o[q] = tr[q] + b[c0 + q];
-                    else for (q = 0; q < nc; q++) o[q] = tr[q];
+                for (ct = 0; ct < n_ct; ct++) {
+                    const int c0 = (int)(ct * CBW), nc = cx - c0 < (int)CBW ? cx - c0 : (int)CBW;
+                    memset(tmp, 0, sizeof tmp);
+                    for (t0 = 0; t0 < nt_all; t0 += EBM__TAPS) {
+                        const int nt = nt_all - t0 < EBM__TAPS ? nt_all - t0 : EBM__TAPS;
+                        if (ct == 0 || nt_all > EBM__TAPS)
+                            kept = ebm__tap_table(gy, G->hy, G->wy, cy, zero, pn, qh, qw, -1, tw, RR, t0, nt, 0,
+                                                  Bp + ct * KC * CBW, (size_t)cy * CBW, ap, bt);
+                        else
+                            for (q = 0; q < kept; q++) bt[q] += KC * CBW;
+                        if (kept) ebm__mk_taps(ap, bt, kept, cy, CBW, tmp, narrow);
+                    }
+                    for (r = 0; r < nr && r < EBM__ROWS; r++) {
+                        float *o = gx + pix[r] + c0;
+                        const float *tr = tmp + r * (int)CBW;
+                        if (b) for (q = 0; q < nc; q++) o[q] = tr[q] + b[c0 + q];
+                        else for (q = 0; q < nc; q++) o[q] = tr[q];
+                    }
                 }
             }
         }
