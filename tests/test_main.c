@@ -561,8 +561,9 @@ static const int wide_geoms[][8] = {
     { 17, 7, 7, 16, 32, 4, 2, 1 },  /* and a narrow one, each with tiles across two positions */
     { 3, 10, 10, 1, 20, 4, 2, 1 },  /* few input channels (the tap-vector input gradient): one narrow */
     { 2, 9, 9, 4, 5, 4, 2, 1 },     /* panel of 16 taps; two wide panels of 64 taps over gy's 5 channels */
-    { 2, 9, 9, 3, 40, 7, 1, 3 },    /* 49 taps, more than one tap table holds: the forward's two panels */
-    { 2, 8, 8, 40, 6, 7, 1, 3 },    /* rebuild it per panel; likewise the input gradient's */
+    { 2, 11, 11, 3, 40, 9, 1, 4 },  /* 81 taps, more than one tap table holds: the forward's two panels */
+    { 2, 10, 10, 40, 6, 9, 1, 4 },  /* rebuild it per panel; likewise the input gradient's */
+    { 9, 7, 7, 40, 20, 7, 1, 0 },   /* 7x7 -> 1x1: its input gradient is a 1x1 -> 7x7 transposed conv */
 };
 
 static void test_conv_kernels_match_reference(void)
