@@ -1496,11 +1496,13 @@ static void ebm__pack(const float *src, size_t rows, size_t cols, size_t ld, flo
     EBM__PARALLEL_FOR((long)rows, rows * cols > 16384)
     for (j = 0; j < (long)rows; j++) {
         size_t i, c;
-        for (i = 0; i < n_ct; i++)
-            for (c = 0; c < width; c++) {
-                size_t col = i * width + c;
-                out[(i * rows + (size_t)j) * width + c] = col < cols ? src[(size_t)j * ld + col] : 0.0f;
-            }
+        for (i = 0; i < n_ct; i++) { /* a plain copy and a zero tail: no test per element */
+            const float *in = src + (size_t)j * ld + i * width;
+            float *o = out + (i * rows + (size_t)j) * width;
+            const size_t nv = cols - i * width < width ? cols - i * width : width;
+            for (c = 0; c < nv; c++) o[c] = in[c];
+            for (; c < width; c++) o[c] = 0.0f;
+        }
     }
 }
 
