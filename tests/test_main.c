@@ -46,6 +46,19 @@ static void rnd_away(float *x, size_t n, float lo, float hi)
     for (i = 0; i < n; i += 2) x[i] = -x[i];
 }
 
+/* Values spread evenly over (lo, hi) in random order, 1/n of the range
+   apart: no two so close that a finite-difference step reorders them (a
+   window's maximum switching inside the step is a kink of maxpool). */
+static void rnd_spaced(float *x, size_t n, float lo, float hi)
+{
+    size_t i, j, *rank = (size_t *)calloc(n ? n : 1, sizeof *rank);
+    rnd(x, n, 0.0f, 1.0f);
+    for (i = 0; i < n; i++)
+        for (j = 0; j < n; j++) rank[i] += x[j] < x[i] || (x[j] == x[i] && j < i);
+    for (i = 0; i < n; i++) x[i] = lo + (hi - lo) * ((float)rank[i] + 0.5f) / (float)n;
+    free(rank);
+}
+
 static float *falloc(size_t n) { return (float *)calloc(n ? n : 1, sizeof(float)); }
 static double *dalloc(size_t n) { return (double *)calloc(n ? n : 1, sizeof(double)); }
 
@@ -131,6 +144,7 @@ typedef struct {
     void (*eval)(double **in, double *out, const dctx *c);
     dctx c;
     int away;          /* draw inputs away from 0 (kinks) */
+    int spaced;        /* draw inputs spaced apart (rnd_spaced) */
     int second_order;  /* also check the derivative of the backward pass */
 } opcase;
 
@@ -168,7 +182,9 @@ static void check_op(const opcase *oc)
         nin[k] = shape_size(oc->ndim[k], oc->shape[k]);
         fin[k] = falloc(nin[k]);
         din[k] = dalloc(nin[k]);
-        if (oc->away) rnd_away(fin[k], nin[k], 0.05f, 1.5f); else rnd(fin[k], nin[k], -1.0f, 1.0f);
+        if (oc->away) rnd_away(fin[k], nin[k], 0.05f, 1.5f);
+        else if (oc->spaced) rnd_spaced(fin[k], nin[k], -1.0f, 1.0f);
+        else rnd(fin[k], nin[k], -1.0f, 1.0f);
         for (j = 0; j < nin[k]; j++) din[k][j] = fin[k][j];
         in[k] = ebm_leaf(g, fin[k], oc->ndim[k], oc->shape[k]);
     }
@@ -752,7 +768,7 @@ static void test_op_pooling(void)
         for (m = 0; m < 2; m++) {
             opcase oc;
             memset(&oc, 0, sizeof oc);
-            oc.name = m ? "maxpool" : "avgpool"; oc.nin = 1; oc.second_order = 1;
+            oc.name = m ? "maxpool" : "avgpool"; oc.nin = 1; oc.second_order = 1; oc.spaced = m;
             oc.build = m ? b_maxpool : b_avgpool; oc.eval = m ? e_maxpool : e_avgpool;
             oc.c.n = cfg[i][0]; oc.c.hx = cfg[i][1]; oc.c.wx = cfg[i][2]; oc.c.cx = cfg[i][3]; oc.c.pk = cfg[i][4]; oc.c.ps = cfg[i][5];
             set_shape(&oc, 0, 4, cfg[i][0], cfg[i][1], cfg[i][2], cfg[i][3]);
