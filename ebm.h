@@ -1627,11 +1627,12 @@ static void ebm__conv_fwd(const ebm__cgeom *G, const float *x, const float *w, c
         float tmp[EBM__TILE];
         size_t ct;
         int r, q, t0, kept = 0, fresh;
-        for (r = 0; r < RR; r++) {
-            size_t m = m0 + (size_t)(r < nr ? r : nr - 1);
-            pn[r] = (int)(m / (size_t)HW);
-            ph[r] = (int)(m % (size_t)HW) / G->wy * s - p;
-            pw[r] = (int)(m % (size_t)HW) % G->wy * s - p;
+        { /* pixel m0's (image, row, column) by division, the next ones by counting */
+            int n_ = (int)(m0 / (size_t)HW), ho = (int)(m0 % (size_t)HW) / G->wy, wo = (int)(m0 % (size_t)HW) % G->wy;
+            for (r = 0; r < RR; r++) {
+                pn[r] = n_; ph[r] = ho * s - p; pw[r] = wo * s - p;
+                if (r + 1 < nr && ++wo == G->wy) { wo = 0; if (++ho == G->hy) { ho = 0; n_++; } }
+            }
         }
         for (ct = 0; ct < n_ct; ct++) {
             const int co0 = (int)(ct * CBW), nc = cy - co0 < (int)CBW ? cy - co0 : (int)CBW;
