@@ -1401,7 +1401,8 @@ static void ebm__sqrt_lanes(float *v, int n)
    would otherwise multiply 48 zero rows for each real one). All
    RMX rows are computed (a short tile repeats its last pixel). With `fresh`
    the sums start from zero instead of tmp (no memset of tmp per tile:
-   11,000 calls of 1 KB per nf32 Langevin step, ~2 % of its time). Each tile
+   23,000 calls of 1 KB per nf32 Langevin step, ~2 % of its CPU time in
+   perf). Each tile
    shape is its own function, with accumulator arrays of exactly its size,
    so the compiler keeps them in registers (a shared body sized for the
    largest shape was measured 20 % slower). */
@@ -1599,9 +1600,10 @@ static size_t ebm__conv_bwd_weight_scratch(const ebm__cgeom *G)
 /* Forward: tile = (RM output pixels of the whole batch, one panel of output
    channels); a thread takes a pixel tile's panels in turn, so the tile's
    tap table is built once for all of them (building it per panel was 7 %
-   of a training iteration at n_f = 32). With `leaky` the write-back applies LeakyReLU(slope) as well
-   (the models fuse a conv and the LeakyReLU after it: one pass over the
-   output instead of three, and no pre-activation tensor). */
+   of a training iteration at n_f = 32). With `leaky` the write-back
+   applies LeakyReLU(slope) as well (the models fuse a conv and the
+   LeakyReLU after it: one pass over the output instead of three, and no
+   pre-activation tensor). */
 static void ebm__conv_fwd(const ebm__cgeom *G, const float *x, const float *w, const float *b, float *y, void *scratch,
                           int leaky, float slope)
 {
@@ -1789,9 +1791,11 @@ static void ebm__conv_bwd_data(const ebm__cgeom *G, const float *gy, const float
                 int co;
                 for (cc = 0; cc < CBW; cc++) {
                     const size_t ci = ii * CBW + cc;
-                    const float *row = w + (((size_t)kh * K + kw) * cx + ci) * cy;
-                    if (ci < (size_t)cx) for (co = 0; co < cy; co++) dst[(size_t)co * CBW + cc] = row[co];
-                    else for (co = 0; co < cy; co++) dst[(size_t)co * CBW + cc] = 0.0f;
+                    if (ci < (size_t)cx) {
+                        const float *row = w + (((size_t)kh * K + kw) * cx + ci) * cy;
+                        for (co = 0; co < cy; co++) dst[(size_t)co * CBW + cc] = row[co];
+                    } else
+                        for (co = 0; co < cy; co++) dst[(size_t)co * CBW + cc] = 0.0f;
                 }
             }
             EBM__PARALLEL_FOR(n_pt, n_pt > 1)
