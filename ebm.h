@@ -1402,10 +1402,9 @@ static void ebm__sqrt_lanes(float *v, int n)
    RMX rows are computed (a short tile repeats its last pixel). With `fresh`
    the sums start from zero instead of tmp (no memset of tmp per tile:
    23,000 calls of 1 KB per nf32 Langevin step, ~2 % of its CPU time in
-   perf). Each tile
-   shape is its own function, with accumulator arrays of exactly its size,
-   so the compiler keeps them in registers (a shared body sized for the
-   largest shape was measured 20 % slower). */
+   perf). Each tile shape is its own function, with accumulator arrays of
+   exactly its size, so the compiler keeps them in registers (a shared body
+   sized for the largest shape was measured 20 % slower). */
 #define EBM__DEF_MK_TAPS(name, RMX, CVX)                                                          \
 static void name(const float *const *ap, const float *const *bt, int nt, int kc, size_t ldb, float *tmp, \
                  int fresh)                                                                       \
