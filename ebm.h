@@ -1588,11 +1588,18 @@ static size_t ebm__conv_bwd_data_scratch(const ebm__cgeom *G)
     return (panels + (size_t)G->cy) * sizeof(float) + 3 * EBM__ALIGN;
 }
 
+/* The weight gradient packs gy into panels, except when gy already is one
+   panel (cy equal to the panel width): the copy would change nothing. (The
+   first layer of net28_nf32, 1 -> 32 channels: 1.0 -> 0.24 ms. Reading
+   several panels in place, rows cy floats apart, was measured 20-25 %
+   slower than packing them.) */
+static int ebm__wg_gy_in_place(int cy) { return cy == (int)ebm__panel(cy); }
+
 static size_t ebm__conv_bwd_weight_scratch(const ebm__cgeom *G)
 {
     size_t M = (size_t)G->n * G->hy * G->wy;
     size_t pad = G->p ? (size_t)G->n * (G->hx + 2 * G->p) * (G->wx + 2 * G->p) * G->cx : 0;
-    size_t panels = ebm__ceil_div((size_t)G->cy, ebm__panel(G->cy)) * ebm__panel(G->cy) * M;
+    size_t panels = ebm__wg_gy_in_place(G->cy) ? 0 : ebm__ceil_div((size_t)G->cy, ebm__panel(G->cy)) * ebm__panel(G->cy) * M;
     return (pad + panels) * sizeof(float) + M * sizeof(ptrdiff_t) + 3 * EBM__ALIGN;
 }
 
@@ -1856,8 +1863,7 @@ static void ebm__conv_bwd_weight(const ebm__cgeom *G, const float *x, const floa
     const size_t n_rt = ebm__ceil_div(R, (size_t)RR);
     const int group = n_rt >= 4 * EBM__WG_GROUP ? EBM__WG_GROUP : 1;
     const long n_tasks = (long)(ebm__ceil_div(n_rt, (size_t)group) * n_ct);
-    const float *A = x;
-    float *Bp;
+    const float *A = x, *Bp;
     ptrdiff_t *koff;
     size_t m;
     long t;
@@ -1873,9 +1879,13 @@ static void ebm__conv_bwd_weight(const ebm__cgeom *G, const float *x, const floa
         for (ho = 0; ho < G->hy; ho++)
             for (wo = 0; wo < G->wy; wo++) koff[m++] = ((t * Hp + (ptrdiff_t)ho * s) * Wp + (ptrdiff_t)wo * s) * cx;
     }
-    /* B: gy, pixels x co, in contiguous panels */
-    Bp = (float *)ebm__carve(&sp, n_ct * CBW * M * sizeof(float));
-    ebm__pack(gy, M, (size_t)cy, (size_t)cy, Bp, CBW);
+    /* B: gy, pixels x co, in contiguous panels (gy itself when it is one) */
+    if (ebm__wg_gy_in_place(cy)) Bp = gy;
+    else {
+        float *packed = (float *)ebm__carve(&sp, n_ct * CBW * M * sizeof(float));
+        ebm__pack(gy, M, (size_t)cy, (size_t)cy, packed, CBW);
+        Bp = packed;
+    }
     EBM__PARALLEL_FOR(n_tasks, n_tasks > 1)
     for (t = 0; t < n_tasks; t++) {
         const size_t gt = (size_t)t / n_ct, ct = (size_t)t % n_ct;
