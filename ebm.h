@@ -1481,6 +1481,35 @@ static void ebm__mk_gather(const float *A, const ptrdiff_t *row, const ptrdiff_t
     else ebm__mk_gather_wide(A, row, koff, K, k_end, B, ldb, tmp);
 }
 
+/* Row form (the weight gradient when the input has whole panels of
+   channels): tmp[r][j] += sum over k < K of g[k ldg + r] * X[koff[k] + j],
+   j < CVX vectors. The broadcasts come from one packed gy row at fixed
+   offsets and the vectors from one input row, so no per-row index is held
+   in registers (the gather form needs RMX of them); both lines of the
+   input row EBM__WG_AHEAD pixels ahead are prefetched. */
+#define EBM__DEF_MK_ROWS(name, RMX, CVX)                                                          \
+static void name(const float *X, const ptrdiff_t *koff, size_t K, size_t k_end, const float *g, size_t ldg, \
+                 float *tmp)                                                                      \
+{                                                                                                 \
+    ebm__vf acc[RMX][CVX];                                                                        \
+    int r, v;                                                                                     \
+    size_t k;                                                                                     \
+    for (r = 0; r < RMX; r++) for (v = 0; v < CVX; v++) acc[r][v] = ebm__vload(tmp + (r * CVX + v) * EBM__VL); \
+    for (k = 0; k < K; k++, g += ldg) {                                                           \
+        const float *xa = X + koff[k];                                                            \
+        ebm__vf bv[CVX];                                                                          \
+        if (k + EBM__WG_AHEAD < k_end)                                                            \
+            for (v = 0; v < CVX; v++) EBM__PREFETCH(X + koff[k + EBM__WG_AHEAD] + v * EBM__VL);   \
+        for (v = 0; v < CVX; v++) bv[v] = ebm__vload(xa + v * EBM__VL);                           \
+        for (r = 0; r < RMX; r++) {                                                               \
+            ebm__vf av = ebm__vbcast(g[r]);                                                       \
+            for (v = 0; v < CVX; v++) acc[r][v] = ebm__vfma(av, bv[v], acc[r][v]);                \
+        }                                                                                         \
+    }                                                                                             \
+    for (r = 0; r < RMX; r++) for (v = 0; v < CVX; v++) ebm__vstore(tmp + (r * CVX + v) * EBM__VL, acc[r][v]); \
+}
+EBM__DEF_MK_ROWS(ebm__mk_rows, EBM__RM, EBM__CV)
+
 /* A tile's result buffer and pointer table hold any of the shapes above. */
 #define EBM__TILE (EBM__RM * EBM__CB)
 #define EBM__ROWS EBM__RM1
@@ -1607,12 +1636,19 @@ static size_t ebm__conv_bwd_data_scratch(const ebm__cgeom *G)
    slower than packing them.) */
 static int ebm__wg_gy_in_place(int cy) { return cy == (int)ebm__panel(cy); }
 
+/* The weight gradient's row form (ebm__conv_bwd_weight_rows) takes the
+   layers whose input channels fill whole panels and that have a tile's
+   worth of output channels; the gather form takes the rest (the first
+   layers, 1 or 3 channels; a last layer, 1 output channel). */
+static int ebm__wg_rows(const ebm__cgeom *G) { return G->cx % EBM__CB == 0 && G->cy >= EBM__RM; }
+
 static size_t ebm__conv_bwd_weight_scratch(const ebm__cgeom *G)
 {
-    size_t M = (size_t)G->n * G->hy * G->wy;
+    size_t M = (size_t)G->n * G->hy * G->wy, packed;
     size_t pad = G->p ? (size_t)G->n * (G->hx + 2 * G->p) * (G->wx + 2 * G->p) * G->cx : 0;
-    size_t panels = ebm__wg_gy_in_place(G->cy) ? 0 : ebm__ceil_div((size_t)G->cy, ebm__panel(G->cy)) * ebm__panel(G->cy) * M;
-    return (pad + panels) * sizeof(float) + M * sizeof(ptrdiff_t) + 3 * EBM__ALIGN;
+    if (ebm__wg_rows(G)) packed = ebm__ceil_div((size_t)G->cy, EBM__RM) * EBM__RM * M;
+    else packed = ebm__wg_gy_in_place(G->cy) ? 0 : ebm__ceil_div((size_t)G->cy, ebm__panel(G->cy)) * ebm__panel(G->cy) * M;
+    return (pad + packed) * sizeof(float) + M * sizeof(ptrdiff_t) + 3 * EBM__ALIGN;
 }
 
 /* Forward: tile = (RM output pixels of the whole batch, one panel of output
@@ -1857,40 +1893,116 @@ static void ebm__conv_bwd_data(const ebm__cgeom *G, const float *gy, const float
         }
 }
 
-/* Weight gradient: tile = (RM rows (kh,kw,ci), one panel of co), summed
-   over every output pixel of the batch in order. A task runs a group of
-   row tiles over the pixels chunk by chunk, so each chunk of the packed gy
-   panel is read from cache by the whole group (streaming the whole panel
-   once per tile was memory-bound: 39-61 % of peak). */
+/* The weight gradient's input, zero-padded (when p > 0), and each output
+   pixel m = (n, ho, wo)'s offset koff[m] in it: where tap (0, 0) reads. */
+static const float *ebm__wg_input(const ebm__cgeom *G, const float *x, unsigned char **sp, ptrdiff_t **koff)
+{
+    const int Hp = G->hx + 2 * G->p, Wp = G->wx + 2 * G->p;
+    const float *A = x;
+    size_t m = 0;
+    int n, ho, wo;
+    if (G->p) {
+        float *xp = (float *)ebm__carve(sp, (size_t)G->n * Hp * Wp * G->cx * sizeof(float));
+        ebm__pad(x, G->n, G->hx, G->wx, G->cx, G->p, G->p, Hp, Wp, xp);
+        A = xp;
+    }
+    *koff = (ptrdiff_t *)ebm__carve(sp, (size_t)G->n * G->hy * G->wy * sizeof(ptrdiff_t));
+    for (n = 0; n < G->n; n++) /* nested loops, no division per pixel */
+        for (ho = 0; ho < G->hy; ho++)
+            for (wo = 0; wo < G->wy; wo++)
+                (*koff)[m++] = (((ptrdiff_t)n * Hp + (ptrdiff_t)ho * G->s) * Wp + (ptrdiff_t)wo * G->s) * G->cx;
+    return A;
+}
+
+/* Weight gradient, row form: tile = (RM output channels, one panel of
+   columns j = (kw, ci) of one kernel row kh), summed over every output
+   pixel of the batch in order, and written transposed into gw. One tap's
+   channels are contiguous in the input, and so are a kernel row's (kw, ci)
+   at one pixel, so each tile reads one input row per pixel as whole
+   vectors; gy is packed in panels of RM channels (zeros past cy), read as
+   broadcasts from one row. A task runs a group of EBM__WGR_COLS column
+   tiles by EBM__WGR_COS channel tiles over the pixels chunk by chunk, so
+   both operands' chunks are read from cache by the whole group; groups
+   shrink (column groups first) only below EBM__WGR_TASKS tasks (larger
+   groups measured faster than more tasks). Against the gather form, both
+   with prefetch (medians of 12 interleaved runs, batch 64, 2 threads):
+   net28_nf32's three 4x4 layers 4.55 -> 4.27, 3.99 -> 3.83, 2.86 ->
+   2.84 ms, the 32x32x3 net's 32 -> 64 layer 5.98 -> 5.58 ms, the
+   generator's 7x7 -> 1x1 (cy 100) 0.83 -> 0.64 ms. With 16 input channels
+   (a column tile then spans two taps) it was slower (0.29 -> 0.36 ms), so
+   those layers keep the gather form. */
+#define EBM__WGR_COLS 8
+#define EBM__WGR_COS 4
+#define EBM__WGR_CHUNK 128
+#define EBM__WGR_TASKS 8
+static void ebm__conv_bwd_weight_rows(const ebm__cgeom *G, const float *x, const float *gy, float *gw, void *scratch)
+{
+    unsigned char *sp = (unsigned char *)scratch;
+    const int cy = G->cy, Wp = G->wx + 2 * G->p;
+    const size_t M = (size_t)G->n * G->hy * G->wy, KC = (size_t)G->k * G->cx, row_jt = KC / EBM__CB;
+    const size_t n_jt = (size_t)G->k * row_jt, n_rt = ebm__ceil_div((size_t)cy, EBM__RM); /* column tiles, channel tiles */
+    size_t gj = EBM__WGR_COLS, gc = EBM__WGR_COS, n_gc;
+    long n_tasks, t;
+    ptrdiff_t *koff;
+    const float *X = ebm__wg_input(G, x, &sp, &koff);
+    float *gp = (float *)ebm__carve(&sp, n_rt * EBM__RM * M * sizeof(float));
+    /* smaller groups when there would be fewer than EBM__WGR_TASKS tasks (column groups first: they read more) */
+    while (gj > 1 && ebm__ceil_div(n_jt, gj) * ebm__ceil_div(n_rt, gc) < EBM__WGR_TASKS) gj /= 2;
+    while (gc > 1 && ebm__ceil_div(n_jt, gj) * ebm__ceil_div(n_rt, gc) < EBM__WGR_TASKS) gc /= 2;
+    n_gc = ebm__ceil_div(n_rt, gc);
+    n_tasks = (long)(ebm__ceil_div(n_jt, gj) * n_gc);
+    ebm__pack(gy, M, (size_t)cy, (size_t)cy, gp, EBM__RM); /* gp[(ct M + m) RM + r] = gy[m][ct RM + r] */
+    EBM__PARALLEL_FOR(n_tasks, n_tasks > 1)
+    for (t = 0; t < n_tasks; t++) {
+        const size_t j0 = ((size_t)t / n_gc) * gj, j1 = j0 + gj < n_jt ? j0 + gj : n_jt;
+        const size_t c0 = ((size_t)t % n_gc) * gc, c1 = c0 + gc < n_rt ? c0 + gc : n_rt;
+        float tmp[EBM__WGR_COLS * EBM__WGR_COS][EBM__TILE];
+        size_t jt, ct, k0;
+        memset(tmp, 0, sizeof tmp);
+        for (k0 = 0; k0 < M; k0 += EBM__WGR_CHUNK) {
+            const size_t kn = M - k0 < EBM__WGR_CHUNK ? M - k0 : EBM__WGR_CHUNK;
+            for (jt = j0; jt < j1; jt++) {
+                const float *Xt = X + (ptrdiff_t)(jt / row_jt) * Wp * G->cx + (jt % row_jt) * EBM__CB; /* row kh, columns */
+                for (ct = c0; ct < c1; ct++)
+                    ebm__mk_rows(Xt, koff + k0, kn, M - k0, gp + (ct * M + k0) * EBM__RM, EBM__RM,
+                                 tmp[(jt - j0) * gc + ct - c0]);
+            }
+        }
+        for (jt = j0; jt < j1; jt++)
+            for (ct = c0; ct < c1; ct++) { /* gw[(kh, kw, ci)][co] = tile[co][j] */
+                const float *tr = tmp[(jt - j0) * gc + ct - c0];
+                const int co0 = (int)ct * EBM__RM, nr = cy - co0 < EBM__RM ? cy - co0 : EBM__RM;
+                int r, c;
+                for (c = 0; c < EBM__CB; c++) {
+                    float *o = gw + ((jt / row_jt) * KC + (jt % row_jt) * EBM__CB + (size_t)c) * cy + co0;
+                    for (r = 0; r < nr; r++) o[r] = tr[r * EBM__CB + c];
+                }
+            }
+    }
+}
+
+/* Weight gradient, gather form: tile = (RM rows (kh,kw,ci), one panel of
+   co), summed over every output pixel of the batch in order. A task runs a
+   group of row tiles over the pixels chunk by chunk, so each chunk of the
+   packed gy panel is read from cache by the whole group (streaming the
+   whole panel once per tile was memory-bound: 39-61 % of peak). */
 #define EBM__WG_GROUP 16
 #define EBM__WG_CHUNK 256
 static void ebm__conv_bwd_weight(const ebm__cgeom *G, const float *x, const float *gy, float *gw, void *scratch)
 {
     unsigned char *sp = (unsigned char *)scratch;
-    const int K = G->k, cx = G->cx, cy = G->cy, s = G->s;
-    const int Hp = G->hx + 2 * G->p, Wp = G->wx + 2 * G->p, HW = G->hy * G->wy;
+    const int K = G->k, cx = G->cx, cy = G->cy, Wp = G->wx + 2 * G->p;
     const int narrow = ebm__narrow(cy), RR = narrow ? EBM__RM1 : EBM__RM;
-    const size_t CBW = ebm__panel(cy), M = (size_t)G->n * HW, n_ct = ebm__ceil_div((size_t)cy, CBW), R = (size_t)K * K * cx;
+    const size_t CBW = ebm__panel(cy), M = (size_t)G->n * G->hy * G->wy, n_ct = ebm__ceil_div((size_t)cy, CBW), R = (size_t)K * K * cx;
     /* tasks: groups of EBM__WG_GROUP row tiles (1 when there are few), x panels */
     const size_t n_rt = ebm__ceil_div(R, (size_t)RR);
     const int group = n_rt >= 4 * EBM__WG_GROUP ? EBM__WG_GROUP : 1;
     const long n_tasks = (long)(ebm__ceil_div(n_rt, (size_t)group) * n_ct);
-    const float *A = x, *Bp;
+    const float *A, *Bp;
     ptrdiff_t *koff;
-    size_t m;
     long t;
-    if (G->p) {
-        float *xp = (float *)ebm__carve(&sp, (size_t)G->n * Hp * Wp * cx * sizeof(float));
-        ebm__pad(x, G->n, G->hx, G->wx, cx, G->p, G->p, Hp, Wp, xp);
-        A = xp;
-    }
-    koff = (ptrdiff_t *)ebm__carve(&sp, M * sizeof(ptrdiff_t));
-    m = 0; /* pixel m = (n, ho, wo) in order; nested loops, no division per pixel */
-    for (t = 0; t < G->n; t++) {
-        int ho, wo;
-        for (ho = 0; ho < G->hy; ho++)
-            for (wo = 0; wo < G->wy; wo++) koff[m++] = ((t * Hp + (ptrdiff_t)ho * s) * Wp + (ptrdiff_t)wo * s) * cx;
-    }
+    if (ebm__wg_rows(G)) { ebm__conv_bwd_weight_rows(G, x, gy, gw, scratch); return; }
+    A = ebm__wg_input(G, x, &sp, &koff);
     /* B: gy, pixels x co, in contiguous panels (gy itself when it is one) */
     if (ebm__wg_gy_in_place(cy)) Bp = gy;
     else {
