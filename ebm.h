@@ -1488,7 +1488,7 @@ static void ebm__mk_gather(const float *A, const ptrdiff_t *row, const ptrdiff_t
    in registers (the gather form needs RMX of them); both lines of the
    input row EBM__WG_AHEAD pixels ahead are prefetched. */
 #define EBM__DEF_MK_ROWS(name, RMX, CVX)                                                          \
-static void name(const float *X, const ptrdiff_t *koff, size_t K, size_t k_end, const float *g, size_t ldg, \
+static void name(const float *const *xr, size_t col, size_t K, size_t k_end, const float *g, size_t ldg, \
                  float *tmp)                                                                      \
 {                                                                                                 \
     ebm__vf acc[RMX][CVX];                                                                        \
@@ -1496,10 +1496,10 @@ static void name(const float *X, const ptrdiff_t *koff, size_t K, size_t k_end, 
     size_t k;                                                                                     \
     for (r = 0; r < RMX; r++) for (v = 0; v < CVX; v++) acc[r][v] = ebm__vload(tmp + (r * CVX + v) * EBM__VL); \
     for (k = 0; k < K; k++, g += ldg) {                                                           \
-        const float *xa = X + koff[k];                                                            \
+        const float *xa = xr[k] + col;                                                            \
         ebm__vf bv[CVX];                                                                          \
         if (k + EBM__WG_AHEAD < k_end)                                                            \
-            for (v = 0; v < CVX; v++) EBM__PREFETCH(X + koff[k + EBM__WG_AHEAD] + v * EBM__VL);   \
+            for (v = 0; v < CVX; v++) EBM__PREFETCH(xr[k + EBM__WG_AHEAD] + col + v * EBM__VL);   \
         for (v = 0; v < CVX; v++) bv[v] = ebm__vload(xa + v * EBM__VL);                           \
         for (r = 0; r < RMX; r++) {                                                               \
             ebm__vf av = ebm__vbcast(g[r]);                                                       \
@@ -1646,8 +1646,10 @@ static size_t ebm__conv_bwd_weight_scratch(const ebm__cgeom *G)
 {
     size_t M = (size_t)G->n * G->hy * G->wy, packed;
     size_t pad = G->p ? (size_t)G->n * (G->hx + 2 * G->p) * (G->wx + 2 * G->p) * G->cx : 0;
-    if (ebm__wg_rows(G)) packed = ebm__ceil_div((size_t)G->cy, EBM__RM) * EBM__RM * M;
-    else packed = ebm__wg_gy_in_place(G->cy) ? 0 : ebm__ceil_div((size_t)G->cy, ebm__panel(G->cy)) * ebm__panel(G->cy) * M;
+    if (ebm__wg_rows(G)) /* packed gy, a zero row, a row table per tap */
+        return (ebm__ceil_div((size_t)G->cy, EBM__RM) * EBM__RM * M + (size_t)G->cx) * sizeof(float) +
+               (size_t)G->k * G->k * M * sizeof(float *) + 3 * EBM__ALIGN;
+    packed = ebm__wg_gy_in_place(G->cy) ? 0 : ebm__ceil_div((size_t)G->cy, ebm__panel(G->cy)) * ebm__panel(G->cy) * M;
     return (pad + packed) * sizeof(float) + M * sizeof(ptrdiff_t) + 3 * EBM__ALIGN;
 }
 
@@ -1893,7 +1895,7 @@ static void ebm__conv_bwd_data(const ebm__cgeom *G, const float *gy, const float
         }
 }
 
-/* The weight gradient's input, zero-padded (when p > 0), and each output
+/* The gather form's input, zero-padded (when p > 0), and each output
    pixel m = (n, ho, wo)'s offset koff[m] in it: where tap (0, 0) reads. */
 static const float *ebm__wg_input(const ebm__cgeom *G, const float *x, unsigned char **sp, ptrdiff_t **koff)
 {
@@ -1915,22 +1917,25 @@ static const float *ebm__wg_input(const ebm__cgeom *G, const float *x, unsigned 
 }
 
 /* Weight gradient, row form: tile = (RM output channels, one panel of
-   columns j = (kw, ci) of one kernel row kh), summed over every output
-   pixel of the batch in order, and written transposed into gw. One tap's
-   channels are contiguous in the input, and so are a kernel row's (kw, ci)
-   at one pixel, so each tile reads one input row per pixel as whole
-   vectors; gy is packed in panels of RM channels (zeros past cy), read as
-   broadcasts from one row. A task runs a group of EBM__WGR_COLS column
-   tiles by EBM__WGR_COS channel tiles over the pixels chunk by chunk, so
-   both operands' chunks are read from cache by the whole group; groups
-   shrink (column groups first) only below EBM__WGR_TASKS tasks (larger
-   groups measured faster than more tasks). Against the gather form, both
-   with prefetch (medians of 12 interleaved runs, batch 64, 2 threads):
-   net28_nf32's three 4x4 layers 4.55 -> 4.27, 3.99 -> 3.83, 2.86 ->
-   2.84 ms, the 32x32x3 net's 32 -> 64 layer 5.98 -> 5.58 ms, the
-   generator's 7x7 -> 1x1 (cy 100) 0.83 -> 0.64 ms. With 16 input channels
-   (a column tile then spans two taps) it was slower (0.29 -> 0.36 ms), so
-   those layers keep the gather form. */
+   input channels of one tap), summed over every output pixel of the batch
+   in order, and written transposed into gw. A tap's channels are
+   contiguous in the input, so each tile reads one input row per pixel as
+   whole vectors, in place: a table per tap holds each pixel's row, or a
+   row of zeros where the tap falls outside the image (no padded copy of
+   the input: 7.4 MB for net28_nf32's 28x28x32 layer). gy is packed in
+   panels of RM channels (zeros past cy), read as broadcasts from one row.
+   A task runs a group of EBM__WGR_COLS column tiles by EBM__WGR_COS
+   channel tiles over the pixels chunk by chunk, so both operands' chunks
+   are read from cache by the whole group; groups shrink (column groups
+   first) only below EBM__WGR_TASKS tasks (larger groups measured faster
+   than more tasks). Medians of 14 interleaved runs, batch 64, 2 threads,
+   against the gather form (padded copy, prefetch): net28_nf32's three 4x4
+   layers 4.84 -> 4.01, 4.42 -> 3.35, 3.20 -> 2.67 ms; net28_nf16's 32 ->
+   64 and 64 -> 128 layers 1.27 -> 0.94, 0.95 -> 0.71 ms; the 32x32x3
+   net's 32 -> 64 layer 6.41 -> 5.05 ms; the generator's 7x7 -> 1x1 (cy
+   100) 0.86 -> 0.67 ms. With 16 input channels (a column tile then spans
+   two taps) an earlier row form, on a padded copy, was slower than the
+   gather form (0.29 -> 0.36 ms), so those layers keep the gather form. */
 #define EBM__WGR_COLS 8
 #define EBM__WGR_COS 4
 #define EBM__WGR_CHUNK 128
@@ -1938,14 +1943,30 @@ static const float *ebm__wg_input(const ebm__cgeom *G, const float *x, unsigned 
 static void ebm__conv_bwd_weight_rows(const ebm__cgeom *G, const float *x, const float *gy, float *gw, void *scratch)
 {
     unsigned char *sp = (unsigned char *)scratch;
-    const int cy = G->cy, Wp = G->wx + 2 * G->p;
+    const int cy = G->cy;
     const size_t M = (size_t)G->n * G->hy * G->wy, KC = (size_t)G->k * G->cx, row_jt = KC / EBM__CB;
     const size_t n_jt = (size_t)G->k * row_jt, n_rt = ebm__ceil_div((size_t)cy, EBM__RM); /* column tiles, channel tiles */
     size_t gj = EBM__WGR_COLS, gc = EBM__WGR_COS, n_gc;
     long n_tasks, t;
-    ptrdiff_t *koff;
-    const float *X = ebm__wg_input(G, x, &sp, &koff);
+    const int KK = G->k * G->k, cx = G->cx;
     float *gp = (float *)ebm__carve(&sp, n_rt * EBM__RM * M * sizeof(float));
+    float *zero = (float *)ebm__carve(&sp, (size_t)cx * sizeof(float));
+    const float **xr = (const float **)ebm__carve(&sp, (size_t)KK * M * sizeof(*xr));
+    memset(zero, 0, (size_t)cx * sizeof(float));
+    EBM__PARALLEL_FOR(KK, KK > 1)
+    for (t = 0; t < KK; t++) { /* tap t's input row for each pixel, or the zero row */
+        const int kh = (int)t / G->k, kw = (int)t % G->k;
+        const float **o = xr + (size_t)t * M;
+        int n, ho, wo;
+        for (n = 0; n < G->n; n++)
+            for (ho = 0; ho < G->hy; ho++) {
+                const int hi = ho * G->s + kh - G->p;
+                for (wo = 0; wo < G->wy; wo++) {
+                    const int wi = wo * G->s + kw - G->p;
+                    *o++ = hi >= 0 && hi < G->hx && wi >= 0 && wi < G->wx ? x + (((size_t)n * G->hx + hi) * G->wx + wi) * cx : zero;
+                }
+            }
+    }
     /* smaller groups when there would be fewer than EBM__WGR_TASKS tasks (column groups first: they read more) */
     while (gj > 1 && ebm__ceil_div(n_jt, gj) * ebm__ceil_div(n_rt, gc) < EBM__WGR_TASKS) gj /= 2;
     while (gc > 1 && ebm__ceil_div(n_jt, gj) * ebm__ceil_div(n_rt, gc) < EBM__WGR_TASKS) gc /= 2;
@@ -1962,9 +1983,9 @@ static void ebm__conv_bwd_weight_rows(const ebm__cgeom *G, const float *x, const
         for (k0 = 0; k0 < M; k0 += EBM__WGR_CHUNK) {
             const size_t kn = M - k0 < EBM__WGR_CHUNK ? M - k0 : EBM__WGR_CHUNK;
             for (jt = j0; jt < j1; jt++) {
-                const float *Xt = X + (ptrdiff_t)(jt / row_jt) * Wp * G->cx + (jt % row_jt) * EBM__CB; /* row kh, columns */
+                const size_t j = (jt % row_jt) * EBM__CB, tap = (jt / row_jt) * G->k + j / cx; /* kernel row kh, column j */
                 for (ct = c0; ct < c1; ct++)
-                    ebm__mk_rows(Xt, koff + k0, kn, M - k0, gp + (ct * M + k0) * EBM__RM, EBM__RM,
+                    ebm__mk_rows(xr + tap * M + k0, j % cx, kn, M - k0, gp + (ct * M + k0) * EBM__RM, EBM__RM,
                                  tmp[(jt - j0) * gc + ct - c0]);
             }
         }

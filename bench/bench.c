@@ -413,6 +413,17 @@ static void case_train(void)
     ebm_model_free(&m);
 }
 
+/* n zeroed floats on a 64-byte boundary, as the graph's arena places every
+   tensor (the kernels read rows in place; malloc's 16-byte alignment would
+   split their vectors across cache lines). */
+static float *aligned_zeros(size_t n)
+{
+    void *p = NULL;
+    if (posix_memalign(&p, 64, n * sizeof(float) + 64) != 0) { fprintf(stderr, "error: out of memory\n"); exit(1); }
+    memset(p, 0, n * sizeof(float) + 64);
+    return (float *)p;
+}
+
 /* Each conv layer of net28_nf<nf>, each pass, alone (with its packing). */
 static void case_layers(int nf)
 {
@@ -432,7 +443,7 @@ static void case_layers(int nf)
         sb = ebm__conv_fwd_scratch(&G);
         if (ebm__conv_bwd_data_scratch(&G) > sb) sb = ebm__conv_bwd_data_scratch(&G);
         if (ebm__conv_bwd_weight_scratch(&G) > sb) sb = ebm__conv_bwd_weight_scratch(&G);
-        x = (float *)calloc(nx, 4); y = (float *)calloc(ny, 4); w = (float *)calloc(nw, 4); scr = malloc(sb);
+        x = aligned_zeros(nx); y = aligned_zeros(ny); w = aligned_zeros(nw); scr = aligned_zeros(sb / sizeof(float) + 1);
         for (pass = 0; pass < 3; pass++) {
             static const char *const names[3] = { "fwd", "bwd_data", "bwd_weight" };
             double t[16];
