@@ -563,8 +563,9 @@ static void test_rng_math_kernels(void)
    panels plus a tail (33, 48), the reference nets' 3x3-output
    and first layers, a weight gradient large enough to be blocked,
    batches large enough for the input gradient's position-first order,
-   few input channels with many taps, and the weight gradient's row form
-   (input channels in whole panels) with and without padding. */
+   few input channels with many taps, the weight gradient's row form
+   (input channels in whole panels) with and without padding, and weights
+   too large to stay in cache (the forward's tiles in groups). */
 static const int wide_geoms[][8] = {
     /* n  h  w  ci co k  s  p */
     { 2, 6, 5, 3, 32, 4, 2, 1 },
@@ -582,6 +583,7 @@ static const int wide_geoms[][8] = {
     { 2, 10, 10, 40, 6, 9, 1, 4 },  /* rebuild it per panel; likewise the input gradient's */
     { 9, 7, 7, 40, 20, 7, 1, 0 },   /* 7x7 -> 1x1: its input gradient is a 1x1 -> 7x7 transposed conv */
     { 9, 7, 7, 64, 20, 7, 1, 0 },   /* weight gradient's row form unpadded, with a channel tail (20 = 2 x 8 + 4) */
+    { 9, 7, 7, 128, 288, 4, 2, 1 }, /* weights past EBM__PANELS_HOT: forward tiles in groups through one panel */
 };
 
 static void test_conv_kernels_match_reference(void)
