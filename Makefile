@@ -10,7 +10,7 @@ CSTD     = -std=c99 -pedantic
 OMP      = -fopenmp
 B        = build
 
-.PHONY: all demo test test-quick test-arm crosscheck clean examples bench resume-check generate-check fuzz asan-examples valgrind-check soak compare2d mpi-test mpi-time nostdio-check
+.PHONY: all demo test test-quick test-arm crosscheck clean examples bench bench-ab static-check resume-check generate-check fuzz asan-examples valgrind-check soak compare2d mpi-test mpi-time nostdio-check
 
 all: examples
 
@@ -86,6 +86,14 @@ nostdio-check: | $(B)
 	$(CC) $(CSTD) $(WARN) $(OPT) $(FPFLAGS) $(OMP) -DEBM_NO_STDIO -I. tests/nostdio_test.c -o $(B)/nostdio_test -lm
 	./$(B)/nostdio_test
 
+# EBM_STATIC: every function static, for a program that includes the
+# library in one file; it must build without a warning (nothing unused
+# warned about) and run.
+static-check: | $(B)
+	printf '#define EBM_STATIC\n#define EBM_IMPLEMENTATION\n#include "ebm.h"\nint main(void) { ebm_model m; int ok = ebm_model_convnet(&m, 1, 28, 8, EBM_ACT_LEAKY_RELU, 0.2f, 1) == EBM_OK; ebm_model_free(&m); return !ok; }\n' > $(B)/static_check.c
+	$(CC) $(CSTD) $(WARN) $(OPT) $(FPFLAGS) $(OMP) -I. $(B)/static_check.c -o $(B)/static_check -lm
+	./$(B)/static_check
+
 # Each build runs the whole suite; the last line sums them for CI.
 test: $(TEST_BINS) $(EXAMPLES) $(B)/kill_test $(B)/memory_test
 	@p=0; f=0; for t in $(TEST_BINS); do \
@@ -104,6 +112,7 @@ test: $(TEST_BINS) $(EXAMPLES) $(B)/kill_test $(B)/memory_test
 	else echo "skipped: valgrind check (apt-get install valgrind)"; fi; \
 	echo "== examples under ASan + UBSan"; if $(MAKE) -s asan-examples > $(B)/asan_examples.log 2>&1; then p=$$((p+1)); else echo "asan-examples failed"; tail -30 $(B)/asan_examples.log; f=$$((f+1)); fi; \
 	echo "== EBM_NO_STDIO"; if $(MAKE) -s nostdio-check > $(B)/nostdio.log 2>&1; then p=$$((p+1)); grep '^ok' $(B)/nostdio.log; else echo "nostdio check failed"; cat $(B)/nostdio.log; f=$$((f+1)); fi; \
+	echo "== EBM_STATIC"; if $(MAKE) -s static-check > $(B)/static.log 2>&1; then p=$$((p+1)); echo "ok   static-check (built with $(WARN), ran)"; else echo "static check failed"; cat $(B)/static.log; f=$$((f+1)); fi; \
 	echo "== example smoke runs"; if ./$(B)/hello_energy > $(B)/hello.log 2>&1 && grep -q '^params=' $(B)/hello.log; then p=$$((p+1)); else echo "hello_energy failed"; cat $(B)/hello.log; f=$$((f+1)); fi; \
 	if OMP_NUM_THREADS=2 ./$(B)/toy2d --iters 250 --out $(B)/toy2d_smoke.png > $(B)/toy2d.log 2>&1 && grep -q '^toy2d data=8gaussians recipe=convergent nll=' $(B)/toy2d.log; then p=$$((p+1)); else echo "toy2d failed"; cat $(B)/toy2d.log; f=$$((f+1)); fi; \
 	if [ -f $(FMNIST)/train-images-idx3-ubyte.gz ]; then \
@@ -261,3 +270,16 @@ bench: $(B)/bench
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} ./$(B)/bench
 $(B)/bench: bench/bench.c ebm.h | $(B)
 	$(CC) $(CSTD) $(WARN) $(OPT) $(FPFLAGS) $(OMP) -D_POSIX_C_SOURCE=200809L -I. $< -o $@ -lm
+
+# ebm.h against ebm.h at BASE (a git revision), alternately in one process:
+# per-case medians of the ratios new/base (bench/ab.c). BASE must share the
+# internal kernel names bench/ab_side.c calls (v0.6 on); headers before
+# v0.6.2 warn of unused functions under EBM_STATIC, hence -Wno-unused-function.
+BASE ?= HEAD
+bench-ab: | $(B)
+	mkdir -p $(B)/ab_base
+	git show $(BASE):ebm.h > $(B)/ab_base/ebm.h
+	$(CC) $(CSTD) $(WARN) -Wno-unused-function $(OPT) $(FPFLAGS) $(OMP) -D_POSIX_C_SOURCE=200809L -DAB_SIDE=base -I$(B)/ab_base -c bench/ab_side.c -o $(B)/ab_base.o
+	$(CC) $(CSTD) $(WARN) $(OPT) $(FPFLAGS) $(OMP) -D_POSIX_C_SOURCE=200809L -DAB_SIDE=new -I. -c bench/ab_side.c -o $(B)/ab_new.o
+	$(CC) $(CSTD) $(WARN) $(OPT) $(OMP) bench/ab.c $(B)/ab_base.o $(B)/ab_new.o -o $(B)/ab -lm
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} ./$(B)/ab $(AB_ARGS)

@@ -1,4 +1,4 @@
-/* ebm.h - energy-based models in plain C, one header.                 v0.6.1
+/* ebm.h - energy-based models in plain C, one header.                 v0.6.2
 
    Train and sample energy-based models p(x) = exp(f(x)) q(x) / Z with a ConvNet
    f, Langevin MCMC and autograd (including gradients of gradients), using only
@@ -104,14 +104,18 @@
 #ifndef EBM_H
 #define EBM_H
 
-#define EBM_VERSION "0.6.1"
+#define EBM_VERSION "0.6.2"
 
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 
-#ifdef EBM_STATIC
+#ifdef EBM_STATIC /* (unused: a program calls only some of them, and -Wall should stay quiet) */
+#if defined(__GNUC__) || defined(__clang__)
+#define EBMDEF static __attribute__((unused))
+#else
 #define EBMDEF static
+#endif
 #else
 #define EBMDEF extern
 #endif
