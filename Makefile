@@ -268,7 +268,7 @@ clean:
 # --- speed, as ratios against PyTorch within one run (not part of `make test`)
 bench: $(B)/bench
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} ./$(B)/bench
-$(B)/bench: bench/bench.c ebm.h | $(B)
+$(B)/bench: bench/bench.c bench/layer_geom.h ebm.h | $(B)
 	$(CC) $(CSTD) $(WARN) $(OPT) $(FPFLAGS) $(OMP) -D_POSIX_C_SOURCE=200809L -I. $< -o $@ -lm
 
 # ebm.h against ebm.h at BASE (a git revision), alternately in one process:

@@ -1774,9 +1774,10 @@ static void ebm__conv_fwd(const ebm__cgeom *G, const float *x, const float *w, c
    as zeros; so phases of up to EBM__POS_MAJOR positions are taken position
    first. Measured (net28_nf32, batch 64, on the AMD EPYC of v0.5): that
    layer's input gradient 2.90 -> 2.29 ms, the 14x14 one's 2.57 -> 2.40;
-   the whole step of nf64 65 -> 60 ms. (The forward pass gained per layer too, but made a whole
-   nf16 step 10 % slower, likely because the element-wise ops after it
-   split the output by image, so each core read what the other wrote.)
+   the whole step of nf64 65 -> 60 ms. (The forward pass gained per layer
+   too, but made a whole nf16 step 10 % slower, likely because the
+   element-wise ops after it split the output by image, so each core read
+   what the other wrote.)
    Every element is summed over the same taps in the same order either
    way: zeros left out change no bit. The limit was 256 positions; on an
    Intel Xeon (2 MB L2) the 14x14 phases of the 28x28x32 input gradient ran

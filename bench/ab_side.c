@@ -5,6 +5,7 @@
 #define EBM_STATIC
 #define EBM_IMPLEMENTATION
 #include "ebm.h"
+#include "layer_geom.h"
 #include <stdlib.h>
 
 #define AB_CAT2(a, b) a##_##b
@@ -43,12 +44,8 @@ void AB_FN(setup)(int c)
         size_t nx, ny, nw, sb;
         need(ebm_model_convnet(&m, 1, 28, 32, EBM_ACT_LEAKY_RELU, 0.2f, 1) == EBM_OK);
         L = &m.layer[(c - 1000) / 10];
-        G.n = 64; G.hx = L->in_h; G.wx = L->in_w; G.cx = L->in_c; G.hy = L->out_h; G.wy = L->out_w; G.cy = L->out_c;
-        G.k = L->k; G.s = L->stride; G.p = L->pad;
+        sb = layer_geom(L, 64, &G);
         nx = (size_t)G.n * G.hx * G.wx * G.cx; ny = (size_t)G.n * G.hy * G.wy * G.cy; nw = (size_t)G.k * G.k * G.cx * G.cy;
-        sb = ebm__conv_fwd_scratch(&G);
-        if (ebm__conv_bwd_data_scratch(&G) > sb) sb = ebm__conv_bwd_data_scratch(&G);
-        if (ebm__conv_bwd_weight_scratch(&G) > sb) sb = ebm__conv_bwd_weight_scratch(&G);
         /* 64-byte aligned, as the graph's arena places tensors */
         need(posix_memalign((void **)&x, 64, nx * 4) == 0 && posix_memalign((void **)&gy, 64, ny * 4) == 0 &&
              posix_memalign((void **)&w, 64, nw * 4) == 0 && posix_memalign(&scratch, 64, sb) == 0);

@@ -8,6 +8,7 @@
    Usage: bench [--no-torch] [--quick] [case-substring] */
 #define EBM_IMPLEMENTATION
 #include "../ebm.h"
+#include "layer_geom.h"
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -437,12 +438,8 @@ static void case_layers(int nf)
         float *x, *y, *w;
         void *scr;
         if (L->type != EBM_LAYER_CONV2D) continue;
-        G.n = 64; G.hx = L->in_h; G.wx = L->in_w; G.cx = L->in_c; G.hy = L->out_h; G.wy = L->out_w; G.cy = L->out_c;
-        G.k = L->k; G.s = L->stride; G.p = L->pad;
+        sb = layer_geom(L, 64, &G);
         nx = (size_t)G.n * G.hx * G.wx * G.cx; ny = (size_t)G.n * G.hy * G.wy * G.cy; nw = (size_t)G.k * G.k * G.cx * G.cy;
-        sb = ebm__conv_fwd_scratch(&G);
-        if (ebm__conv_bwd_data_scratch(&G) > sb) sb = ebm__conv_bwd_data_scratch(&G);
-        if (ebm__conv_bwd_weight_scratch(&G) > sb) sb = ebm__conv_bwd_weight_scratch(&G);
         x = aligned_zeros(nx); y = aligned_zeros(ny); w = aligned_zeros(nw); scr = aligned_zeros(sb / sizeof(float) + 1);
         for (pass = 0; pass < 3; pass++) {
             static const char *const names[3] = { "fwd", "bwd_data", "bwd_weight" };
