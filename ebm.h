@@ -1449,11 +1449,12 @@ static void ebm__mk_taps(const float *const *ap, const float *const *bt, int nt,
    A[koff[k] + row[r]] * B[k ldb + j]. Each pixel k reads a new line of A,
    s pixels past the last one, and the pass stalled on that load (a quarter
    of its samples in perf); so the line EBM__WG_AHEAD pixels ahead is asked
-   for in advance. (Medians of 16 interleaved runs, batch 64: the
-   generator's 14x14x64 -> 7x7x128 weight gradient 5.4 -> 4.5 ms, net28_nf32's
-   14x14 one 1.20 -> 1.02 ms, its 7x7 one 1.02 -> 0.88 ms; prefetching the
-   forward's next tap rows gained nothing.) koff holds k_end >= K entries,
-   so the prefetch runs on past this call's K. */
+   for in advance. (Measured before the row form below took these layers
+   over; medians of 16 interleaved runs, batch 64: the weight gradients of
+   14x14x64 -> 7x7x128 5.4 -> 4.5 ms, 14x14x32 -> 7x7x64 1.20 -> 1.02 ms,
+   7x7x64 -> 3x3x128 1.02 -> 0.88 ms. Prefetching the forward's next tap
+   rows gained nothing.) koff holds k_end >= K entries, so the prefetch
+   runs on past this call's K. */
 #define EBM__WG_AHEAD 24
 #define EBM__DEF_MK_GATHER(name, RMX, CVX)                                                        \
 static void name(const float *A, const ptrdiff_t *row, const ptrdiff_t *koff, size_t K, size_t k_end, \
