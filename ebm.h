@@ -1487,11 +1487,12 @@ static void ebm__mk_gather(const float *A, const ptrdiff_t *row, const ptrdiff_t
 }
 
 /* Row form (the weight gradient when the input has whole panels of
-   channels): tmp[r][j] += sum over k < K of g[k ldg + r] * X[koff[k] + j],
-   j < CVX vectors. The broadcasts come from one packed gy row at fixed
-   offsets and the vectors from one input row, so no per-row index is held
-   in registers (the gather form needs RMX of them); both lines of the
-   input row EBM__WG_AHEAD pixels ahead are prefetched. */
+   channels): tmp[r][j] += sum over k < K of g[k ldg + r] * xr[k][col + j],
+   j < CVX vectors; xr[k] is pixel k's input row (xr holds k_end >= K
+   entries). The broadcasts come from one packed gy row at fixed offsets
+   and the vectors from one input row, so no per-row index is held in
+   registers (the gather form needs RMX of them); both lines of the input
+   row EBM__WG_AHEAD pixels ahead are prefetched. */
 #define EBM__DEF_MK_ROWS(name, RMX, CVX)                                                          \
 static void name(const float *const *xr, size_t col, size_t K, size_t k_end, const float *g, size_t ldg, \
                  float *tmp)                                                                      \
@@ -1659,7 +1660,8 @@ static size_t ebm__conv_bwd_weight_scratch(const ebm__cgeom *G)
 }
 
 /* The forward's tasks over n_pt pixel tiles and n_ct panels of packed
-   weights (bytes in all). Small weights: a task is one pixel tile through
+   weights (`grouped`: more than one panel, and more than EBM__PANELS_HOT
+   bytes in all). Small weights: a task is one pixel tile through
    every panel, so its tap table is built once. Weights past
    EBM__PANELS_HOT bytes no longer stay in a core's cache from tile to
    tile, and each tile would stream them all from memory again, so a task
@@ -1674,15 +1676,15 @@ static size_t ebm__conv_bwd_weight_scratch(const ebm__cgeom *G)
    per task. */
 #define EBM__PANELS_HOT ((size_t)512 << 10)
 #define EBM__PT_GROUP 8
-static long ebm__pt_tasks(long n_pt, size_t n_ct, size_t bytes)
+static long ebm__pt_tasks(long n_pt, size_t n_ct, int grouped)
 {
-    return bytes > EBM__PANELS_HOT && n_ct > 1 ? (long)ebm__ceil_div((size_t)n_pt, EBM__PT_GROUP) * (long)n_ct : n_pt;
+    return grouped ? (long)ebm__ceil_div((size_t)n_pt, EBM__PT_GROUP) * (long)n_ct : n_pt;
 }
 
 /* Task t's pixel tiles [pt0, pt1) and panels [ct0, ct1). */
-static void ebm__pt_task(long t, long n_pt, size_t n_ct, size_t bytes, long *pt0, long *pt1, size_t *ct0, size_t *ct1)
+static void ebm__pt_task(long t, long n_pt, size_t n_ct, int grouped, long *pt0, long *pt1, size_t *ct0, size_t *ct1)
 {
-    if (bytes > EBM__PANELS_HOT && n_ct > 1) {
+    if (grouped) {
         *pt0 = (t / (long)n_ct) * EBM__PT_GROUP;
         *pt1 = *pt0 + EBM__PT_GROUP < n_pt ? *pt0 + EBM__PT_GROUP : n_pt;
         *ct0 = (size_t)(t % (long)n_ct);
@@ -1708,7 +1710,8 @@ static void ebm__conv_fwd(const ebm__cgeom *G, const float *x, const float *w, c
     const int K = G->k, KK = G->k * G->k, cx = G->cx, cy = G->cy, s = G->s, p = G->p, HW = G->hy * G->wy;
     const int narrow = ebm__narrow(cy), RR = narrow ? EBM__RM1 : EBM__RM;
     const size_t CBW = ebm__panel(cy), M = (size_t)G->n * HW, n_ct = ebm__ceil_div((size_t)cy, CBW), KKC = (size_t)KK * cx;
-    const long n_pt = (long)ebm__ceil_div(M, (size_t)RR), n_tasks = ebm__pt_tasks(n_pt, n_ct, n_ct * CBW * KKC * sizeof(float));
+    const int grouped = n_ct > 1 && n_ct * CBW * KKC * sizeof(float) > EBM__PANELS_HOT; /* see ebm__pt_task */
+    const long n_pt = (long)ebm__ceil_div(M, (size_t)RR), n_tasks = ebm__pt_tasks(n_pt, n_ct, grouped);
     float *zero, *Bp;
     long task;
     zero = (float *)ebm__carve(&sp, (size_t)cx * sizeof(float));
@@ -1721,7 +1724,7 @@ static void ebm__conv_fwd(const ebm__cgeom *G, const float *x, const float *w, c
     for (task = 0; task < n_tasks; task++) {
         long pt, pt0, pt1;
         size_t ct0, ct1;
-        ebm__pt_task(task, n_pt, n_ct, n_ct * CBW * KKC * sizeof(float), &pt0, &pt1, &ct0, &ct1);
+        ebm__pt_task(task, n_pt, n_ct, grouped, &pt0, &pt1, &ct0, &ct1);
         for (pt = pt0; pt < pt1; pt++) {
             const size_t m0 = (size_t)pt * (size_t)RR;
             const int nr = M - m0 < (size_t)RR ? (int)(M - m0) : RR;
