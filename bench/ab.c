@@ -52,6 +52,8 @@ int main(int argc, char **argv)
         { "net28_nf32_L2_fwd", 1020 }, { "net28_nf32_L2_bwd_data", 1021 }, { "net28_nf32_L2_bwd_weight", 1022 },
         { "net28_nf32_L4_fwd", 1040 }, { "net28_nf32_L4_bwd_data", 1041 }, { "net28_nf32_L4_bwd_weight", 1042 },
         { "net28_nf32_L6_fwd", 1060 }, { "net28_nf32_L6_bwd_data", 1061 }, { "net28_nf32_L6_bwd_weight", 1062 },
+        { "net28_nf16_L0_fwd", 2000 }, { "net28_nf16_L0_bwd_data", 2001 }, { "net28_nf16_L0_bwd_weight", 2002 },
+        { "net28_nf16_L2_fwd", 2020 }, { "net28_nf16_L2_bwd_data", 2021 }, { "net28_nf16_L2_bwd_weight", 2022 },
     };
     const int reps = argc > 1 ? atoi(argv[1]) : 30;
     const char *only = argc > 2 ? argv[2] : "";
