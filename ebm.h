@@ -1336,6 +1336,8 @@ typedef __m512 ebm__vf;
 #define ebm__vbcast(x) _mm512_set1_ps(x)
 #define ebm__vfma(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define ebm__vadd(a, b) _mm512_add_ps(a, b)
+/* v > 0 ? v : slope v, lane by lane (a NaN stays a NaN either way) */
+#define ebm__vleaky(v, sv) _mm512_mask_mul_ps(v, _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_NGT_UQ), v, sv)
 #define EBM__ISA "avx512"
 #elif !defined(EBM_NO_SIMD) && defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -1348,6 +1350,7 @@ typedef __m256 ebm__vf;
 #define ebm__vbcast(x) _mm256_set1_ps(x)
 #define ebm__vfma(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define ebm__vadd(a, b) _mm256_add_ps(a, b)
+#define ebm__vleaky(v, sv) _mm256_blendv_ps(v, _mm256_mul_ps(v, sv), _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_NGT_UQ))
 #define EBM__ISA "avx2"
 #elif !defined(EBM_NO_SIMD) && defined(__ARM_NEON) && defined(__aarch64__)
 #include <arm_neon.h>
@@ -1360,6 +1363,7 @@ typedef float32x4_t ebm__vf;
 #define ebm__vbcast(x) vdupq_n_f32(x)
 #define ebm__vfma(a, b, c) vfmaq_f32(c, a, b)
 #define ebm__vadd(a, b) vaddq_f32(a, b)
+#define ebm__vleaky(v, sv) vbslq_f32(vcgtq_f32(v, vdupq_n_f32(0.0f)), v, vmulq_f32(v, sv))
 #define EBM__ISA "neon"
 #else /* portable: the same blocking on scalars (what EBM_NO_SIMD builds test) */
 #define EBM__VL 1
@@ -1371,6 +1375,7 @@ typedef float ebm__vf;
 #define ebm__vbcast(x) (x)
 #define ebm__vfma(a, b, c) ((a) * (b) + (c))
 #define ebm__vadd(a, b) ((a) + (b))
+#define ebm__vleaky(v, sv) ((v) > 0 ? (v) : (sv) * (v))
 #define EBM__ISA "scalar"
 #endif
 #define EBM__CV 2
@@ -1743,6 +1748,134 @@ static void ebm__pt_task(long t, long n_pt, size_t n_ct, int grouped, long *pt0,
     }
 }
 
+/* The forward of a layer with few input channels (ebm__few_cx: a first
+   layer of 1 or 3). Its k k cx products per output pixel are too few for
+   the tile form, whose tap table and write-back then cost more than the
+   products (perf on the 1 -> 32 layer: 49 % table, 29 % write-back, 19 %
+   FMAs). Here a task is one output row of one image, a panel of output
+   channels at a time. Pixels whose window lies inside the image go
+   EBM__FEW_PX at a time through ebm__few_px: the taps' input offsets from
+   a table, the weight vectors from the packed panel, all the block's sums
+   in registers, and bias and LeakyReLU applied there before the one
+   store. Border pixels go one at a time, skipping the taps outside (the
+   tile form multiplies a zero row: the same sum). Every sum runs over the
+   taps in the tile form's order, (kh, kw, ci). */
+#define EBM__FEW_PX (16 / EBM__CV)
+#define EBM__FEW_TAPS 64 /* at most this many taps (a 4x4 kernel of 4 channels) */
+
+/* EBM__FEW_PX pixels (input windows at x0 + i xs) x nv <= EBM__CV vectors. */
+static void ebm__few_px(const float *x0, ptrdiff_t xs, const int *toff, int T, const float *bp, int nv,
+                        const ebm__vf *bias, int leaky, ebm__vf sv, float *o, size_t os, int nc)
+{
+    ebm__vf acc[EBM__FEW_PX][EBM__CV];
+    float lane[EBM__CB];
+    int i, t, v;
+    for (i = 0; i < EBM__FEW_PX; i++) for (v = 0; v < EBM__CV; v++) acc[i][v] = ebm__vzero();
+    for (t = 0; t < T; t++) {
+        const float *xt = x0 + toff[t];
+        if (nv == 1) {
+            const ebm__vf b0 = ebm__vload(bp + (size_t)t * EBM__VL);
+            for (i = 0; i < EBM__FEW_PX; i++) acc[i][0] = ebm__vfma(ebm__vbcast(xt[i * xs]), b0, acc[i][0]);
+        } else {
+            ebm__vf bv[EBM__CV];
+            for (v = 0; v < EBM__CV; v++) bv[v] = ebm__vload(bp + ((size_t)t * EBM__CV + v) * EBM__VL);
+            for (i = 0; i < EBM__FEW_PX; i++) {
+                const ebm__vf xv = ebm__vbcast(xt[i * xs]);
+                for (v = 0; v < EBM__CV; v++) acc[i][v] = ebm__vfma(xv, bv[v], acc[i][v]);
+            }
+        }
+    }
+    for (i = 0; i < EBM__FEW_PX; i++) {
+        float *oi = o + (size_t)i * os;
+        for (v = 0; v < nv; v++) {
+            ebm__vf a = bias ? ebm__vadd(acc[i][v], bias[v]) : acc[i][v];
+            if (leaky) a = ebm__vleaky(a, sv);
+            if (nc == nv * EBM__VL) ebm__vstore(oi + v * EBM__VL, a);
+            else ebm__vstore(lane + v * EBM__VL, a);
+        }
+        if (nc != nv * EBM__VL) for (v = 0; v < nc; v++) oi[v] = lane[v];
+    }
+}
+
+static void ebm__conv_fwd_few(const ebm__cgeom *G, const float *x, const float *w, const float *b, float *y,
+                              void *scratch, int leaky, float slope)
+{
+    unsigned char *sp = (unsigned char *)scratch;
+    const int K = G->k, cx = G->cx, cy = G->cy, s = G->s, p = G->p, T = K * K * cx;
+    const size_t CBW = ebm__panel(cy), n_ct = ebm__ceil_div((size_t)cy, CBW);
+    const int nv = (int)(CBW / EBM__VL);
+    const long n_rows = (long)G->n * G->hy;
+    /* output columns whose window is inside: wo in [wa, wb) */
+    const int wa = (p + s - 1) / s, wb = G->wx + p - K < 0 ? 0 : (G->wx + p - K) / s + 1 < G->wy ? (G->wx + p - K) / s + 1 : G->wy;
+    float *Bp = (float *)ebm__carve(&sp, n_ct * CBW * (size_t)T * sizeof(float));
+    int toff[EBM__FEW_TAPS];
+    long task;
+    int t;
+    ebm__pack(w, (size_t)T, (size_t)cy, (size_t)cy, Bp, CBW); /* Bp[(ct T + t) CBW + j] */
+    for (t = 0; t < T; t++) toff[t] = ((t / (K * cx)) * G->wx + t / cx % K) * cx + t % cx;
+    EBM__PARALLEL_FOR(n_rows, n_rows > 1)
+    for (task = 0; task < n_rows; task++) {
+        const int n = (int)(task / G->hy), ho = (int)(task % G->hy), h0 = ho * s - p;
+        const int inside = h0 >= 0 && h0 + K <= G->hx;
+        const float *xn = x + (size_t)n * G->hx * G->wx * cx;
+        float *yr = y + (size_t)task * G->wy * cy;
+        const ebm__vf sv = ebm__vbcast(slope);
+        size_t ct;
+        int wo, kh, kw, ci, v;
+        for (ct = 0; ct < n_ct; ct++) {
+            const float *bp = Bp + ct * (size_t)T * CBW;
+            const int co0 = (int)(ct * CBW), nc = cy - co0 < (int)CBW ? cy - co0 : (int)CBW;
+            ebm__vf bias[EBM__CV];
+            float lane[EBM__CB];
+            for (v = 0; v < nv; v++) { /* the bias, zero past cy */
+                int j;
+                for (j = 0; j < EBM__VL; j++) lane[j] = b && co0 + v * EBM__VL + j < cy ? b[co0 + v * EBM__VL + j] : 0.0f;
+                bias[v] = ebm__vload(lane);
+            }
+            for (wo = 0; wo < G->wy;) {
+                const int w0 = wo * s - p;
+                if (inside && wo >= wa && wo < wb && wb - wa >= EBM__FEW_PX) {
+                    /* a block of inside pixels; the last one ends at wb, overlapping the one
+                       before it (the pixels in both are computed twice, the same way) */
+                    const int w_ = wo + EBM__FEW_PX <= wb ? wo : wb - EBM__FEW_PX;
+                    ebm__few_px(xn + ((size_t)h0 * G->wx + (size_t)(w_ * s - p)) * cx, (ptrdiff_t)s * cx, toff, T, bp,
+                                nv, b ? bias : NULL, leaky, sv, yr + (size_t)w_ * cy + co0, (size_t)cy, nc);
+                    wo = w_ + EBM__FEW_PX;
+                    continue;
+                }
+                { /* a border pixel, its taps inside one by one */
+                    ebm__vf acc[EBM__CV];
+                    float *o = yr + (size_t)wo * cy + co0;
+                    for (v = 0; v < nv; v++) acc[v] = ebm__vzero();
+                    for (kh = 0, t = 0; kh < K; kh++) {
+                        const int hi = h0 + kh;
+                        if (hi < 0 || hi >= G->hx) { t += K * cx; continue; }
+                        for (kw = 0; kw < K; kw++) {
+                            const int wi = w0 + kw;
+                            const float *xp = xn + ((size_t)hi * G->wx + (size_t)wi) * cx;
+                            if (wi < 0 || wi >= G->wx) { t += cx; continue; }
+                            for (ci = 0; ci < cx; ci++, t++) {
+                                const ebm__vf xv = ebm__vbcast(xp[ci]);
+                                for (v = 0; v < nv; v++) acc[v] = ebm__vfma(xv, ebm__vload(bp + (size_t)t * CBW + v * EBM__VL), acc[v]);
+                            }
+                        }
+                    }
+                    for (v = 0; v < nv; v++) {
+                        if (b) acc[v] = ebm__vadd(acc[v], bias[v]);
+                        if (leaky) acc[v] = ebm__vleaky(acc[v], sv);
+                    }
+                    if (nc == (int)CBW) for (v = 0; v < nv; v++) ebm__vstore(o + v * EBM__VL, acc[v]);
+                    else {
+                        for (v = 0; v < nv; v++) ebm__vstore(lane + v * EBM__VL, acc[v]);
+                        for (v = 0; v < nc; v++) o[v] = lane[v];
+                    }
+                }
+                wo++;
+            }
+        }
+    }
+}
+
 /* Forward: tile = (RM output pixels of the whole batch, one panel of output
    channels); a task takes a pixel tile's panels in turn, so the tile's
    tap table is built once for all of them (building it per panel was 7 %
@@ -1762,6 +1895,7 @@ static void ebm__conv_fwd(const ebm__cgeom *G, const float *x, const float *w, c
     const long n_pt = (long)ebm__ceil_div(M, (size_t)RR), n_tasks = ebm__pt_tasks(n_pt, n_ct, grouped);
     float *zero, *Bp;
     long task;
+    if (ebm__few_cx(G) && G->k * G->k * cx <= EBM__FEW_TAPS) { ebm__conv_fwd_few(G, x, w, b, y, scratch, leaky, slope); return; }
     zero = (float *)ebm__carve(&sp, (size_t)cx * sizeof(float));
     memset(zero, 0, (size_t)cx * sizeof(float));
     /* B: the weights (tap, ci) x co in contiguous panels (faster to stream

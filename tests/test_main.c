@@ -584,6 +584,9 @@ static const int wide_geoms[][8] = {
     { 9, 7, 7, 40, 20, 7, 1, 0 },   /* 7x7 -> 1x1: its input gradient is a 1x1 -> 7x7 transposed conv */
     { 9, 7, 7, 64, 20, 7, 1, 0 },   /* weight gradient's row form unpadded, with a channel tail (20 = 2 x 8 + 4) */
     { 9, 7, 7, 128, 288, 4, 2, 1 }, /* weights past EBM__PANELS_HOT: forward tiles in groups through one panel */
+    { 3, 14, 13, 1, 16, 3, 1, 1 },  /* the few-channel forward: blocks of inside pixels, the last overlapping; */
+    { 2, 12, 23, 3, 40, 3, 2, 1 },  /* strided, two panels, the second a tail of 8; */
+    { 2, 9, 12, 4, 7, 4, 1, 2 },    /* 64 taps (its limit), one narrow panel of 7 */
 };
 
 static void test_conv_kernels_match_reference(void)
@@ -618,6 +621,14 @@ static void test_conv_kernels_match_reference(void)
             ebm__conv_fwd(&G, x, w, b, y1, scr, 0, 0.0f);
             ebm__conv_fwd_ref(&G, x, w, b, y2);
             CHECK(rel_err_ff(y1, y2, ny) < 2e-6, "geometry %d: forward kernel vs reference rel %.2e", i, rel_err_ff(y1, y2, ny));
+            { /* without a bias, with the fused LeakyReLU */
+                size_t j;
+                ebm__conv_fwd(&G, x, w, NULL, y1, scr, 1, 0.2f);
+                ebm__conv_fwd_ref(&G, x, w, NULL, y2);
+                for (j = 0; j < ny; j++) y2[j] = y2[j] > 0 ? y2[j] : 0.2f * y2[j];
+                CHECK(rel_err_ff(y1, y2, ny) < 2e-6, "geometry %d: forward + LeakyReLU, no bias, vs reference rel %.2e", i,
+                      rel_err_ff(y1, y2, ny));
+            }
             ebm__conv_bwd_data(&G, gy, w, b, y1, scr);
             ebm__conv_bwd_data_ref(&G, gy, w, b, y2);
             CHECK(rel_err_ff(y1, y2, nx) < 2e-6, "geometry %d: input-gradient kernel vs reference rel %.2e", i, rel_err_ff(y1, y2, nx));
