@@ -1337,6 +1337,7 @@ typedef __m512 ebm__vf;
 #define ebm__vfma(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define ebm__vadd(a, b) _mm512_add_ps(a, b)
 /* v > 0 ? v : slope v, lane by lane (a NaN stays a NaN either way) */
+#define ebm__vhsum(v) _mm512_reduce_add_ps(v)
 #define ebm__vleaky(v, sv) _mm512_mask_mul_ps(v, _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_NGT_UQ), v, sv)
 #define EBM__ISA "avx512"
 #elif !defined(EBM_NO_SIMD) && defined(__AVX2__) && defined(__FMA__)
@@ -1350,6 +1351,12 @@ typedef __m256 ebm__vf;
 #define ebm__vbcast(x) _mm256_set1_ps(x)
 #define ebm__vfma(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define ebm__vadd(a, b) _mm256_add_ps(a, b)
+static float ebm__vhsum(__m256 v)
+{
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
+}
 #define ebm__vleaky(v, sv) _mm256_blendv_ps(v, _mm256_mul_ps(v, sv), _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_NGT_UQ))
 #define EBM__ISA "avx2"
 #elif !defined(EBM_NO_SIMD) && defined(__ARM_NEON) && defined(__aarch64__)
@@ -1363,6 +1370,7 @@ typedef float32x4_t ebm__vf;
 #define ebm__vbcast(x) vdupq_n_f32(x)
 #define ebm__vfma(a, b, c) vfmaq_f32(c, a, b)
 #define ebm__vadd(a, b) vaddq_f32(a, b)
+#define ebm__vhsum(v) vaddvq_f32(v)
 #define ebm__vleaky(v, sv) vbslq_f32(vcgtq_f32(v, vdupq_n_f32(0.0f)), v, vmulq_f32(v, sv))
 #define EBM__ISA "neon"
 #else /* portable: the same blocking on scalars (what EBM_NO_SIMD builds test) */
@@ -1376,6 +1384,7 @@ typedef float ebm__vf;
 #define ebm__vfma(a, b, c) ((a) * (b) + (c))
 #define ebm__vadd(a, b) ((a) + (b))
 #define ebm__vleaky(v, sv) ((v) > 0 ? (v) : (sv) * (v))
+#define ebm__vhsum(v) (v)
 #define EBM__ISA "scalar"
 #endif
 #define EBM__CV 2
@@ -2043,6 +2052,84 @@ static void ebm__conv_bwd_data_few(const ebm__cgeom *G, const float *gy, const f
     }
 }
 
+/* The input gradient of a stride-1 layer with few input channels and
+   whole vectors of output channels (the reference nets' first layers):
+   each gx element is a dot product, over the taps and the cy channels, of
+   gy rows read in place with weight rows read in place, gx(hi, wi, ci) =
+   sum over (kh, kw) inside of gy(hi + p - kh, wi + p - kw, :) .
+   w(kh, kw, ci, :), summed lane by lane and added across the lanes at the
+   end. A task is one gx row of one image; pixels whose taps all fall inside
+   gy go EBM__FEW_PX at a time (their sums in registers, the last block
+   overlapping the one before it), the others one at a time. No products
+   to scatter back, unlike ebm__conv_bwd_data_few below. */
+static int ebm__bwd_few_direct(const ebm__cgeom *G)
+{
+    return G->s == 1 && G->cy % EBM__VL == 0 && G->k * G->k <= EBM__FEW_TAPS;
+}
+
+/* EBM__FEW_PX gx pixels at g0 + i cy (gy of tap (0, 0) of pixel i), channel ci. */
+static void ebm__few_dot_px(const float *g0, const ptrdiff_t *goff, const float *w, int KK, int cx, int ci, int cy,
+                            float bias, float *o, int ocs)
+{
+    ebm__vf acc[EBM__FEW_PX];
+    int i, t, v;
+    for (i = 0; i < EBM__FEW_PX; i++) acc[i] = ebm__vzero();
+    for (t = 0; t < KK; t++) {
+        const float *gt = g0 + goff[t], *wt = w + ((size_t)t * cx + (size_t)ci) * cy;
+        for (v = 0; v < cy; v += EBM__VL) {
+            const ebm__vf wv = ebm__vload(wt + v);
+            for (i = 0; i < EBM__FEW_PX; i++) acc[i] = ebm__vfma(ebm__vload(gt + (size_t)i * cy + v), wv, acc[i]);
+        }
+    }
+    for (i = 0; i < EBM__FEW_PX; i++) o[(size_t)i * ocs] = ebm__vhsum(acc[i]) + bias;
+}
+
+static void ebm__conv_bwd_data_direct(const ebm__cgeom *G, const float *gy, const float *w, const float *b, float *gx)
+{
+    const int K = G->k, KK = K * K, cx = G->cx, cy = G->cy, p = G->p;
+    /* gx columns whose taps are all inside gy: wi in [wa, wb] */
+    const int wa = K - 1 - p, wb = G->wy - 1 - p;
+    const long n_rows = (long)G->n * G->hx;
+    ptrdiff_t goff[EBM__FEW_TAPS]; /* tap t's gy pixel (hi + p - kh, wi + p - kw) from that of tap (0, 0) */
+    long task;
+    int t;
+    for (t = 0; t < KK; t++) goff[t] = -((ptrdiff_t)(t / K) * G->wy + t % K) * cy;
+    EBM__PARALLEL_FOR(n_rows, n_rows > 1)
+    for (task = 0; task < n_rows; task++) {
+        const int n = (int)(task / G->hx), hi = (int)(task % G->hx);
+        const int inside = hi + p - (K - 1) >= 0 && hi + p < G->hy;
+        const float *gn = gy + (size_t)n * G->hy * G->wy * cy;
+        float *xr = gx + (size_t)task * G->wx * cx;
+        int wi, ci, kh, kw, v;
+        for (wi = 0; wi < G->wx;) {
+            if (inside && wi >= wa && wi <= wb && wb - wa + 1 >= EBM__FEW_PX) {
+                const int w_ = wi + EBM__FEW_PX <= wb + 1 ? wi : wb + 1 - EBM__FEW_PX; /* see ebm__conv_fwd_few */
+                const float *g0 = gn + ((size_t)(hi + p) * G->wy + (size_t)(w_ + p)) * cy;
+                for (ci = 0; ci < cx; ci++)
+                    ebm__few_dot_px(g0, goff, w, KK, cx, ci, cy, b ? b[ci] : 0.0f, xr + (size_t)w_ * cx + ci, cx);
+                wi = w_ + EBM__FEW_PX;
+                continue;
+            }
+            for (ci = 0; ci < cx; ci++) { /* a border pixel: the taps inside gy one by one */
+                ebm__vf acc = ebm__vzero();
+                for (kh = 0; kh < K; kh++) {
+                    const int ho = hi + p - kh;
+                    if (ho < 0 || ho >= G->hy) continue;
+                    for (kw = 0; kw < K; kw++) {
+                        const int wo = wi + p - kw;
+                        const float *gt = gn + ((size_t)ho * G->wy + (size_t)wo) * cy;
+                        const float *wt = w + (((size_t)kh * K + (size_t)kw) * cx + (size_t)ci) * cy;
+                        if (wo < 0 || wo >= G->wy) continue;
+                        for (v = 0; v < cy; v += EBM__VL) acc = ebm__vfma(ebm__vload(gt + v), ebm__vload(wt + v), acc);
+                    }
+                }
+                xr[(size_t)wi * cx + ci] = ebm__vhsum(acc) + (b ? b[ci] : 0.0f);
+            }
+            wi++;
+        }
+    }
+}
+
 static void ebm__conv_bwd_data(const ebm__cgeom *G, const float *gy, const float *w, const float *b, float *gx, void *scratch)
 {
     unsigned char *sp = (unsigned char *)scratch;
@@ -2051,6 +2138,7 @@ static void ebm__conv_bwd_data(const ebm__cgeom *G, const float *gy, const float
     const size_t CBW = ebm__panel(cx), n_ct = ebm__ceil_div((size_t)cx, CBW);
     int ph, pw;
     float *zero, *Bp;
+    if (ebm__few_cx(G) && ebm__bwd_few_direct(G)) { ebm__conv_bwd_data_direct(G, gy, w, b, gx); return; }
     if (ebm__few_cx(G)) { ebm__conv_bwd_data_few(G, gy, w, b, gx, scratch); return; }
     zero = (float *)ebm__carve(&sp, (size_t)cy * sizeof(float));
     memset(zero, 0, (size_t)cy * sizeof(float));

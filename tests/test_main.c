@@ -587,6 +587,9 @@ static const int wide_geoms[][8] = {
     { 3, 14, 13, 1, 16, 3, 1, 1 },  /* the few-channel forward: blocks of inside pixels, the last overlapping; */
     { 2, 12, 23, 3, 40, 3, 2, 1 },  /* strided, two panels, the second a tail of 8; */
     { 2, 9, 12, 4, 7, 4, 1, 2 },    /* 64 taps (its limit), one narrow panel of 7 */
+    { 2, 10, 12, 3, 32, 3, 1, 1 },  /* the direct few-channel input gradient: 3 channels, 2 vectors of gy; */
+    { 2, 12, 14, 2, 16, 5, 1, 2 },  /* a 5x5 kernel; */
+    { 2, 12, 12, 1, 16, 3, 1, 0 },  /* unpadded, one block exactly */
 };
 
 static void test_conv_kernels_match_reference(void)
