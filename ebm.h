@@ -1440,15 +1440,21 @@ static void ebm__mk_taps_wide(const float *const *ap, const float *const *bt, in
     for (t = 0; t < nt; t++) {
         const float *ar[EBM__RM];
         for (r = 0; r < EBM__RM; r++) ar[r] = ap[t * EBM__RM + r];
-        for (c = 0; c < kc; c++) {
-            const float *b = bt[t] + (size_t)c * ldb;
-            ebm__vf bv[EBM__CV];
-            for (v = 0; v < EBM__CV; v++) bv[v] = ebm__vload(b + v * EBM__VL);
-            for (r = 0; r < EBM__RM; r++) {
-                ebm__vf x = ebm__vbcast(ar[r][c]);
-                for (v = 0; v < EBM__CV; v++) acc[r][v] = ebm__vfma(x, bv[v], acc[r][v]);
-            }
-        }
+        /* two channels per turn: g++ steps each of the RM row pointers once per
+           turn, integer adds that compete with the FMAs for ports */
+#define EBM__MK_WIDE_STEP(cc)                                                                     \
+        do {                                                                                      \
+            const float *b = bt[t] + (size_t)(cc) * ldb;                                          \
+            ebm__vf bv[EBM__CV];                                                                  \
+            for (v = 0; v < EBM__CV; v++) bv[v] = ebm__vload(b + v * EBM__VL);                    \
+            for (r = 0; r < EBM__RM; r++) {                                                       \
+                ebm__vf x = ebm__vbcast(ar[r][cc]);                                               \
+                for (v = 0; v < EBM__CV; v++) acc[r][v] = ebm__vfma(x, bv[v], acc[r][v]);         \
+            }                                                                                     \
+        } while (0)
+        for (c = 0; c + 1 < kc; c += 2) { EBM__MK_WIDE_STEP(c); EBM__MK_WIDE_STEP(c + 1); }
+        if (c < kc) EBM__MK_WIDE_STEP(c);
+#undef EBM__MK_WIDE_STEP
     }
     for (r = 0; r < EBM__RM; r++) for (v = 0; v < EBM__CV; v++) ebm__vstore(tmp + (r * EBM__CV + v) * EBM__VL, acc[r][v]);
 }
