@@ -590,6 +590,7 @@ static const int wide_geoms[][8] = {
     { 2, 10, 12, 3, 32, 3, 1, 1 },  /* the direct few-channel input gradient: 3 channels, 2 vectors of gy; */
     { 2, 12, 14, 2, 16, 5, 1, 2 },  /* a 5x5 kernel; */
     { 2, 12, 12, 1, 16, 3, 1, 0 },  /* unpadded, one block exactly */
+    { 2, 8, 7, 8, 12, 5, 3, 2 },    /* input gradient: 9 phases of unequal sizes and tap counts, interleaved */
 };
 
 static void test_conv_kernels_match_reference(void)
