@@ -1336,8 +1336,19 @@ typedef __m512 ebm__vf;
 #define ebm__vbcast(x) _mm512_set1_ps(x)
 #define ebm__vfma(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define ebm__vadd(a, b) _mm512_add_ps(a, b)
+/* The sum of the lanes (_mm512_reduce_add_ps, and even a cast to the lower
+   half, draw maybe-uninitialized warnings from g++ 12 in C++: they extract
+   halves unmasked; the maskz forms do not) */
+static float ebm__vhsum(__m512 v)
+{
+    const __m512d d = _mm512_castps_pd(v);
+    const __m256 h = _mm256_add_ps(_mm256_castpd_ps(_mm512_maskz_extractf64x4_pd((__mmask8)0xff, d, 0)),
+                                   _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd((__mmask8)0xff, d, 1)));
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
+}
 /* v > 0 ? v : slope v, lane by lane (a NaN stays a NaN either way) */
-#define ebm__vhsum(v) _mm512_reduce_add_ps(v)
 #define ebm__vleaky(v, sv) _mm512_mask_mul_ps(v, _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_NGT_UQ), v, sv)
 #define EBM__ISA "avx512"
 #elif !defined(EBM_NO_SIMD) && defined(__AVX2__) && defined(__FMA__)
@@ -1440,8 +1451,9 @@ static void ebm__mk_taps_wide(const float *const *ap, const float *const *bt, in
     for (t = 0; t < nt; t++) {
         const float *ar[EBM__RM];
         for (r = 0; r < EBM__RM; r++) ar[r] = ap[t * EBM__RM + r];
-        /* two channels per turn: g++ steps each of the RM row pointers once per
-           turn, integer adds that compete with the FMAs for ports */
+        /* two channels per turn: one channel per turn, g++ stepped each of the
+           RM row pointers once per channel (integer adds competing with the
+           FMAs for ports); unrolled, it indexes all rows off one counter */
 #define EBM__MK_WIDE_STEP(cc)                                                                     \
         do {                                                                                      \
             const float *b = bt[t] + (size_t)(cc) * ldb;                                          \
@@ -1797,7 +1809,7 @@ static void ebm__few_px(const float *x0, ptrdiff_t xs, const int *toff, int T, c
                         const ebm__vf *bias, int leaky, ebm__vf sv, float *o, size_t os, int nc)
 {
     ebm__vf acc[EBM__FEW_PX][EBM__CV];
-    float lane[EBM__CB];
+    float lane[EBM__CB] = { 0.0f }; /* (initialised: g++ cannot see that nc <= nv VL) */
     int i, t, v;
     for (i = 0; i < EBM__FEW_PX; i++) for (v = 0; v < EBM__CV; v++) acc[i][v] = ebm__vzero();
     for (t = 0; t < T; t++) {
@@ -1855,7 +1867,7 @@ static void ebm__conv_fwd_few(const ebm__cgeom *G, const float *x, const float *
             const float *bp = Bp + ct * (size_t)T * CBW;
             const int co0 = (int)(ct * CBW), nc = cy - co0 < (int)CBW ? cy - co0 : (int)CBW;
             ebm__vf bias[EBM__CV];
-            float lane[EBM__CB];
+            float lane[EBM__CB] = { 0.0f }; /* (initialised: g++ cannot see that nc <= nv VL) */
             for (v = 0; v < nv; v++) { /* the bias, zero past cy */
                 int j;
                 for (j = 0; j < EBM__VL; j++) lane[j] = b && co0 + v * EBM__VL + j < cy ? b[co0 + v * EBM__VL + j] : 0.0f;
@@ -2291,7 +2303,10 @@ static void ebm__conv_bwd_data_masked(const ebm__cgeom *G, const float *gy, cons
     }
 }
 
-static void ebm__conv_bwd_data(const ebm__cgeom *G, const float *gy, const float *w, const float *b, float *gx, void *scratch)
+/* The input gradient without a mask, as the tests and benchmarks call it
+   (declared as the references are: the library itself may not use it). */
+EBM__REFERENCE void ebm__conv_bwd_data(const ebm__cgeom *G, const float *gy, const float *w, const float *b, float *gx,
+                                       void *scratch)
 {
     ebm__conv_bwd_data_masked(G, gy, w, b, gx, scratch, NULL, 0.0f);
 }
