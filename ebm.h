@@ -1804,12 +1804,25 @@ static void ebm__pt_task(long t, long n_pt, size_t n_ct, int grouped, long *pt0,
 #define EBM__FEW_PX (16 / EBM__CV)
 #define EBM__FEW_TAPS 64 /* at most this many taps (a 4x4 kernel of 4 channels) */
 
+/* One pixel's nv <= EBM__CV vectors of sums to o: plus the bias, through
+   LeakyReLU if asked, nc floats stored (through a buffer for a tail). */
+static void ebm__few_store(float *o, ebm__vf *acc, int nv, const ebm__vf *bias, int leaky, ebm__vf sv, int nc)
+{
+    float lane[EBM__CB] = { 0.0f }; /* (initialised: g++ cannot see that nc <= nv VL) */
+    int v;
+    for (v = 0; v < nv; v++) {
+        if (bias) acc[v] = ebm__vadd(acc[v], bias[v]);
+        if (leaky) acc[v] = ebm__vleaky(acc[v], sv);
+        ebm__vstore(nc == nv * EBM__VL ? o + v * EBM__VL : lane + v * EBM__VL, acc[v]);
+    }
+    if (nc != nv * EBM__VL) for (v = 0; v < nc; v++) o[v] = lane[v];
+}
+
 /* EBM__FEW_PX pixels (input windows at x0 + i xs) x nv <= EBM__CV vectors. */
 static void ebm__few_px(const float *x0, ptrdiff_t xs, const int *toff, int T, const float *bp, int nv,
                         const ebm__vf *bias, int leaky, ebm__vf sv, float *o, size_t os, int nc)
 {
     ebm__vf acc[EBM__FEW_PX][EBM__CV];
-    float lane[EBM__CB] = { 0.0f }; /* (initialised: g++ cannot see that nc <= nv VL) */
     int i, t, v;
     for (i = 0; i < EBM__FEW_PX; i++) for (v = 0; v < EBM__CV; v++) acc[i][v] = ebm__vzero();
     for (t = 0; t < T; t++) {
@@ -1826,16 +1839,7 @@ static void ebm__few_px(const float *x0, ptrdiff_t xs, const int *toff, int T, c
             }
         }
     }
-    for (i = 0; i < EBM__FEW_PX; i++) {
-        float *oi = o + (size_t)i * os;
-        for (v = 0; v < nv; v++) {
-            ebm__vf a = bias ? ebm__vadd(acc[i][v], bias[v]) : acc[i][v];
-            if (leaky) a = ebm__vleaky(a, sv);
-            if (nc == nv * EBM__VL) ebm__vstore(oi + v * EBM__VL, a);
-            else ebm__vstore(lane + v * EBM__VL, a);
-        }
-        if (nc != nv * EBM__VL) for (v = 0; v < nc; v++) oi[v] = lane[v];
-    }
+    for (i = 0; i < EBM__FEW_PX; i++) ebm__few_store(o + (size_t)i * os, acc[i], nv, bias, leaky, sv, nc);
 }
 
 static void ebm__conv_fwd_few(const ebm__cgeom *G, const float *x, const float *w, const float *b, float *y,
@@ -1867,7 +1871,7 @@ static void ebm__conv_fwd_few(const ebm__cgeom *G, const float *x, const float *
             const float *bp = Bp + ct * (size_t)T * CBW;
             const int co0 = (int)(ct * CBW), nc = cy - co0 < (int)CBW ? cy - co0 : (int)CBW;
             ebm__vf bias[EBM__CV];
-            float lane[EBM__CB] = { 0.0f }; /* (initialised: g++ cannot see that nc <= nv VL) */
+            float lane[EBM__CB];
             for (v = 0; v < nv; v++) { /* the bias, zero past cy */
                 int j;
                 for (j = 0; j < EBM__VL; j++) lane[j] = b && co0 + v * EBM__VL + j < cy ? b[co0 + v * EBM__VL + j] : 0.0f;
@@ -1901,15 +1905,7 @@ static void ebm__conv_fwd_few(const ebm__cgeom *G, const float *x, const float *
                             }
                         }
                     }
-                    for (v = 0; v < nv; v++) {
-                        if (b) acc[v] = ebm__vadd(acc[v], bias[v]);
-                        if (leaky) acc[v] = ebm__vleaky(acc[v], sv);
-                    }
-                    if (nc == (int)CBW) for (v = 0; v < nv; v++) ebm__vstore(o + v * EBM__VL, acc[v]);
-                    else {
-                        for (v = 0; v < nv; v++) ebm__vstore(lane + v * EBM__VL, acc[v]);
-                        for (v = 0; v < nc; v++) o[v] = lane[v];
-                    }
+                    ebm__few_store(o, acc, nv, b ? bias : NULL, leaky, sv, nc);
                 }
                 wo++;
             }

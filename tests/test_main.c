@@ -1129,42 +1129,47 @@ static void test_fused_conv_leaky_matches_separate_ops(void)
    has a second consumer (h * h) whose term arrives after the conv's, or
    before it (then nothing is multiplied early), and when ebm_grad also
    returns h's own gradient (which must come back without the factor):
-   against the same sums from the separate public ops. The factor is 1 or
-   0.2 per element, so the two differ only by rounding: 1e-5 relative. */
+   against the same sums from the separate public ops. h has 8 channels
+   (the next conv's tile form applies the factor) or 3 (its few-channel
+   form, then a pass of its own). The factor is 1 or 0.2 per element, so
+   the two differ only by rounding: 1e-5 relative. */
 static void test_premasked_gradient_terms(void)
 {
     enum { NX_ = 2 * 6 * 6 * 3, NW1 = 3 * 3 * 3 * 8, NW2 = 3 * 3 * 8 * 5, NH = 2 * 6 * 6 * 8 };
     static float x[NX_], w1[NW1], b1[8], w2[NW2], b2[5], want[3][NH];
-    const int xs[4] = { 2, 6, 6, 3 }, w1s[4] = { 3, 3, 3, 8 }, w2s[4] = { 3, 3, 8, 5 }, s8 = 8, s5 = 5;
-    const size_t n_out[3] = { NX_, NW1, NH };
+    const int xs[4] = { 2, 6, 6, 3 }, s5 = 5;
     ebm_graph *g = new_graph(16);
-    int order, fused, i;
+    int hc, order, fused, i;
     rnd(x, NX_, -1, 1); rnd(w1, NW1, -1, 1); rnd(b1, 8, -0.5f, 0.5f); rnd(w2, NW2, -1, 1); rnd(b2, 5, -1, 1);
-    for (order = 0; order < 2; order++)
-        for (fused = 0; fused < 2; fused++) {
-            ebm_var *xv, *W1, *B1, *W2, *B2, *h, *sq, *cv, *y, *wrt[3], *out[3] = { NULL, NULL, NULL };
-            ebm_graph_reset(g);
-            xv = ebm_leaf(g, x, 4, xs); W1 = ebm_leaf(g, w1, 4, w1s); B1 = ebm_leaf(g, b1, 1, &s8);
-            W2 = ebm_leaf(g, w2, 4, w2s); B2 = ebm_leaf(g, b2, 1, &s5);
-            h = fused ? ebm__conv2d(g, xv, W1, B1, 1, 1, 1, 0.2f, NULL) : ebm_leaky_relu(g, ebm_conv2d(g, xv, W1, B1, 1, 1), 0.2f);
-            if (order == 0) { cv = ebm_conv2d(g, h, W2, B2, 1, 1); sq = ebm_mul(g, h, h); } /* h * h's term first */
-            else { sq = ebm_mul(g, h, h); cv = ebm_conv2d(g, h, W2, B2, 1, 1); }           /* the conv's term first */
-            y = ebm_add(g, ebm_sum(g, cv), ebm_scale(g, ebm_sum(g, sq), 0.3f));
-            wrt[0] = xv; wrt[1] = W1; wrt[2] = h;
-            CHECK(ebm_grad(g, y, NULL, 3, wrt, out, 0) == EBM_OK, "grad: %s", gmsg(g));
-            if (!out[0] || !out[1] || !out[2]) continue;
-            for (i = 0; i < 3; i++)
-                if (!fused) memcpy(want[i], out[i]->data, n_out[i] * sizeof(float));
-                else CHECK(rel_err_ff(out[i]->data, want[i], n_out[i]) < 1e-5, "order %d, gradient %d: fused vs separate ops rel %.2e",
-                           order, i, rel_err_ff(out[i]->data, want[i], n_out[i]));
-            if (fused) { /* and with h not asked for, its gradient held multiplied (order 1) */
-                CHECK(ebm_grad(g, y, NULL, 2, wrt, out, 0) == EBM_OK, "grad: %s", gmsg(g));
-                for (i = 0; i < 2 && out[i]; i++)
-                    CHECK(rel_err_ff(out[i]->data, want[i], n_out[i]) < 1e-5, "order %d, gradient %d without h: rel %.2e",
-                          order, i, rel_err_ff(out[i]->data, want[i], n_out[i]));
-                CHECK(order == 0 || h->ip[3] == 1, "the conv's term did not carry the factor");
+    for (hc = 8; hc >= 3; hc -= 5)
+        for (order = 0; order < 2; order++)
+            for (fused = 0; fused < 2; fused++) {
+                const int w1s[4] = { 3, 3, 3, hc }, w2s[4] = { 3, 3, hc, 5 };
+                const size_t n_out[3] = { NX_, (size_t)9 * 3 * hc, (size_t)2 * 36 * hc };
+                ebm_var *xv, *W1, *B1, *W2, *B2, *h, *sq, *cv, *y, *wrt[3], *out[3] = { NULL, NULL, NULL };
+                ebm_graph_reset(g);
+                xv = ebm_leaf(g, x, 4, xs); W1 = ebm_leaf(g, w1, 4, w1s); B1 = ebm_leaf(g, b1, 1, &hc);
+                W2 = ebm_leaf(g, w2, 4, w2s); B2 = ebm_leaf(g, b2, 1, &s5);
+                h = fused ? ebm__conv2d(g, xv, W1, B1, 1, 1, 1, 0.2f, NULL) : ebm_leaky_relu(g, ebm_conv2d(g, xv, W1, B1, 1, 1), 0.2f);
+                if (order == 0) { cv = ebm_conv2d(g, h, W2, B2, 1, 1); sq = ebm_mul(g, h, h); } /* h * h's term first */
+                else { sq = ebm_mul(g, h, h); cv = ebm_conv2d(g, h, W2, B2, 1, 1); }           /* the conv's term first */
+                y = ebm_add(g, ebm_sum(g, cv), ebm_scale(g, ebm_sum(g, sq), 0.3f));
+                wrt[0] = xv; wrt[1] = W1; wrt[2] = h;
+                CHECK(ebm_grad(g, y, NULL, 3, wrt, out, 0) == EBM_OK, "grad: %s", gmsg(g));
+                if (!out[0] || !out[1] || !out[2]) continue;
+                for (i = 0; i < 3; i++)
+                    if (!fused) memcpy(want[i], out[i]->data, n_out[i] * sizeof(float));
+                    else CHECK(rel_err_ff(out[i]->data, want[i], n_out[i]) < 1e-5,
+                               "h of %d channels, order %d, gradient %d: fused vs separate ops rel %.2e", hc, order, i,
+                               rel_err_ff(out[i]->data, want[i], n_out[i]));
+                if (fused) { /* and with h not asked for: its gradient held multiplied when the conv's term came first */
+                    CHECK(ebm_grad(g, y, NULL, 2, wrt, out, 0) == EBM_OK, "grad: %s", gmsg(g));
+                    for (i = 0; i < 2 && out[i]; i++)
+                        CHECK(rel_err_ff(out[i]->data, want[i], n_out[i]) < 1e-5, "h of %d channels, order %d, gradient %d without h: rel %.2e",
+                              hc, order, i, rel_err_ff(out[i]->data, want[i], n_out[i]));
+                    CHECK(h->ip[3] == order, "h of %d channels, order %d: gradient state %d", hc, order, h->ip[3]);
+                }
             }
-        }
     ebm_graph_destroy(g);
 }
 
