@@ -146,6 +146,7 @@ typedef struct {
     int away;          /* draw inputs away from 0 (kinks) */
     int spaced;        /* draw inputs spaced apart (rnd_spaced) */
     int second_order;  /* also check the derivative of the backward pass */
+    int sum_terms;     /* the output is a sum of this many terms in float (see check_op) */
 } opcase;
 
 static size_t shape_size(int nd, const int *s)
@@ -193,9 +194,20 @@ static void check_op(const opcase *oc)
     if (!y) goto done;
     ny = y->size;
     tmp = dalloc(ny); dy = dalloc(ny); dr = dalloc(ny); r = falloc(ny);
-    /* forward */
+    /* forward; a sum of n terms in float is within n u of the sum of their
+       magnitudes (u = 2^-24), not of its own value (which cancellation can
+       make as small as it likes): that scale is the op on |inputs| */
     oc->eval(din, dy, &oc->c);
-    CHECK(rel_err_fd(y->data, dy, ny) < 2e-6, "%s: forward differs from the double reference (rel %.2e)", oc->name, rel_err_fd(y->data, dy, ny));
+    if (oc->sum_terms) {
+        double scale;
+        for (k = 0; k < oc->nin; k++) for (j = 0; j < nin[k]; j++) din[k][j] = fabs(din[k][j]);
+        oc->eval(din, tmp, &oc->c);
+        scale = fabs(tmp[0]);
+        for (k = 0; k < oc->nin; k++) for (j = 0; j < nin[k]; j++) din[k][j] = fin[k][j];
+        CHECK(fabs(y->data[0] - dy[0]) <= oc->sum_terms * ldexp(1.0, -24) * scale, "%s: forward %.9g, double reference %.9g, beyond %d u of %.9g",
+              oc->name, (double)y->data[0], dy[0], oc->sum_terms, scale);
+    } else
+        CHECK(rel_err_fd(y->data, dy, ny) < 2e-6, "%s: forward differs from the double reference (rel %.2e)", oc->name, rel_err_fd(y->data, dy, ny));
     /* first derivatives: fused (create_graph 0) and composite (1) */
     rnd(r, ny, -1.0f, 1.0f);
     for (j = 0; j < ny; j++) dr[j] = r[j];
@@ -633,9 +645,25 @@ static void test_conv_kernels_match_reference(void)
                 CHECK(rel_err_ff(y1, y2, ny) < 2e-6, "geometry %d: forward + LeakyReLU, no bias, vs reference rel %.2e", i,
                       rel_err_ff(y1, y2, ny));
             }
+            { /* the forward times LeakyReLU'(mask) (a transposed conv's input gradient, premasked), mask = s */
+                size_t j;
+                rnd(s, ny, -1, 1);
+                ebm__conv_fwd_masked(&G, x, w, NULL, y1, scr, 0, 0.2f, s);
+                ebm__conv_fwd_ref(&G, x, w, NULL, y2);
+                for (j = 0; j < ny; j++) y2[j] = s[j] > 0 ? y2[j] : 0.2f * y2[j];
+                CHECK(rel_err_ff(y1, y2, ny) < 2e-6, "geometry %d: forward times LeakyReLU'(mask) vs reference rel %.2e", i,
+                      rel_err_ff(y1, y2, ny));
+            }
             ebm__conv_bwd_data(&G, gy, w, b, y1, scr);
             ebm__conv_bwd_data_ref(&G, gy, w, b, y2);
             CHECK(rel_err_ff(y1, y2, nx) < 2e-6, "geometry %d: input-gradient kernel vs reference rel %.2e", i, rel_err_ff(y1, y2, nx));
+            { /* as a transposed conv fused with the LeakyReLU after it */
+                size_t j;
+                ebm__conv_bwd_data_masked(&G, gy, w, b, y1, scr, NULL, 1, 0.2f);
+                for (j = 0; j < nx; j++) y2[j] = y2[j] > 0 ? y2[j] : 0.2f * y2[j];
+                CHECK(rel_err_ff(y1, y2, nx) < 2e-6, "geometry %d: transposed conv + LeakyReLU vs reference rel %.2e", i,
+                      rel_err_ff(y1, y2, nx));
+            }
             ebm__conv_bwd_weight(&G, x, gy, y1, scr);
             ebm__conv_bwd_weight_ref(&G, x, gy, y2);
             CHECK(rel_err_ff(y1, y2, nw) < 2e-6, "geometry %d: weight-gradient kernel vs reference rel %.2e", i, rel_err_ff(y1, y2, nw));
@@ -818,6 +846,7 @@ static void test_op_elementwise(void)
         memset(&oc, 0, sizeof oc);
         oc.name = ops[i].name; oc.nin = ops[i].nin; oc.build = ops[i].b; oc.eval = ops[i].e; oc.second_order = 1;
         oc.c.n = 24; oc.c.c = -0.75;
+        if (ops[i].e == e_sum || ops[i].e == e_mean || ops[i].e == e_sqnorm || ops[i].e == e_dot) oc.sum_terms = 24;
         set_shape(&oc, 0, 2, 4, 6, 1, 1);
         set_shape(&oc, 1, 3, 2, 3, 4, 1); /* same size, another shape */
         check_op(&oc);
@@ -1124,6 +1153,69 @@ static void test_fused_conv_leaky_matches_separate_ops(void)
     ebm_model_free(&m);
 }
 
+/* The same for a generator: its transposed convs fused with the
+   LeakyReLU after each (the last, before tanh, not), against the public
+   ops: the same bits for g(z), grad_z and grad_theta. The gradient of the
+   first fused layer gets the factor in the next transposed conv's input
+   gradient (a forward conv's write-back, ebm__premasked). */
+static void test_fused_transposed_leaky_matches_separate_ops(void)
+{
+    enum { NZ = 3 * 4, NO = 3 * 12 * 12 * 2 };
+    ebm_model m;
+    ebm_graph *g = new_graph(16);
+    float z[NZ], *g1, *g2, out1[NO], gz1[NZ];
+    int zs[4] = { 3, 1, 1, 4 }, i;
+    ebm_var *zv, *y, *gz = NULL, *h;
+    CHECK(ebm_model_init(&m, 4, 1, 1) == EBM_OK, "init");
+    ebm_model_add_conv_transpose2d(&m, 8, 3, 1, 0, 0, 1); /* 1 -> 3 */
+    ebm_model_add_act(&m, EBM_ACT_LEAKY_RELU, 0.2f);
+    ebm_model_add_conv_transpose2d(&m, 5, 4, 2, 1, 0, 1); /* 3 -> 6 */
+    ebm_model_add_act(&m, EBM_ACT_LEAKY_RELU, 0.2f);
+    ebm_model_add_conv_transpose2d(&m, 2, 4, 2, 1, 0, 1); /* 6 -> 12 */
+    ebm_model_add_act(&m, EBM_ACT_TANH, 0.0f);
+    CHECK(ebm_model_alloc(&m, 5) == EBM_OK, "alloc: %s", m.err.msg);
+    g1 = falloc(m.n_params); g2 = falloc(m.n_params);
+    rnd(z, NZ, -1, 1);
+    zv = ebm_leaf(g, z, 4, zs);
+    y = ebm_model_forward(&m, g, zv);
+    h = y ? y->in[0] : NULL; /* tanh's input: the last transposed conv, unfused */
+    CHECK(h && h->op == EBM__OP_CONVT && h->ip[4] == 0 && h->in[0]->op == EBM__OP_CONVT && h->in[0]->ip[4] == 1 &&
+          h->in[0]->in[0]->op == EBM__OP_CONVT && h->in[0]->in[0]->ip[4] == 1, "the model did not fuse");
+    ebm_model_zero_grad(&m);
+    ebm_model_backward_input(&m, g, ebm_sqnorm(g, y), zv, &gz);
+    CHECK(h && h->in[0]->ip[5] == 1, "the middle layer's gradient was not held multiplied (state %d)", h ? h->in[0]->ip[5] : -9);
+    memcpy(g1, m.grads, m.n_params * sizeof(float));
+    if (y) memcpy(out1, y->data, sizeof out1);
+    if (gz) memcpy(gz1, gz->data, sizeof gz1);
+    ebm_graph_reset(g);
+    {   /* the same generator from public ops */
+        ebm_var *P[6];
+        int k = 0;
+        for (i = 0; i < m.n_layers; i++) {
+            const ebm_layer *L = &m.layer[i];
+            int ws[4] = { L->k, L->k, L->out_c, L->in_c }, bs = L->out_c;
+            if (L->type != EBM_LAYER_CONVT2D) continue;
+            P[k++] = ebm__param(g, &m, L->w_off, 4, ws);
+            P[k++] = ebm__param(g, &m, L->b_off, 1, &bs);
+        }
+        zv = ebm_leaf(g, z, 4, zs);
+        h = ebm_leaky_relu(g, ebm_conv2d_transpose(g, zv, P[0], P[1], 1, 0, 3, 3), 0.2f);
+        h = ebm_leaky_relu(g, ebm_conv2d_transpose(g, h, P[2], P[3], 2, 1, 6, 6), 0.2f);
+        y = ebm_tanh(g, ebm_conv2d_transpose(g, h, P[4], P[5], 2, 1, 12, 12));
+    }
+    ebm_model_zero_grad(&m);
+    gz = NULL;
+    ebm_model_backward_input(&m, g, ebm_sqnorm(g, y), zv, &gz);
+    memcpy(g2, m.grads, m.n_params * sizeof(float));
+    CHECK(ebm_graph_status(g) == EBM_OK, "graph: %s", gmsg(g));
+    CHECK(y && memcmp(out1, y->data, sizeof out1) == 0, "g(z) differs");
+    CHECK(gz && memcmp(gz1, gz->data, sizeof gz1) == 0, "grad_z differs");
+    CHECK(memcmp(g1, g2, m.n_params * sizeof(float)) == 0, "grad_theta differs");
+    free(g1); free(g2);
+    ebm_graph_destroy(g);
+    ebm_model_free(&m);
+}
+
 /* A fused conv + LeakyReLU node h whose gradient gets the LeakyReLU factor
    in the next conv's input-gradient write-back (ebm__premasked), when h
    has a second consumer (h * h) whose term arrives after the conv's, or
@@ -1131,28 +1223,36 @@ static void test_fused_conv_leaky_matches_separate_ops(void)
    returns h's own gradient (which must come back without the factor):
    against the same sums from the separate public ops. h has 8 channels
    (the next conv's tile form applies the factor) or 3 (its few-channel
-   form, then a pass of its own). The factor is 1 or 0.2 per element, so
-   the two differ only by rounding: 1e-5 relative. */
+   form, then a pass of its own). The same with transposed convs (tr):
+   the next one's input gradient is a forward conv, of its tile form (5
+   output channels) or its few-channel form (3; 8-pixel rows, one block).
+   The factor is 1 or 0.2 per element, so the two differ only by rounding:
+   1e-5 relative. */
 static void test_premasked_gradient_terms(void)
 {
-    enum { NX_ = 2 * 6 * 6 * 3, NW1 = 3 * 3 * 3 * 8, NW2 = 3 * 3 * 8 * 5, NH = 2 * 6 * 6 * 8 };
+    enum { NX_ = 2 * 6 * 6 * 3, NW1 = 4 * 4 * 3 * 8, NW2 = 4 * 4 * 8 * 5, NH = 2 * 8 * 8 * 8 };
     static float x[NX_], w1[NW1], b1[8], w2[NW2], b2[5], want[3][NH];
-    const int xs[4] = { 2, 6, 6, 3 }, s5 = 5;
     ebm_graph *g = new_graph(16);
-    int hc, order, fused, i;
+    int tr, few, order, fused, i;
     rnd(x, NX_, -1, 1); rnd(w1, NW1, -1, 1); rnd(b1, 8, -0.5f, 0.5f); rnd(w2, NW2, -1, 1); rnd(b2, 5, -1, 1);
-    for (hc = 8; hc >= 3; hc -= 5)
+    for (tr = 0; tr < 2; tr++)
+    for (few = 0; few < 2; few++)
         for (order = 0; order < 2; order++)
             for (fused = 0; fused < 2; fused++) {
-                const int w1s[4] = { 3, 3, 3, hc }, w2s[4] = { 3, 3, hc, 5 };
-                const size_t n_out[3] = { NX_, (size_t)9 * 3 * hc, (size_t)2 * 36 * hc };
+                /* conv: x 6x6x3 -> h 6x6xhc -> 6x6x5; transposed: x 4x4x3 -> h 8x8x8 -> 16x16xco */
+                const int hc = !tr && few ? 3 : 8, co = tr && few ? 3 : 5, k = tr ? 4 : 3, xw = tr ? 4 : 6, hw = tr ? 8 : 6;
+                const int xs[4] = { 2, xw, xw, 3 }, w1s[4] = { k, k, tr ? hc : 3, tr ? 3 : hc }, w2s[4] = { k, k, tr ? co : hc, tr ? hc : co };
+                const size_t n_out[3] = { (size_t)2 * xw * xw * 3, (size_t)k * k * 3 * hc, (size_t)2 * hw * hw * hc };
                 ebm_var *xv, *W1, *B1, *W2, *B2, *h, *sq, *cv, *y, *wrt[3], *out[3] = { NULL, NULL, NULL };
                 ebm_graph_reset(g);
                 xv = ebm_leaf(g, x, 4, xs); W1 = ebm_leaf(g, w1, 4, w1s); B1 = ebm_leaf(g, b1, 1, &hc);
-                W2 = ebm_leaf(g, w2, 4, w2s); B2 = ebm_leaf(g, b2, 1, &s5);
-                h = fused ? ebm__conv2d(g, xv, W1, B1, 1, 1, 1, 0.2f, NULL) : ebm_leaky_relu(g, ebm_conv2d(g, xv, W1, B1, 1, 1), 0.2f);
-                if (order == 0) { cv = ebm_conv2d(g, h, W2, B2, 1, 1); sq = ebm_mul(g, h, h); } /* h * h's term first */
-                else { sq = ebm_mul(g, h, h); cv = ebm_conv2d(g, h, W2, B2, 1, 1); }           /* the conv's term first */
+                W2 = ebm_leaf(g, w2, 4, w2s); B2 = ebm_leaf(g, b2, 1, &co);
+                if (tr) h = fused ? ebm__conv2d_transpose(g, xv, W1, B1, 2, 1, 8, 8, 1, 0.2f, NULL)
+                                  : ebm_leaky_relu(g, ebm_conv2d_transpose(g, xv, W1, B1, 2, 1, 8, 8), 0.2f);
+                else h = fused ? ebm__conv2d(g, xv, W1, B1, 1, 1, 1, 0.2f, NULL, NULL) : ebm_leaky_relu(g, ebm_conv2d(g, xv, W1, B1, 1, 1), 0.2f);
+                if (order == 1) sq = ebm_mul(g, h, h); /* the conv's term first */
+                cv = tr ? ebm_conv2d_transpose(g, h, W2, B2, 2, 1, 16, 16) : ebm_conv2d(g, h, W2, B2, 1, 1);
+                if (order == 0) sq = ebm_mul(g, h, h); /* h * h's term first */
                 y = ebm_add(g, ebm_sum(g, cv), ebm_scale(g, ebm_sum(g, sq), 0.3f));
                 wrt[0] = xv; wrt[1] = W1; wrt[2] = h;
                 CHECK(ebm_grad(g, y, NULL, 3, wrt, out, 0) == EBM_OK, "grad: %s", gmsg(g));
@@ -1160,14 +1260,17 @@ static void test_premasked_gradient_terms(void)
                 for (i = 0; i < 3; i++)
                     if (!fused) memcpy(want[i], out[i]->data, n_out[i] * sizeof(float));
                     else CHECK(rel_err_ff(out[i]->data, want[i], n_out[i]) < 1e-5,
-                               "h of %d channels, order %d, gradient %d: fused vs separate ops rel %.2e", hc, order, i,
-                               rel_err_ff(out[i]->data, want[i], n_out[i]));
+                               "%s, h of %d channels, next %d, order %d, gradient %d: fused vs separate ops rel %.2e",
+                               tr ? "transposed" : "conv", hc, co, order, i, rel_err_ff(out[i]->data, want[i], n_out[i]));
                 if (fused) { /* and with h not asked for: its gradient held multiplied when the conv's term came first */
+                    const int slot = tr ? 5 : 3;
                     CHECK(ebm_grad(g, y, NULL, 2, wrt, out, 0) == EBM_OK, "grad: %s", gmsg(g));
                     for (i = 0; i < 2 && out[i]; i++)
-                        CHECK(rel_err_ff(out[i]->data, want[i], n_out[i]) < 1e-5, "h of %d channels, order %d, gradient %d without h: rel %.2e",
-                              hc, order, i, rel_err_ff(out[i]->data, want[i], n_out[i]));
-                    CHECK(h->ip[3] == order, "h of %d channels, order %d: gradient state %d", hc, order, h->ip[3]);
+                        CHECK(rel_err_ff(out[i]->data, want[i], n_out[i]) < 1e-5,
+                              "%s, h of %d channels, next %d, order %d, gradient %d without h: rel %.2e", tr ? "transposed" : "conv",
+                              hc, co, order, i, rel_err_ff(out[i]->data, want[i], n_out[i]));
+                    CHECK(h->ip[slot] == order, "%s, h of %d channels, next %d, order %d: gradient state %d", tr ? "transposed" : "conv",
+                          hc, co, order, h->ip[slot]);
                 }
             }
     ebm_graph_destroy(g);
@@ -1927,6 +2030,7 @@ static const test_case tests[] = {
     { "fused_matches_composite_on_network", test_fused_matches_composite_on_network },
     { "fused_conv_leaky_matches_separate_ops", test_fused_conv_leaky_matches_separate_ops },
     { "premasked_gradient_terms", test_premasked_gradient_terms },
+    { "fused_transposed_leaky_matches_separate_ops", test_fused_transposed_leaky_matches_separate_ops },
     { "threads_bit_identical", test_threads_bit_identical },
     { "reference_networks", test_reference_networks },
     { "init_matches_pytorch_defaults", test_init_matches_pytorch_defaults },
