@@ -1243,7 +1243,7 @@ static void test_premasked_gradient_terms(void)
                 const int hc = !tr && few ? 3 : 8, co = tr && few ? 3 : 5, k = tr ? 4 : 3, xw = tr ? 4 : 6, hw = tr ? 8 : 6;
                 const int xs[4] = { 2, xw, xw, 3 }, w1s[4] = { k, k, tr ? hc : 3, tr ? 3 : hc }, w2s[4] = { k, k, tr ? co : hc, tr ? hc : co };
                 const size_t n_out[3] = { (size_t)2 * xw * xw * 3, (size_t)k * k * 3 * hc, (size_t)2 * hw * hw * hc };
-                ebm_var *xv, *W1, *B1, *W2, *B2, *h, *sq, *cv, *y, *wrt[3], *out[3] = { NULL, NULL, NULL };
+                ebm_var *xv, *W1, *B1, *W2, *B2, *h, *sq = NULL, *cv, *y, *wrt[3], *out[3] = { NULL, NULL, NULL };
                 ebm_graph_reset(g);
                 xv = ebm_leaf(g, x, 4, xs); W1 = ebm_leaf(g, w1, 4, w1s); B1 = ebm_leaf(g, b1, 1, &hc);
                 W2 = ebm_leaf(g, w2, 4, w2s); B2 = ebm_leaf(g, b2, 1, &co);
