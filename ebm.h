@@ -3306,7 +3306,10 @@ static ebm_var *ebm__expand(ebm_graph *g, ebm_var *s, const ebm_var *like)
     return y;
 }
 
-/* Sum over every dimension but the last: (..., C) -> (C), row by row in order. */
+/* Sum over every dimension but the last: (..., C) -> (C), row by row in
+   order; in parallel over blocks of EBM__CHSUM_COLS channels (a bias
+   gradient: each channel's sum in the same order either way). */
+#define EBM__CHSUM_COLS 16
 static ebm_var *ebm__chsum(ebm_graph *g, ebm_var *a)
 {
     ebm_var *y;
@@ -3315,11 +3318,28 @@ static ebm_var *ebm__chsum(ebm_graph *g, ebm_var *a)
     c = a->shape[a->ndim - 1];
     y = ebm__node(g, EBM__OP_CHSUM, 1, &c, a, NULL, NULL, 0);
     if (y && y->data) {
-        size_t r, rows = a->size / (size_t)c;
-        int j;
-        for (j = 0; j < c; j++) y->data[j] = 0.0f;
-        for (r = 0; r < rows; r++)
-            for (j = 0; j < c; j++) y->data[j] += a->data[r * (size_t)c + j];
+        const size_t rows = a->size / (size_t)c;
+        const long n_cb = (long)ebm__ceil_div((size_t)c, EBM__CHSUM_COLS);
+        long cb;
+        EBM__PARALLEL_FOR(n_cb, n_cb > 1 && a->size > EBM__CHUNK)
+        for (cb = 0; cb < n_cb; cb++) {
+            const int j0 = (int)cb * EBM__CHSUM_COLS, nj = c - j0 < EBM__CHSUM_COLS ? c - j0 : EBM__CHSUM_COLS;
+            float acc[EBM__CHSUM_COLS] = { 0.0f };
+            const float *row = a->data + j0;
+            size_t r;
+            int j;
+            if (nj == EBM__CHSUM_COLS) /* a constant length: the sums stay in registers */
+                for (r = 0; r < rows; r++, row += c)
+                    for (j = 0; j < EBM__CHSUM_COLS; j++) acc[j] += row[j];
+            else if (nj == 1) { /* the last layer's one channel */
+                float sum = 0.0f;
+                for (r = 0; r < rows; r++, row += c) sum += row[0];
+                acc[0] = sum;
+            } else
+                for (r = 0; r < rows; r++, row += c)
+                    for (j = 0; j < nj; j++) acc[j] += row[j];
+            for (j = 0; j < nj; j++) y->data[j0 + j] = acc[j];
+        }
     }
     return y;
 }
@@ -4080,10 +4100,17 @@ EBMDEF int ebm_model_backward_input(ebm_model *m, ebm_graph *g, ebm_var *loss, e
     if (st != EBM_OK) return st;
     if (x) *gx = out[n];
     for (i = 0; i < n; i++)
-        if (out[i]->data) {
+        if (out[i]->data) { /* in parallel over fixed chunks, as element-wise ops */
             float *dst = m->grads + wrt[i]->owner_off;
-            size_t j;
-            for (j = 0; j < out[i]->size; j++) dst[j] += out[i]->data[j];
+            const float *src = out[i]->data;
+            const size_t size = out[i]->size;
+            const long nc = (long)ebm__ceil_div(size, EBM__CHUNK);
+            long ch;
+            EBM__PARALLEL_FOR(nc, nc > 1)
+            for (ch = 0; ch < nc; ch++) {
+                size_t j, j1 = (size_t)(ch + 1) * EBM__CHUNK < size ? (size_t)(ch + 1) * EBM__CHUNK : size;
+                for (j = (size_t)ch * EBM__CHUNK; j < j1; j++) dst[j] += src[j];
+            }
         }
     return EBM_OK;
 }
