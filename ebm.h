@@ -2194,6 +2194,7 @@ static void ebm__act_bwd(int type, float a, const float *x, const float *gy, flo
    read off its output: the same products as the separate pass over gx it
    saves. With `leaky` (a transposed conv fused with the LeakyReLU after
    it) the write-back applies LeakyReLU(slope) to the sum plus bias. */
+#define EBM__TR_ROWS 8 /* weight rows transposed together (see the packing below) */
 static void ebm__conv_bwd_data_masked(const ebm__cgeom *G, const float *gy, const float *w, const float *b, float *gx,
                                       void *scratch, const float *mask, int leaky, float slope)
 {
@@ -2255,24 +2256,31 @@ static void ebm__conv_bwd_data_masked(const ebm__cgeom *G, const float *gy, cons
             long t;
             n_pt = f->n_pt > n_pt ? f->n_pt : n_pt;
             /* phase fi's taps of the weights, transposed so the input channel runs fastest:
-               panels Bp[(i KC + (tap, co)) CBW + c], a (tap, panel) block at a time, each
-               weight row w[kh][kw][ci][.] read in order (reading down its columns, cy
-               floats apart, and computing each address was 30 % of a 1x1 -> 7x7
-               transposed conv) */
+               panels Bp[(i KC + (tap, co)) CBW + c], a (tap, panel) block at a time, 8
+               weight rows w[kh][kw][ci][.] (the zero row past cx) read in order
+               together, so each co's 8 values are one contiguous store (reading down
+               the columns, cy floats apart, and computing each address was 30 % of a
+               1x1 -> 7x7 transposed conv; a row at a time, one scattered store per
+               value, the copy was a third of that conv's time) */
             EBM__PARALLEL_FOR((long)(f->nt_all * n_ct), f->KC * n_ct * CBW > 16384) /* by the floats packed, as ebm__pack */
             for (t = 0; t < (long)(f->nt_all * n_ct); t++) {
                 const size_t tap = (size_t)t / n_ct, ii = (size_t)t % n_ct;
                 const int kh = f->ph + s * (int)(tap / f->tw), kw = f->pw + s * (int)(tap % f->tw);
                 float *dst = f->Bp + (ii * f->KC + tap * cy) * CBW;
-                size_t cc;
+                const float *tw0 = w + ((size_t)kh * K + kw) * cx * cy; /* tap (kh, kw)'s rows */
+                size_t cc, k;
                 int co;
-                for (cc = 0; cc < CBW; cc++) {
-                    const size_t ci = ii * CBW + cc;
-                    if (ci < (size_t)cx) {
-                        const float *row = w + (((size_t)kh * K + kw) * cx + ci) * cy;
-                        for (co = 0; co < cy; co++) dst[(size_t)co * CBW + cc] = row[co];
-                    } else
-                        for (co = 0; co < cy; co++) dst[(size_t)co * CBW + cc] = 0.0f;
+                for (cc = 0; cc < CBW; cc += EBM__TR_ROWS) {
+                    const float *row[EBM__TR_ROWS];
+                    const size_t nk = CBW - cc < EBM__TR_ROWS ? CBW - cc : EBM__TR_ROWS;
+                    for (k = 0; k < EBM__TR_ROWS; k++)
+                        row[k] = k < nk && ii * CBW + cc + k < (size_t)cx ? tw0 + (ii * CBW + cc + k) * cy : zero;
+                    if (nk == EBM__TR_ROWS)
+                        for (co = 0; co < cy; co++)
+                            for (k = 0; k < EBM__TR_ROWS; k++) dst[(size_t)co * CBW + cc + k] = row[k][co];
+                    else
+                        for (co = 0; co < cy; co++)
+                            for (k = 0; k < nk; k++) dst[(size_t)co * CBW + cc + k] = row[k][co];
                 }
             }
         }
