@@ -2450,7 +2450,8 @@ static void ebm__conv_bwd_weight_rows(const ebm__cgeom *G, const float *x, const
                 int r, c;
                 for (c = 0; c < EBM__CB; c++) {
                     float *o = gw + ((jt / row_jt) * KC + (jt % row_jt) * EBM__CB + (size_t)c) * cy + co0;
-                    for (r = 0; r < nr; r++) o[r] = tr[r * EBM__CB + c];
+                    if (nr == EBM__RM) for (r = 0; r < EBM__RM; r++) o[r] = tr[r * EBM__CB + c]; /* (a constant length: no test per value) */
+                    else for (r = 0; r < nr; r++) o[r] = tr[r * EBM__CB + c];
                 }
             }
     }
