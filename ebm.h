@@ -1734,12 +1734,32 @@ static size_t ebm__conv_bwd_data_scratch(const ebm__cgeom *G)
     return (panels + (size_t)G->cy) * sizeof(float) + (size_t)G->s * G->s * sizeof(ebm__phase) + 4 * EBM__ALIGN;
 }
 
-/* The weight gradient packs gy into panels, except when gy already is one
-   panel (cy equal to the panel width): the copy would change nothing. (The
-   first layer of net28_nf32, 1 -> 32 channels: 1.0 -> 0.24 ms. Reading
-   several panels in place, rows cy floats apart, was measured 20-25 %
-   slower than packing them.) */
-static int ebm__wg_gy_in_place(int cy) { return cy == (int)ebm__panel(cy); }
+/* The weight gradient's gather form (ebm__conv_bwd_weight): a task is a
+   group of row tiles (kh, kw, ci) through one panel of gy's channels. With
+   many row tiles, groups of EBM__WG_GROUP; with a few (at most 4: a 4x4
+   kernel on 1 channel) and several panels, all of them, so that gy is read
+   once; else one each, for more tasks. */
+#define EBM__WG_GROUP 16
+static size_t ebm__wg_group(const ebm__cgeom *G)
+{
+    const size_t n_rt = ebm__ceil_div((size_t)G->k * G->k * G->cx, ebm__narrow(G->cy) ? EBM__RM1 : EBM__RM);
+    const size_t n_ct = ebm__ceil_div((size_t)G->cy, ebm__panel(G->cy));
+    return n_rt >= 4 * EBM__WG_GROUP ? EBM__WG_GROUP : n_ct > 1 && n_rt <= 4 ? n_rt : 1;
+}
+
+/* That form packs gy into panels, except when gy already is one panel (cy
+   equal to the panel width): the copy would change nothing (the first
+   layer of net28_nf32, 1 -> 32 channels: 1.0 -> 0.24 ms); or when one
+   group takes every row tile and the panels fill gy's rows: each task
+   then reads its panel's part of each row once, in place (the generator's
+   14x14x64 -> 28x28x1 weight gradient: 0.65 of its time, with the
+   grouping). Reading several panels in place with one row tile per task,
+   rows cy floats apart, was measured 20-25 % slower than packing them. */
+static int ebm__wg_gy_in_place(const ebm__cgeom *G)
+{
+    const size_t CBW = ebm__panel(G->cy), n_rt = ebm__ceil_div((size_t)G->k * G->k * G->cx, ebm__narrow(G->cy) ? EBM__RM1 : EBM__RM);
+    return G->cy == (int)CBW || (ebm__wg_group(G) == n_rt && G->cy % (int)CBW == 0);
+}
 
 /* The weight gradient's row form (ebm__conv_bwd_weight_rows) takes the
    layers whose input channels fill whole panels and that have a tile's
@@ -1754,7 +1774,7 @@ static size_t ebm__conv_bwd_weight_scratch(const ebm__cgeom *G)
     if (ebm__wg_rows(G)) /* packed gy, a zero row, a row table per tap */
         return (ebm__ceil_div((size_t)G->cy, EBM__RM) * EBM__RM * M + (size_t)G->cx) * sizeof(float) +
                (size_t)G->k * G->k * M * sizeof(float *) + 3 * EBM__ALIGN;
-    packed = ebm__wg_gy_in_place(G->cy) ? 0 : ebm__ceil_div((size_t)G->cy, ebm__panel(G->cy)) * ebm__panel(G->cy) * M;
+    packed = ebm__wg_gy_in_place(G) ? 0 : ebm__ceil_div((size_t)G->cy, ebm__panel(G->cy)) * ebm__panel(G->cy) * M;
     return (pad + packed) * sizeof(float) + M * sizeof(ptrdiff_t) + 3 * EBM__ALIGN;
 }
 
@@ -2459,10 +2479,10 @@ static void ebm__conv_bwd_weight_rows(const ebm__cgeom *G, const float *x, const
 
 /* Weight gradient, gather form: tile = (RM rows (kh,kw,ci), one panel of
    co), summed over every output pixel of the batch in order. A task runs a
-   group of row tiles over the pixels chunk by chunk, so each chunk of the
-   packed gy panel is read from cache by the whole group (streaming the
-   whole panel once per tile was memory-bound: 39-61 % of peak). */
-#define EBM__WG_GROUP 16
+   group of row tiles (ebm__wg_group) over the pixels chunk by chunk, so
+   each chunk of the gy panel is read from cache by the whole group
+   (streaming the whole panel once per tile was memory-bound: 39-61 % of
+   peak). */
 #define EBM__WG_CHUNK 256
 static void ebm__conv_bwd_weight(const ebm__cgeom *G, const float *x, const float *gy, float *gw, void *scratch)
 {
@@ -2470,17 +2490,17 @@ static void ebm__conv_bwd_weight(const ebm__cgeom *G, const float *x, const floa
     const int K = G->k, cx = G->cx, cy = G->cy, Wp = G->wx + 2 * G->p;
     const int narrow = ebm__narrow(cy), RR = narrow ? EBM__RM1 : EBM__RM;
     const size_t CBW = ebm__panel(cy), M = (size_t)G->n * G->hy * G->wy, n_ct = ebm__ceil_div((size_t)cy, CBW), R = (size_t)K * K * cx;
-    /* tasks: groups of EBM__WG_GROUP row tiles (1 when there are few), x panels */
+    /* tasks: groups of row tiles, x panels */
     const size_t n_rt = ebm__ceil_div(R, (size_t)RR);
-    const int group = n_rt >= 4 * EBM__WG_GROUP ? EBM__WG_GROUP : 1;
+    const int group = (int)ebm__wg_group(G), in_place = ebm__wg_gy_in_place(G);
     const long n_tasks = (long)(ebm__ceil_div(n_rt, (size_t)group) * n_ct);
     const float *A, *Bp;
     ptrdiff_t *koff;
     long t;
     if (ebm__wg_rows(G)) { ebm__conv_bwd_weight_rows(G, x, gy, gw, scratch); return; }
     A = ebm__wg_input(G, x, &sp, &koff);
-    /* B: gy, pixels x co, in contiguous panels (gy itself when it is one) */
-    if (ebm__wg_gy_in_place(cy)) Bp = gy;
+    /* B: gy, pixels x co, in contiguous panels, or read in place (rows cy apart) */
+    if (in_place) Bp = gy;
     else {
         float *packed = (float *)ebm__carve(&sp, n_ct * CBW * M * sizeof(float));
         ebm__pack(gy, M, (size_t)cy, (size_t)cy, packed, CBW);
@@ -2509,7 +2529,8 @@ static void ebm__conv_bwd_weight(const ebm__cgeom *G, const float *x, const floa
         for (k0 = 0; k0 < M; k0 += EBM__WG_CHUNK) {
             const size_t kn = M - k0 < EBM__WG_CHUNK ? M - k0 : EBM__WG_CHUNK;
             for (rt = rt0; rt < rt1; rt++)
-                ebm__mk_gather(A, row[rt - rt0], koff + k0, kn, M - k0, Bp + ct * M * CBW + k0 * CBW, CBW, tmp[rt - rt0], narrow);
+                ebm__mk_gather(A, row[rt - rt0], koff + k0, kn, M - k0, in_place ? gy + k0 * cy + co0 : Bp + ct * M * CBW + k0 * CBW,
+                               in_place ? (size_t)cy : CBW, tmp[rt - rt0], narrow);
         }
         for (rt = rt0; rt < rt1; rt++) {
             const size_t r0 = rt * (size_t)RR;

@@ -603,6 +603,7 @@ static const int wide_geoms[][8] = {
     { 2, 12, 14, 2, 16, 5, 1, 2 },  /* a 5x5 kernel; */
     { 2, 12, 12, 1, 16, 3, 1, 0 },  /* unpadded, one block exactly */
     { 2, 8, 7, 8, 12, 5, 3, 2 },    /* input gradient: 9 phases of unequal sizes and tap counts, interleaved */
+    { 2, 10, 10, 1, 64, 4, 2, 1 },  /* weight gradient, gather form: all row tiles in one task, gy's two panels in place */
 };
 
 static void test_conv_kernels_match_reference(void)
