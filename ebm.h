@@ -1407,6 +1407,39 @@ typedef float ebm__vf;
 
 EBMDEF const char *ebm_isa(void) { return EBM__ISA; }
 
+/* dst[j ld + k] = row[k][j] for j, k < 8: eight rows' eight values,
+   transposed (the input gradient's weight packing). On x86 (AVX2, also in
+   AVX-512 builds) an 8x8 transpose in registers: eight loads, three
+   shuffles a row, eight stores; elsewhere the plain loop. */
+static void ebm__transpose8(const float *const *row, float *dst, size_t ld)
+{
+#if EBM__VL == 16 || EBM__VL == 8
+    const __m256 r0 = _mm256_loadu_ps(row[0]), r1 = _mm256_loadu_ps(row[1]), r2 = _mm256_loadu_ps(row[2]);
+    const __m256 r3 = _mm256_loadu_ps(row[3]), r4 = _mm256_loadu_ps(row[4]), r5 = _mm256_loadu_ps(row[5]);
+    const __m256 r6 = _mm256_loadu_ps(row[6]), r7 = _mm256_loadu_ps(row[7]);
+    /* pairs of rows interleaved, then quads: u0 = (r0..r3)[0] | (r0..r3)[4], u1 the same of [1], [5], ... */
+    const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3);
+    const __m256 t3 = _mm256_unpackhi_ps(r2, r3), t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    const __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xee);
+    const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xee);
+    const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xee);
+    const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xee);
+    _mm256_storeu_ps(dst, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_storeu_ps(dst + ld, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_storeu_ps(dst + 2 * ld, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_storeu_ps(dst + 3 * ld, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_storeu_ps(dst + 4 * ld, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_storeu_ps(dst + 5 * ld, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_storeu_ps(dst + 6 * ld, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_storeu_ps(dst + 7 * ld, _mm256_permute2f128_ps(u3, u7, 0x31));
+#else
+    int j, k;
+    for (j = 0; j < 8; j++)
+        for (k = 0; k < 8; k++) dst[(size_t)j * ld + (size_t)k] = row[k][j];
+#endif
+}
+
 static void ebm__sqrt_lanes(float *v, int n)
 {
     int i = 0;
@@ -2214,7 +2247,7 @@ static void ebm__act_bwd(int type, float a, const float *x, const float *gy, flo
    read off its output: the same products as the separate pass over gx it
    saves. With `leaky` (a transposed conv fused with the LeakyReLU after
    it) the write-back applies LeakyReLU(slope) to the sum plus bias. */
-#define EBM__TR_ROWS 8 /* weight rows transposed together (see the packing below) */
+#define EBM__TR_ROWS 8 /* weight rows transposed together (see the packing below; ebm__transpose8) */
 static void ebm__conv_bwd_data_masked(const ebm__cgeom *G, const float *gy, const float *w, const float *b, float *gx,
                                       void *scratch, const float *mask, int leaky, float slope)
 {
@@ -2295,10 +2328,15 @@ static void ebm__conv_bwd_data_masked(const ebm__cgeom *G, const float *gy, cons
                     const size_t nk = CBW - cc < EBM__TR_ROWS ? CBW - cc : EBM__TR_ROWS;
                     for (k = 0; k < EBM__TR_ROWS; k++)
                         row[k] = k < nk && ii * CBW + cc + k < (size_t)cx ? tw0 + (ii * CBW + cc + k) * cy : zero;
-                    if (nk == EBM__TR_ROWS)
-                        for (co = 0; co < cy; co++)
+                    if (nk == EBM__TR_ROWS) {
+                        for (co = 0; co + 8 <= cy; co += 8) {
+                            const float *r8[EBM__TR_ROWS];
+                            for (k = 0; k < EBM__TR_ROWS; k++) r8[k] = row[k] + co;
+                            ebm__transpose8(r8, dst + (size_t)co * CBW + cc, CBW);
+                        }
+                        for (; co < cy; co++)
                             for (k = 0; k < EBM__TR_ROWS; k++) dst[(size_t)co * CBW + cc + k] = row[k][co];
-                    else
+                    } else
                         for (co = 0; co < cy; co++)
                             for (k = 0; k < nk; k++) dst[(size_t)co * CBW + cc + k] = row[k][co];
                 }
