@@ -1888,8 +1888,8 @@ static void ebm__few_store(float *o, ebm__vf *acc, int nv, const ebm__vf *bias, 
 }
 
 /* n pixels' nc stored values (os apart) times LeakyReLU'(mk), mk as far apart:
-   after the stores (applied inside them, the unmasked forward ran 10 %
-   slower) */
+   after the stores, for tails and single pixels (applied inside
+   ebm__few_store, the unmasked forward ran 10 % slower) */
 static void ebm__few_mask(float *o, const float *mk, size_t os, int n, int nc, float slope)
 {
     int i, q;
@@ -1897,9 +1897,10 @@ static void ebm__few_mask(float *o, const float *mk, size_t os, int n, int nc, f
         for (q = 0; q < nc; q++) o[q] = mk[q] > 0 ? o[q] : slope * o[q];
 }
 
-/* EBM__FEW_PX pixels (input windows at x0 + i xs) x nv <= EBM__CV vectors. */
+/* EBM__FEW_PX pixels (input windows at x0 + i xs) x nv <= EBM__CV vectors;
+   with mk (whole vectors only), times LeakyReLU'(mk) in registers. */
 static void ebm__few_px(const float *x0, ptrdiff_t xs, const int *toff, int T, const float *bp, int nv,
-                        const ebm__vf *bias, int leaky, ebm__vf sv, float *o, size_t os, int nc)
+                        const ebm__vf *bias, int leaky, ebm__vf sv, const float *mk, float *o, size_t os, int nc)
 {
     ebm__vf acc[EBM__FEW_PX][EBM__CV];
     int i, t, v;
@@ -1918,6 +1919,9 @@ static void ebm__few_px(const float *x0, ptrdiff_t xs, const int *toff, int T, c
             }
         }
     }
+    if (mk)
+        for (i = 0; i < EBM__FEW_PX; i++)
+            for (v = 0; v < nv; v++) acc[i][v] = ebm__vleaky_by(acc[i][v], ebm__vload(mk + (size_t)i * os + (size_t)v * EBM__VL), sv);
     for (i = 0; i < EBM__FEW_PX; i++) ebm__few_store(o + (size_t)i * os, acc[i], nv, bias, leaky, sv, nc);
 }
 
@@ -1962,9 +1966,10 @@ static void ebm__conv_fwd_few(const ebm__cgeom *G, const float *x, const float *
                     /* the last block ends at the row's end, overlapping the one before it
                        (the pixels in both are computed twice, the same way) */
                     const int w_ = wo + EBM__FEW_PX <= G->wy ? wo : G->wy - EBM__FEW_PX;
+                    const int whole = nc == nv * EBM__VL;
                     ebm__few_px(xr + (size_t)w_ * s * cx, (ptrdiff_t)s * cx, toff, T, bp, nv, b ? bias : NULL, leaky, sv,
-                                yr + (size_t)w_ * cy + co0, (size_t)cy, nc);
-                    if (mr) ebm__few_mask(yr + (size_t)w_ * cy + co0, mr + (size_t)w_ * cy + co0, (size_t)cy, EBM__FEW_PX, nc, slope);
+                                mr && whole ? mr + (size_t)w_ * cy + co0 : NULL, yr + (size_t)w_ * cy + co0, (size_t)cy, nc);
+                    if (mr && !whole) ebm__few_mask(yr + (size_t)w_ * cy + co0, mr + (size_t)w_ * cy + co0, (size_t)cy, EBM__FEW_PX, nc, slope);
                 }
             else
                 for (wo = 0; wo < G->wy; wo++) { /* a row narrower than a block: pixel by pixel */
