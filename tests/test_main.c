@@ -1102,6 +1102,22 @@ static void test_fused_matches_composite_on_network(void)
     }
 }
 
+/* The weights and bias of each conv or transposed conv layer of m, as
+   parameter leaves of g, in layer order (P[2 i], P[2 i + 1]). */
+static void conv_params(ebm_graph *g, ebm_model *m, ebm_var **P)
+{
+    int i, k = 0;
+    for (i = 0; i < m->n_layers; i++) {
+        const ebm_layer *L = &m->layer[i];
+        const int tr = L->type == EBM_LAYER_CONVT2D, bs = L->out_c;
+        int ws[4];
+        if (L->type != EBM_LAYER_CONV2D && !tr) continue;
+        ws[0] = ws[1] = L->k; ws[2] = tr ? L->out_c : L->in_c; ws[3] = tr ? L->in_c : L->out_c;
+        P[k++] = ebm__param(g, m, L->w_off, 4, ws);
+        P[k++] = ebm__param(g, m, L->b_off, 1, &bs);
+    }
+}
+
 static void test_fused_conv_leaky_matches_separate_ops(void)
 {
     /* The model fuses conv + LeakyReLU into one op whose backward reads the
@@ -1110,7 +1126,7 @@ static void test_fused_conv_leaky_matches_separate_ops(void)
     ebm_model m;
     ebm_graph *g = new_graph(16);
     float x[NX], *g1, *g2;
-    int s[4] = { NB, 8, 8, 2 }, i;
+    int s[4] = { NB, 8, 8, 2 };
     ebm_var *xv, *y, *gx1 = NULL, *gx2 = NULL, *h;
     float f1[NB], gxs[NX];
     small_net(&m, EBM_ACT_LEAKY_RELU, 7);
@@ -1128,14 +1144,7 @@ static void test_fused_conv_leaky_matches_separate_ops(void)
     ebm_graph_reset(g);
     {   /* the same net from public ops: conv, leaky_relu, conv, leaky_relu, conv */
         ebm_var *P[6];
-        int k = 0;
-        for (i = 0; i < m.n_layers; i++) {
-            const ebm_layer *L = &m.layer[i];
-            int ws[4] = { L->k, L->k, L->in_c, L->out_c }, bs = L->out_c;
-            if (L->type != EBM_LAYER_CONV2D) continue;
-            P[k++] = ebm__param(g, &m, L->w_off, 4, ws);
-            P[k++] = ebm__param(g, &m, L->b_off, 1, &bs);
-        }
+        conv_params(g, &m, P);
         xv = ebm_leaf(g, x, 4, s);
         h = ebm_leaky_relu(g, ebm_conv2d(g, xv, P[0], P[1], 1, 1), 0.2f);
         h = ebm_leaky_relu(g, ebm_conv2d(g, h, P[2], P[3], 2, 1), 0.2f);
@@ -1165,7 +1174,7 @@ static void test_fused_transposed_leaky_matches_separate_ops(void)
     ebm_model m;
     ebm_graph *g = new_graph(16);
     float z[NZ], *g1, *g2, out1[NO], gz1[NZ];
-    int zs[4] = { 3, 1, 1, 4 }, i;
+    int zs[4] = { 3, 1, 1, 4 };
     ebm_var *zv, *y, *gz = NULL, *h;
     CHECK(ebm_model_init(&m, 4, 1, 1) == EBM_OK, "init");
     ebm_model_add_conv_transpose2d(&m, 8, 3, 1, 0, 0, 1); /* 1 -> 3 */
@@ -1191,14 +1200,7 @@ static void test_fused_transposed_leaky_matches_separate_ops(void)
     ebm_graph_reset(g);
     {   /* the same generator from public ops */
         ebm_var *P[6];
-        int k = 0;
-        for (i = 0; i < m.n_layers; i++) {
-            const ebm_layer *L = &m.layer[i];
-            int ws[4] = { L->k, L->k, L->out_c, L->in_c }, bs = L->out_c;
-            if (L->type != EBM_LAYER_CONVT2D) continue;
-            P[k++] = ebm__param(g, &m, L->w_off, 4, ws);
-            P[k++] = ebm__param(g, &m, L->b_off, 1, &bs);
-        }
+        conv_params(g, &m, P);
         zv = ebm_leaf(g, z, 4, zs);
         h = ebm_leaky_relu(g, ebm_conv2d_transpose(g, zv, P[0], P[1], 1, 0, 3, 3), 0.2f);
         h = ebm_leaky_relu(g, ebm_conv2d_transpose(g, h, P[2], P[3], 2, 1, 6, 6), 0.2f);
