@@ -121,38 +121,93 @@ static ebm_graph *graph_for(ebm_model *m, int batch, int kind)
     return g;
 }
 
-/* One Langevin step (forward + grad_x + update) of a ConvNet at a batch. */
-static void case_langevin(const char *name, int C, int hw, int nf, int batch, int act)
-{
+/* A timed case: set up once, then run (one step) as often as asked; flops
+   per run, nominal. */
+typedef struct {
     ebm_model m;
     ebm_graph *g;
     ebm_langevin cfg;
     ebm_rng r;
     float *x;
-    double t[16], ms;
+    int batch, runs;
+    double flops;
+} timed;
+
+/* One Langevin step (forward + grad_x + update) of a ConvNet at a batch. */
+static void langevin_setup(timed *c, int C, int hw, int nf, int batch, int act)
+{
     size_t nx = (size_t)batch * C * hw * hw;
+    ebm_model_convnet(&c->m, C, hw, nf, act, 0.2f, 1);
+    c->g = graph_for(&c->m, batch, EBM_STEP_INPUT_GRAD);
+    c->x = (float *)malloc(nx * sizeof *c->x);
+    c->r.seed = 1; c->r.stream = EBM_STREAM_USER;
+    ebm_rng_uniform(&c->r, 0, 0, -1, 1, c->x, nx);
+    ebm_langevin_default(&c->cfg);
+    c->cfg.n_steps = 1;
+    c->batch = batch; c->runs = 0;
+    c->flops = 2 * model_flops(&c->m) * batch;
+}
+
+/* Seconds of one step. */
+static double langevin_run(timed *c)
+{
+    double t0 = ebm_time_sec();
+    c->cfg.first_step = (uint32_t)c->runs++;
+    if (ebm_langevin_run(&c->m, c->g, &c->cfg, &c->r, 0, c->x, c->batch, NULL) != EBM_OK) {
+        fprintf(stderr, "error: %s\n", ebm_graph_error(c->g)->msg);
+        exit(1);
+    }
+    return ebm_time_sec() - t0;
+}
+
+/* The generator: forward, then grad of |g(z)|^2 wrt z and the parameters. */
+static void gen_setup(timed *c)
+{
+    ebm_error e;
+    ebm_model_generator28(&c->m, 100, 64, 1, 1);
+    if (ebm_graph_create(&c->g, (size_t)256 << 20, &e) != EBM_OK) { fprintf(stderr, "error: %s\n", e.msg); exit(1); }
+    c->batch = 64; c->runs = 0;
+    c->x = (float *)malloc((size_t)c->batch * 100 * sizeof *c->x);
+    c->r.seed = 2; c->r.stream = EBM_STREAM_USER;
+    ebm_rng_normal(&c->r, 0, 0, c->x, (size_t)c->batch * 100);
+    c->flops = 3 * model_flops(&c->m) * c->batch;
+}
+
+/* Seconds of one forward and backward. */
+static double gen_run(timed *c)
+{
+    const int s[4] = { 64, 1, 1, 100 };
+    double t0 = ebm_time_sec();
+    ebm_var *zv, *loss, *gz = NULL;
+    ebm_graph_reset(c->g);
+    zv = ebm_leaf(c->g, c->x, 4, s);
+    loss = ebm_sqnorm(c->g, ebm_model_forward(&c->m, c->g, zv));
+    ebm_model_zero_grad(&c->m);
+    ebm_model_backward_input(&c->m, c->g, loss, zv, &gz); /* grad wrt the parameters and z, one pass */
+    if (ebm_graph_status(c->g) != EBM_OK) { fprintf(stderr, "error: %s\n", ebm_graph_error(c->g)->msg); exit(1); }
+    c->runs++;
+    return ebm_time_sec() - t0;
+}
+
+static void timed_free(timed *c)
+{
+    free(c->x);
+    ebm_graph_destroy(c->g);
+    ebm_model_free(&c->m);
+}
+
+static void case_langevin(const char *name, int C, int hw, int nf, int batch, int act)
+{
+    timed c;
+    double t[16];
     char args[128];
     int i;
-    ebm_model_convnet(&m, C, hw, nf, act, 0.2f, 1);
-    g = graph_for(&m, batch, EBM_STEP_INPUT_GRAD);
-    x = (float *)malloc(nx * sizeof *x);
-    r.seed = 1; r.stream = EBM_STREAM_USER;
-    ebm_rng_uniform(&r, 0, 0, -1, 1, x, nx);
-    ebm_langevin_default(&cfg);
-    cfg.n_steps = 1;
-    ebm_langevin_run(&m, g, &cfg, &r, 0, x, batch, NULL);
-    for (i = 0; i < reps; i++) {
-        double t0 = ebm_time_sec();
-        cfg.first_step = (uint32_t)i + 1;
-        if (ebm_langevin_run(&m, g, &cfg, &r, 0, x, batch, NULL) != EBM_OK) { fprintf(stderr, "error: %s\n", ebm_graph_error(g)->msg); exit(1); }
-        t[i] = (ebm_time_sec() - t0) * 1e3;
-    }
-    ms = median(t, reps);
+    langevin_setup(&c, C, hw, nf, batch, act);
+    langevin_run(&c); /* (a first step, untimed) */
+    for (i = 0; i < reps; i++) t[i] = langevin_run(&c) * 1e3;
     snprintf(args, sizeof args, "langevin %d %d %d %d %s", C, hw, nf, batch, act == EBM_ACT_SILU ? "silu" : "leaky");
-    report(name, ms, 2 * model_flops(&m) * batch, torch_ms(args));
-    free(x);
-    ebm_graph_destroy(g);
-    ebm_model_free(&m);
+    report(name, median(t, reps), c.flops, torch_ms(args));
+    timed_free(&c);
 }
 
 /* The sampler's own cost per step (noise, update, box, r_t; MALA's proposal,
@@ -322,37 +377,43 @@ static void case_objectives(int nf)
     ebm_model_free(&m);
 }
 
-/* The generator: forward, then grad of |g(z)|^2 wrt z and the parameters. */
 static void case_gen(void)
 {
-    ebm_model m;
-    ebm_graph *g;
-    ebm_error e;
-    float *z;
-    double t[16], ms;
-    int i, B = 64, s[4] = { 64, 1, 1, 100 };
-    ebm_rng r;
-    ebm_model_generator28(&m, 100, 64, 1, 1);
-    ebm_graph_create(&g, (size_t)256 << 20, &e);
-    z = (float *)malloc((size_t)B * 100 * sizeof *z);
-    r.seed = 2; r.stream = EBM_STREAM_USER;
-    ebm_rng_normal(&r, 0, 0, z, (size_t)B * 100);
-    for (i = 0; i <= reps; i++) {
-        double t0 = ebm_time_sec();
-        ebm_var *zv, *loss, *gz = NULL;
-        ebm_graph_reset(g);
-        zv = ebm_leaf(g, z, 4, s);
-        loss = ebm_sqnorm(g, ebm_model_forward(&m, g, zv));
-        ebm_model_zero_grad(&m);
-        ebm_model_backward_input(&m, g, loss, zv, &gz); /* grad wrt the parameters and z, one pass */
-        if (ebm_graph_status(g) != EBM_OK) { fprintf(stderr, "error: %s\n", ebm_graph_error(g)->msg); exit(1); }
-        if (i) t[i - 1] = (ebm_time_sec() - t0) * 1e3;
+    timed c;
+    double t[16];
+    int i;
+    gen_setup(&c);
+    gen_run(&c); /* (a first run, untimed) */
+    for (i = 0; i < reps; i++) t[i] = gen_run(&c) * 1e3;
+    report("gen28", median(t, reps), c.flops, torch_ms("gen 100 64 64"));
+    timed_free(&c);
+}
+
+/* The issue's relative targets, % of peak within 10 % of the counterpart's:
+   net28_nf32_silu and gen28 against net28_nf32. The cases above run
+   minutes apart on a shared machine whose speed moves by tens of percent
+   in that time, so here one step of each runs in turn, and each ratio is
+   the median over the rounds of that round's ratio of GFLOP/s (the peak
+   cancels), as make bench-ab pairs its runs. */
+static void case_relative(void)
+{
+    enum { R = 21 };
+    timed nf32, silu, gen;
+    double rs[R], rg[R], tn[R], ts[R], tg[R];
+    int i;
+    langevin_setup(&nf32, 1, 28, 32, 64, EBM_ACT_LEAKY_RELU);
+    langevin_setup(&silu, 1, 28, 32, 64, EBM_ACT_SILU);
+    gen_setup(&gen);
+    langevin_run(&nf32); langevin_run(&silu); gen_run(&gen);
+    for (i = 0; i < R; i++) {
+        tn[i] = langevin_run(&nf32); ts[i] = langevin_run(&silu); tg[i] = gen_run(&gen);
+        rs[i] = (silu.flops / ts[i]) / (nf32.flops / tn[i]);
+        rg[i] = (gen.flops / tg[i]) / (nf32.flops / tn[i]);
     }
-    ms = median(t, reps);
-    report("gen28", ms, 3 * model_flops(&m) * B, torch_ms("gen 100 64 64"));
-    free(z);
-    ebm_graph_destroy(g);
-    ebm_model_free(&m);
+    printf("bench relative_to_nf32 silu=%.2f gen28=%.2f target=0.9 rounds=%d nf32_ms=%.2f silu_ms=%.2f gen28_ms=%.2f\n",
+           median(rs, R), median(rg, R), R, median(tn, R) * 1e3, median(ts, R) * 1e3, median(tg, R) * 1e3);
+    fflush(stdout);
+    timed_free(&nf32); timed_free(&silu); timed_free(&gen);
 }
 
 /* A whole ML iteration: K = 40 Langevin steps on 64 noise samples, the loss
@@ -547,6 +608,7 @@ int main(int argc, char **argv)
     RUN("chain_gradient_nf16_silu", case_chain_gradient(16));
     RUN("objective_nf16_silu", case_objectives(16));
     RUN("gen28", case_gen());
+    RUN("relative_to_nf32", case_relative());
     RUN("latent_step", case_latent());
     /* in a process of its own (this program again), so that its peak memory
        is its own: getrusage's peak covers a process's whole life */
