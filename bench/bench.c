@@ -5,6 +5,8 @@
    measures itself, and PyTorch's time for the same network in the same
    command when /usr/bin/python3 has torch. One line per case:
      bench <case> ms=.. gflops=.. peak_pct=.. torch_ms=..|na speedup=..|na
+   and for the issue's relative targets, measured paired (case_relative):
+     bench relative_to_nf32 silu=.. gen28=.. target=0.9 rounds=21 ...
    Usage: bench [--no-torch] [--quick] [case-substring] */
 #define EBM_IMPLEMENTATION
 #include "../ebm.h"
