@@ -1859,8 +1859,9 @@ static void ebm__pt_task(long t, long n_pt, size_t n_ct, int grouped, long *pt0,
    its zero border (small: 230 KB for 64 28x28 images), so that every
    window lies inside and no pixel needs the one-by-one path, whose taps
    are a chain of dependent FMAs: the border pixels had taken half of the
-   generator's 14x14x64 -> 28x28x1 gz pass (0.45 -> 0.22 ms with a 30x30
-   input, unpadded). Only rows narrower than a block go pixel by pixel.
+   input gradient of the generator's 14x14x64 -> 28x28x1 layer, a forward
+   conv 28x28x1 -> 14x14x64 (0.45 -> 0.22 ms on a 30x30 input without
+   padding). Only rows narrower than a block go pixel by pixel.
    Every sum runs over the taps in the tile form's order, (kh, kw, ci); the
    zeros of the border add nothing (the tile form multiplies a zero row). */
 #define EBM__FEW_PX (16 / EBM__CV)
@@ -2246,13 +2247,14 @@ static void ebm__conv_bwd_data_direct(const ebm__cgeom *G, const float *gy, cons
 static void ebm__act_fwd(int type, int order, float a, const float *x, float *y, size_t n); /* section 4 */
 static void ebm__act_bwd(int type, float a, const float *x, const float *gy, float *gx, size_t n);
 
+#define EBM__TR_ROWS 8 /* weight rows transposed together (the packing below; ebm__transpose8) */
+
 /* The input gradient, and the transposed convolution. With `mask` (see
    ebm__premasked: gx is the gradient of a fused layer's output, of the
    same shape) the write-back applies that LeakyReLU's derivative as well,
    read off its output: the same products as the separate pass over gx it
    saves. With `leaky` (a transposed conv fused with the LeakyReLU after
    it) the write-back applies LeakyReLU(slope) to the sum plus bias. */
-#define EBM__TR_ROWS 8 /* weight rows transposed together (see the packing below; ebm__transpose8) */
 static void ebm__conv_bwd_data_masked(const ebm__cgeom *G, const float *gy, const float *w, const float *b, float *gx,
                                       void *scratch, const float *mask, int leaky, float slope)
 {
@@ -3054,9 +3056,9 @@ EBMDEF ebm_var *ebm_conv2d(ebm_graph *g, ebm_var *x, ebm_var *w, ebm_var *b, int
     return ebm__conv2d(g, x, w, b, stride, pad, 0, 0.0f, NULL, NULL);
 }
 
-/* gy times LeakyReLU'(pre-activation) of a fused conv or transposed conv y, read off y. The
-   factor is piecewise constant, so in a recorded backward it enters as a
-   constant (LeakyReLU's second derivative is 0). */
+/* gy times LeakyReLU'(pre-activation) of a fused conv or transposed conv
+   y, read off y. The factor is piecewise constant, so in a recorded
+   backward it enters as a constant (LeakyReLU's second derivative is 0). */
 static ebm_var *ebm__leaky_mask(ebm_graph *g, ebm_var *gy, ebm_var *y)
 {
     ebm_var *r;
