@@ -1773,10 +1773,13 @@ static size_t ebm__conv_bwd_data_scratch(const ebm__cgeom *G)
    kernel on 1 channel) and several panels, all of them, so that gy is read
    once; else one each, for more tasks. */
 #define EBM__WG_GROUP 16
+static size_t ebm__wg_row_tiles(const ebm__cgeom *G)
+{
+    return ebm__ceil_div((size_t)G->k * G->k * G->cx, ebm__narrow(G->cy) ? EBM__RM1 : EBM__RM);
+}
 static size_t ebm__wg_group(const ebm__cgeom *G)
 {
-    const size_t n_rt = ebm__ceil_div((size_t)G->k * G->k * G->cx, ebm__narrow(G->cy) ? EBM__RM1 : EBM__RM);
-    const size_t n_ct = ebm__ceil_div((size_t)G->cy, ebm__panel(G->cy));
+    const size_t n_rt = ebm__wg_row_tiles(G), n_ct = ebm__ceil_div((size_t)G->cy, ebm__panel(G->cy));
     return n_rt >= 4 * EBM__WG_GROUP ? EBM__WG_GROUP : n_ct > 1 && n_rt <= 4 ? n_rt : 1;
 }
 
@@ -1790,8 +1793,8 @@ static size_t ebm__wg_group(const ebm__cgeom *G)
    rows cy floats apart, was measured 20-25 % slower than packing them. */
 static int ebm__wg_gy_in_place(const ebm__cgeom *G)
 {
-    const size_t CBW = ebm__panel(G->cy), n_rt = ebm__ceil_div((size_t)G->k * G->k * G->cx, ebm__narrow(G->cy) ? EBM__RM1 : EBM__RM);
-    return G->cy == (int)CBW || (ebm__wg_group(G) == n_rt && G->cy % (int)CBW == 0);
+    const int CBW = (int)ebm__panel(G->cy);
+    return G->cy == CBW || (ebm__wg_group(G) == ebm__wg_row_tiles(G) && G->cy % CBW == 0);
 }
 
 /* The weight gradient's row form (ebm__conv_bwd_weight_rows) takes the
@@ -2536,7 +2539,7 @@ static void ebm__conv_bwd_weight(const ebm__cgeom *G, const float *x, const floa
     const int narrow = ebm__narrow(cy), RR = narrow ? EBM__RM1 : EBM__RM;
     const size_t CBW = ebm__panel(cy), M = (size_t)G->n * G->hy * G->wy, n_ct = ebm__ceil_div((size_t)cy, CBW), R = (size_t)K * K * cx;
     /* tasks: groups of row tiles, x panels */
-    const size_t n_rt = ebm__ceil_div(R, (size_t)RR);
+    const size_t n_rt = ebm__wg_row_tiles(G);
     const int group = (int)ebm__wg_group(G), in_place = ebm__wg_gy_in_place(G);
     const long n_tasks = (long)(ebm__ceil_div(n_rt, (size_t)group) * n_ct);
     const float *A, *Bp;

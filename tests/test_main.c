@@ -194,18 +194,21 @@ static void check_op(const opcase *oc)
     if (!y) goto done;
     ny = y->size;
     tmp = dalloc(ny); dy = dalloc(ny); dr = dalloc(ny); r = falloc(ny);
-    /* forward; a sum of n terms in float is within n u of the sum of their
-       magnitudes (u = 2^-24), not of its own value (which cancellation can
-       make as small as it likes): that scale is the op on |inputs| */
+    /* forward; a sum of n terms in float, each term a product (dot) and the
+       sum perhaps scaled (mean), is within gamma_(n+1) = (n+1) u / (1 - (n+1) u)
+       of the sum of their magnitudes (u = 2^-24; Higham's bound), not of its
+       own value (which cancellation can make as small as it likes): that
+       scale is the op on |inputs| */
     oc->eval(din, dy, &oc->c);
     if (oc->sum_terms) {
+        const double nu = (oc->sum_terms + 1) * ldexp(1.0, -24), gamma = nu / (1 - nu);
         double scale;
         for (k = 0; k < oc->nin; k++) for (j = 0; j < nin[k]; j++) din[k][j] = fabs(din[k][j]);
         oc->eval(din, tmp, &oc->c);
         scale = fabs(tmp[0]);
         for (k = 0; k < oc->nin; k++) for (j = 0; j < nin[k]; j++) din[k][j] = fin[k][j];
-        CHECK(fabs(y->data[0] - dy[0]) <= oc->sum_terms * ldexp(1.0, -24) * scale, "%s: forward %.9g, double reference %.9g, beyond %d u of %.9g",
-              oc->name, (double)y->data[0], dy[0], oc->sum_terms, scale);
+        CHECK(fabs(y->data[0] - dy[0]) <= gamma * scale, "%s: forward %.9g, double reference %.9g, beyond gamma_%d of %.9g",
+              oc->name, (double)y->data[0], dy[0], oc->sum_terms + 1, scale);
     } else
         CHECK(rel_err_fd(y->data, dy, ny) < 2e-6, "%s: forward differs from the double reference (rel %.2e)", oc->name, rel_err_fd(y->data, dy, ny));
     /* first derivatives: fused (create_graph 0) and composite (1) */
@@ -1279,6 +1282,39 @@ static void test_premasked_gradient_terms(void)
     ebm_graph_destroy(g);
 }
 
+/* A conv's bias gradient is the seed summed over every output row, each
+   channel row by row in order (ebm__chsum, in parallel over blocks of 16
+   channels): the same bits as that float sum written out here, for 40
+   channels (two whole blocks and a tail of 8) and for 1, on outputs of
+   40,960 and 1,024 values (past the parallel threshold and not). */
+static void test_bias_gradient_sums_in_order(void)
+{
+    static float x[4 * 16 * 16 * 3], w[3 * 3 * 3 * 40], b[40], seed[4 * 16 * 16 * 40], want[40];
+    const int xs[4] = { 4, 16, 16, 3 };
+    ebm_graph *g = new_graph(16);
+    int co, i, j;
+    rnd(x, sizeof x / sizeof x[0], -1, 1); rnd(w, sizeof w / sizeof w[0], -1, 1); rnd(b, 40, -1, 1);
+    rnd(seed, sizeof seed / sizeof seed[0], -1, 1);
+    for (co = 40; co >= 1; co -= 39) {
+        const int ws[4] = { 3, 3, 3, co }, rows = 4 * 16 * 16;
+        ebm_var *xv, *W, *B, *y, *sv, *gb = NULL;
+        int ys[4] = { 4, 16, 16, 0 };
+        ys[3] = co;
+        ebm_graph_reset(g);
+        xv = ebm_leaf(g, x, 4, xs); W = ebm_leaf(g, w, 4, ws); B = ebm_leaf(g, b, 1, &co);
+        y = ebm_conv2d(g, xv, W, B, 1, 1);
+        sv = ebm_leaf(g, seed, 4, ys);
+        CHECK(ebm_grad(g, y, sv, 1, &B, &gb, 0) == EBM_OK && gb, "grad: %s", gmsg(g));
+        if (!gb) continue;
+        for (j = 0; j < co; j++) {
+            want[j] = 0.0f;
+            for (i = 0; i < rows; i++) want[j] += seed[(size_t)i * co + j];
+        }
+        CHECK(memcmp(gb->data, want, (size_t)co * sizeof(float)) == 0, "%d channels: the bias gradient is not the in-order sum", co);
+    }
+    ebm_graph_destroy(g);
+}
+
 /* Everything a step computes, for the thread test: f, grad_x, grad_theta, and the third-order objective's grad_theta. */
 static void all_results(ebm_model *m, ebm_graph *g, float *x, float *v, int n, float *out)
 {
@@ -2033,6 +2069,7 @@ static const test_case tests[] = {
     { "fused_matches_composite_on_network", test_fused_matches_composite_on_network },
     { "fused_conv_leaky_matches_separate_ops", test_fused_conv_leaky_matches_separate_ops },
     { "premasked_gradient_terms", test_premasked_gradient_terms },
+    { "bias_gradient_sums_in_order", test_bias_gradient_sums_in_order },
     { "fused_transposed_leaky_matches_separate_ops", test_fused_transposed_leaky_matches_separate_ops },
     { "threads_bit_identical", test_threads_bit_identical },
     { "reference_networks", test_reference_networks },
