@@ -1749,7 +1749,7 @@ static size_t ebm__conv_fwd_scratch(const ebm__cgeom *G)
 #define EBM__FEW_CX 4
 static int ebm__few_cx(const ebm__cgeom *G) { return G->cx <= EBM__FEW_CX; }
 
-/* One output phase of the input gradient (see ebm__conv_bwd_data_masked): its
+/* One output phase of the input gradient (see ebm__conv_bwd_data_epi): its
    first row and column, its size, its taps and their packed weights. */
 typedef struct {
     int ph, pw, fh, fw, cnt_h, cnt_w, th, tw, nt_all, pos_major, qh0, qw0;
@@ -1877,6 +1877,32 @@ static size_t ebm__conv_fwd_few_pad(const ebm__cgeom *G)
     return (size_t)G->n * (G->hx + 2 * G->p) * (G->wx + 2 * G->p) * G->cx;
 }
 
+static void ebm__act_range(int type, int order, float a, const float *x, float *y, size_t n); /* section 4 */
+static void ebm__act_bwd_range(int type, float a, const float *x, const float *gy, float *gx, size_t n);
+static void ebm__act_fwd(int type, int order, float a, const float *x, float *y, size_t n);
+static void ebm__act_bwd(int type, float a, const float *x, const float *gy, float *gx, size_t n);
+
+/* What a conv pass's write-back does with each sum (plus bias) while it
+   is still in cache; all fields zero: store it.
+   - leaky: store LeakyReLU(slope) of it (a conv fused with the LeakyReLU
+     after it: one node, see ebm__fuses_act);
+   - mask: store it times act'(mask) of activation mact (parameter ma):
+     the gradient of a node held multiplied (ebm__premasked). mask is that
+     fused node's output (LeakyReLU: it has the pre-activation's sign) or
+     an activation node's input;
+   - ya: store it, and act(it) to ya as well (a conv and the activation
+     node after it computed in one pass: ebm__conv2d_act). */
+typedef struct {
+    int leaky;
+    float slope;
+    const float *mask;
+    int mact;
+    float ma;
+    float *ya;
+    int act;
+    float a;
+} ebm__epi;
+
 /* One pixel's nv <= EBM__CV vectors of sums to o: plus the bias, through
    LeakyReLU if asked, nc floats stored (through a buffer for a tail). */
 static void ebm__few_store(float *o, ebm__vf *acc, int nv, const ebm__vf *bias, int leaky, ebm__vf sv, int nc)
@@ -1930,8 +1956,11 @@ static void ebm__few_px(const float *x0, ptrdiff_t xs, const int *toff, int T, c
 }
 
 static void ebm__conv_fwd_few(const ebm__cgeom *G, const float *x, const float *w, const float *b, float *y,
-                              void *scratch, int leaky, float slope, const float *mask)
+                              void *scratch, const ebm__epi *e)
 {
+    const int leaky = e->leaky;
+    const float slope = e->mask ? e->ma : e->slope;
+    const float *mask = e->mask && e->mact == EBM_ACT_LEAKY_RELU ? e->mask : NULL; /* in the kernel; others after each row */
     unsigned char *sp = (unsigned char *)scratch;
     const int K = G->k, cx = G->cx, cy = G->cy, s = G->s, T = K * K * cx;
     const int hx = G->hx + 2 * G->p, wx = G->wx + 2 * G->p; /* the padded input's size */
@@ -1988,6 +2017,9 @@ static void ebm__conv_fwd_few(const ebm__cgeom *G, const float *x, const float *
                     if (mr) ebm__few_mask(yr + (size_t)wo * cy + co0, mr + (size_t)wo * cy + co0, 0, 1, nc, slope);
                 }
         }
+        /* the row's epilogues that need more than LeakyReLU, while it is in cache */
+        if (e->ya) ebm__act_range(e->act, 0, e->a, yr, e->ya + (size_t)task * G->wy * cy, (size_t)G->wy * cy);
+        if (e->mask && !mask) ebm__act_bwd_range(e->mact, e->ma, e->mask + (size_t)task * G->wy * cy, yr, yr, (size_t)G->wy * cy);
     }
 }
 
@@ -2001,9 +2033,12 @@ static void ebm__conv_fwd_few(const ebm__cgeom *G, const float *x, const float *
    pre-activation tensor). With `mask` (a transposed conv's input gradient
    that is the gradient of a fused layer's output: see ebm__premasked) it
    multiplies by LeakyReLU'(mask) instead, read off that output. */
-static void ebm__conv_fwd_masked(const ebm__cgeom *G, const float *x, const float *w, const float *b, float *y, void *scratch,
-                                 int leaky, float slope, const float *mask)
+static void ebm__conv_fwd_epi(const ebm__cgeom *G, const float *x, const float *w, const float *b, float *y, void *scratch,
+                              const ebm__epi *e)
 {
+    const int leaky = e->leaky;
+    const float slope = e->mask ? e->ma : e->slope;
+    const float *mask = e->mask && e->mact == EBM_ACT_LEAKY_RELU ? e->mask : NULL; /* in the loops below; others after them */
     unsigned char *sp = (unsigned char *)scratch;
     const int K = G->k, KK = G->k * G->k, cx = G->cx, cy = G->cy, s = G->s, p = G->p, HW = G->hy * G->wy;
     const int narrow = ebm__narrow(cy), RR = narrow ? EBM__RM1 : EBM__RM;
@@ -2012,7 +2047,7 @@ static void ebm__conv_fwd_masked(const ebm__cgeom *G, const float *x, const floa
     const long n_pt = (long)ebm__ceil_div(M, (size_t)RR), n_tasks = ebm__pt_tasks(n_pt, n_ct, grouped);
     float *zero, *Bp;
     long task;
-    if (ebm__few_cx(G) && G->k * G->k * cx <= EBM__FEW_TAPS) { ebm__conv_fwd_few(G, x, w, b, y, scratch, leaky, slope, mask); return; }
+    if (ebm__few_cx(G) && G->k * G->k * cx <= EBM__FEW_TAPS) { ebm__conv_fwd_few(G, x, w, b, y, scratch, e); return; }
     zero = (float *)ebm__carve(&sp, (size_t)cx * sizeof(float));
     memset(zero, 0, (size_t)cx * sizeof(float));
     /* B: the weights (tap, ci) x co in contiguous panels (faster to stream
@@ -2064,15 +2099,27 @@ static void ebm__conv_fwd_masked(const ebm__cgeom *G, const float *x, const floa
                     else ebm__copy_row(o, tr, nc);
                 }
             }
+            if (e->ya || (e->mask && !mask)) { /* the tile's other epilogues, on its panels' part of each row */
+                const size_t c0 = ct0 * CBW, c1 = ct1 * CBW < (size_t)cy ? ct1 * CBW : (size_t)cy;
+                const int whole = c0 == 0 && c1 == (size_t)cy; /* then its rows are one range */
+                for (r = 0; r < (whole ? 1 : nr); r++) {
+                    const size_t off = (m0 + (size_t)r) * cy + c0, len = whole ? (size_t)nr * cy : c1 - c0;
+                    if (e->ya) ebm__act_range(e->act, 0, e->a, y + off, e->ya + off, len);
+                    else ebm__act_bwd_range(e->mact, e->ma, e->mask + off, y + off, y + off, len);
+                }
+            }
         }
     }
 }
 
-/* The forward without a mask, as the tests and benchmarks call it. */
+/* The forward with LeakyReLU or none, as the tests and benchmarks call it. */
 EBM__REFERENCE void ebm__conv_fwd(const ebm__cgeom *G, const float *x, const float *w, const float *b, float *y, void *scratch,
                                   int leaky, float slope)
 {
-    ebm__conv_fwd_masked(G, x, w, b, y, scratch, leaky, slope, NULL);
+    ebm__epi e;
+    memset(&e, 0, sizeof e);
+    e.leaky = leaky; e.slope = slope;
+    ebm__conv_fwd_epi(G, x, w, b, y, scratch, &e);
 }
 
 /* Input gradient (and transposed convolution), phase by phase: the input
@@ -2247,9 +2294,6 @@ static void ebm__conv_bwd_data_direct(const ebm__cgeom *G, const float *gy, cons
     }
 }
 
-static void ebm__act_fwd(int type, int order, float a, const float *x, float *y, size_t n); /* section 4 */
-static void ebm__act_bwd(int type, float a, const float *x, const float *gy, float *gx, size_t n);
-
 #define EBM__TR_ROWS 8 /* weight rows transposed together (the packing below; ebm__transpose8) */
 
 /* The input gradient, and the transposed convolution. With `mask` (see
@@ -2258,9 +2302,12 @@ static void ebm__act_bwd(int type, float a, const float *x, const float *gy, flo
    read off its output: the same products as the separate pass over gx it
    saves. With `leaky` (a transposed conv fused with the LeakyReLU after
    it) the write-back applies LeakyReLU(slope) to the sum plus bias. */
-static void ebm__conv_bwd_data_masked(const ebm__cgeom *G, const float *gy, const float *w, const float *b, float *gx,
-                                      void *scratch, const float *mask, int leaky, float slope)
+static void ebm__conv_bwd_data_epi(const ebm__cgeom *G, const float *gy, const float *w, const float *b, float *gx,
+                                   void *scratch, const ebm__epi *e)
 {
+    const int leaky = e->leaky;
+    const float slope = e->mask ? e->ma : e->slope;
+    const float *mask = e->mask && e->mact == EBM_ACT_LEAKY_RELU ? e->mask : NULL; /* in the loops below; others after them */
     unsigned char *sp = (unsigned char *)scratch;
     const int K = G->k, cx = G->cx, cy = G->cy, s = G->s, p = G->p;
     const int narrow = ebm__narrow(cx), RR = narrow ? EBM__RM1 : EBM__RM;
@@ -2269,10 +2316,11 @@ static void ebm__conv_bwd_data_masked(const ebm__cgeom *G, const float *gy, cons
     long n_pt, pt;
     float *zero, *Bp;
     ebm__phase *P;
+    EBM_ASSERT(!e->ya); /* (no caller asks it) */
     if (ebm__few_cx(G)) { /* (a first layer's input is never masked: the pass after is kept for any other) */
         if (ebm__bwd_few_direct(G)) ebm__conv_bwd_data_direct(G, gy, w, b, gx);
         else ebm__conv_bwd_data_few(G, gy, w, b, gx, scratch);
-        if (mask) ebm__act_bwd(EBM_ACT_LEAKY_RELU, slope, mask, gx, gx, (size_t)G->n * G->hx * G->wx * cx);
+        if (e->mask) ebm__act_bwd(e->mact, e->ma, e->mask, gx, gx, (size_t)G->n * G->hx * G->wx * cx);
         if (leaky) ebm__act_fwd(EBM_ACT_LEAKY_RELU, 0, slope, gx, gx, (size_t)G->n * G->hx * G->wx * cx);
         return;
     }
@@ -2404,6 +2452,8 @@ static void ebm__conv_bwd_data_masked(const ebm__cgeom *G, const float *gy, cons
                     else ebm__copy_row(o, tr, nc);
                 }
             }
+            if (e->mask && !mask) /* another activation's derivative, on each pixel's channels */
+                for (r = 0; r < nr && r < EBM__ROWS; r++) ebm__act_bwd_range(e->mact, e->ma, e->mask + pix[r], gx + pix[r], gx + pix[r], (size_t)cx);
           }
         }
     }
@@ -2414,7 +2464,9 @@ static void ebm__conv_bwd_data_masked(const ebm__cgeom *G, const float *gy, cons
 EBM__REFERENCE void ebm__conv_bwd_data(const ebm__cgeom *G, const float *gy, const float *w, const float *b, float *gx,
                                        void *scratch)
 {
-    ebm__conv_bwd_data_masked(G, gy, w, b, gx, scratch, NULL, 0, 0.0f);
+    ebm__epi e;
+    memset(&e, 0, sizeof e);
+    ebm__conv_bwd_data_epi(G, gy, w, b, gx, scratch, &e);
 }
 
 /* The gather form's input, zero-padded (when p > 0), and each output
@@ -2746,22 +2798,32 @@ static void ebm__act_fwd(int type, int order, float a, const float *x, float *y,
     }
 }
 
-/* Fused first-order backward: gx = gy * act'(x), without the act'(x) tensor. */
+/* gx = gy * act'(x) on one range, without the act'(x) tensor (gx may be gy). */
+static void ebm__act_bwd_range(int type, float a, const float *x, const float *gy, float *gx, size_t n)
+{
+    size_t i, j;
+    if (type == EBM_ACT_LEAKY_RELU)
+        for (i = 0; i < n; i++) gx[i] = x[i] > 0 ? gy[i] : a * gy[i];
+    else if (type == EBM_ACT_SILU) /* one loop (the same bits as the two below) */
+        for (i = 0; i < n; i++) { const float s = ebm__sigmoid(x[i]); gx[i] = (s + x[i] * s * (1 - s)) * gy[i]; }
+    else
+        for (i = 0; i < n; i += 256) { /* act' through a buffer, then times gy */
+            float d[256];
+            const size_t m = n - i < 256 ? n - i : 256;
+            ebm__act_range(type, 1, a, x + i, d, m);
+            for (j = 0; j < m; j++) gx[i + j] = d[j] * gy[i + j];
+        }
+}
+
+/* The same over any length, in parallel. */
 static void ebm__act_bwd(int type, float a, const float *x, const float *gy, float *gx, size_t n)
 {
     const long nc = (long)ebm__ceil_div(n, EBM__CHUNK);
     long c;
     EBM__PARALLEL_FOR(nc, nc > 1)
     for (c = 0; c < nc; c++) {
-        size_t o = (size_t)c * EBM__CHUNK, i, m = n - o < EBM__CHUNK ? n - o : EBM__CHUNK;
-        if (type == EBM_ACT_LEAKY_RELU)
-            for (i = o; i < o + m; i++) gx[i] = x[i] > 0 ? gy[i] : a * gy[i];
-        else if (type == EBM_ACT_SILU) /* one loop (the same bits as the two below) */
-            for (i = o; i < o + m; i++) { const float s = ebm__sigmoid(x[i]); gx[i] = (s + x[i] * s * (1 - s)) * gy[i]; }
-        else {
-            ebm__act_range(type, 1, a, x + o, gx + o, m);
-            for (i = o; i < o + m; i++) gx[i] *= gy[i];
-        }
+        const size_t o = (size_t)c * EBM__CHUNK;
+        ebm__act_bwd_range(type, a, x + o, gy + o, gx + o, n - o < EBM__CHUNK ? n - o : EBM__CHUNK);
     }
 }
 
@@ -3011,16 +3073,26 @@ static ebm_var *ebm__check_conv(ebm_graph *g, const char *op, ebm_var *w, int k_
     return w;
 }
 
-/* conv2d, optionally followed by LeakyReLU(slope >= 0) in the same pass
-   (ip[2] = 1). Its backward reads the activation's derivative off the
-   output: with slope >= 0 the output has the sign of the pre-activation.
-   given (may be NULL): the output, already computed (a recorded chain's
-   kept activations); the node then points at it instead of computing it.
-   mask (may be NULL; a fused node of the output's shape, in a backward
-   that is not recorded): the output, a transposed conv's input gradient,
-   is multiplied by that node's LeakyReLU derivative (ebm__premasked). */
-static ebm_var *ebm__conv2d(ebm_graph *g, ebm_var *x, ebm_var *w, ebm_var *b, int stride, int pad, int leaky, float slope,
-                            const float *given, const ebm_var *mask)
+/* The write-back that multiplies by the derivative held for node m (see
+   ebm__premasked): a fused node's LeakyReLU, read off its output, or an
+   activation node's, computed from its input. */
+static void ebm__epi_mask(ebm__epi *e, const ebm_var *m)
+{
+    memset(e, 0, sizeof *e);
+    if (!m) return;
+    e->mask = m->op == EBM__OP_ACT ? m->in[0]->data : m->data;
+    e->mact = m->op == EBM__OP_ACT ? m->ip[0] : EBM_ACT_LEAKY_RELU;
+    e->ma = m->fp[0];
+}
+
+/* conv2d's node y, checked, its output not yet computed (ebm__conv2d_run);
+   optionally followed by LeakyReLU(slope >= 0) in the same pass (ip[2] =
+   1). Its backward reads the activation's derivative off the output: with
+   slope >= 0 the output has the sign of the pre-activation. given (may be
+   NULL): the output, already computed (a recorded chain's kept
+   activations); the node then points at it. */
+static ebm_var *ebm__conv2d_node(ebm_graph *g, ebm_var *x, ebm_var *w, ebm_var *b, int stride, int pad, int leaky, float slope,
+                                 const float *given)
 {
     int shape[4], k;
     ebm_var *y;
@@ -3039,19 +3111,56 @@ static ebm_var *ebm__conv2d(ebm_graph *g, ebm_var *x, ebm_var *w, ebm_var *b, in
     y = ebm__node(g, EBM__OP_CONV, 4, shape, x, w, b, given != NULL);
     if (!y) return NULL;
     y->ip[0] = stride; y->ip[1] = pad; y->ip[2] = leaky; y->fp[0] = slope;
-    if (given) { y->data = (float *)(uintptr_t)given; return y; } /* read only: nothing writes a node's output */
-    {
-        ebm__cgeom G;
-        ebm__mark mk = ebm__mark_get(g);
-        void *scratch;
-        ebm__geom(&G, x, y, k, stride, pad);
-        if (!ebm__data(g, ebm__conv_fwd_scratch(&G), &scratch)) return NULL;
-        if (y->data)
-            ebm__conv_fwd_masked(&G, x->data, w->data, b ? b->data : NULL, y->data, scratch, leaky, mask ? mask->fp[0] : slope,
-                                 mask ? mask->data : NULL);
-        ebm__mark_set(g, mk);
-    }
+    if (given) y->data = (float *)(uintptr_t)given; /* read only: nothing writes a node's output */
     return y;
+}
+
+/* Computes conv node y's output from its inputs (which a node outside a
+   recorded pass does not keep), the write-back doing e (its leaky and
+   slope: the node's). */
+static ebm_var *ebm__conv2d_run(ebm_graph *g, ebm_var *x, ebm_var *w, ebm_var *b, ebm_var *y, const ebm__epi *e)
+{
+    ebm__cgeom G;
+    ebm__mark mk = ebm__mark_get(g);
+    void *scratch;
+    ebm__geom(&G, x, y, w->shape[0], y->ip[0], y->ip[1]);
+    if (!ebm__data(g, ebm__conv_fwd_scratch(&G), &scratch)) return NULL;
+    if (y->data) ebm__conv_fwd_epi(&G, x->data, w->data, b ? b->data : NULL, y->data, scratch, e);
+    ebm__mark_set(g, mk);
+    return y;
+}
+
+/* conv2d, optionally fused with LeakyReLU (see ebm__conv2d_node). mask
+   (may be NULL; in a backward that is not recorded, a node of the output's
+   shape whose gradient is held multiplied, ebm__premasked): the output, a
+   transposed conv's input gradient, is multiplied by that node's
+   activation derivative. */
+static ebm_var *ebm__conv2d(ebm_graph *g, ebm_var *x, ebm_var *w, ebm_var *b, int stride, int pad, int leaky, float slope,
+                            const float *given, const ebm_var *mask)
+{
+    ebm__epi e;
+    ebm_var *y = ebm__conv2d_node(g, x, w, b, stride, pad, leaky, slope, given);
+    if (!y || given) return y;
+    ebm__epi_mask(&e, mask);
+    e.leaky = leaky; e.slope = slope;
+    return ebm__conv2d_run(g, x, w, b, y, &e);
+}
+
+static ebm_var *ebm__act_node(ebm_graph *g, ebm_var *x, int type, float param, int order);
+
+/* conv2d and the activation after it as the two nodes that ebm_conv2d and
+   ebm_act make (the graph, its bits and every derivative the same), both
+   outputs computed in the conv's pass: act is applied to each tile while
+   it is in cache, instead of in a pass over the whole output after it.
+   Returns the activation's node. */
+static ebm_var *ebm__conv2d_act(ebm_graph *g, ebm_var *x, ebm_var *w, ebm_var *b, int stride, int pad, int act, float param)
+{
+    ebm__epi e;
+    ebm_var *z = ebm__conv2d_node(g, x, w, b, stride, pad, 0, 0.0f, NULL), *y;
+    if (!z || !(y = ebm__act_node(g, z, act, param, 0))) return NULL;
+    memset(&e, 0, sizeof e);
+    e.ya = y->data; e.act = act; e.a = param;
+    return ebm__conv2d_run(g, x, w, b, z, &e) ? y : NULL;
 }
 
 EBMDEF ebm_var *ebm_conv2d(ebm_graph *g, ebm_var *x, ebm_var *w, ebm_var *b, int stride, int pad)
@@ -3080,9 +3189,8 @@ static ebm_var *ebm__leaky_mask(ebm_graph *g, ebm_var *gy, ebm_var *y)
 
 /* The transposed convolution, optionally followed by LeakyReLU(slope >= 0)
    in the same pass (ip[4] = 1; its backward as the fused conv's). With
-   `mask` (a fused node of the output's shape, in a backward that is not
-   recorded) its output is the input gradient already multiplied by that
-   LeakyReLU's derivative. */
+   `mask` (as ebm__conv2d's) its output is the input gradient already
+   multiplied by that node's activation derivative. */
 static ebm_var *ebm__conv2d_transpose(ebm_graph *g, ebm_var *y, ebm_var *w, ebm_var *b, int stride, int pad, int out_h,
                                       int out_w, int leaky, float slope, const ebm_var *mask)
 {
@@ -3106,13 +3214,14 @@ static ebm_var *ebm__conv2d_transpose(ebm_graph *g, ebm_var *y, ebm_var *w, ebm_
     x->ip[0] = stride; x->ip[1] = pad; x->ip[2] = out_h; x->ip[3] = out_w; x->ip[4] = leaky; x->fp[0] = slope;
     {
         ebm__cgeom G;
+        ebm__epi e;
         ebm__mark mk = ebm__mark_get(g);
         void *scratch;
         ebm__geom(&G, x, y, k, stride, pad);
         if (!ebm__data(g, ebm__conv_bwd_data_scratch(&G), &scratch)) return NULL;
-        if (x->data)
-            ebm__conv_bwd_data_masked(&G, y->data, w->data, b ? b->data : NULL, x->data, scratch, mask ? mask->data : NULL,
-                                      leaky, mask ? mask->fp[0] : slope);
+        ebm__epi_mask(&e, mask);
+        e.leaky = leaky; e.slope = slope;
+        if (x->data) ebm__conv_bwd_data_epi(&G, y->data, w->data, b ? b->data : NULL, x->data, scratch, &e);
         ebm__mark_set(g, mk);
     }
     return x;
@@ -3198,7 +3307,8 @@ EBMDEF const char *ebm_act_name(int type)
     return type >= 0 && type < EBM_ACT_COUNT ? names[type] : NULL;
 }
 
-EBMDEF ebm_var *ebm_act_deriv(ebm_graph *g, ebm_var *x, int type, float param, int order)
+/* The activation's node, checked, its output not yet computed. */
+static ebm_var *ebm__act_node(ebm_graph *g, ebm_var *x, int type, float param, int order)
 {
     ebm_var *y;
     EBM__BEGIN(g);
@@ -3213,7 +3323,13 @@ EBMDEF ebm_var *ebm_act_deriv(ebm_graph *g, ebm_var *x, int type, float param, i
     y = ebm__node(g, EBM__OP_ACT, x->ndim, x->shape, x, NULL, NULL, 0);
     if (!y) return NULL;
     y->ip[0] = type; y->ip[1] = order; y->fp[0] = param;
-    if (y->data) ebm__act_fwd(type, order > 3 ? 3 : order, param, x->data, y->data, x->size);
+    return y;
+}
+
+EBMDEF ebm_var *ebm_act_deriv(ebm_graph *g, ebm_var *x, int type, float param, int order)
+{
+    ebm_var *y = ebm__act_node(g, x, type, param, order);
+    if (y && y->data) ebm__act_fwd(type, order > 3 ? 3 : order, param, x->data, y->data, x->size);
     return y;
 }
 
@@ -3629,33 +3745,49 @@ static ebm_var *ebm__xent_grad(ebm_graph *g, ebm_var *z, ebm_var *gy, int32_t *l
 
 /* --- reverse mode --- */
 
-/* Add contribution d to v's gradient. */
 /* A fused conv (or transposed conv) + LeakyReLU node's gradient has to be
    multiplied by the LeakyReLU's derivative before the node's own backward
-   uses it. When the node's first gradient term comes from the next layer's
-   input gradient (the reference nets and generators: always), that pass
-   applies the factor in its write-back (ebm__conv_bwd_data_masked after a
-   conv, ebm__conv_fwd after a transposed conv), and the node's state slot
-   (ip[3] of a conv, ip[5] of a transposed conv) = 1 records that its
-   gradient is held multiplied: every later term is multiplied as it is
-   added (ebm__acc), and the node's backward does not multiply again. Not
-   in a recorded backward (the factor must then enter as an op), and not
-   for a node whose gradient ebm_grad returns (state -1). ebm__premasked
-   returns the node's state: 1 held multiplied, 0 not (yet), -1 never; 2
-   for any other node. (Saves a pass over each hidden layer's gradient:
-   4-5 % of net28_nf16's Langevin step in perf.) */
+   uses it, and an activation node's gradient by the activation's
+   derivative before it is passed on. When the node's first gradient term
+   comes from the next layer's input gradient (the reference nets and
+   generators: always), that pass applies the factor in its write-back
+   (ebm__conv_bwd_data_epi after a conv, ebm__conv_fwd_epi after a
+   transposed conv; ebm__epi_mask), and the node's state slot (ip[3] of a
+   conv, ip[5] of a transposed conv, ip[2] of an activation) = 1 records
+   that its gradient is held multiplied: every later term is multiplied as
+   it is added (ebm__acc), and the node's backward does not multiply again.
+   Not in a recorded backward (the factor must then enter as an op), and
+   not for a node whose gradient ebm_grad returns (state -1).
+   ebm__premasked returns the node's state: 1 held multiplied, 0 not (yet),
+   -1 never; 2 for any other node. (Saves a pass over each hidden layer's
+   gradient: 4-5 % of net28_nf16's Langevin step in perf; with SiLU, the
+   activation's backward pass, which also reads the gradient and writes
+   another.) */
 static int ebm__mask_slot(const ebm_var *v)
 {
-    return v->op == EBM__OP_CONV && v->ip[2] ? 3 : v->op == EBM__OP_CONVT && v->ip[4] ? 5 : 0;
+    return v->op == EBM__OP_CONV && v->ip[2] ? 3 : v->op == EBM__OP_CONVT && v->ip[4] ? 5
+         : v->op == EBM__OP_ACT && v->ip[1] == 0 ? 2 : 0;
 }
 static int ebm__premasked(const ebm_var *v) { return ebm__mask_slot(v) ? v->ip[ebm__mask_slot(v)] : 2; }
 
+/* d times the activation derivative of a node whose gradient is held
+   multiplied (ebm__premasked; a backward that is not recorded). */
+static ebm_var *ebm__held_factor(ebm_graph *g, ebm_var *d, ebm_var *v)
+{
+    ebm_var *r;
+    if (v->op != EBM__OP_ACT) return ebm__leaky_mask(g, d, v);
+    r = ebm__node(g, EBM__OP_LEAF, v->ndim, v->shape, NULL, NULL, NULL, 0);
+    if (r && r->data) ebm__act_bwd(v->ip[0], v->fp[0], v->in[0]->data, d->data, r->data, v->size);
+    return r;
+}
+
+/* Add contribution d to v's gradient. */
 static void ebm__acc(ebm_graph *g, ebm_var *v, ebm_var *d)
 {
     if (!d || !v->needed) return;
     EBM_ASSERT(d->size == v->size);
     d = ebm__like(g, d, v);
-    if (ebm__premasked(v) == 1) d = ebm__leaky_mask(g, d, v); /* the sum holds masked terms only */
+    if (ebm__premasked(v) == 1) d = ebm__held_factor(g, d, v); /* the sum holds multiplied terms only */
     if (d) v->grad = v->grad ? ebm_add(g, v->grad, d) : d;
 }
 
@@ -3694,7 +3826,8 @@ static void ebm__backward(ebm_graph *g, ebm_var *v)
         break;
     case EBM__OP_ACT:
         if (!a->needed) break;
-        if (g->record) {
+        if (v->ip[1] == 0 && v->ip[2] == 1) ebm__acc(g, a, gy); /* already times act'(a): see ebm__premasked */
+        else if (g->record) {
             ebm__acc(g, a, ebm_mul(g, gy, ebm_act_deriv(g, a, v->ip[0], v->fp[0], v->ip[1] + 1)));
         } else if (v->ip[1] + 1 > EBM__ACT_MAX_ORDER && v->ip[0] != EBM_ACT_LEAKY_RELU && v->ip[0] != EBM_ACT_ELU) {
             ebm__gfail(g, EBM_EUNSUPPORTED, "act: %s is differentiable to order %d here", ebm_act_name(v->ip[0]), EBM__ACT_MAX_ORDER);
@@ -4143,9 +4276,12 @@ EBMDEF ebm_var *ebm_model_forward_partial(ebm_model *m, ebm_graph *g, ebm_var *x
         ebm_var *w = NULL, *b = NULL;
         ebm__layer_params(m, g, L, &w, &b);
         switch (L->type) {
-        case EBM_LAYER_CONV2D: /* a LeakyReLU (slope >= 0) right after is fused into the conv */
+        case EBM_LAYER_CONV2D: /* a LeakyReLU (slope >= 0) right after is fused into the conv, */
             if (i + 1 < n_layers && ebm__fuses_act(m, i)) {
                 x = ebm__conv2d(g, x, w, b, L->stride, L->pad, 1, m->layer[i + 1].act_param, NULL, NULL);
+                i++;
+            } else if (i + 1 < n_layers && m->layer[i + 1].type == EBM_LAYER_ACT) { /* any other computed in its pass */
+                x = ebm__conv2d_act(g, x, w, b, L->stride, L->pad, m->layer[i + 1].act, m->layer[i + 1].act_param);
                 i++;
             } else x = ebm_conv2d(g, x, w, b, L->stride, L->pad);
             break;

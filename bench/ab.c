@@ -49,6 +49,7 @@ int main(int argc, char **argv)
 {
     static const struct { const char *name; int c; } cases[] = {
         { "net28_nf16", 16 }, { "net28_nf16_b16", 116 }, { "net28_nf32", 32 }, { "net28_nf64", 64 }, { "gen28", 0 }, { "train_nf32", 1 },
+        { "net28_nf32_silu", 232 },
         { "net28_nf32_L0_fwd", 1000 }, { "net28_nf32_L0_bwd_data", 1001 }, { "net28_nf32_L0_bwd_weight", 1002 },
         { "net28_nf32_L2_fwd", 1020 }, { "net28_nf32_L2_bwd_data", 1021 }, { "net28_nf32_L2_bwd_weight", 1022 },
         { "net28_nf32_L4_fwd", 1040 }, { "net28_nf32_L4_bwd_data", 1041 }, { "net28_nf32_L4_bwd_weight", 1042 },

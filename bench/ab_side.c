@@ -28,7 +28,7 @@ static void need(int ok)
 
 /* Case c: 0 gen28 (forward + gradient wrt z and the parameters), 16/32/64
    one Langevin step of net28_nf<c> (forward + grad_x), 100 + 16 the same
-   of net28_nf16 at batch 16, 1 train_nf32 (as
+   of net28_nf16 at batch 16, 200 + 32 of net28_nf32_silu, 1 train_nf32 (as
    make bench's: K = 40 Langevin steps on 64 samples, the ML loss backward
    on 64 samples and 64 data, an Adam step), 1000 + 10 l + p pass p (0
    forward, 1 input gradient, 2 weight gradient) of net28_nf32's layer l
@@ -71,8 +71,8 @@ void AB_FN(setup)(int c)
         need(ebm_model_generator28(&m, 100, 64, 1, 1) == EBM_OK);
         shape[0] = 64; shape[1] = 1; shape[2] = 1; shape[3] = 100;
     } else {
-        need(ebm_model_convnet(&m, 1, 28, c % 100, EBM_ACT_LEAKY_RELU, 0.2f, 1) == EBM_OK);
-        shape[0] = c >= 100 ? 16 : 64; shape[1] = 28; shape[2] = 28; shape[3] = 1;
+        need(ebm_model_convnet(&m, 1, 28, c % 100, c >= 200 ? EBM_ACT_SILU : EBM_ACT_LEAKY_RELU, 0.2f, 1) == EBM_OK);
+        shape[0] = c >= 100 && c < 200 ? 16 : 64; shape[1] = 28; shape[2] = 28; shape[3] = 1;
     }
     need(ebm_graph_create(&g, (size_t)512 << 20, &e) == EBM_OK);
     n = (size_t)shape[0] * shape[1] * shape[2] * shape[3];

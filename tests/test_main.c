@@ -609,6 +609,44 @@ static const int wide_geoms[][8] = {
     { 2, 10, 10, 1, 64, 4, 2, 1 },  /* weight gradient, gather form: all row tiles in one task, gy's two panels in place */
 };
 
+/* The write-backs that apply another activation (SiLU, GELU) on
+   geometry i: the forward storing its sum and act(sum) as well must give
+   the bits of the plain forward and of act over its output; the forward
+   and the input gradient times act'(mask) those of the plain pass
+   followed by ebm__act_bwd. The plain passes are the ones checked against
+   the references. */
+static void epilogue_checks(int i, const ebm__cgeom *G, const float *x, const float *w, const float *b, const float *gy,
+                            void *scr, size_t ny, size_t nx)
+{
+    const int acts[2] = { EBM_ACT_SILU, EBM_ACT_GELU };
+    const size_t M = nx > ny ? nx : ny;
+    float *plain = falloc(M), *out = falloc(M), *ya = falloc(M), *want = falloc(M), *mk = falloc(M);
+    int a;
+    rnd(mk, M, -3, 3);
+    for (a = 0; a < 2; a++) {
+        ebm__epi e;
+        const char *name = ebm_act_name(acts[a]);
+        memset(&e, 0, sizeof e);
+        ebm__conv_fwd(G, x, w, b, plain, scr, 0, 0.0f);
+        ebm__act_fwd(acts[a], 0, 0.0f, plain, want, ny);
+        e.ya = ya; e.act = acts[a];
+        ebm__conv_fwd_epi(G, x, w, b, out, scr, &e);
+        CHECK(memcmp(out, plain, ny * sizeof(float)) == 0, "geometry %d: forward storing %s as well: its sum differs", i, name);
+        CHECK(memcmp(ya, want, ny * sizeof(float)) == 0, "geometry %d: forward's %s of its sum differs from the pass after it", i, name);
+        memset(&e, 0, sizeof e);
+        e.mask = mk; e.mact = acts[a];
+        ebm__conv_fwd(G, x, w, NULL, plain, scr, 0, 0.0f);
+        ebm__act_bwd(acts[a], 0.0f, mk, plain, want, ny);
+        ebm__conv_fwd_epi(G, x, w, NULL, out, scr, &e);
+        CHECK(memcmp(out, want, ny * sizeof(float)) == 0, "geometry %d: forward times %s'(mask) differs from the pass after it", i, name);
+        ebm__conv_bwd_data(G, gy, w, NULL, plain, scr);
+        ebm__act_bwd(acts[a], 0.0f, mk, plain, want, nx);
+        ebm__conv_bwd_data_epi(G, gy, w, NULL, out, scr, &e);
+        CHECK(memcmp(out, want, nx * sizeof(float)) == 0, "geometry %d: input gradient times %s'(mask) differs from the pass after it", i, name);
+    }
+    free(plain); free(out); free(ya); free(want); free(mk);
+}
+
 static void test_conv_kernels_match_reference(void)
 {
     int i;
@@ -651,19 +689,26 @@ static void test_conv_kernels_match_reference(void)
             }
             { /* the forward times LeakyReLU'(mask) (a transposed conv's input gradient, premasked), mask = s */
                 size_t j;
+                ebm__epi e;
+                memset(&e, 0, sizeof e);
                 rnd(s, ny, -1, 1);
-                ebm__conv_fwd_masked(&G, x, w, NULL, y1, scr, 0, 0.2f, s);
+                e.mask = s; e.mact = EBM_ACT_LEAKY_RELU; e.ma = 0.2f;
+                ebm__conv_fwd_epi(&G, x, w, NULL, y1, scr, &e);
                 ebm__conv_fwd_ref(&G, x, w, NULL, y2);
                 for (j = 0; j < ny; j++) y2[j] = s[j] > 0 ? y2[j] : 0.2f * y2[j];
                 CHECK(rel_err_ff(y1, y2, ny) < 2e-6, "geometry %d: forward times LeakyReLU'(mask) vs reference rel %.2e", i,
                       rel_err_ff(y1, y2, ny));
             }
+            epilogue_checks(i, &G, x, w, b, gy, scr, ny, nx);
             ebm__conv_bwd_data(&G, gy, w, b, y1, scr);
             ebm__conv_bwd_data_ref(&G, gy, w, b, y2);
             CHECK(rel_err_ff(y1, y2, nx) < 2e-6, "geometry %d: input-gradient kernel vs reference rel %.2e", i, rel_err_ff(y1, y2, nx));
             { /* as a transposed conv fused with the LeakyReLU after it */
                 size_t j;
-                ebm__conv_bwd_data_masked(&G, gy, w, b, y1, scr, NULL, 1, 0.2f);
+                ebm__epi e;
+                memset(&e, 0, sizeof e);
+                e.leaky = 1; e.slope = 0.2f;
+                ebm__conv_bwd_data_epi(&G, gy, w, b, y1, scr, &e);
                 for (j = 0; j < nx; j++) y2[j] = y2[j] > 0 ? y2[j] : 0.2f * y2[j];
                 CHECK(rel_err_ff(y1, y2, nx) < 2e-6, "geometry %d: transposed conv + LeakyReLU vs reference rel %.2e", i,
                       rel_err_ff(y1, y2, nx));
@@ -1166,6 +1211,65 @@ static void test_fused_conv_leaky_matches_separate_ops(void)
     ebm_model_free(&m);
 }
 
+/* Any other activation after a conv: the model computes both nodes in the
+   conv's pass (ebm__conv2d_act), and the activation's gradient is held
+   multiplied (ebm__premasked: the next conv's input gradient applies the
+   derivative). Against the separate public ops differentiated by a
+   recorded backward (which multiplies by the derivative as an op of its
+   own): the same bits for f, grad_x and grad_theta, since each hidden
+   gradient has one term here. The first hidden layer has 4 channels (the
+   next conv's few-channel input gradient, then a pass of its own), the
+   second 5 (its tile form). */
+static void test_conv_act_pairs_match_separate_ops(void)
+{
+    const int acts[2] = { EBM_ACT_SILU, EBM_ACT_GELU };
+    int a;
+    for (a = 0; a < 2; a++) {
+        const char *name = ebm_act_name(acts[a]);
+        ebm_model m;
+        ebm_graph *g = new_graph(16);
+        float x[NX], *g1, *g2, f1[NB], gxs[NX];
+        int s[4] = { NB, 8, 8, 2 }, i, held = 0;
+        ebm_var *xv, *y, *gx1 = NULL, *gx2 = NULL, *h, *wrt[7], *out[7];
+        small_net(&m, acts[a], 8);
+        g1 = falloc(m.n_params); g2 = falloc(m.n_params);
+        rnd(x, NX, -2, 2);
+        xv = ebm_leaf(g, x, 4, s);
+        y = ebm_model_forward(&m, g, xv);
+        h = y ? y->in[0] : NULL;
+        CHECK(h && h->op == EBM__OP_ACT && h->in[0]->op == EBM__OP_CONV && h->in[0]->ip[2] == 0, "%s: not a conv node and an activation node", name);
+        ebm_model_zero_grad(&m);
+        ebm_model_backward_input(&m, g, ebm_sum(g, y), xv, &gx1);
+        for (h = g->first; h; h = h->next) held += h->op == EBM__OP_ACT && h->ip[2] == 1;
+        CHECK(held == 2, "%s: %d activation gradients held multiplied, not 2", name, held);
+        memcpy(g1, m.grads, m.n_params * sizeof(float));
+        if (y) memcpy(f1, y->data, sizeof f1);
+        if (gx1) memcpy(gxs, gx1->data, sizeof gxs);
+        ebm_graph_reset(g);
+        {   /* the same net from public ops, its gradients from a recorded backward */
+            ebm_var *P[6];
+            conv_params(g, &m, P);
+            xv = ebm_leaf(g, x, 4, s);
+            h = ebm_act(g, ebm_conv2d(g, xv, P[0], P[1], 1, 1), acts[a], 0.2f);
+            h = ebm_act(g, ebm_conv2d(g, h, P[2], P[3], 2, 1), acts[a], 0.2f);
+            y = ebm_conv2d(g, h, P[4], P[5], 1, 0);
+            wrt[0] = xv;
+            for (i = 0; i < 6; i++) wrt[i + 1] = P[i];
+            CHECK(ebm_grad(g, ebm_sum(g, y), NULL, 7, wrt, out, 1) == EBM_OK, "%s: grad: %s", name, gmsg(g));
+            gx2 = out[0];
+            for (i = 0; i < 6 && out[i + 1]; i++)
+                memcpy(g2 + (P[i]->data - m.params), out[i + 1]->data, out[i + 1]->size * sizeof(float));
+        }
+        CHECK(ebm_graph_status(g) == EBM_OK, "graph: %s", gmsg(g));
+        CHECK(y && memcmp(f1, y->data, sizeof f1) == 0, "%s: energies differ", name);
+        CHECK(gx1 && gx2 && memcmp(gxs, gx2->data, NX * sizeof(float)) == 0, "%s: grad_x differs", name);
+        CHECK(memcmp(g1, g2, m.n_params * sizeof(float)) == 0, "%s: grad_theta differs", name);
+        free(g1); free(g2);
+        ebm_graph_destroy(g);
+        ebm_model_free(&m);
+    }
+}
+
 /* The same for a generator: its transposed convs fused with the
    LeakyReLU after each (the last, before tanh, not), against the public
    ops: the same bits for g(z), grad_z and grad_theta. The gradient of the
@@ -1222,29 +1326,33 @@ static void test_fused_transposed_leaky_matches_separate_ops(void)
     ebm_model_free(&m);
 }
 
-/* A fused conv + LeakyReLU node h whose gradient gets the LeakyReLU factor
-   in the next conv's input-gradient write-back (ebm__premasked), when h
-   has a second consumer (h * h) whose term arrives after the conv's, or
-   before it (then nothing is multiplied early), and when ebm_grad also
-   returns h's own gradient (which must come back without the factor):
-   against the same sums from the separate public ops. h has 8 channels
-   (the next conv's tile form applies the factor) or 3 (its few-channel
-   form, then a pass of its own). The same with transposed convs (tr):
-   the next one's input gradient is a forward conv, of its tile form (5
-   output channels) or its few-channel form (3; 8-pixel rows, one block).
-   The factor is 1 or 0.2 per element, so the two differ only by rounding:
-   1e-5 relative. */
+/* A node h whose gradient gets its activation's factor in the next
+   conv's input-gradient write-back (ebm__premasked): a fused conv +
+   LeakyReLU node (kind 2), or an activation node after a conv, LeakyReLU
+   or SiLU (kind 1); when h has a second consumer (h * h) whose term
+   arrives after the conv's, or before it (then nothing is multiplied
+   early), and when ebm_grad also returns h's own gradient (which must come
+   back without the factor): against the same sums from the separate
+   public ops and a recorded backward (kind 0, which multiplies by the
+   factor as an op of its own). h has 8 channels (the next conv's tile
+   form applies the factor) or 3 (its few-channel form, then a pass of its
+   own). The same with transposed convs (tr): the next one's input gradient
+   is a forward conv, of its tile form (5 output channels) or its
+   few-channel form (3; 8-pixel rows, one block). The gradient terms are
+   multiplied before or after they are summed, so the sums differ by
+   rounding: 1e-5 relative. */
 static void test_premasked_gradient_terms(void)
 {
     enum { NX_ = 2 * 6 * 6 * 3, NW1 = 4 * 4 * 3 * 8, NW2 = 4 * 4 * 8 * 5, NH = 2 * 8 * 8 * 8 };
     static float x[NX_], w1[NW1], b1[8], w2[NW2], b2[5], want[3][NH];
     ebm_graph *g = new_graph(16);
-    int tr, few, order, fused, i;
+    int tr, few, order, fused, i, silu;
     rnd(x, NX_, -1, 1); rnd(w1, NW1, -1, 1); rnd(b1, 8, -0.5f, 0.5f); rnd(w2, NW2, -1, 1); rnd(b2, 5, -1, 1);
+    for (silu = 0; silu < 2; silu++)
     for (tr = 0; tr < 2; tr++)
     for (few = 0; few < 2; few++)
         for (order = 0; order < 2; order++)
-            for (fused = 0; fused < 2; fused++) {
+            for (fused = 0; fused < 3 - silu; fused++) {
                 /* conv: x 6x6x3 -> h 6x6xhc -> 6x6x5; transposed: x 4x4x3 -> h 8x8x8 -> 16x16xco */
                 const int hc = !tr && few ? 3 : 8, co = tr && few ? 3 : 5, k = tr ? 4 : 3, xw = tr ? 4 : 6, hw = tr ? 8 : 6;
                 const int xs[4] = { 2, xw, xw, 3 }, w1s[4] = { k, k, tr ? hc : 3, tr ? 3 : hc }, w2s[4] = { k, k, tr ? co : hc, tr ? hc : co };
@@ -1253,30 +1361,32 @@ static void test_premasked_gradient_terms(void)
                 ebm_graph_reset(g);
                 xv = ebm_leaf(g, x, 4, xs); W1 = ebm_leaf(g, w1, 4, w1s); B1 = ebm_leaf(g, b1, 1, &hc);
                 W2 = ebm_leaf(g, w2, 4, w2s); B2 = ebm_leaf(g, b2, 1, &co);
-                if (tr) h = fused ? ebm__conv2d_transpose(g, xv, W1, B1, 2, 1, 8, 8, 1, 0.2f, NULL)
-                                  : ebm_leaky_relu(g, ebm_conv2d_transpose(g, xv, W1, B1, 2, 1, 8, 8), 0.2f);
-                else h = fused ? ebm__conv2d(g, xv, W1, B1, 1, 1, 1, 0.2f, NULL, NULL) : ebm_leaky_relu(g, ebm_conv2d(g, xv, W1, B1, 1, 1), 0.2f);
+                if (fused == 2) h = tr ? ebm__conv2d_transpose(g, xv, W1, B1, 2, 1, 8, 8, 1, 0.2f, NULL) : ebm__conv2d(g, xv, W1, B1, 1, 1, 1, 0.2f, NULL, NULL);
+                else h = ebm_act(g, tr ? ebm_conv2d_transpose(g, xv, W1, B1, 2, 1, 8, 8) : ebm_conv2d(g, xv, W1, B1, 1, 1),
+                                 silu ? EBM_ACT_SILU : EBM_ACT_LEAKY_RELU, 0.2f);
                 if (order == 1) sq = ebm_mul(g, h, h); /* the conv's term first */
                 cv = tr ? ebm_conv2d_transpose(g, h, W2, B2, 2, 1, 16, 16) : ebm_conv2d(g, h, W2, B2, 1, 1);
                 if (order == 0) sq = ebm_mul(g, h, h); /* h * h's term first */
                 y = ebm_add(g, ebm_sum(g, cv), ebm_scale(g, ebm_sum(g, sq), 0.3f));
                 wrt[0] = xv; wrt[1] = W1; wrt[2] = h;
-                CHECK(ebm_grad(g, y, NULL, 3, wrt, out, 0) == EBM_OK, "grad: %s", gmsg(g));
+                CHECK(ebm_grad(g, y, NULL, 3, wrt, out, fused == 0) == EBM_OK, "grad: %s", gmsg(g));
                 if (!out[0] || !out[1] || !out[2]) continue;
                 for (i = 0; i < 3; i++)
                     if (!fused) memcpy(want[i], out[i]->data, n_out[i] * sizeof(float));
                     else CHECK(rel_err_ff(out[i]->data, want[i], n_out[i]) < 1e-5,
-                               "%s, h of %d channels, next %d, order %d, gradient %d: fused vs separate ops rel %.2e",
-                               tr ? "transposed" : "conv", hc, co, order, i, rel_err_ff(out[i]->data, want[i], n_out[i]));
+                               "%s, %s %s, h of %d channels, next %d, order %d, gradient %d: vs separate ops rel %.2e",
+                               tr ? "transposed" : "conv", silu ? "SiLU" : "LeakyReLU", fused == 2 ? "fused" : "node", hc, co, order, i,
+                               rel_err_ff(out[i]->data, want[i], n_out[i]));
                 if (fused) { /* and with h not asked for: its gradient held multiplied when the conv's term came first */
-                    const int slot = tr ? 5 : 3;
+                    const int slot = fused == 1 ? 2 : tr ? 5 : 3;
                     CHECK(ebm_grad(g, y, NULL, 2, wrt, out, 0) == EBM_OK, "grad: %s", gmsg(g));
                     for (i = 0; i < 2 && out[i]; i++)
                         CHECK(rel_err_ff(out[i]->data, want[i], n_out[i]) < 1e-5,
-                              "%s, h of %d channels, next %d, order %d, gradient %d without h: rel %.2e", tr ? "transposed" : "conv",
-                              hc, co, order, i, rel_err_ff(out[i]->data, want[i], n_out[i]));
-                    CHECK(h->ip[slot] == order, "%s, h of %d channels, next %d, order %d: gradient state %d", tr ? "transposed" : "conv",
-                          hc, co, order, h->ip[slot]);
+                              "%s, %s %s, h of %d channels, next %d, order %d, gradient %d without h: rel %.2e", tr ? "transposed" : "conv",
+                              silu ? "SiLU" : "LeakyReLU", fused == 2 ? "fused" : "node", hc, co, order, i,
+                              rel_err_ff(out[i]->data, want[i], n_out[i]));
+                    CHECK(h->ip[slot] == order, "%s, %s %s, h of %d channels, next %d, order %d: gradient state %d",
+                          tr ? "transposed" : "conv", silu ? "SiLU" : "LeakyReLU", fused == 2 ? "fused" : "node", hc, co, order, h->ip[slot]);
                 }
             }
     ebm_graph_destroy(g);
@@ -2071,6 +2181,7 @@ static const test_case tests[] = {
     { "premasked_gradient_terms", test_premasked_gradient_terms },
     { "bias_gradient_sums_in_order", test_bias_gradient_sums_in_order },
     { "fused_transposed_leaky_matches_separate_ops", test_fused_transposed_leaky_matches_separate_ops },
+    { "conv_act_pairs_match_separate_ops", test_conv_act_pairs_match_separate_ops },
     { "threads_bit_identical", test_threads_bit_identical },
     { "reference_networks", test_reference_networks },
     { "init_matches_pytorch_defaults", test_init_matches_pytorch_defaults },
