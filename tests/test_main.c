@@ -1346,13 +1346,13 @@ static void test_premasked_gradient_terms(void)
     enum { NX_ = 2 * 6 * 6 * 3, NW1 = 4 * 4 * 3 * 8, NW2 = 4 * 4 * 8 * 5, NH = 2 * 8 * 8 * 8 };
     static float x[NX_], w1[NW1], b1[8], w2[NW2], b2[5], want[3][NH];
     ebm_graph *g = new_graph(16);
-    int tr, few, order, fused, i, silu;
+    int tr, few, order, kind, i, silu;
     rnd(x, NX_, -1, 1); rnd(w1, NW1, -1, 1); rnd(b1, 8, -0.5f, 0.5f); rnd(w2, NW2, -1, 1); rnd(b2, 5, -1, 1);
     for (silu = 0; silu < 2; silu++)
     for (tr = 0; tr < 2; tr++)
     for (few = 0; few < 2; few++)
         for (order = 0; order < 2; order++)
-            for (fused = 0; fused < 3 - silu; fused++) {
+            for (kind = 0; kind < 3 - silu; kind++) { /* 0 the reference, 1 an activation node, 2 a fused node (LeakyReLU only) */
                 /* conv: x 6x6x3 -> h 6x6xhc -> 6x6x5; transposed: x 4x4x3 -> h 8x8x8 -> 16x16xco */
                 const int hc = !tr && few ? 3 : 8, co = tr && few ? 3 : 5, k = tr ? 4 : 3, xw = tr ? 4 : 6, hw = tr ? 8 : 6;
                 const int xs[4] = { 2, xw, xw, 3 }, w1s[4] = { k, k, tr ? hc : 3, tr ? 3 : hc }, w2s[4] = { k, k, tr ? co : hc, tr ? hc : co };
@@ -1361,7 +1361,7 @@ static void test_premasked_gradient_terms(void)
                 ebm_graph_reset(g);
                 xv = ebm_leaf(g, x, 4, xs); W1 = ebm_leaf(g, w1, 4, w1s); B1 = ebm_leaf(g, b1, 1, &hc);
                 W2 = ebm_leaf(g, w2, 4, w2s); B2 = ebm_leaf(g, b2, 1, &co);
-                if (fused == 2) h = tr ? ebm__conv2d_transpose(g, xv, W1, B1, 2, 1, 8, 8, 1, 0.2f, NULL) : ebm__conv2d(g, xv, W1, B1, 1, 1, 1, 0.2f, NULL, NULL);
+                if (kind == 2) h = tr ? ebm__conv2d_transpose(g, xv, W1, B1, 2, 1, 8, 8, 1, 0.2f, NULL) : ebm__conv2d(g, xv, W1, B1, 1, 1, 1, 0.2f, NULL, NULL);
                 else h = ebm_act(g, tr ? ebm_conv2d_transpose(g, xv, W1, B1, 2, 1, 8, 8) : ebm_conv2d(g, xv, W1, B1, 1, 1),
                                  silu ? EBM_ACT_SILU : EBM_ACT_LEAKY_RELU, 0.2f);
                 if (order == 1) sq = ebm_mul(g, h, h); /* the conv's term first */
@@ -1369,24 +1369,24 @@ static void test_premasked_gradient_terms(void)
                 if (order == 0) sq = ebm_mul(g, h, h); /* h * h's term first */
                 y = ebm_add(g, ebm_sum(g, cv), ebm_scale(g, ebm_sum(g, sq), 0.3f));
                 wrt[0] = xv; wrt[1] = W1; wrt[2] = h;
-                CHECK(ebm_grad(g, y, NULL, 3, wrt, out, fused == 0) == EBM_OK, "grad: %s", gmsg(g));
+                CHECK(ebm_grad(g, y, NULL, 3, wrt, out, kind == 0) == EBM_OK, "grad: %s", gmsg(g));
                 if (!out[0] || !out[1] || !out[2]) continue;
                 for (i = 0; i < 3; i++)
-                    if (!fused) memcpy(want[i], out[i]->data, n_out[i] * sizeof(float));
+                    if (!kind) memcpy(want[i], out[i]->data, n_out[i] * sizeof(float));
                     else CHECK(rel_err_ff(out[i]->data, want[i], n_out[i]) < 1e-5,
                                "%s, %s %s, h of %d channels, next %d, order %d, gradient %d: vs separate ops rel %.2e",
-                               tr ? "transposed" : "conv", silu ? "SiLU" : "LeakyReLU", fused == 2 ? "fused" : "node", hc, co, order, i,
+                               tr ? "transposed" : "conv", silu ? "SiLU" : "LeakyReLU", kind == 2 ? "fused" : "node", hc, co, order, i,
                                rel_err_ff(out[i]->data, want[i], n_out[i]));
-                if (fused) { /* and with h not asked for: its gradient held multiplied when the conv's term came first */
-                    const int slot = fused == 1 ? 2 : tr ? 5 : 3;
+                if (kind) { /* and with h not asked for: its gradient held multiplied when the conv's term came first */
+                    const int slot = kind == 1 ? 2 : tr ? 5 : 3;
                     CHECK(ebm_grad(g, y, NULL, 2, wrt, out, 0) == EBM_OK, "grad: %s", gmsg(g));
                     for (i = 0; i < 2 && out[i]; i++)
                         CHECK(rel_err_ff(out[i]->data, want[i], n_out[i]) < 1e-5,
                               "%s, %s %s, h of %d channels, next %d, order %d, gradient %d without h: rel %.2e", tr ? "transposed" : "conv",
-                              silu ? "SiLU" : "LeakyReLU", fused == 2 ? "fused" : "node", hc, co, order, i,
+                              silu ? "SiLU" : "LeakyReLU", kind == 2 ? "fused" : "node", hc, co, order, i,
                               rel_err_ff(out[i]->data, want[i], n_out[i]));
                     CHECK(h->ip[slot] == order, "%s, %s %s, h of %d channels, next %d, order %d: gradient state %d",
-                          tr ? "transposed" : "conv", silu ? "SiLU" : "LeakyReLU", fused == 2 ? "fused" : "node", hc, co, order, h->ip[slot]);
+                          tr ? "transposed" : "conv", silu ? "SiLU" : "LeakyReLU", kind == 2 ? "fused" : "node", hc, co, order, h->ip[slot]);
                 }
             }
     ebm_graph_destroy(g);
