@@ -1927,32 +1927,41 @@ static void ebm__few_mask(float *o, const float *mk, size_t os, int n, int nc, f
         for (q = 0; q < nc; q++) o[q] = mk[q] > 0 ? o[q] : slope * o[q];
 }
 
-/* EBM__FEW_PX pixels (input windows at x0 + i xs) x nv <= EBM__CV vectors;
-   with mk (whole vectors only), times LeakyReLU'(mk) in registers. */
-static void ebm__few_px(const float *x0, ptrdiff_t xs, const int *toff, int T, const float *bp, int nv,
-                        const ebm__vf *bias, int leaky, ebm__vf sv, const float *mk, float *o, size_t os, int nc)
+/* np pixels (input windows at x0 + i xs) x nv vectors, sums in registers:
+   a narrow panel's 2 EBM__FEW_PX x 1 (EBM__FEW_PX x 1 in a row narrower
+   than that) or a wide one's EBM__FEW_PX x EBM__CV (16 sums either way on
+   AVX-512), np and nv constants where it is inlined. With mk (whole vectors only), times LeakyReLU'(mk); then the
+   bias and LeakyReLU, stored in place when the panel's vectors are whole,
+   else through ebm__few_store. (Called, with nv a variable, the block spent
+   a quarter of its time in that call and the loop tested nv at every tap:
+   the 28x28 1 -> 16 layer took 4.5x its FMAs' time.) */
+EBM__INLINE void ebm__few_px(const float *x0, ptrdiff_t xs, const int *toff, int T, const float *bp, const int np,
+                             const int nv, const ebm__vf *bias, int leaky, ebm__vf sv, const float *mk, float *o,
+                             size_t os, int nc)
 {
-    ebm__vf acc[EBM__FEW_PX][EBM__CV];
+    ebm__vf acc[2 * EBM__FEW_PX][EBM__CV];
     int i, t, v;
-    for (i = 0; i < EBM__FEW_PX; i++) for (v = 0; v < EBM__CV; v++) acc[i][v] = ebm__vzero();
+    for (i = 0; i < np; i++) for (v = 0; v < nv; v++) acc[i][v] = ebm__vzero();
     for (t = 0; t < T; t++) {
-        const float *xt = x0 + toff[t];
-        if (nv == 1) {
-            const ebm__vf b0 = ebm__vload(bp + (size_t)t * EBM__VL);
-            for (i = 0; i < EBM__FEW_PX; i++) acc[i][0] = ebm__vfma(ebm__vbcast(xt[i * xs]), b0, acc[i][0]);
-        } else {
-            ebm__vf bv[EBM__CV];
-            for (v = 0; v < EBM__CV; v++) bv[v] = ebm__vload(bp + ((size_t)t * EBM__CV + v) * EBM__VL);
-            for (i = 0; i < EBM__FEW_PX; i++) {
-                const ebm__vf xv = ebm__vbcast(xt[i * xs]);
-                for (v = 0; v < EBM__CV; v++) acc[i][v] = ebm__vfma(xv, bv[v], acc[i][v]);
-            }
+        const float *xt = x0 + toff[t], *xh = xt + (np / 2) * xs;
+        ebm__vf bv[EBM__CV];
+        for (v = 0; v < nv; v++) bv[v] = ebm__vload(bp + ((size_t)t * nv + v) * EBM__VL);
+        for (i = 0; i < np; i++) {
+            const ebm__vf xv = ebm__vbcast(i < np / 2 ? xt[i * xs] : xh[(i - np / 2) * xs]);
+            for (v = 0; v < nv; v++) acc[i][v] = ebm__vfma(xv, bv[v], acc[i][v]);
         }
     }
     if (mk)
-        for (i = 0; i < EBM__FEW_PX; i++)
+        for (i = 0; i < np; i++)
             for (v = 0; v < nv; v++) acc[i][v] = ebm__vleaky_by(acc[i][v], ebm__vload(mk + (size_t)i * os + (size_t)v * EBM__VL), sv);
-    for (i = 0; i < EBM__FEW_PX; i++) ebm__few_store(o + (size_t)i * os, acc[i], nv, bias, leaky, sv, nc);
+    if (nc == nv * EBM__VL)
+        for (i = 0; i < np; i++)
+            for (v = 0; v < nv; v++) {
+                ebm__vf a = bias ? ebm__vadd(acc[i][v], bias[v]) : acc[i][v];
+                ebm__vstore(o + (size_t)i * os + (size_t)v * EBM__VL, leaky ? ebm__vleaky(a, sv) : a);
+            }
+    else
+        for (i = 0; i < np; i++) ebm__few_store(o + (size_t)i * os, acc[i], nv, bias, leaky, sv, nc);
 }
 
 static void ebm__conv_fwd_few(const ebm__cgeom *G, const float *x, const float *w, const float *b, float *y,
@@ -1965,7 +1974,8 @@ static void ebm__conv_fwd_few(const ebm__cgeom *G, const float *x, const float *
     const int K = G->k, cx = G->cx, cy = G->cy, s = G->s, T = K * K * cx;
     const int hx = G->hx + 2 * G->p, wx = G->wx + 2 * G->p; /* the padded input's size */
     const size_t CBW = ebm__panel(cy), n_ct = ebm__ceil_div((size_t)cy, CBW);
-    const int nv = (int)(CBW / EBM__VL);
+    const int nv = (int)(CBW / EBM__VL); /* a block's vectors and pixels: see ebm__few_px */
+    const int np = nv == 1 && G->wy >= 2 * EBM__FEW_PX ? 2 * EBM__FEW_PX : EBM__FEW_PX;
     const long n_rows = (long)G->n * G->hy;
     float *Bp = (float *)ebm__carve(&sp, n_ct * CBW * (size_t)T * sizeof(float));
     float *bz = (float *)ebm__carve(&sp, n_ct * CBW * sizeof(float)); /* the bias, zero past cy */
@@ -1988,30 +1998,36 @@ static void ebm__conv_fwd_few(const ebm__cgeom *G, const float *x, const float *
         const float *mr = mask ? mask + (size_t)task * G->wy * cy : NULL;
         const ebm__vf sv = ebm__vbcast(slope);
         size_t ct;
-        int wo, v;
+        int wo, v, q;
         for (ct = 0; ct < n_ct; ct++) {
             const float *bp = Bp + ct * (size_t)T * CBW;
             const int co0 = (int)(ct * CBW), nc = cy - co0 < (int)CBW ? cy - co0 : (int)CBW;
             ebm__vf bias[EBM__CV];
             for (v = 0; v < nv; v++) bias[v] = ebm__vload(bz + co0 + v * EBM__VL);
-            if (G->wy >= EBM__FEW_PX)
-                for (wo = 0; wo < G->wy; wo += EBM__FEW_PX) {
+            if (G->wy >= np)
+                for (wo = 0; wo < G->wy; wo += np) {
                     /* the last block ends at the row's end, overlapping the one before it
                        (the pixels in both are computed twice, the same way) */
-                    const int w_ = wo + EBM__FEW_PX <= G->wy ? wo : G->wy - EBM__FEW_PX;
+                    const int w_ = wo + np <= G->wy ? wo : G->wy - np;
                     const int whole = nc == nv * EBM__VL;
-                    ebm__few_px(xr + (size_t)w_ * s * cx, (ptrdiff_t)s * cx, toff, T, bp, nv, b ? bias : NULL, leaky, sv,
-                                mr && whole ? mr + (size_t)w_ * cy + co0 : NULL, yr + (size_t)w_ * cy + co0, (size_t)cy, nc);
-                    if (mr && !whole) ebm__few_mask(yr + (size_t)w_ * cy + co0, mr + (size_t)w_ * cy + co0, (size_t)cy, EBM__FEW_PX, nc, slope);
+                    const float *xw = xr + (size_t)w_ * s * cx, *mw = mr && whole ? mr + (size_t)w_ * cy + co0 : NULL;
+                    float *yw = yr + (size_t)w_ * cy + co0;
+                    if (np > EBM__FEW_PX) /* (three calls, each inlined with its constants) */
+                        ebm__few_px(xw, (ptrdiff_t)s * cx, toff, T, bp, 2 * EBM__FEW_PX, 1, b ? bias : NULL, leaky, sv, mw, yw, (size_t)cy, nc);
+                    else if (nv == 1)
+                        ebm__few_px(xw, (ptrdiff_t)s * cx, toff, T, bp, EBM__FEW_PX, 1, b ? bias : NULL, leaky, sv, mw, yw, (size_t)cy, nc);
+                    else
+                        ebm__few_px(xw, (ptrdiff_t)s * cx, toff, T, bp, EBM__FEW_PX, EBM__CV, b ? bias : NULL, leaky, sv, mw, yw, (size_t)cy, nc);
+                    if (mr && !whole) ebm__few_mask(yw, mr + (size_t)w_ * cy + co0, (size_t)cy, np, nc, slope);
                 }
             else
                 for (wo = 0; wo < G->wy; wo++) { /* a row narrower than a block: pixel by pixel */
                     const float *xp = xr + (size_t)wo * s * cx;
                     ebm__vf acc[EBM__CV];
                     for (v = 0; v < nv; v++) acc[v] = ebm__vzero();
-                    for (t = 0; t < T; t++) {
-                        const ebm__vf xv = ebm__vbcast(xp[toff[t]]);
-                        for (v = 0; v < nv; v++) acc[v] = ebm__vfma(xv, ebm__vload(bp + (size_t)t * CBW + v * EBM__VL), acc[v]);
+                    for (q = 0; q < T; q++) {
+                        const ebm__vf xv = ebm__vbcast(xp[toff[q]]);
+                        for (v = 0; v < nv; v++) acc[v] = ebm__vfma(xv, ebm__vload(bp + (size_t)q * CBW + v * EBM__VL), acc[v]);
                     }
                     ebm__few_store(yr + (size_t)wo * cy + co0, acc, nv, b ? bias : NULL, leaky, sv, nc);
                     if (mr) ebm__few_mask(yr + (size_t)wo * cy + co0, mr + (size_t)wo * cy + co0, 0, 1, nc, slope);
@@ -2224,7 +2240,7 @@ static void ebm__conv_bwd_data_few(const ebm__cgeom *G, const float *gy, const f
    sum over (kh, kw) inside of gy(hi + p - kh, wi + p - kw, :) .
    w(kh, kw, ci, :), summed lane by lane and added across the lanes at the
    end. A task is one gx row of one image; pixels whose taps all fall inside
-   gy go EBM__FEW_PX at a time (their sums in registers, the last block
+   gy go EBM__DOT_PX at a time (their sums in registers, the last block
    overlapping the one before it), the others one at a time. No products
    to scatter back, unlike ebm__conv_bwd_data_few below. */
 static int ebm__bwd_few_direct(const ebm__cgeom *G)
@@ -2232,27 +2248,87 @@ static int ebm__bwd_few_direct(const ebm__cgeom *G)
     return G->s == 1 && G->cy % EBM__VL == 0 && G->k * G->k <= EBM__FEW_TAPS;
 }
 
-/* EBM__FEW_PX gx pixels at g0 + i cy (gy of tap (0, 0) of pixel i), channel ci. */
-static void ebm__few_dot_px(const float *g0, const ptrdiff_t *goff, const float *w, int KK, int cx, int ci, int cy,
-                            float bias, float *o, int ocs)
+/* out[l] = the sum of a[l]'s lanes, l < EBM__VL: the lanes of pairs of
+   vectors added, then of pairs of those, ..., log2(VL) rounds of VL / 2
+   adds each, the last one a vector of the VL sums (ebm__vhsum on each was
+   most of the 28x28x16 -> 28x28x1 input gradient's time: 4 shuffles and 4
+   adds per pixel against 9 FMAs). Round k (ebm__fold) keeps the lanes
+   whose bit k is set from y, the others from x, and adds to each the lane
+   2^k away in the same vector. Each sum is added up in the same order
+   (adjacent lanes, then adjacent pairs, ...) whatever l is. */
+#if EBM__VL == 16
+EBM__INLINE __m512 ebm__fold(__m512 x, __m512 y, int k)
 {
-    ebm__vf acc[EBM__FEW_PX];
-    int i, t, v;
-    for (i = 0; i < EBM__FEW_PX; i++) acc[i] = ebm__vzero();
-    for (t = 0; t < KK; t++) {
-        const float *gt = g0 + goff[t], *wt = w + ((size_t)t * cx + (size_t)ci) * cy;
+    static const __mmask16 upper[4] = { 0xaaaa, 0xcccc, 0xf0f0, 0xff00 };
+    const __m512 keep = _mm512_mask_blend_ps(upper[k], x, y), move = _mm512_mask_blend_ps(upper[k], y, x);
+    __m512 moved; /* (maskz forms: g++ 12 warns on the unmasked ones, as in ebm__vhsum) */
+    if (k == 0) moved = _mm512_maskz_permute_ps((__mmask16)0xffff, move, 0xb1);
+    else if (k == 1) moved = _mm512_maskz_permute_ps((__mmask16)0xffff, move, 0x4e);
+    else if (k == 2) moved = _mm512_maskz_shuffle_f32x4((__mmask16)0xffff, move, move, 0xb1);
+    else moved = _mm512_maskz_shuffle_f32x4((__mmask16)0xffff, move, move, 0x4e);
+    return _mm512_add_ps(keep, moved);
+}
+#elif EBM__VL == 8
+EBM__INLINE __m256 ebm__fold(__m256 x, __m256 y, int k)
+{
+    __m256 keep, move;
+    if (k == 0) {
+        keep = _mm256_blend_ps(x, y, 0xaa); move = _mm256_blend_ps(y, x, 0xaa);
+        return _mm256_add_ps(keep, _mm256_permute_ps(move, 0xb1));
+    }
+    if (k == 1) {
+        keep = _mm256_blend_ps(x, y, 0xcc); move = _mm256_blend_ps(y, x, 0xcc);
+        return _mm256_add_ps(keep, _mm256_permute_ps(move, 0x4e));
+    }
+    keep = _mm256_blend_ps(x, y, 0xf0); move = _mm256_blend_ps(y, x, 0xf0);
+    return _mm256_add_ps(keep, _mm256_permute2f128_ps(move, move, 0x01));
+}
+#endif
+EBM__INLINE void ebm__vsum_lanes(const ebm__vf *a, float *out)
+{
+#if EBM__VL == 16 || EBM__VL == 8
+    ebm__vf r[EBM__VL];
+    int n, i, k;
+    for (i = 0; i < EBM__VL; i++) r[i] = a[i];
+    for (k = 0, n = EBM__VL / 2; n >= 1; k++, n /= 2)
+        for (i = 0; i < n; i++) r[i] = ebm__fold(r[2 * i], r[2 * i + 1], k);
+    ebm__vstore(out, r[0]);
+#elif EBM__VL == 4
+    vst1q_f32(out, vpaddq_f32(vpaddq_f32(a[0], a[1]), vpaddq_f32(a[2], a[3]))); /* (pairwise adds do it directly) */
+#else
+    out[0] = a[0];
+#endif
+}
+
+/* EBM__DOT_PX gx pixels at g0 + i cy (gy of tap (0, 0) of pixel i), channel
+   ci, over the nt taps listed in tap[]: 16 sums in flight where the vector
+   registers hold them (AVX-512's and NEON's 32), 8 on AVX2's 16. Inlined
+   with cy a constant where it is 16 or 32, so that the pixels' rows are
+   one base and constant offsets (a variable cy kept 16 row pointers, which
+   do not fit the integer registers: spilled, reloaded at every tap). */
+#define EBM__DOT_PX (EBM__VL == 8 ? 8 : 16)
+EBM__INLINE void ebm__few_dot_px(const float *g0, const ptrdiff_t *goff, const int *tap, int nt, const float *w, int cx,
+                                 int ci, const int cy, float bias, float *o, int ocs)
+{
+    ebm__vf acc[EBM__DOT_PX];
+    float sum[EBM__DOT_PX];
+    int i, j, v;
+    for (i = 0; i < EBM__DOT_PX; i++) acc[i] = ebm__vzero();
+    for (j = 0; j < nt; j++) {
+        const float *gt = g0 + goff[tap[j]], *wt = w + ((size_t)tap[j] * cx + (size_t)ci) * cy;
         for (v = 0; v < cy; v += EBM__VL) {
             const ebm__vf wv = ebm__vload(wt + v);
-            for (i = 0; i < EBM__FEW_PX; i++) acc[i] = ebm__vfma(ebm__vload(gt + (size_t)i * cy + v), wv, acc[i]);
+            for (i = 0; i < EBM__DOT_PX; i++) acc[i] = ebm__vfma(ebm__vload(gt + (size_t)i * cy + v), wv, acc[i]);
         }
     }
-    for (i = 0; i < EBM__FEW_PX; i++) o[(size_t)i * ocs] = ebm__vhsum(acc[i]) + bias;
+    for (i = 0; i < EBM__DOT_PX; i += EBM__VL) ebm__vsum_lanes(acc + i, sum + i);
+    for (i = 0; i < EBM__DOT_PX; i++) o[(size_t)i * ocs] = sum[i] + bias;
 }
 
 static void ebm__conv_bwd_data_direct(const ebm__cgeom *G, const float *gy, const float *w, const float *b, float *gx)
 {
     const int K = G->k, KK = K * K, cx = G->cx, cy = G->cy, p = G->p;
-    /* gx columns whose taps are all inside gy: wi in [wa, wb] */
+    /* gx columns whose taps are all inside gy horizontally: wi in [wa, wb] */
     const int wa = K - 1 - p, wb = G->wy - 1 - p;
     const long n_rows = (long)G->n * G->hx;
     ptrdiff_t goff[EBM__FEW_TAPS]; /* tap t's gy pixel (hi + p - kh, wi + p - kw) from that of tap (0, 0) */
@@ -2262,20 +2338,26 @@ static void ebm__conv_bwd_data_direct(const ebm__cgeom *G, const float *gy, cons
     EBM__PARALLEL_FOR(n_rows, n_rows > 1)
     for (task = 0; task < n_rows; task++) {
         const int n = (int)(task / G->hx), hi = (int)(task % G->hx);
-        const int inside = hi + p - (K - 1) >= 0 && hi + p < G->hy;
         const float *gn = gy + (size_t)n * G->hy * G->wy * cy;
         float *xr = gx + (size_t)task * G->wx * cx;
-        int wi, ci, kh, kw, v;
+        int tap[EBM__FEW_TAPS], nt = 0; /* the row's taps inside gy vertically (all but at a top or bottom row) */
+        int wi, ci, kh, kw, v, q;
+        for (q = 0; q < KK; q++) if (hi + p - q / K >= 0 && hi + p - q / K < G->hy) tap[nt++] = q;
         for (wi = 0; wi < G->wx;) {
-            if (inside && wi >= wa && wi <= wb && wb - wa + 1 >= EBM__FEW_PX) {
-                const int w_ = wi + EBM__FEW_PX <= wb + 1 ? wi : wb + 1 - EBM__FEW_PX; /* see ebm__conv_fwd_few */
-                const float *g0 = gn + ((size_t)(hi + p) * G->wy + (size_t)(w_ + p)) * cy;
-                for (ci = 0; ci < cx; ci++)
-                    ebm__few_dot_px(g0, goff, w, KK, cx, ci, cy, b ? b[ci] : 0.0f, xr + (size_t)w_ * cx + ci, cx);
-                wi = w_ + EBM__FEW_PX;
+            if (wi >= wa && wi <= wb && wb - wa + 1 >= EBM__DOT_PX) {
+                const int w_ = wi + EBM__DOT_PX <= wb + 1 ? wi : wb + 1 - EBM__DOT_PX; /* see ebm__conv_fwd_few */
+                const float *g0 = gn + ((ptrdiff_t)(hi + p) * G->wy + (ptrdiff_t)(w_ + p)) * cy; /* (maybe outside: offsets bring it in) */
+                for (ci = 0; ci < cx; ci++) {
+                    const float bias = b ? b[ci] : 0.0f;
+                    float *o = xr + (size_t)w_ * cx + ci;
+                    if (cy == 16) ebm__few_dot_px(g0, goff, tap, nt, w, cx, ci, 16, bias, o, cx);
+                    else if (cy == 32) ebm__few_dot_px(g0, goff, tap, nt, w, cx, ci, 32, bias, o, cx);
+                    else ebm__few_dot_px(g0, goff, tap, nt, w, cx, ci, cy, bias, o, cx);
+                }
+                wi = w_ + EBM__DOT_PX;
                 continue;
             }
-            for (ci = 0; ci < cx; ci++) { /* a border pixel: the taps inside gy one by one */
+            for (ci = 0; ci < cx; ci++) { /* a pixel at a left or right edge: the taps inside gy one by one */
                 ebm__vf acc = ebm__vzero();
                 for (kh = 0; kh < K; kh++) {
                     const int ho = hi + p - kh;

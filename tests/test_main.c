@@ -607,6 +607,11 @@ static const int wide_geoms[][8] = {
     { 2, 12, 12, 1, 16, 3, 1, 0 },  /* unpadded, one block exactly */
     { 2, 8, 7, 8, 12, 5, 3, 2 },    /* input gradient: 9 phases of unequal sizes and tap counts, interleaved */
     { 2, 10, 10, 1, 64, 4, 2, 1 },  /* weight gradient, gather form: all row tiles in one task, gy's two panels in place */
+    { 3, 5, 21, 1, 16, 3, 1, 1 },   /* rows of 21 (more than 16 pixels): the few-channel forward's narrow blocks */
+    { 2, 4, 18, 2, 7, 3, 1, 1 },    /* of 16 pixels, the last overlapping, also on a narrow tail; the direct */
+    { 2, 6, 20, 1, 16, 3, 1, 1 },   /* input gradient's blocks of 16 pixels (cy 16, 32 and 48: its two */
+    { 2, 5, 19, 3, 32, 3, 1, 1 },   /* constant widths and the general one), with the top and bottom */
+    { 2, 4, 20, 2, 48, 3, 1, 0 },   /* rows' shorter tap lists; unpadded, one block exactly */
 };
 
 /* The write-backs that apply another activation (SiLU, GELU) on
