@@ -1780,10 +1780,20 @@ typedef struct {
     float *Bp;
 } ebm__phase;
 
+/* 1 if the input gradient is a dense product (ebm__conv_bwd_data_dense):
+   gy one pixel per image, every tap inside (no padding, a kernel the size
+   of the input), enough channels to sum over (as a generator's 1x1 -> 7x7
+   transposed first layer). */
+static int ebm__bwd_dense(const ebm__cgeom *G)
+{
+    return G->hy == 1 && G->wy == 1 && G->p == 0 && G->k == G->hx && G->k == G->wx && G->cy >= EBM__VL && !ebm__few_cx(G);
+}
+
 static size_t ebm__conv_bwd_data_scratch(const ebm__cgeom *G)
 {
     const size_t T = (size_t)G->k * G->k * G->cx; /* ebm__conv_bwd_data_few: the weights in panels of taps, a tap table */
     size_t panels = ebm__ceil_div((size_t)G->cx, ebm__panel(G->cx)) * ebm__panel(G->cx) * G->k * G->k * G->cy;
+    if (ebm__bwd_dense(G)) return ebm__ceil_div((size_t)G->n, EBM__CB) * EBM__CB * G->cy * sizeof(float) + EBM__ALIGN;
     if (ebm__few_cx(G)) return ebm__ceil_div(T, ebm__panel((int)T)) * ebm__panel((int)T) * G->cy * sizeof(float) +
                                3 * T * sizeof(int) + 2 * EBM__ALIGN;
     return (panels + (size_t)G->cy) * sizeof(float) + (size_t)G->s * G->s * sizeof(ebm__phase) + 4 * EBM__ALIGN;
@@ -2403,6 +2413,82 @@ static void ebm__conv_bwd_data_direct(const ebm__cgeom *G, const float *gy, cons
 
 #define EBM__TR_ROWS 8 /* weight rows transposed together (the packing below; ebm__transpose8) */
 
+/* Panels of `width` rows of src (rows x cols), transposed: out[(i cols + c)
+   width + q] = src[(i width + q) cols + c], zeros past the last row. */
+static void ebm__pack_t(const float *src, size_t rows, size_t cols, float *out, size_t width)
+{
+    size_t i, c, q;
+    for (i = 0; i < ebm__ceil_div(rows, width); i++)
+        for (c = 0; c < cols; c++)
+            for (q = 0; q < width; q++)
+                out[(i * cols + c) * width + q] = i * width + q < rows ? src[(i * width + q) * cols + c] : 0.0f;
+}
+
+/* tr[q][r] = tmp[r CB + q]: a wide tile's sums, transposed (8x8 blocks
+   through registers where a tile has 8 rows). */
+static void ebm__transpose_tile(const float *tmp, float tr[EBM__CB][EBM__RM])
+{
+#if EBM__RM == 8
+    int q0, k;
+    for (q0 = 0; q0 < EBM__CB; q0 += 8) {
+        const float *row[8];
+        for (k = 0; k < 8; k++) row[k] = tmp + k * EBM__CB + q0;
+        ebm__transpose8(row, &tr[q0][0], EBM__RM);
+    }
+#else
+    int r, q;
+    for (r = 0; r < EBM__RM; r++)
+        for (q = 0; q < EBM__CB; q++) tr[q][r] = tmp[r * EBM__CB + q];
+#endif
+}
+
+/* The input gradient when it is a dense product (ebm__bwd_dense): with gy
+   one pixel per image and every tap inside, gx[n][j] = sum over c of
+   gy[n][c] w[j][c] for j = (kh, kw, ci), J of them, with w a J x cy matrix
+   read in place. So the roles turn: a tile is 8 rows j x a panel of 32
+   images, the rows' weights broadcast from w as it is, and gy, transposed
+   (cy x 32 images, a few KB), the panel; the tile is written transposed,
+   8x8 blocks through registers. The phase form above packed the weights
+   transposed on every call (2.5 MB for the generator's 1x1 -> 7x7 layer, a
+   quarter of that pass) and built a 49-tap table per tile for its one tap
+   inside. Every element is the same sum in the same order, over c, as that
+   form's: the same products (the two factors swapped), the same bits. */
+static void ebm__conv_bwd_data_dense(const ebm__cgeom *G, const float *gy, const float *w, const float *b, float *gx,
+                                     void *scratch, const ebm__epi *e)
+{
+    const int cx = G->cx, cy = G->cy, N = G->n;
+    const size_t J = (size_t)G->k * G->k * cx, n_rt = ebm__ceil_div(J, EBM__RM), n_nt = ebm__ceil_div((size_t)N, EBM__CB);
+    const float slope = e->mask ? e->ma : e->slope;
+    const float *mask = e->mask && e->mact == EBM_ACT_LEAKY_RELU ? e->mask : NULL;
+    unsigned char *sp = (unsigned char *)scratch;
+    float *Bt = (float *)ebm__carve(&sp, n_nt * EBM__CB * (size_t)cy * sizeof(float));
+    long task;
+    ebm__pack_t(gy, (size_t)N, (size_t)cy, Bt, EBM__CB); /* Bt[(nt cy + c) CB + q] = gy[nt CB + q][c], zeros past N */
+    EBM__PARALLEL_FOR((long)(n_rt * n_nt), n_rt * n_nt > 1)
+    for (task = 0; task < (long)(n_rt * n_nt); task++) {
+        const size_t rt = (size_t)task / n_nt, nt = (size_t)task % n_nt, j0 = rt * EBM__RM, n0 = nt * EBM__CB;
+        const int nr = J - j0 < EBM__RM ? (int)(J - j0) : EBM__RM, nq = N - (int)n0 < EBM__CB ? N - (int)n0 : EBM__CB;
+        const float *ap[EBM__RM], *bt = Bt + nt * cy * EBM__CB;
+        float tmp[EBM__TILE], tr[EBM__CB][EBM__RM], bias[EBM__RM];
+        int r, q;
+        for (r = 0; r < EBM__RM; r++) {
+            const size_t j = j0 + (size_t)(r < nr ? r : nr - 1); /* a short tile repeats its last row */
+            ap[r] = w + j * (size_t)cy;
+            bias[r] = b ? b[j % (size_t)cx] : 0.0f;
+        }
+        ebm__mk_taps_wide(ap, &bt, 1, cy, EBM__CB, tmp, 1);
+        ebm__transpose_tile(tmp, tr); /* tr[q][r] = tmp[r CB + q] */
+        for (q = 0; q < nq; q++) {
+            float *o = gx + (n0 + (size_t)q) * J + j0;
+            const float *mk = mask ? mask + (n0 + (size_t)q) * J + j0 : NULL;
+            if (mk) for (r = 0; r < nr; r++) { const float v = tr[q][r] + bias[r]; o[r] = mk[r] > 0 ? v : slope * v; }
+            else if (e->leaky) for (r = 0; r < nr; r++) { const float v = tr[q][r] + bias[r]; o[r] = v > 0 ? v : slope * v; }
+            else for (r = 0; r < nr; r++) o[r] = tr[q][r] + bias[r];
+            if (e->mask && !mask) ebm__act_bwd_range(e->mact, e->ma, e->mask + (n0 + (size_t)q) * J + j0, o, o, (size_t)nr);
+        }
+    }
+}
+
 /* The input gradient, and the transposed convolution. With e->mask (see
    ebm__premasked: gx is the gradient of a node of the same shape whose
    gradient is held multiplied) the write-back applies that activation's
@@ -2426,6 +2512,7 @@ static void ebm__conv_bwd_data_epi(const ebm__cgeom *G, const float *gy, const f
     float *zero, *Bp;
     ebm__phase *P;
     EBM_ASSERT(!e->ya); /* (no caller asks it) */
+    if (ebm__bwd_dense(G)) { ebm__conv_bwd_data_dense(G, gy, w, b, gx, scratch, e); return; }
     if (ebm__few_cx(G)) { /* (a first layer's input is never masked: the pass after is kept for any other) */
         if (ebm__bwd_few_direct(G)) ebm__conv_bwd_data_direct(G, gy, w, b, gx);
         else ebm__conv_bwd_data_few(G, gy, w, b, gx, scratch);

@@ -718,6 +718,18 @@ static void test_conv_kernels_match_reference(void)
                 CHECK(rel_err_ff(y1, y2, nx) < 2e-6, "geometry %d: transposed conv + LeakyReLU vs reference rel %.2e", i,
                       rel_err_ff(y1, y2, nx));
             }
+            { /* times LeakyReLU'(mask): the gradient of a fused layer's output, premasked (mask = s) */
+                size_t j;
+                ebm__epi e;
+                memset(&e, 0, sizeof e);
+                rnd(s, nx, -1, 1);
+                e.mask = s; e.mact = EBM_ACT_LEAKY_RELU; e.ma = 0.2f;
+                ebm__conv_bwd_data_epi(&G, gy, w, NULL, y1, scr, &e);
+                ebm__conv_bwd_data_ref(&G, gy, w, NULL, y2);
+                for (j = 0; j < nx; j++) y2[j] = s[j] > 0 ? y2[j] : 0.2f * y2[j];
+                CHECK(rel_err_ff(y1, y2, nx) < 2e-6, "geometry %d: input gradient times LeakyReLU'(mask) vs reference rel %.2e", i,
+                      rel_err_ff(y1, y2, nx));
+            }
             ebm__conv_bwd_weight(&G, x, gy, y1, scr);
             ebm__conv_bwd_weight_ref(&G, x, gy, y2);
             CHECK(rel_err_ff(y1, y2, nw) < 2e-6, "geometry %d: weight-gradient kernel vs reference rel %.2e", i, rel_err_ff(y1, y2, nw));
