@@ -652,6 +652,29 @@ static void epilogue_checks(int i, const ebm__cgeom *G, const float *x, const fl
     free(plain); free(out); free(ya); free(want); free(mk);
 }
 
+/* Pass bwd (0 the forward, 1 the input gradient) of geometry G on `in`,
+   with its write-back times LeakyReLU'(mask) for a mask s of n values
+   drawn here, against the reference pass times the same factors: the
+   relative error. */
+static double masked_pass_err(const ebm__cgeom *G, int bwd, const float *in, const float *w, float *out, float *ref, float *s,
+                              size_t n, void *scr)
+{
+    size_t j;
+    ebm__epi e;
+    memset(&e, 0, sizeof e);
+    rnd(s, n, -1, 1);
+    e.mask = s; e.mact = EBM_ACT_LEAKY_RELU; e.ma = 0.2f;
+    if (bwd) {
+        ebm__conv_bwd_data_epi(G, in, w, NULL, out, scr, &e);
+        ebm__conv_bwd_data_ref(G, in, w, NULL, ref);
+    } else {
+        ebm__conv_fwd_epi(G, in, w, NULL, out, scr, &e);
+        ebm__conv_fwd_ref(G, in, w, NULL, ref);
+    }
+    for (j = 0; j < n; j++) ref[j] = s[j] > 0 ? ref[j] : 0.2f * ref[j];
+    return rel_err_ff(out, ref, n);
+}
+
 static void test_conv_kernels_match_reference(void)
 {
     int i;
@@ -692,17 +715,9 @@ static void test_conv_kernels_match_reference(void)
                 CHECK(rel_err_ff(y1, y2, ny) < 2e-6, "geometry %d: forward + LeakyReLU, no bias, vs reference rel %.2e", i,
                       rel_err_ff(y1, y2, ny));
             }
-            { /* the forward times LeakyReLU'(mask) (a transposed conv's input gradient, premasked), mask = s */
-                size_t j;
-                ebm__epi e;
-                memset(&e, 0, sizeof e);
-                rnd(s, ny, -1, 1);
-                e.mask = s; e.mact = EBM_ACT_LEAKY_RELU; e.ma = 0.2f;
-                ebm__conv_fwd_epi(&G, x, w, NULL, y1, scr, &e);
-                ebm__conv_fwd_ref(&G, x, w, NULL, y2);
-                for (j = 0; j < ny; j++) y2[j] = s[j] > 0 ? y2[j] : 0.2f * y2[j];
-                CHECK(rel_err_ff(y1, y2, ny) < 2e-6, "geometry %d: forward times LeakyReLU'(mask) vs reference rel %.2e", i,
-                      rel_err_ff(y1, y2, ny));
+            { /* the forward times LeakyReLU'(mask) (a transposed conv's input gradient, premasked) */
+                const double err = masked_pass_err(&G, 0, x, w, y1, y2, s, ny, scr);
+                CHECK(err < 2e-6, "geometry %d: forward times LeakyReLU'(mask) vs reference rel %.2e", i, err);
             }
             epilogue_checks(i, &G, x, w, b, gy, scr, ny, nx);
             ebm__conv_bwd_data(&G, gy, w, b, y1, scr);
@@ -718,17 +733,9 @@ static void test_conv_kernels_match_reference(void)
                 CHECK(rel_err_ff(y1, y2, nx) < 2e-6, "geometry %d: transposed conv + LeakyReLU vs reference rel %.2e", i,
                       rel_err_ff(y1, y2, nx));
             }
-            { /* times LeakyReLU'(mask): the gradient of a fused layer's output, premasked (mask = s) */
-                size_t j;
-                ebm__epi e;
-                memset(&e, 0, sizeof e);
-                rnd(s, nx, -1, 1);
-                e.mask = s; e.mact = EBM_ACT_LEAKY_RELU; e.ma = 0.2f;
-                ebm__conv_bwd_data_epi(&G, gy, w, NULL, y1, scr, &e);
-                ebm__conv_bwd_data_ref(&G, gy, w, NULL, y2);
-                for (j = 0; j < nx; j++) y2[j] = s[j] > 0 ? y2[j] : 0.2f * y2[j];
-                CHECK(rel_err_ff(y1, y2, nx) < 2e-6, "geometry %d: input gradient times LeakyReLU'(mask) vs reference rel %.2e", i,
-                      rel_err_ff(y1, y2, nx));
+            { /* the input gradient times LeakyReLU'(mask) (the gradient of a fused layer's output, premasked) */
+                const double err = masked_pass_err(&G, 1, gy, w, y1, y2, s, nx, scr);
+                CHECK(err < 2e-6, "geometry %d: input gradient times LeakyReLU'(mask) vs reference rel %.2e", i, err);
             }
             ebm__conv_bwd_weight(&G, x, gy, y1, scr);
             ebm__conv_bwd_weight_ref(&G, x, gy, y2);
