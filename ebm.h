@@ -1962,11 +1962,14 @@ static void ebm__few_mask(float *o, const float *mk, size_t os, int n, int nc, f
 /* np pixels (input windows at x0 + i xs) x nv vectors, sums in registers:
    a narrow panel's 2 EBM__FEW_PX x 1 (EBM__FEW_PX x 1 in a row narrower
    than that) or a wide one's EBM__FEW_PX x EBM__CV (16 sums either way on
-   AVX-512), np and nv constants where it is inlined. With mk (whole vectors only), times LeakyReLU'(mk); then the
-   bias and LeakyReLU, stored in place when the panel's vectors are whole,
-   else through ebm__few_store. (Called, with nv a variable, the block spent
-   a quarter of its time in that call and the loop tested nv at every tap:
-   the 28x28 1 -> 16 layer took 4.5x its FMAs' time.) */
+   AVX-512), np and nv constants where it is inlined. With mk (whole
+   vectors only), times LeakyReLU'(mk); then the bias and LeakyReLU, stored
+   in place when the panel's vectors are whole, else through
+   ebm__few_store. The two halves' inputs are read off two pointers (one
+   pointer stepped xs per pixel made a chain of 16 dependent adds per
+   tap). (Called, with nv a variable, the block spent a quarter of its time
+   in that call and the loop tested nv at every tap: the 28x28 1 -> 16
+   layer took 4.5x its FMAs' time.) */
 EBM__INLINE void ebm__few_px(const float *x0, ptrdiff_t xs, const int *toff, int T, const float *bp, const int np,
                              const int nv, const ebm__vf *bias, int leaky, ebm__vf sv, const float *mk, float *o,
                              size_t os, int nc)
@@ -2334,22 +2337,23 @@ EBM__INLINE void ebm__vsum_lanes(const ebm__vf *a, float *out)
 #endif
 }
 
-/* EBM__DOT_PX gx pixels at g0 + i cy (gy of tap (0, 0) of pixel i), channel
-   ci, over the nt taps listed in tap[]: 16 sums in flight where the vector
+/* EBM__DOT_PX gx pixels, channel ci, over the nt taps listed in tap[]:
+   pixel i's tap t reads gy row gn + o0 + goff[t] + i cy (o0: where tap
+   (0, 0) of pixel 0 would read, maybe outside gy; the sum is inside): 16 sums in flight where the vector
    registers hold them (AVX-512's and NEON's 32), 8 on AVX2's 16. Inlined
    with cy a constant where it is 16 or 32, so that the pixels' rows are
    one base and constant offsets (a variable cy kept 16 row pointers, which
    do not fit the integer registers: spilled, reloaded at every tap). */
 #define EBM__DOT_PX (EBM__VL == 8 ? 8 : 16)
-EBM__INLINE void ebm__few_dot_px(const float *g0, const ptrdiff_t *goff, const int *tap, int nt, const float *w, int cx,
-                                 int ci, const int cy, float bias, float *o, int ocs)
+EBM__INLINE void ebm__few_dot_px(const float *gn, ptrdiff_t o0, const ptrdiff_t *goff, const int *tap, int nt, const float *w,
+                                 int cx, int ci, const int cy, float bias, float *o, int ocs)
 {
     ebm__vf acc[EBM__DOT_PX];
     float sum[EBM__DOT_PX];
     int i, j, v;
     for (i = 0; i < EBM__DOT_PX; i++) acc[i] = ebm__vzero();
     for (j = 0; j < nt; j++) {
-        const float *gt = g0 + goff[tap[j]], *wt = w + ((size_t)tap[j] * cx + (size_t)ci) * cy;
+        const float *gt = gn + (o0 + goff[tap[j]]), *wt = w + ((size_t)tap[j] * cx + (size_t)ci) * cy;
         for (v = 0; v < cy; v += EBM__VL) {
             const ebm__vf wv = ebm__vload(wt + v);
             for (i = 0; i < EBM__DOT_PX; i++) acc[i] = ebm__vfma(ebm__vload(gt + (size_t)i * cy + v), wv, acc[i]);
@@ -2380,13 +2384,13 @@ static void ebm__conv_bwd_data_direct(const ebm__cgeom *G, const float *gy, cons
         for (wi = 0; wi < G->wx;) {
             if (wi >= wa && wi <= wb && wb - wa + 1 >= EBM__DOT_PX) {
                 const int w_ = wi + EBM__DOT_PX <= wb + 1 ? wi : wb + 1 - EBM__DOT_PX; /* see ebm__conv_fwd_few */
-                const float *g0 = gn + ((ptrdiff_t)(hi + p) * G->wy + (ptrdiff_t)(w_ + p)) * cy; /* (maybe outside: offsets bring it in) */
+                const ptrdiff_t o0 = ((ptrdiff_t)(hi + p) * G->wy + (ptrdiff_t)(w_ + p)) * cy;
                 for (ci = 0; ci < cx; ci++) {
                     const float bias = b ? b[ci] : 0.0f;
                     float *o = xr + (size_t)w_ * cx + ci;
-                    if (cy == 16) ebm__few_dot_px(g0, goff, tap, nt, w, cx, ci, 16, bias, o, cx);
-                    else if (cy == 32) ebm__few_dot_px(g0, goff, tap, nt, w, cx, ci, 32, bias, o, cx);
-                    else ebm__few_dot_px(g0, goff, tap, nt, w, cx, ci, cy, bias, o, cx);
+                    if (cy == 16) ebm__few_dot_px(gn, o0, goff, tap, nt, w, cx, ci, 16, bias, o, cx);
+                    else if (cy == 32) ebm__few_dot_px(gn, o0, goff, tap, nt, w, cx, ci, 32, bias, o, cx);
+                    else ebm__few_dot_px(gn, o0, goff, tap, nt, w, cx, ci, cy, bias, o, cx);
                 }
                 wi = w_ + EBM__DOT_PX;
                 continue;
@@ -2627,8 +2631,6 @@ static void ebm__conv_bwd_data_epi(const ebm__cgeom *G, const float *gy, const f
             /* the lines its write-back reads (the mask) and writes, fetched while
                it computes (see ebm__prefetch_rows) */
             ebm__prefetch_rows(gx, e->mask, pix, nr < EBM__ROWS ? nr : EBM__ROWS, 0, (size_t)cx);
-            for (r = 0; r < nr && r < EBM__ROWS; r++)
-                for (q = 0; q < cx; q += 64 / (int)sizeof(float)) __builtin_prefetch(gx + pix[r] + q, 1);
             for (ct = 0; ct < n_ct; ct++) {
                 const int c0 = (int)(ct * CBW), nc = cx - c0 < (int)CBW ? cx - c0 : (int)CBW;
                 for (t0 = 0, fresh = 1; t0 < f->nt_all; t0 += EBM__TAPS) {
