@@ -1965,11 +1965,9 @@ static void ebm__few_mask(float *o, const float *mk, size_t os, int n, int nc, f
    AVX-512), np and nv constants where it is inlined. With mk (whole
    vectors only), times LeakyReLU'(mk); then the bias and LeakyReLU, stored
    in place when the panel's vectors are whole, else through
-   ebm__few_store. The two halves' inputs are read off two pointers (one
-   pointer stepped xs per pixel made a chain of 16 dependent adds per
-   tap). (Called, with nv a variable, the block spent a quarter of its time
-   in that call and the loop tested nv at every tap: the 28x28 1 -> 16
-   layer took 4.5x its FMAs' time.) */
+   ebm__few_store. (Called, with nv a variable, the block spent a quarter
+   of its time in that call and the loop tested nv at every tap: the 28x28
+   1 -> 16 layer took 4.5x its FMAs' time.) */
 EBM__INLINE void ebm__few_px(const float *x0, ptrdiff_t xs, const int *toff, int T, const float *bp, const int np,
                              const int nv, const ebm__vf *bias, int leaky, ebm__vf sv, const float *mk, float *o,
                              size_t os, int nc)
@@ -1978,11 +1976,11 @@ EBM__INLINE void ebm__few_px(const float *x0, ptrdiff_t xs, const int *toff, int
     int i, t, v;
     for (i = 0; i < np; i++) for (v = 0; v < nv; v++) acc[i][v] = ebm__vzero();
     for (t = 0; t < T; t++) {
-        const float *xt = x0 + toff[t], *xh = xt + (np / 2) * xs;
+        const float *xt = x0 + toff[t];
         ebm__vf bv[EBM__CV];
         for (v = 0; v < nv; v++) bv[v] = ebm__vload(bp + ((size_t)t * nv + v) * EBM__VL);
         for (i = 0; i < np; i++) {
-            const ebm__vf xv = ebm__vbcast(i < np / 2 ? xt[i * xs] : xh[(i - np / 2) * xs]);
+            const ebm__vf xv = ebm__vbcast(xt[i * xs]);
             for (v = 0; v < nv; v++) acc[i][v] = ebm__vfma(xv, bv[v], acc[i][v]);
         }
     }
