@@ -2075,11 +2075,30 @@ static void ebm__conv_fwd_few(const ebm__cgeom *G, const float *x, const float *
     }
 }
 
-/* Forward: tile = (RM output pixels of the whole batch, one panel of output
-   channels); a task takes a pixel tile's panels in turn, so the tile's
-   tap table is built once for all of them (building it per panel was 7 %
-   of a training iteration at n_f = 32), or, for large weights, a group of
-   tiles through one panel (ebm__pt_task). The write-back does e (see
+/* A tile's pixels in the order (position, image) where the output (or an
+   input-gradient phase) has at most EBM__POS_MAJOR positions and the
+   batch fills a tile. Near the border some taps fall outside the input: 14
+   % of a 4x4 stride-2 layer's products to 7x7, 16 % to 3x3. A tile whose
+   pixels are one position in 8 (or 16) images misses the same taps for all
+   of them, and they are left out of its list instead of multiplied as
+   zeros (image first, a tile spans positions, and keeps a tap that any one
+   of them needs). Every element is summed over the same taps in the same
+   order either way: zeros left out change no bit. The forward gained
+   (medians of 15 paired runs, batch 64): net28_nf32's 14x14 -> 7x7 0.84
+   of its time, 7x7 -> 3x3 0.88, the generator's gz pass through 14x14x64
+   -> 7x7x128 0.85; whole Langevin steps of nf16 0.96, nf32 0.96. (On the
+   AMD EPYC of v0.5 it had made an nf16 step 10 % slower, likely because
+   the element-wise ops after it split the output by image, so each core
+   read what the other wrote; the LeakyReLU is fused into the write-back
+   since.) */
+#define EBM__POS_MAJOR 128
+
+/* Forward: tile = (RM output pixels of the whole batch, image first or
+   position first (see EBM__POS_MAJOR), one panel of output channels); a
+   task takes a pixel tile's panels in turn, so the tile's tap table is
+   built once for all of them (building it per panel was 7 % of a training
+   iteration at n_f = 32), or, for large weights, a group of tiles through
+   one panel (ebm__pt_task). The write-back does e (see
    ebm__epi): LeakyReLU in its loops (the models fuse a conv and the
    LeakyReLU after it: one pass over the output instead of three, and no
    pre-activation tensor), as is LeakyReLU'(mask) (a transposed conv's
@@ -2097,6 +2116,7 @@ static void ebm__conv_fwd_epi(const ebm__cgeom *G, const float *x, const float *
     const int narrow = ebm__narrow(cy), RR = narrow ? EBM__RM1 : EBM__RM;
     const size_t CBW = ebm__panel(cy), M = (size_t)G->n * HW, n_ct = ebm__ceil_div((size_t)cy, CBW), KKC = (size_t)KK * cx;
     const int grouped = n_ct > 1 && n_ct * CBW * KKC * sizeof(float) > EBM__PANELS_HOT; /* see ebm__pt_task */
+    const int pos_major = G->n >= RR && HW <= EBM__POS_MAJOR; /* see above */
     const long n_pt = (long)ebm__ceil_div(M, (size_t)RR), n_tasks = ebm__pt_tasks(n_pt, n_ct, grouped);
     float *zero, *Bp;
     long task;
@@ -2121,11 +2141,14 @@ static void ebm__conv_fwd_epi(const ebm__cgeom *G, const float *x, const float *
             float tmp[EBM__TILE];
             int r, q, t0, kept = 0, fresh;
             { /* pixel m0's (image, row, column) by division, the next ones by counting */
-                int n_ = (int)(m0 / (size_t)HW), ho = (int)(m0 % (size_t)HW) / G->wy, wo = (int)(m0 % (size_t)HW) % G->wy;
+                const int pos = (int)(pos_major ? m0 / (size_t)G->n : m0 % (size_t)HW);
+                int n_ = (int)(pos_major ? m0 % (size_t)G->n : m0 / (size_t)HW), ho = pos / G->wy, wo = pos % G->wy;
                 for (r = 0; r < RR; r++) {
                     pn[r] = n_; ph[r] = ho * s - p; pw[r] = wo * s - p;
-                    pix[r] = (m0 + (size_t)r) * cy;
-                    if (r + 1 < nr && ++wo == G->wy) { wo = 0; if (++ho == G->hy) { ho = 0; n_++; } }
+                    pix[r] = ((size_t)n_ * HW + (size_t)ho * G->wy + (size_t)wo) * cy;
+                    if (r + 1 >= nr) continue; /* a short tile repeats its last pixel */
+                    if (pos_major) { if (++n_ == G->n) { n_ = 0; if (++wo == G->wy) { wo = 0; ho++; } } }
+                    else if (++wo == G->wy) { wo = 0; if (++ho == G->hy) { ho = 0; n_++; } }
                 }
             }
             ebm__prefetch_rows(y, mask, pix, nr < EBM__ROWS ? nr : EBM__ROWS, ct0 * CBW, ct1 * CBW < (size_t)cy ? ct1 * CBW : (size_t)cy);
@@ -2142,8 +2165,8 @@ static void ebm__conv_fwd_epi(const ebm__cgeom *G, const float *x, const float *
                 }
                 if (fresh) memset(tmp, 0, sizeof tmp); /* no tap inside */
                 for (r = 0; r < nr && r < EBM__ROWS; r++) {
-                    float *o = y + (m0 + (size_t)r) * cy + co0;
-                    const float *tr = tmp + r * (int)CBW, *mk = mask ? mask + (m0 + (size_t)r) * cy + co0 : NULL;
+                    float *o = y + pix[r] + co0;
+                    const float *tr = tmp + r * (int)CBW, *mk = mask ? mask + pix[r] + co0 : NULL;
                     /* each case its own plain loop, so that the compiler vectorises it */
                     if (mk) /* (the backward passes no bias) */
                         for (q = 0; q < nc; q++) o[q] = mk[q] > 0 ? (b ? tr[q] + b[co0 + q] : tr[q]) : slope * (b ? tr[q] + b[co0 + q] : tr[q]);
@@ -2156,9 +2179,9 @@ static void ebm__conv_fwd_epi(const ebm__cgeom *G, const float *x, const float *
             }
             if (e->ya || (e->mask && !mask)) { /* the tile's other epilogues, on its panels' part of each row */
                 const size_t c0 = ct0 * CBW, c1 = ct1 * CBW < (size_t)cy ? ct1 * CBW : (size_t)cy;
-                const int whole = c0 == 0 && c1 == (size_t)cy; /* then its rows are one range */
+                const int whole = !pos_major && c0 == 0 && c1 == (size_t)cy; /* then its rows are one range */
                 for (r = 0; r < (whole ? 1 : nr); r++) {
-                    const size_t off = (m0 + (size_t)r) * cy + c0, len = whole ? (size_t)nr * cy : c1 - c0;
+                    const size_t off = pix[r] + c0, len = whole ? (size_t)nr * cy : c1 - c0;
                     if (e->ya) ebm__act_range(e->act, 0, e->a, y + off, e->ya + off, len);
                     else ebm__act_bwd_range(e->mact, e->ma, e->mask + off, y + off, y + off, len);
                 }
@@ -2182,22 +2205,15 @@ EBM__REFERENCE void ebm__conv_fwd(const ebm__cgeom *G, const float *x, const flo
    the taps kh = ph + s a, kw = pw + s e, from gy pixel
    ((hi + p - kh) / s, (wi + p - kw) / s).
    Near the border some of those gy pixels are outside gy: on a 4x4
-   stride-2 layer from 7x7 to 3x3 only 62 % of the taps are inside. A tile
-   whose pixels are one position in 8 (or 16) images misses the same taps
-   for all of them, and they are left out of its list instead of multiplied
-   as zeros; so phases of up to EBM__POS_MAJOR positions are taken position
-   first. Measured (net28_nf32, batch 64, on the AMD EPYC of v0.5): that
-   layer's input gradient 2.90 -> 2.29 ms, the 14x14 one's 2.57 -> 2.40;
-   the whole step of nf64 65 -> 60 ms. (The forward pass gained per layer
-   too, but made a whole nf16 step 10 % slower, likely because the
-   element-wise ops after it split the output by image, so each core read
-   what the other wrote.)
-   Every element is summed over the same taps in the same order either
-   way: zeros left out change no bit. The limit was 256 positions; on an
-   Intel Xeon (2 MB L2) the 14x14 phases of the 28x28x32 input gradient ran
-   faster image first (medians of 30 paired runs: 6.7 -> 5.2 ms), while the
-   7x7 ones of the next layer ran 7 % slower that way: hence 128. */
-#define EBM__POS_MAJOR 128
+   stride-2 layer from 7x7 to 3x3 only 62 % of the taps are inside. Phases
+   of up to EBM__POS_MAJOR positions are taken position first, as the
+   forward's small outputs are (see there). Measured (net28_nf32, batch 64,
+   on the AMD EPYC of v0.5): that layer's input gradient 2.90 -> 2.29 ms,
+   the 14x14 one's 2.57 -> 2.40; the whole step of nf64 65 -> 60 ms. The
+   limit was 256 positions; on an Intel Xeon (2 MB L2) the 14x14 phases of
+   the 28x28x32 input gradient ran faster image first (medians of 30 paired
+   runs: 6.7 -> 5.2 ms), while the 7x7 ones of the next layer ran 7 %
+   slower that way: hence 128. */
 
 /* The input gradient with few input channels (ebm__few_cx). A panel of
    input channels would be mostly zeros, so the products run the other way:

@@ -592,6 +592,7 @@ static const int wide_geoms[][8] = {
     { 4, 12, 12, 32, 32, 3, 1, 1 }, /* weight gradient: grouped row tiles and several pixel chunks */
     { 9, 7, 7, 64, 48, 4, 2, 1 },   /* input gradient position-first: a batch that fills a tile, */
     { 17, 7, 7, 16, 32, 4, 2, 1 },  /* and a narrow one, each with tiles across two positions */
+    { 17, 7, 7, 32, 16, 4, 2, 1 },  /* the forward position-first with narrow tiles, across two positions */
     { 3, 10, 10, 1, 20, 4, 2, 1 },  /* few input channels (the tap-vector input gradient): one narrow */
     { 2, 9, 9, 4, 5, 4, 2, 1 },     /* panel of 16 taps; two wide panels of 64 taps over gy's 5 channels */
     { 2, 11, 11, 3, 40, 9, 1, 4 },  /* 81 taps, more than one tap table holds: the forward's two panels */
