@@ -10,7 +10,7 @@ CSTD     = -std=c99 -pedantic
 OMP      = -fopenmp
 B        = build
 
-.PHONY: all demo test test-quick test-arm crosscheck clean examples bench bench-ab static-check resume-check generate-check fuzz asan-examples valgrind-check soak compare2d mpi-test mpi-time nostdio-check
+.PHONY: all demo test test-build test-quick test-arm crosscheck clean examples bench bench-ab static-check resume-check generate-check fuzz asan-examples valgrind-check soak compare2d mpi-test mpi-time nostdio-check
 
 all: examples
 
@@ -94,8 +94,12 @@ static-check: | $(B)
 	$(CC) $(CSTD) $(WARN) $(OPT) $(FPFLAGS) $(OMP) -I. $(B)/static_check.c -o $(B)/static_check -lm
 	./$(B)/static_check
 
+# What `make test` builds before it runs anything; CI builds it first with
+# -j2 (the builds are independent; the runs below stay one at a time).
+test-build: $(TEST_BINS) $(EXAMPLES) $(B)/kill_test $(B)/memory_test
+
 # Each build runs the whole suite; the last line sums them for CI.
-test: $(TEST_BINS) $(EXAMPLES) $(B)/kill_test $(B)/memory_test
+test: test-build
 	@p=0; f=0; for t in $(TEST_BINS); do \
 	  echo "== $$t"; \
 	  out=$$(cd $(B) && OMP_NUM_THREADS=2 ./$$(basename $$t) 2>&1); rc=$$?; \
