@@ -2356,11 +2356,12 @@ EBM__INLINE void ebm__vsum_lanes(const ebm__vf *a, float *out)
 
 /* EBM__DOT_PX gx pixels, channel ci, over the nt taps listed in tap[]:
    pixel i's tap t reads gy row gn + o0 + goff[t] + i cy (o0: where tap
-   (0, 0) of pixel 0 would read, maybe outside gy; the sum is inside): 16 sums in flight where the vector
-   registers hold them (AVX-512's and NEON's 32), 8 on AVX2's 16. Inlined
-   with cy a constant where it is 16 or 32, so that the pixels' rows are
-   one base and constant offsets (a variable cy kept 16 row pointers, which
-   do not fit the integer registers: spilled, reloaded at every tap). */
+   (0, 0) of pixel 0 would read, maybe outside gy; the sum is inside): 16
+   sums in flight where the vector registers hold them (AVX-512's and
+   NEON's 32), 8 on AVX2's 16. Inlined with cy a constant where it is 16
+   or 32, so that the pixels' rows are one base and constant offsets (a
+   variable cy kept 16 row pointers, which do not fit the integer
+   registers: spilled, reloaded at every tap). */
 #define EBM__DOT_PX (EBM__VL == 8 ? 8 : 16)
 EBM__INLINE void ebm__few_dot_px(const float *gn, ptrdiff_t o0, const ptrdiff_t *goff, const int *tap, int nt, const float *w,
                                  int cx, int ci, const int cy, float bias, float *o, int ocs)
@@ -2754,6 +2755,7 @@ static void ebm__conv_bwd_weight_rows(const ebm__cgeom *G, const float *x, const
     const float **xr = (const float **)ebm__carve(&sp, (size_t)KK * M * sizeof(*xr));
     int *kx = (int *)ebm__carve(&sp, (size_t)KK * M * sizeof(int));
     size_t *cs = (size_t *)ebm__carve(&sp, (size_t)KK * (n_ch + 1) * sizeof(size_t));
+    EBM_ASSERT(M <= 0x7fffffff); /* (kx holds pixel indices as int) */
     EBM__PARALLEL_FOR(KK, KK > 1)
     for (t = 0; t < KK; t++) { /* tap t's pixels inside: their input rows xr, indices kx; chunk c's from cs[c] */
         const int kh = (int)t / G->k, kw = (int)t % G->k;

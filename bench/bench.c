@@ -4,8 +4,8 @@
    per conv forward, the same again for grad_x), % of the FMA peak this run
    measures itself (measured again before each case, and the highest so far
    taken: other tenants only ever lower it, and one low reading at the start
-   once put layers at 140 % of it), and PyTorch's time for the same network in the same
-   command when /usr/bin/python3 has torch. One line per case:
+   once put layers at 140 % of it), and PyTorch's time for the same network
+   in the same command when /usr/bin/python3 has torch. One line per case:
      bench <case> ms=.. gflops=.. peak_pct=.. torch_ms=..|na speedup=..|na
    and for the issue's relative targets, measured paired (case_relative):
      bench relative_to_nf32 silu=.. gen28=.. target=0.9 rounds=21 ...
