@@ -1914,6 +1914,7 @@ static size_t ebm__conv_fwd_few_pad(const ebm__cgeom *G)
 
 static void ebm__act_range(int type, int order, float a, const float *x, float *y, size_t n); /* section 4 */
 static void ebm__act_bwd_range(int type, float a, const float *x, const float *gy, float *gx, size_t n);
+static void ebm__act_val_range(int type, float a, const float *x, float *y, float *d, size_t n);
 static void ebm__act_fwd(int type, int order, float a, const float *x, float *y, size_t n);
 static void ebm__act_bwd(int type, float a, const float *x, const float *gy, float *gx, size_t n);
 
@@ -1926,14 +1927,15 @@ static void ebm__act_bwd(int type, float a, const float *x, const float *gy, flo
      fused node's output (LeakyReLU: it has the pre-activation's sign) or
      an activation node's input;
    - ya: store it, and act(it) to ya as well (a conv and the activation
-     node after it computed in one pass: ebm__conv2d_act). */
+     node after it computed in one pass: ebm__conv2d_act); with yd,
+     act'(it) to yd too, held for the backward (EBM__ACT_HELD). */
 typedef struct {
     int leaky;
     float slope;
     const float *mask;
     int mact;
     float ma;
-    float *ya;
+    float *ya, *yd;
     int act;
     float a;
 } ebm__epi;
@@ -2070,7 +2072,10 @@ static void ebm__conv_fwd_few(const ebm__cgeom *G, const float *x, const float *
                 }
         }
         /* the row's epilogues that need more than LeakyReLU, while it is in cache */
-        if (e->ya) ebm__act_range(e->act, 0, e->a, yr, e->ya + (size_t)task * G->wy * cy, (size_t)G->wy * cy);
+        if (e->ya) {
+            const size_t off = (size_t)task * G->wy * cy;
+            ebm__act_val_range(e->act, e->a, yr, e->ya + off, e->yd ? e->yd + off : NULL, (size_t)G->wy * cy);
+        }
         if (e->mask && !mask) ebm__act_bwd_range(e->mact, e->ma, e->mask + (size_t)task * G->wy * cy, yr, yr, (size_t)G->wy * cy);
     }
 }
@@ -2182,7 +2187,7 @@ static void ebm__conv_fwd_epi(const ebm__cgeom *G, const float *x, const float *
                 const int whole = !pos_major && c0 == 0 && c1 == (size_t)cy; /* then its rows are one range */
                 for (r = 0; r < (whole ? 1 : nr); r++) {
                     const size_t off = pix[r] + c0, len = whole ? (size_t)nr * cy : c1 - c0;
-                    if (e->ya) ebm__act_range(e->act, 0, e->a, y + off, e->ya + off, len);
+                    if (e->ya) ebm__act_val_range(e->act, e->a, y + off, e->ya + off, e->yd ? e->yd + off : NULL, len);
                     else ebm__act_bwd_range(e->mact, e->ma, e->mask + off, y + off, y + off, len);
                 }
             }
@@ -2929,6 +2934,11 @@ EBM__REFERENCE double ebm__act_ref(int type, int order, double a, double x)
    depth d needs order d; sliced score matching needs 3). */
 #define EBM__ACT_MAX_ORDER 3
 
+/* The type ebm__act_bwd_range takes for x = act'(pre-activation) itself,
+   held from the forward (ebm__conv2d_act): gx = gy x, no activation
+   computed again. */
+#define EBM__ACT_HELD (-1)
+
 /* a b + c in one rounding where the target has a fused multiply-add in
    hardware (C99's FP_FAST_FMAF: x86 with FMA, AArch64), else a multiply and
    an add (a software fmaf would be far slower). In ebm__expf it made
@@ -3017,6 +3027,19 @@ static void ebm__act_range(int type, int order, float a, const float *x, float *
     EBM_ASSERT(0);
 }
 
+/* y = act(x), and (d not NULL) d = act'(x), in one pass: SiLU's from one
+   sigmoid, by the same expressions as ebm__act_range's (the same bits). */
+static void ebm__act_val_range(int type, float a, const float *x, float *y, float *d, size_t n)
+{
+    size_t i;
+    if (d && type == EBM_ACT_SILU)
+        for (i = 0; i < n; i++) { const float s = ebm__sigmoid(x[i]); y[i] = x[i] * s; d[i] = s + x[i] * s * (1 - s); }
+    else {
+        ebm__act_range(type, 0, a, x, y, n);
+        if (d) ebm__act_range(type, 1, a, x, d, n);
+    }
+}
+
 /* Element-wise work is split into fixed chunks run in parallel: each element
    is computed alone, so any split gives the same bits. */
 #define EBM__CHUNK 16384
@@ -3040,7 +3063,11 @@ static void ebm__act_fwd(int type, int order, float a, const float *x, float *y,
 static void ebm__act_bwd_range(int type, float a, const float *x, const float *gy, float *gx, size_t n)
 {
     size_t i, j;
-    if (type == EBM_ACT_LEAKY_RELU)
+    if (type == EBM__ACT_HELD && gx == gy) /* (in place: a loop the compiler vectorises) */
+        for (i = 0; i < n; i++) gx[i] *= x[i];
+    else if (type == EBM__ACT_HELD)
+        for (i = 0; i < n; i++) gx[i] = x[i] * gy[i];
+    else if (type == EBM_ACT_LEAKY_RELU)
         for (i = 0; i < n; i++) gx[i] = x[i] > 0 ? gy[i] : a * gy[i];
     else if (type == EBM_ACT_SILU)
         for (i = 0; i < n; i++) { const float s = ebm__sigmoid(x[i]); gx[i] = (s + x[i] * s * (1 - s)) * gy[i]; }
@@ -3311,15 +3338,24 @@ static ebm_var *ebm__check_conv(ebm_graph *g, const char *op, ebm_var *w, int k_
     return w;
 }
 
+/* Where the first derivative of activation node v comes from: the one its
+   forward held (aux, ebm__conv2d_act; type EBM__ACT_HELD), else computed
+   again from its input. */
+static const float *ebm__act_deriv_src(const ebm_var *v, int *type)
+{
+    *type = v->aux ? EBM__ACT_HELD : v->ip[0];
+    return v->aux ? (const float *)v->aux : v->in[0]->data;
+}
+
 /* The write-back that multiplies by the derivative held for node m (see
    ebm__premasked): a fused node's LeakyReLU, read off its output, or an
-   activation node's, computed from its input. */
+   activation node's (ebm__act_deriv_src). */
 static void ebm__epi_mask(ebm__epi *e, const ebm_var *m)
 {
     memset(e, 0, sizeof *e);
     if (!m) return;
-    e->mask = m->op == EBM__OP_ACT ? m->in[0]->data : m->data;
-    e->mact = m->op == EBM__OP_ACT ? m->ip[0] : EBM_ACT_LEAKY_RELU;
+    if (m->op == EBM__OP_ACT) e->mask = ebm__act_deriv_src(m, &e->mact);
+    else { e->mask = m->data; e->mact = EBM_ACT_LEAKY_RELU; }
     e->ma = m->fp[0];
 }
 
@@ -3390,14 +3426,19 @@ static ebm_var *ebm__act_node(ebm_graph *g, ebm_var *x, int type, float param, i
    ebm_act make (the graph, its bits and every derivative the same), both
    outputs computed in the conv's pass: act is applied to each tile while
    it is in cache, instead of in a pass over the whole output after it.
-   Returns the activation's node. */
+   On a recorded forward (a backward may follow) the activation's
+   derivative is computed in the same pass and held (the node's aux) for
+   the first-order backward, which then multiplies by it instead of
+   computing the activation again (LeakyReLU's is cheaper to compute than
+   to read). Returns the activation's node. */
 static ebm_var *ebm__conv2d_act(ebm_graph *g, ebm_var *x, ebm_var *w, ebm_var *b, int stride, int pad, int act, float param)
 {
     ebm__epi e;
     ebm_var *z = ebm__conv2d_node(g, x, w, b, stride, pad, 0, 0.0f, NULL), *y;
     if (!z || !(y = ebm__act_node(g, z, act, param, 0))) return NULL;
+    if (g->record && act != EBM_ACT_LEAKY_RELU && !ebm__data(g, y->size * sizeof(float), &y->aux)) return NULL;
     memset(&e, 0, sizeof e);
-    e.ya = y->data; e.act = act; e.a = param;
+    e.ya = y->data; e.yd = (float *)y->aux; e.act = act; e.a = param;
     return ebm__conv2d_run(g, x, w, b, z, &e) ? y : NULL;
 }
 
@@ -4013,9 +4054,12 @@ static int ebm__premasked(const ebm_var *v) { return ebm__mask_slot(v) ? v->ip[e
 static ebm_var *ebm__held_factor(ebm_graph *g, ebm_var *d, ebm_var *v)
 {
     ebm_var *r;
+    int type;
+    const float *src;
     if (v->op != EBM__OP_ACT) return ebm__leaky_mask(g, d, v);
+    src = ebm__act_deriv_src(v, &type);
     r = ebm__node(g, EBM__OP_LEAF, v->ndim, v->shape, NULL, NULL, NULL, 0);
-    if (r && r->data) ebm__act_bwd(v->ip[0], v->fp[0], v->in[0]->data, d->data, r->data, v->size);
+    if (r && r->data) ebm__act_bwd(type, v->fp[0], src, d->data, r->data, v->size);
     return r;
 }
 
@@ -4072,7 +4116,9 @@ static void ebm__backward(ebm_graph *g, ebm_var *v)
         } else { /* fused: gx = gy * act^(order+1)(x) in one pass */
             ebm_var *gx = ebm__node(g, EBM__OP_LEAF, a->ndim, a->shape, NULL, NULL, NULL, 0);
             if (gx && gx->data) {
-                if (v->ip[1] == 0) ebm__act_bwd(v->ip[0], v->fp[0], a->data, gy->data, gx->data, a->size);
+                int type;
+                const float *src = ebm__act_deriv_src(v, &type);
+                if (v->ip[1] == 0) ebm__act_bwd(type, v->fp[0], src, gy->data, gx->data, a->size);
                 else {
                     size_t i;
                     ebm__act_fwd(v->ip[0], v->ip[1] + 1 > 3 ? 3 : v->ip[1] + 1, v->fp[0], a->data, gx->data, a->size);

@@ -619,38 +619,53 @@ static const int wide_geoms[][8] = {
    geometry i: the forward storing its sum and act(sum) as well must give
    the bits of the plain forward and of act over its output; the forward
    and the input gradient times act'(mask) those of the plain pass
-   followed by ebm__act_bwd. The plain passes are the ones checked against
-   the references. */
+   followed by ebm__act_bwd; the forward storing act'(sum) as well (yd)
+   the bits of act' over the plain output; and the passes times a held
+   derivative (EBM__ACT_HELD) the plain ones times it. The plain passes
+   are the ones checked against the references. */
 static void epilogue_checks(int i, const ebm__cgeom *G, const float *x, const float *w, const float *b, const float *gy,
                             void *scr, size_t ny, size_t nx)
 {
     const int acts[2] = { EBM_ACT_SILU, EBM_ACT_GELU };
     const size_t M = nx > ny ? nx : ny;
-    float *plain = falloc(M), *out = falloc(M), *ya = falloc(M), *want = falloc(M), *mk = falloc(M);
+    float *plain = falloc(M), *out = falloc(M), *ya = falloc(M), *yd = falloc(M), *want = falloc(M), *mk = falloc(M);
     int a;
+    size_t j;
     rnd(mk, M, -3, 3);
-    for (a = 0; a < 2; a++) {
+    for (a = 0; a < 3; a++) {
         ebm__epi e;
-        const char *name = ebm_act_name(acts[a]);
+        const int held = a == 2, act = held ? EBM__ACT_HELD : acts[a];
+        static const char *const factors[3] = { "silu'(mask)", "gelu'(mask)", "the mask (a held act')" };
+        const char *name = held ? "" : ebm_act_name(act), *factor = factors[a];
         memset(&e, 0, sizeof e);
-        ebm__conv_fwd(G, x, w, b, plain, scr, 0, 0.0f);
-        ebm__act_fwd(acts[a], 0, 0.0f, plain, want, ny);
-        e.ya = ya; e.act = acts[a];
-        ebm__conv_fwd_epi(G, x, w, b, out, scr, &e);
-        CHECK(memcmp(out, plain, ny * sizeof(float)) == 0, "geometry %d: forward storing %s as well: its sum differs", i, name);
-        CHECK(memcmp(ya, want, ny * sizeof(float)) == 0, "geometry %d: forward's %s of its sum differs from the pass after it", i, name);
+        if (!held) {
+            ebm__conv_fwd(G, x, w, b, plain, scr, 0, 0.0f);
+            ebm__act_fwd(act, 0, 0.0f, plain, want, ny);
+            e.ya = ya; e.act = act;
+            ebm__conv_fwd_epi(G, x, w, b, out, scr, &e);
+            CHECK(memcmp(out, plain, ny * sizeof(float)) == 0, "geometry %d: forward storing %s as well: its sum differs", i, name);
+            CHECK(memcmp(ya, want, ny * sizeof(float)) == 0, "geometry %d: forward's %s of its sum differs from the pass after it", i, name);
+            e.yd = yd;
+            memset(ya, 0, ny * sizeof(float));
+            ebm__conv_fwd_epi(G, x, w, b, out, scr, &e);
+            CHECK(memcmp(ya, want, ny * sizeof(float)) == 0, "geometry %d: forward's %s of its sum, with its derivative, differs", i, name);
+            ebm__act_fwd(act, 1, 0.0f, plain, want, ny);
+            CHECK(memcmp(yd, want, ny * sizeof(float)) == 0, "geometry %d: forward's %s' of its sum differs from the pass after it", i, name);
+        }
         memset(&e, 0, sizeof e);
-        e.mask = mk; e.mact = acts[a];
+        e.mask = mk; e.mact = act;
         ebm__conv_fwd(G, x, w, NULL, plain, scr, 0, 0.0f);
-        ebm__act_bwd(acts[a], 0.0f, mk, plain, want, ny);
+        if (held) for (j = 0; j < ny; j++) want[j] = mk[j] * plain[j];
+        else ebm__act_bwd(act, 0.0f, mk, plain, want, ny);
         ebm__conv_fwd_epi(G, x, w, NULL, out, scr, &e);
-        CHECK(memcmp(out, want, ny * sizeof(float)) == 0, "geometry %d: forward times %s'(mask) differs from the pass after it", i, name);
+        CHECK(memcmp(out, want, ny * sizeof(float)) == 0, "geometry %d: forward times %s differs from the pass after it", i, factor);
         ebm__conv_bwd_data(G, gy, w, NULL, plain, scr);
-        ebm__act_bwd(acts[a], 0.0f, mk, plain, want, nx);
+        if (held) for (j = 0; j < nx; j++) want[j] = mk[j] * plain[j];
+        else ebm__act_bwd(act, 0.0f, mk, plain, want, nx);
         ebm__conv_bwd_data_epi(G, gy, w, NULL, out, scr, &e);
-        CHECK(memcmp(out, want, nx * sizeof(float)) == 0, "geometry %d: input gradient times %s'(mask) differs from the pass after it", i, name);
+        CHECK(memcmp(out, want, nx * sizeof(float)) == 0, "geometry %d: input gradient times %s differs from the pass after it", i, factor);
     }
-    free(plain); free(out); free(ya); free(want); free(mk);
+    free(plain); free(out); free(ya); free(yd); free(want); free(mk);
 }
 
 /* Pass bwd (0 the forward, 1 the input gradient) of geometry G on `in`,
