@@ -5,7 +5,8 @@
    measures itself (measured again before each case, and the highest so far
    taken: other tenants only ever lower it, and one low reading at the start
    once put layers at 140 % of it), and PyTorch's time for the same network
-   in the same command when /usr/bin/python3 has torch. One line per case:
+   in the same command when /usr/bin/python3 has torch, its processes taken
+   in turn with rounds of ours (measure). One line per case:
      bench <case> ms=.. gflops=.. peak_pct=.. torch_ms=..|na speedup=..|na
    and for the issue's relative targets, measured paired (case_relative):
      bench relative_to_nf32 silu=.. gen28=.. target=0.9 rounds=21 ...
@@ -82,26 +83,42 @@ static double model_flops(const ebm_model *m)
 #define TORCH_RUNS 3
 static double torch_lo, torch_hi;
 
-/* Run the PyTorch peer; its time in ms, or -1. */
-static double torch_ms(const char *args)
+/* One process of the PyTorch peer; its time in ms (its median of 5), or -1. */
+static double torch_once(const char *args)
 {
     char cmd[512], line[256];
-    double t[TORCH_RUNS];
-    int k, n = 0;
-    if (!use_torch) return -1;
+    double ms = -1;
+    FILE *p;
     snprintf(cmd, sizeof cmd, "THREADS=%d /usr/bin/python3 bench/torch_peer.py %s 2>/dev/null", ebm_threads(), args);
-    for (k = 0; k < TORCH_RUNS; k++) {
-        FILE *p = popen(cmd, "r");
-        double ms = -1;
-        if (!p) continue;
-        while (fgets(line, sizeof line, p)) sscanf(line, "torch_ms=%lf", &ms);
-        pclose(p);
-        if (ms > 0) t[n++] = ms;
+    if (!(p = popen(cmd, "r"))) return -1;
+    while (fgets(line, sizeof line, p)) sscanf(line, "torch_ms=%lf", &ms);
+    pclose(p);
+    return ms;
+}
+
+/* A case's time (ms, median) and PyTorch's (ms, median of its processes'
+   medians, or -1), interleaved: TORCH_RUNS rounds, each an untimed run (the
+   threads and caches are cold after the peer's process), then n_timed /
+   TORCH_RUNS (rounded up) timed runs of ours, then one process of the peer.
+   The machine's load moves by tens of percent within a minute here: taken
+   in turn, both sides see the same moves, as make bench-ab's pairs do.
+   run returns seconds. */
+static void measure(double (*run)(void *), void *ctx, int n_timed, const char *torch_args, double *ms, double *tms)
+{
+    double t[64], tt[TORCH_RUNS];
+    const int rounds = use_torch && torch_args ? TORCH_RUNS : 1, per = (n_timed + rounds - 1) / rounds;
+    int k, i, n = 0, nt = 0;
+    for (k = 0; k < rounds; k++) {
+        run(ctx);
+        for (i = 0; i < per && n < 64; i++) t[n++] = run(ctx) * 1e3;
+        if (rounds > 1) { const double v = torch_once(torch_args); if (v > 0) tt[nt++] = v; }
     }
-    if (!n) return -1;
-    median(t, n);
-    torch_lo = t[0]; torch_hi = t[n - 1];
-    return median(t, n);
+    *ms = median(t, n);
+    *tms = -1;
+    if (nt) {
+        *tms = median(tt, nt);
+        torch_lo = tt[0]; torch_hi = tt[nt - 1]; /* (median sorts) */
+    }
 }
 
 static void report(const char *name, double ms, double flops, double tms)
@@ -153,9 +170,10 @@ static void langevin_setup(timed *c, int C, int hw, int nf, int batch, int act)
     c->flops = 2 * model_flops(&c->m) * batch;
 }
 
-/* Seconds of one step. */
-static double langevin_run(timed *c)
+/* Seconds of one step (c: a timed). */
+static double langevin_run(void *v)
 {
+    timed *c = (timed *)v;
     double t0 = ebm_time_sec();
     c->cfg.first_step = (uint32_t)c->runs++;
     if (ebm_langevin_run(&c->m, c->g, &c->cfg, &c->r, 0, c->x, c->batch, NULL) != EBM_OK) {
@@ -178,9 +196,10 @@ static void gen_setup(timed *c)
     c->flops = 3 * model_flops(&c->m) * c->batch;
 }
 
-/* Seconds of one forward and backward. */
-static double gen_run(timed *c)
+/* Seconds of one forward and backward (c: a timed). */
+static double gen_run(void *v)
 {
+    timed *c = (timed *)v;
     const int s[4] = { 64, 1, 1, 100 };
     double t0 = ebm_time_sec();
     ebm_var *zv, *loss, *gz = NULL;
@@ -204,14 +223,12 @@ static void timed_free(timed *c)
 static void case_langevin(const char *name, int C, int hw, int nf, int batch, int act)
 {
     timed c;
-    double t[16];
+    double ms, tms;
     char args[128];
-    int i;
     langevin_setup(&c, C, hw, nf, batch, act);
-    langevin_run(&c); /* (a first step, untimed) */
-    for (i = 0; i < reps; i++) t[i] = langevin_run(&c) * 1e3;
     snprintf(args, sizeof args, "langevin %d %d %d %d %s", C, hw, nf, batch, act == EBM_ACT_SILU ? "silu" : "leaky");
-    report(name, median(t, reps), c.flops, torch_ms(args));
+    measure(langevin_run, &c, reps, args, &ms, &tms);
+    report(name, ms, c.flops, tms);
     timed_free(&c);
 }
 
@@ -385,12 +402,10 @@ static void case_objectives(int nf)
 static void case_gen(void)
 {
     timed c;
-    double t[16];
-    int i;
+    double ms, tms;
     gen_setup(&c);
-    gen_run(&c); /* (a first run, untimed) */
-    for (i = 0; i < reps; i++) t[i] = gen_run(&c) * 1e3;
-    report("gen28", median(t, reps), c.flops, torch_ms("gen 100 64 64"));
+    measure(gen_run, &c, reps, "gen 100 64 64", &ms, &tms);
+    report("gen28", ms, c.flops, tms);
     timed_free(&c);
 }
 
@@ -423,61 +438,73 @@ static void case_relative(void)
 
 /* A whole ML iteration: K = 40 Langevin steps on 64 noise samples, the loss
    mean f(x-) - mean f(x+) backward on 64 samples and 64 data, an Adam step. */
-static void case_train(void)
-{
-    const int B = 64, K = 40, D = 28 * 28;
+enum { TRAIN_B = 64, TRAIN_K = 40, TRAIN_D = 28 * 28 };
+typedef struct {
     ebm_model m;
     ebm_graph *g;
-    ebm_error e;
     ebm_langevin cfg;
     ebm_rng r;
-    size_t lbytes, tbytes, predicted;
-    float *x, *data, *w;
-    double t[8], ms, flops;
-    int i, it, n_it = reps < 3 ? reps : 3, s[4] = { 64, 28, 28, 1 }, ws[4];
-    struct rusage ru;
-    ebm_model_convnet(&m, 1, 28, 32, EBM_ACT_LEAKY_RELU, 0.2f, 1);
-    ebm_model_step_bytes(&m, B, EBM_STEP_INPUT_GRAD, &lbytes, &e);
-    ebm_model_step_bytes(&m, B, EBM_STEP_PARAM_GRAD, &tbytes, &e);
-    ebm_graph_create(&g, lbytes > tbytes ? lbytes : tbytes, &e);
-    x = (float *)malloc((size_t)2 * B * D * sizeof *x); /* samples, then data */
-    data = x + (size_t)B * D;
-    w = (float *)malloc((size_t)2 * B * sizeof *w);   /* loss weights: +1/B samples, -1/B data */
-    for (i = 0; i < 2 * B; i++) w[i] = i < B ? 1.0f / B : -1.0f / B;
-    r.seed = 3; r.stream = EBM_STREAM_USER;
-    ebm_rng_uniform(&r, 1000, 0, -1, 1, data, (size_t)B * D);
-    ebm_langevin_default(&cfg);
-    cfg.n_steps = K;
-    for (it = 0; it <= n_it; it++) {
-        double t0 = ebm_time_sec();
+    float *x, *w; /* samples then data (x); the loss weights, +1/B samples, -1/B data */
+    int it;
+} train_ctx;
+
+/* Seconds of one iteration (v: a train_ctx). */
+static double train_run(void *v)
+{
+    train_ctx *c = (train_ctx *)v;
+    const int B = TRAIN_B, D = TRAIN_D, s[4] = { TRAIN_B, 28, 28, 1 }, ws[4] = { TRAIN_B, 1, 1, 1 };
+    double t0 = ebm_time_sec();
+    int i;
+    for (i = 0; i < B; i++) ebm_rng_uniform(&c->r, (uint64_t)i, 100000u + (uint32_t)c->it, -1, 1, c->x + (size_t)i * D, (size_t)D);
+    c->cfg.first_step = (uint32_t)c->it * TRAIN_K;
+    ebm_langevin_run(&c->m, c->g, &c->cfg, &c->r, 0, c->x, B, NULL);
+    /* the loss mean f(x-) - mean f(x+), backward on the samples, then on the data */
+    ebm_model_zero_grad(&c->m);
+    for (i = 0; i < 2; i++) {
         ebm_var *loss;
-        for (i = 0; i < B; i++) ebm_rng_uniform(&r, (uint64_t)i, 100000u + (uint32_t)it, -1, 1, x + (size_t)i * D, (size_t)D);
-        cfg.first_step = (uint32_t)it * K;
-        ebm_langevin_run(&m, g, &cfg, &r, 0, x, B, NULL);
-        /* the loss mean f(x-) - mean f(x+), backward on the samples, then on the data */
-        ebm_model_zero_grad(&m);
-        for (i = 0; i < 2; i++) {
-            ebm_graph_reset(g);
-            ws[0] = B; ws[1] = ws[2] = ws[3] = 1;
-            loss = ebm_dot(g, ebm_model_forward(&m, g, ebm_leaf(g, x + (size_t)i * B * D, 4, s)), ebm_leaf(g, w + i * B, 4, ws));
-            ebm_model_backward(&m, g, loss);
-        }
-        ebm_adam_step(&m, 1e-4f, 0.9f, 0.999f, 1e-8f, it + 1);
-        if (ebm_graph_status(g) != EBM_OK) { fprintf(stderr, "error: %s\n", ebm_graph_error(g)->msg); exit(1); }
-        if (it) t[it - 1] = (ebm_time_sec() - t0) * 1e3;
+        ebm_graph_reset(c->g);
+        loss = ebm_dot(c->g, ebm_model_forward(&c->m, c->g, ebm_leaf(c->g, c->x + (size_t)i * B * D, 4, s)),
+                       ebm_leaf(c->g, c->w + i * B, 4, ws));
+        ebm_model_backward(&c->m, c->g, loss);
     }
-    ms = median(t, n_it);
+    ebm_adam_step(&c->m, 1e-4f, 0.9f, 0.999f, 1e-8f, ++c->it);
+    if (ebm_graph_status(c->g) != EBM_OK) { fprintf(stderr, "error: %s\n", ebm_graph_error(c->g)->msg); exit(1); }
+    return ebm_time_sec() - t0;
+}
+
+static void case_train(void)
+{
+    const int B = TRAIN_B, D = TRAIN_D;
+    train_ctx c;
+    ebm_error e;
+    size_t lbytes, tbytes, predicted;
+    double ms, tms, flops;
+    int i;
+    struct rusage ru;
+    ebm_model_convnet(&c.m, 1, 28, 32, EBM_ACT_LEAKY_RELU, 0.2f, 1);
+    ebm_model_step_bytes(&c.m, B, EBM_STEP_INPUT_GRAD, &lbytes, &e);
+    ebm_model_step_bytes(&c.m, B, EBM_STEP_PARAM_GRAD, &tbytes, &e);
+    ebm_graph_create(&c.g, lbytes > tbytes ? lbytes : tbytes, &e);
+    c.x = (float *)malloc((size_t)2 * B * D * sizeof *c.x);
+    c.w = (float *)malloc((size_t)2 * B * sizeof *c.w);
+    for (i = 0; i < 2 * B; i++) c.w[i] = i < B ? 1.0f / B : -1.0f / B;
+    c.r.seed = 3; c.r.stream = EBM_STREAM_USER;
+    ebm_rng_uniform(&c.r, 1000, 0, -1, 1, c.x + (size_t)B * D, (size_t)B * D);
+    ebm_langevin_default(&c.cfg);
+    c.cfg.n_steps = TRAIN_K;
+    c.it = 0;
+    measure(train_run, &c, reps < 3 ? reps : 3, "train 1 28 32 64 40", &ms, &tms);
     /* K steps of forward + grad_x on B, then forward + backward (grad_x of
        inner layers and grad_theta: about 3x forward) on 2B */
-    flops = K * 2 * model_flops(&m) * B + 3 * model_flops(&m) * 2 * B; /* (the backward on 2 x B) */
-    report("train_nf32", ms, flops, torch_ms("train 1 28 32 64 40"));
+    flops = TRAIN_K * 2 * model_flops(&c.m) * B + 3 * model_flops(&c.m) * 2 * B; /* (the backward on 2 x B) */
+    report("train_nf32", ms, flops, tms);
     getrusage(RUSAGE_SELF, &ru);
-    predicted = ebm_model_bytes(&m) + (lbytes > tbytes ? lbytes : tbytes) + (size_t)2 * B * D * 4 + (size_t)2 * B * 4;
+    predicted = ebm_model_bytes(&c.m) + (lbytes > tbytes ? lbytes : tbytes) + (size_t)2 * B * D * 4 + (size_t)2 * B * 4;
     printf("bench train_nf32_memory peak_rss_mb=%.1f predicted_mb=%.1f ratio=%.2f (prediction: model blocks + graph arena + batches)\n",
            ru.ru_maxrss / 1024.0, predicted / 1048576.0, ru.ru_maxrss * 1024.0 / predicted);
-    free(x); free(w);
-    ebm_graph_destroy(g);
-    ebm_model_free(&m);
+    free(c.x); free(c.w);
+    ebm_graph_destroy(c.g);
+    ebm_model_free(&c.m);
 }
 
 /* n zeroed floats on a 64-byte boundary, as the graph's arena places every
