@@ -493,7 +493,7 @@ static void case_train(void)
     ebm_langevin_default(&c.cfg);
     c.cfg.n_steps = TRAIN_K;
     c.it = 0;
-    measure(train_run, &c, reps < 3 ? reps : 3, "train 1 28 32 64 40", &ms, &tms);
+    measure(train_run, &c, reps < 6 ? reps : 6, "train 1 28 32 64 40", &ms, &tms); /* (two per round: a second each) */
     /* K steps of forward + grad_x on B, then forward + backward (grad_x of
        inner layers and grad_theta: about 3x forward) on 2B */
     flops = TRAIN_K * 2 * model_flops(&c.m) * B + 3 * model_flops(&c.m) * 2 * B; /* (the backward on 2 x B) */
