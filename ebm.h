@@ -4116,10 +4116,11 @@ static void ebm__backward(ebm_graph *g, ebm_var *v)
         } else { /* fused: gx = gy * act^(order+1)(x) in one pass */
             ebm_var *gx = ebm__node(g, EBM__OP_LEAF, a->ndim, a->shape, NULL, NULL, NULL, 0);
             if (gx && gx->data) {
-                int type;
-                const float *src = ebm__act_deriv_src(v, &type);
-                if (v->ip[1] == 0) ebm__act_bwd(type, v->fp[0], src, gy->data, gx->data, a->size);
-                else {
+                if (v->ip[1] == 0) {
+                    int type;
+                    const float *src = ebm__act_deriv_src(v, &type);
+                    ebm__act_bwd(type, v->fp[0], src, gy->data, gx->data, a->size);
+                } else {
                     size_t i;
                     ebm__act_fwd(v->ip[0], v->ip[1] + 1 > 3 ? 3 : v->ip[1] + 1, v->fp[0], a->data, gx->data, a->size);
                     for (i = 0; i < a->size; i++) gx->data[i] *= gy->data[i];
@@ -4626,6 +4627,19 @@ EBMDEF int ebm_model_backward_input(ebm_model *m, ebm_graph *g, ebm_var *loss, e
     return EBM_OK;
 }
 
+/* The model's forward with no backward to follow: not recorded, so no
+   tape and no held derivatives (ebm__conv2d_act), as EBM_STEP_FORWARD
+   measures it. */
+static ebm_var *ebm__forward_only(ebm_model *m, ebm_graph *g, ebm_var *x)
+{
+    const int saved = g->record;
+    ebm_var *y;
+    g->record = 0;
+    y = ebm_model_forward(m, g, x);
+    g->record = saved;
+    return y;
+}
+
 EBMDEF int ebm_model_score(ebm_model *m, ebm_graph *g, const float *x, int n, float *f, float *dx)
 {
     int shape[4], oh, ow, oc;
@@ -4637,7 +4651,7 @@ EBMDEF int ebm_model_score(ebm_model *m, ebm_graph *g, const float *x, int n, fl
     if (oh * ow * oc != 1) return ebm__gfail(g, EBM_EINVAL, "model_score: the model gives %d values per sample, not one energy", oh * ow * oc), EBM_EINVAL;
     shape[0] = n; shape[1] = m->in_h; shape[2] = m->in_w; shape[3] = m->in_c;
     xv = ebm_leaf(g, (float *)(uintptr_t)x, 4, shape); /* read only */
-    y = ebm_model_forward(m, g, xv);
+    y = dx ? ebm_model_forward(m, g, xv) : ebm__forward_only(m, g, xv);
     if (dx && ebm_grad(g, y, NULL, 1, &xv, &gx, 0) != EBM_OK) return g->err.status;
     if (g->err.status != EBM_OK) return g->err.status;
     memcpy(f, y->data, (size_t)n * sizeof *f);
@@ -4733,7 +4747,7 @@ static int ebm__step_build(ebm_model *m, ebm_graph *g, int kind, int batch, floa
     }
     shape[0] = batch; shape[1] = m->in_h; shape[2] = m->in_w; shape[3] = m->in_c;
     xv = ebm_leaf(g, x, 4, shape);
-    y = ebm_model_forward(m, g, xv);
+    y = kind == EBM_STEP_FORWARD ? ebm__forward_only(m, g, xv) : ebm_model_forward(m, g, xv);
     switch (kind) {
     case EBM_STEP_FORWARD: break;
     case EBM_STEP_INPUT_GRAD: ebm_grad(g, y, NULL, 1, &xv, &gx, 0); break;

@@ -1773,8 +1773,23 @@ static void test_model_score_matches_graph(void)
         CHECK(ebm_model_score(&m, g, x + i * 784, 1, f1 + i, NULL) == EBM_OK, "score single");
         CHECK(fabs(f1[i] - f[i]) <= 1e-6 * (1 + fabs(f[i])), "sample %d: %g alone, %g in a batch", i, (double)f1[i], (double)f[i]);
     }
-    ebm_graph_destroy(g);
     ebm_model_free(&m);
+    /* without dx the forward is not recorded (no derivative held after a
+       conv + SiLU): the same energies, bit for bit, in no more memory than
+       EBM_STEP_FORWARD predicts */
+    {
+        size_t pred = 0;
+        ebm_error e;
+        ebm_graph *g2;
+        ebm_model_convnet(&m, 1, 28, 4, EBM_ACT_SILU, 0.0f, 2);
+        CHECK(ebm_model_score(&m, g, x, 3, f, dx) == EBM_OK && ebm_model_score(&m, g, x, 3, f1, NULL) == EBM_OK, "SiLU score");
+        CHECK(memcmp(f, f1, sizeof f) == 0, "SiLU net: energies with and without dx differ");
+        CHECK(ebm_model_step_bytes(&m, 3, EBM_STEP_FORWARD, &pred, &e) == EBM_OK && ebm_graph_create(&g2, pred, &e) == EBM_OK, "forward bytes");
+        CHECK(ebm_model_score(&m, g2, x, 3, f1, NULL) == EBM_OK, "energies only do not fit EBM_STEP_FORWARD's %lu bytes", (unsigned long)pred);
+        ebm_graph_destroy(g2);
+        ebm_model_free(&m);
+    }
+    ebm_graph_destroy(g);
 }
 
 /* ------------------------------------------------------------------ tests: Langevin */
