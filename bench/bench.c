@@ -10,6 +10,7 @@
      bench <case> ms=.. gflops=.. peak_pct=.. torch_ms=..|na speedup=..|na
    and for the issue's relative targets, measured paired (case_relative):
      bench relative_to_nf32 silu=.. gen28=.. target=0.9 rounds=51 ...
+     bench relative_gen28_to_conv_mirror ratio=.. target=0.9 rounds=51 ...
    Usage: bench [--no-torch] [--quick] [case-substring] */
 #define EBM_IMPLEMENTATION
 #include "../ebm.h"
@@ -196,11 +197,37 @@ static void gen_setup(timed *c)
     c->flops = 3 * model_flops(&c->m) * c->batch;
 }
 
-/* Seconds of one forward and backward (c: a timed). */
+/* The generator's conv mirror: the three convolutions that its transposed
+   ones transpose (28x28x1 -> 14x14x64 -> 7x7x128 -> 1x1x100, LeakyReLU
+   between, biases), run the same way: forward, then the gradient of
+   |f(x)|^2 wrt x and the parameters. The same nine passes over the same
+   shapes (a transposed conv's forward is its conv's input gradient, and
+   the other way round), so the same FLOPs. */
+static void mirror_setup(timed *c)
+{
+    ebm_error e;
+    ebm_model_init(&c->m, 1, 28, 28);
+    ebm_model_add_conv2d(&c->m, 64, 4, 2, 1, 1);
+    ebm_model_add_act(&c->m, EBM_ACT_LEAKY_RELU, 0.2f);
+    ebm_model_add_conv2d(&c->m, 128, 4, 2, 1, 1);
+    ebm_model_add_act(&c->m, EBM_ACT_LEAKY_RELU, 0.2f);
+    ebm_model_add_conv2d(&c->m, 100, 7, 1, 0, 1);
+    if (ebm_model_alloc(&c->m, 1) != EBM_OK) { fprintf(stderr, "error: mirror model\n"); exit(1); }
+    if (ebm_graph_create(&c->g, (size_t)256 << 20, &e) != EBM_OK) { fprintf(stderr, "error: %s\n", e.msg); exit(1); }
+    c->batch = 64; c->runs = 0;
+    c->x = (float *)malloc((size_t)c->batch * 784 * sizeof *c->x);
+    c->r.seed = 2; c->r.stream = EBM_STREAM_USER;
+    ebm_rng_uniform(&c->r, 0, 0, -1, 1, c->x, (size_t)c->batch * 784);
+    c->flops = 3 * model_flops(&c->m) * c->batch;
+}
+
+/* Seconds of one forward and backward of the generator (c: a timed) or,
+   with its 28x28x1 input, of its mirror. */
 static double gen_run(void *v)
 {
     timed *c = (timed *)v;
-    const int s[4] = { 64, 1, 1, 100 };
+    const int mirror = c->m.in_c == 1;
+    const int s[4] = { 64, mirror ? 28 : 1, mirror ? 28 : 1, mirror ? 1 : 100 };
     double t0 = ebm_time_sec();
     ebm_var *zv, *loss, *gz = NULL;
     ebm_graph_reset(c->g);
@@ -410,7 +437,11 @@ static void case_gen(void)
 }
 
 /* The issue's relative targets, % of peak within 10 % of the counterpart's:
-   net28_nf32_silu and gen28 against net28_nf32. The cases above run
+   net28_nf32_silu against net28_nf32, and gen28 against net28_nf32 and
+   against its conv mirror (mirror_setup: the same passes, as
+   convolutions, so the ratio says what the transposition costs; nf32's
+   Langevin step has no weight gradients and no small layers, so that
+   ratio also says what gen28's mix of passes costs). The cases above run
    minutes apart on a shared machine whose speed moves by tens of percent
    in that time, so here one step of each runs in turn, and each ratio is
    the median over the rounds of that round's ratio of GFLOP/s (the peak
@@ -418,22 +449,26 @@ static void case_gen(void)
 static void case_relative(void)
 {
     enum { R = 51 }; /* (21 rounds gave medians 0.86-0.92 for gen28 over five runs: the rounds vary by +-10 %) */
-    timed nf32, silu, gen;
-    double rs[R], rg[R], tn[R], ts[R], tg[R];
+    timed nf32, silu, gen, mir;
+    double rs[R], rg[R], rm[R], tn[R], ts[R], tg[R], tm[R];
     int i;
     langevin_setup(&nf32, 1, 28, 32, 64, EBM_ACT_LEAKY_RELU);
     langevin_setup(&silu, 1, 28, 32, 64, EBM_ACT_SILU);
     gen_setup(&gen);
-    langevin_run(&nf32); langevin_run(&silu); gen_run(&gen);
+    mirror_setup(&mir);
+    langevin_run(&nf32); langevin_run(&silu); gen_run(&gen); gen_run(&mir);
     for (i = 0; i < R; i++) {
-        tn[i] = langevin_run(&nf32); ts[i] = langevin_run(&silu); tg[i] = gen_run(&gen);
+        tn[i] = langevin_run(&nf32); ts[i] = langevin_run(&silu); tg[i] = gen_run(&gen); tm[i] = gen_run(&mir);
         rs[i] = (silu.flops / ts[i]) / (nf32.flops / tn[i]);
         rg[i] = (gen.flops / tg[i]) / (nf32.flops / tn[i]);
+        rm[i] = (gen.flops / tg[i]) / (mir.flops / tm[i]);
     }
     printf("bench relative_to_nf32 silu=%.2f gen28=%.2f target=0.9 rounds=%d nf32_ms=%.2f silu_ms=%.2f gen28_ms=%.2f\n",
            median(rs, R), median(rg, R), R, median(tn, R) * 1e3, median(ts, R) * 1e3, median(tg, R) * 1e3);
+    printf("bench relative_gen28_to_conv_mirror ratio=%.2f target=0.9 rounds=%d gen28_ms=%.2f mirror_ms=%.2f flops_ratio=%.3f\n",
+           median(rm, R), R, median(tg, R) * 1e3, median(tm, R) * 1e3, gen.flops / mir.flops);
     fflush(stdout);
-    timed_free(&nf32); timed_free(&silu); timed_free(&gen);
+    timed_free(&nf32); timed_free(&silu); timed_free(&gen); timed_free(&mir);
 }
 
 /* A whole ML iteration: K = 40 Langevin steps on 64 noise samples, the loss
