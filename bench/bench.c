@@ -8,7 +8,6 @@
    in the same command when /usr/bin/python3 has torch, its processes taken
    in turn with rounds of ours (measure). One line per case:
      bench <case> ms=.. gflops=.. peak_pct=.. torch_ms=..|na speedup=..|na
-   (the per-layer lines add paired_pct=.. rounds=..: case_layers),
    and for the issue's relative targets, measured paired (case_relative):
      bench relative_to_nf32 silu=.. gen28=.. target=0.9 rounds=51 ...
      bench relative_gen28_to_conv_mirror ratio=.. target=0.9 rounds=51 ...
@@ -31,43 +30,36 @@ static double median(double *t, int n)
     return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
 }
 
-/* GFLOP/s of an fp32 FMA loop on the threads the kernels use, iters
-   rounds of independent accumulator chains per thread (enough to cover
-   the FMA latency). */
-static double fma_gflops(long iters)
-{
-    double t0 = ebm_time_sec(), secs;
-    float sink = 0;
-    int nt = ebm_threads();
-    long th;
-#ifdef _OPENMP
-#pragma omp parallel for reduction(+ : sink)
-#endif
-    for (th = 0; th < nt; th++) {
-        ebm__vf a[12], b = ebm__vbcast(0.999999f), c = ebm__vbcast(1e-7f);
-        float out[EBM__VL];
-        long i;
-        int k;
-        for (k = 0; k < 12; k++) a[k] = ebm__vbcast((float)k);
-        for (i = 0; i < iters; i++)
-            for (k = 0; k < 12; k++) a[k] = ebm__vfma(a[k], b, c);
-        for (k = 1; k < 12; k++) a[0] = ebm__vfma(a[k], b, a[0]);
-        ebm__vstore(out, a[0]);
-        sink += out[0];
-    }
-    secs = ebm_time_sec() - t0;
-    if (sink == 12345.0f) printf(" ");
-    return 2.0 * 12 * EBM__VL * iters * nt / secs / 1e9;
-}
-
-/* The machine's fp32 FMA peak: the best of n_reps long loops. */
+/* The machine's fp32 FMA peak with the threads the kernels use: independent
+   accumulator chains, enough to cover the FMA latency, per thread. */
 static double measure_peak(int n_reps)
 {
+    const long iters = 20000000;
     double best = 0;
     int rep;
     for (rep = 0; rep < n_reps; rep++) {
-        const double p = fma_gflops(20000000);
-        if (p > best) best = p;
+        double t0 = ebm_time_sec(), secs;
+        float sink = 0;
+        int nt = ebm_threads();
+        long th;
+#ifdef _OPENMP
+#pragma omp parallel for reduction(+ : sink)
+#endif
+        for (th = 0; th < nt; th++) {
+            ebm__vf a[12], b = ebm__vbcast(0.999999f), c = ebm__vbcast(1e-7f);
+            float out[EBM__VL];
+            long i;
+            int k;
+            for (k = 0; k < 12; k++) a[k] = ebm__vbcast((float)k);
+            for (i = 0; i < iters; i++)
+                for (k = 0; k < 12; k++) a[k] = ebm__vfma(a[k], b, c);
+            for (k = 1; k < 12; k++) a[0] = ebm__vfma(a[k], b, a[0]);
+            ebm__vstore(out, a[0]);
+            sink += out[0];
+        }
+        secs = ebm_time_sec() - t0;
+        if (sink == 12345.0f) printf(" ");
+        if (2.0 * 12 * EBM__VL * iters * nt / secs / 1e9 > best) best = 2.0 * 12 * EBM__VL * iters * nt / secs / 1e9;
     }
     return best;
 }
@@ -130,17 +122,15 @@ static void measure(double (*run)(void *), void *ctx, int n_timed, const char *t
     }
 }
 
-static void report_more(const char *name, double ms, double flops, double tms, const char *more)
+static void report(const char *name, double ms, double flops, double tms)
 {
     double gf = flops / (ms * 1e-3) / 1e9, p = measure_peak(1);
     if (p > peak_gflops) peak_gflops = p;
     printf("bench %s ms=%.3f gflops=%.1f peak_pct=%.1f", name, ms, gf, 100 * gf / peak_gflops);
-    if (tms > 0) printf(" torch_ms=%.3f speedup=%.2f torch_range=%.1f-%.1f%s\n", tms, tms / ms, torch_lo, torch_hi, more);
-    else printf(" torch_ms=na speedup=na%s\n", more);
+    if (tms > 0) printf(" torch_ms=%.3f speedup=%.2f torch_range=%.1f-%.1f\n", tms, tms / ms, torch_lo, torch_hi);
+    else printf(" torch_ms=na speedup=na\n");
     fflush(stdout);
 }
-
-static void report(const char *name, double ms, double flops, double tms) { report_more(name, ms, flops, tms, ""); }
 
 static ebm_graph *graph_for(ebm_model *m, int batch, int kind)
 {
@@ -564,14 +554,6 @@ static float *aligned_zeros(size_t n)
 }
 
 /* Each conv layer of net28_nf<nf>, each pass, alone (with its packing). */
-/* Each pass of each conv layer of the reference net alone, batch 64: ms
-   and % of the peak as every case prints them, then the same pass in
-   R_PAIRED rounds of (one run, a 2 ms FMA loop right after it), at the
-   end of its line as paired_pct=.. rounds=..: the median over the rounds of that round's GFLOP/s over the loop's: the
-   peak the machine gives at that moment, so that other tenants' load,
-   which slows both, cancels as in case_relative (the peak_pct beside it
-   divides by the highest reading of the whole run). */
-#define R_PAIRED 15
 static void case_layers(int nf)
 {
     ebm_model m;
@@ -592,21 +574,15 @@ static void case_layers(int nf)
             double t[16];
             char name[64];
             int k;
-            const double flops = 2.0 * G.n * G.hy * G.wy * G.cy * G.cx * G.k * G.k;
-            double pr[R_PAIRED];
-            char more[64];
-            for (k = 0; k <= reps + R_PAIRED; k++) {
-                double t0 = ebm_time_sec(), ms;
+            for (k = 0; k <= reps; k++) {
+                double t0 = ebm_time_sec();
                 if (pass == 0) ebm__conv_fwd(&G, x, w, NULL, y, scr, 0, 0.0f);
                 else if (pass == 1) ebm__conv_bwd_data(&G, y, w, NULL, x, scr);
                 else ebm__conv_bwd_weight(&G, x, y, w, scr);
-                ms = (ebm_time_sec() - t0) * 1e3;
-                if (k > reps) pr[k - reps - 1] = flops / (ms * 1e6) / fma_gflops(1000000); /* (a 2 ms loop) */
-                else if (k) t[k - 1] = ms;
+                if (k) t[k - 1] = (ebm_time_sec() - t0) * 1e3;
             }
             snprintf(name, sizeof name, "net28_nf%d_L%d_%s", nf, i, names[pass]);
-            snprintf(more, sizeof more, " paired_pct=%.1f rounds=%d", 100 * median(pr, R_PAIRED), R_PAIRED);
-            report_more(name, median(t, reps), flops, -1, more);
+            report(name, median(t, reps), 2.0 * G.n * G.hy * G.wy * G.cy * G.cx * G.k * G.k, -1);
         }
         free(x); free(y); free(w); free(scr);
     }
