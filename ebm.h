@@ -1626,6 +1626,48 @@ static void name(const float *const *xr, const int *kx, size_t col, size_t K, si
 }
 EBM__DEF_MK_ROWS(ebm__mk_rows, EBM__RM, EBM__CV)
 
+/* Run form of the row kernel: no table where output rows are long. On
+   output row q = (n, ho) a tap falls inside for ho in [ho_lo, ho_hi) and,
+   along the row, for the run of wl pixels from wo_lo: their input rows are
+   xstep = s cx floats apart, their packed gy rows RM. tmp[r][j] += the sums
+   over rows q0 .. q1-1, pixel by pixel in the table form's order (the same
+   bits). Each pixel asks for the input row of the same pixel pf_rows rows
+   on, counting only the rows where the tap falls inside, into the next
+   image; no address outside x is formed. */
+typedef struct {
+    const float *x, *g;                /* the input; gy's packed panel */
+    ptrdiff_t x0, xstep, xrow, ximg;   /* the row of (n 0, ho 0, wo_lo) for this tap and column; floats per pixel, output row, image */
+    int n, hy, wy, ho_lo, ho_hi, wo_lo, wl, pf_rows;
+} ebm__wrun;
+
+static void ebm__mk_rows_run(const ebm__wrun *R, int q0, int q1, float *tmp)
+{
+    ebm__vf acc[EBM__RM][EBM__CV];
+    int r, v, q, i, n = q0 / R->hy, ho = q0 % R->hy;
+    for (r = 0; r < EBM__RM; r++) for (v = 0; v < EBM__CV; v++) acc[r][v] = ebm__vload(tmp + (r * EBM__CV + v) * EBM__VL);
+    for (q = q0; q < q1; q++) {
+        if (ho >= R->ho_lo && ho < R->ho_hi) {
+            const float *xa = R->x + (R->x0 + (ptrdiff_t)n * R->ximg + (ptrdiff_t)ho * R->xrow);
+            const float *gk = R->g + ((size_t)q * (size_t)R->wy + (size_t)R->wo_lo) * EBM__RM;
+            /* the same pixel pf_rows rows on inside the tap's range, maybe in the next image (0 past the last: a repeat) */
+            const ptrdiff_t pf = ho + R->pf_rows < R->ho_hi ? R->pf_rows * R->xrow
+                                 : n + 1 < R->n ? R->ximg - (ptrdiff_t)(R->ho_hi - R->ho_lo - R->pf_rows) * R->xrow : 0;
+            for (i = 0; i < R->wl; i++) {
+                const float *xi = xa + (ptrdiff_t)i * R->xstep, *gi = gk + (size_t)i * EBM__RM;
+                ebm__vf bv[EBM__CV];
+                for (v = 0; v < EBM__CV; v++) EBM__PREFETCH(xi + pf + v * EBM__VL);
+                for (v = 0; v < EBM__CV; v++) bv[v] = ebm__vload(xi + v * EBM__VL);
+                for (r = 0; r < EBM__RM; r++) {
+                    ebm__vf av = ebm__vbcast(gi[r]);
+                    for (v = 0; v < EBM__CV; v++) acc[r][v] = ebm__vfma(av, bv[v], acc[r][v]);
+                }
+            }
+        }
+        if (++ho == R->hy) { ho = 0; n++; }
+    }
+    for (r = 0; r < EBM__RM; r++) for (v = 0; v < EBM__CV; v++) ebm__vstore(tmp + (r * EBM__CV + v) * EBM__VL, acc[r][v]);
+}
+
 /* A tile row's write-back without a bias. g++ makes any copying loop of
    unknown length a call to memcpy, even one of vector loads and stores
    (perf put ~4 % of the 28x28x16 input gradient on that call and its plt
@@ -1831,6 +1873,19 @@ static int ebm__wg_gy_in_place(const ebm__cgeom *G)
 
 #define EBM__WGR_CHUNK 128 /* pixels per chunk in the weight gradient's row form */
 
+/* The row form walks a tap's pixels as runs along output rows
+   (ebm__mk_rows_run) where the rows have at least EBM__WGR_RUN_MIN pixels,
+   each pixel asking for its input row some EBM__WGR_AHEAD pixels on (in
+   whole rows); through a table per tap where they are shorter. Measured
+   against the table (medians of 41-61 paired runs, batch 64, 2 threads,
+   the same bits): net28_nf32's 28x28x32 -> 14x14x64 weight gradient
+   0.87-0.94 of its time (its tables were 2.4 MB, written on every call),
+   net28_nf64's 28x28x64 one 0.93; but on rows of 7 (the 14x14x64 -> 7x7x128
+   layers) 0.99-1.10, and on the 3x3 outputs' rows of 3 1.06-1.20. */
+#define EBM__WGR_RUN_MIN 14
+#define EBM__WGR_AHEAD 12
+static int ebm__wg_runs(const ebm__cgeom *G) { return G->wy >= EBM__WGR_RUN_MIN; }
+
 /* The weight gradient's row form (ebm__conv_bwd_weight_rows) takes the
    layers whose input channels fill whole panels and that have a tile's
    worth of output channels; the gather form takes the rest (the first
@@ -1841,9 +1896,10 @@ static size_t ebm__conv_bwd_weight_scratch(const ebm__cgeom *G)
 {
     size_t M = (size_t)G->n * G->hy * G->wy, packed;
     size_t pad = G->p ? (size_t)G->n * (G->hx + 2 * G->p) * (G->wx + 2 * G->p) * G->cx : 0;
-    if (ebm__wg_rows(G)) /* packed gy; per tap, a row and an index per pixel and a start per chunk */
+    if (ebm__wg_rows(G)) /* packed gy; unless in runs, per tap a row and an index per pixel and a start per chunk */
         return ebm__ceil_div((size_t)G->cy, EBM__RM) * EBM__RM * M * sizeof(float) +
-               (size_t)G->k * G->k * (M * (sizeof(float *) + sizeof(int)) + (ebm__ceil_div(M, EBM__WGR_CHUNK) + 1) * sizeof(size_t)) +
+               (ebm__wg_runs(G) ? 0 : (size_t)G->k * G->k * (M * (sizeof(float *) + sizeof(int)) +
+                                                              (ebm__ceil_div(M, EBM__WGR_CHUNK) + 1) * sizeof(size_t))) +
                4 * EBM__ALIGN;
     packed = ebm__wg_gy_in_place(G) ? 0 : ebm__ceil_div((size_t)G->cy, ebm__panel(G->cy)) * ebm__panel(G->cy) * M;
     return (pad + packed) * sizeof(float) + M * sizeof(ptrdiff_t) + 3 * EBM__ALIGN;
@@ -2716,13 +2772,71 @@ static const float *ebm__wg_input(const ebm__cgeom *G, const float *x, unsigned 
     return A;
 }
 
+/* The outputs o < n_out whose tap, at offset k of a kernel with stride s
+   and padding p, reads inside an input of n_in: [*lo, *hi), maybe empty. */
+static void ebm__tap_span(int k, int s, int p, int n_in, int n_out, int *lo, int *hi)
+{
+    const int last = n_in - 1 + p - k; /* o s <= last */
+    *lo = k < p ? (p - k + s - 1) / s : 0;
+    *hi = last < 0 ? 0 : last / s + 1 < n_out ? last / s + 1 : n_out;
+}
+
+/* Tap (kh, kw)'s runs over input channels from ci (ebm__mk_rows_run); 0 if
+   the tap falls outside everywhere. */
+static int ebm__wrun_tap(const ebm__cgeom *G, const float *x, int kh, int kw, int ci, ebm__wrun *R)
+{
+    int wo_hi;
+    ebm__tap_span(kh, G->s, G->p, G->hx, G->hy, &R->ho_lo, &R->ho_hi);
+    ebm__tap_span(kw, G->s, G->p, G->wx, G->wy, &R->wo_lo, &wo_hi);
+    if (R->ho_lo >= R->ho_hi || R->wo_lo >= wo_hi) return 0;
+    R->x = x;
+    R->n = G->n; R->hy = G->hy; R->wy = G->wy; R->wl = wo_hi - R->wo_lo;
+    R->xstep = (ptrdiff_t)G->s * G->cx; R->xrow = (ptrdiff_t)G->s * G->wx * G->cx; R->ximg = (ptrdiff_t)G->hx * G->wx * G->cx;
+    R->x0 = ((ptrdiff_t)(kh - G->p) * G->wx + (ptrdiff_t)R->wo_lo * G->s + kw - G->p) * G->cx + ci;
+    R->pf_rows = (EBM__WGR_AHEAD + R->wl - 1) / R->wl;
+    if (R->pf_rows > R->ho_hi - R->ho_lo) R->pf_rows = R->ho_hi - R->ho_lo; /* (at most one image on) */
+    return 1;
+}
+
+/* The row form's tables, where output rows are short: for tap t, the input
+   rows xr and indices kx of the pixels where it falls inside, and chunk c's
+   first in cs[c]. */
+static void ebm__wg_tables(const ebm__cgeom *G, const float *x, const float **xr, int *kx, size_t *cs, size_t n_ch)
+{
+    const size_t M = (size_t)G->n * G->hy * G->wy;
+    const int KK = G->k * G->k, cx = G->cx;
+    long t;
+    EBM__PARALLEL_FOR(KK, KK > 1)
+    for (t = 0; t < KK; t++) {
+        const int kh = (int)t / G->k, kw = (int)t % G->k;
+        const float **o = xr + (size_t)t * M;
+        int *ko = kx + (size_t)t * M;
+        size_t *c = cs + (size_t)t * (n_ch + 1), j = 0, m = 0;
+        int n, ho, wo;
+        for (n = 0; n < G->n; n++)
+            for (ho = 0; ho < G->hy; ho++) {
+                const int hi = ho * G->s + kh - G->p;
+                for (wo = 0; wo < G->wy; wo++, m++) {
+                    const int wi = wo * G->s + kw - G->p;
+                    if (m % EBM__WGR_CHUNK == 0) c[m / EBM__WGR_CHUNK] = j;
+                    if (hi < 0 || hi >= G->hx || wi < 0 || wi >= G->wx) continue;
+                    o[j] = x + (((size_t)n * G->hx + hi) * G->wx + wi) * cx;
+                    ko[j++] = (int)m;
+                }
+            }
+        c[n_ch] = j;
+    }
+}
+
 /* Weight gradient, row form: tile = (RM output channels, one panel of
    input channels of one tap), summed over every output pixel of the batch
    in order, and written transposed into gw. A tap's channels are
    contiguous in the input, so each tile reads one input row per pixel as
-   whole vectors, in place: a table per tap holds the row of each pixel
-   where the tap falls inside the image, and that pixel's index (no padded
-   copy of the input: 7.4 MB for net28_nf32's 28x28x32 layer). The pixels
+   whole vectors, in place (no padded copy of the input: 7.4 MB for
+   net28_nf32's 28x28x32 layer): along output rows of EBM__WGR_RUN_MIN
+   pixels or more, as runs whose rows step by a constant (a chunk is then
+   whole output rows); else through a table per tap of the row of each
+   pixel where the tap falls inside the image, and that pixel's index. The pixels
    where it falls outside are left out: a row of zeros in their place took
    14 % of the products of a 4x4 stride-2 layer to 7x7 (16 % to 3x3) for
    nothing. Left out, net28_nf32's weight gradients to 7x7 and 3x3 took
@@ -2752,35 +2866,17 @@ static void ebm__conv_bwd_weight_rows(const ebm__cgeom *G, const float *x, const
     const int cy = G->cy;
     const size_t M = (size_t)G->n * G->hy * G->wy, KC = (size_t)G->k * G->cx, row_jt = KC / EBM__CB;
     const size_t n_jt = (size_t)G->k * row_jt, n_rt = ebm__ceil_div((size_t)cy, EBM__RM); /* column tiles, channel tiles */
-    const size_t n_ch = ebm__ceil_div(M, EBM__WGR_CHUNK); /* pixel chunks */
+    const int runs = ebm__wg_runs(G), nrows = G->n * G->hy, rpc = runs ? (G->wy < EBM__WGR_CHUNK ? EBM__WGR_CHUNK / G->wy : 1) : 0;
+    const size_t n_ch = runs ? ebm__ceil_div((size_t)nrows, (size_t)rpc) : ebm__ceil_div(M, EBM__WGR_CHUNK); /* chunks: of rows in runs */
     size_t gj = EBM__WGR_COLS, gc = EBM__WGR_COS, n_gc;
     long n_tasks, t;
     const int KK = G->k * G->k, cx = G->cx;
     float *gp = (float *)ebm__carve(&sp, n_rt * EBM__RM * M * sizeof(float));
-    const float **xr = (const float **)ebm__carve(&sp, (size_t)KK * M * sizeof(*xr));
-    int *kx = (int *)ebm__carve(&sp, (size_t)KK * M * sizeof(int));
-    size_t *cs = (size_t *)ebm__carve(&sp, (size_t)KK * (n_ch + 1) * sizeof(size_t));
-    EBM_ASSERT(M <= 0x7fffffff); /* (kx holds pixel indices as int) */
-    EBM__PARALLEL_FOR(KK, KK > 1)
-    for (t = 0; t < KK; t++) { /* tap t's pixels inside: their input rows xr, indices kx; chunk c's from cs[c] */
-        const int kh = (int)t / G->k, kw = (int)t % G->k;
-        const float **o = xr + (size_t)t * M;
-        int *ko = kx + (size_t)t * M;
-        size_t *c = cs + (size_t)t * (n_ch + 1), j = 0, m = 0;
-        int n, ho, wo;
-        for (n = 0; n < G->n; n++)
-            for (ho = 0; ho < G->hy; ho++) {
-                const int hi = ho * G->s + kh - G->p;
-                for (wo = 0; wo < G->wy; wo++, m++) {
-                    const int wi = wo * G->s + kw - G->p;
-                    if (m % EBM__WGR_CHUNK == 0) c[m / EBM__WGR_CHUNK] = j;
-                    if (hi < 0 || hi >= G->hx || wi < 0 || wi >= G->wx) continue;
-                    o[j] = x + (((size_t)n * G->hx + hi) * G->wx + wi) * cx;
-                    ko[j++] = (int)m;
-                }
-            }
-        c[n_ch] = j;
-    }
+    const float **xr = runs ? NULL : (const float **)ebm__carve(&sp, (size_t)KK * M * sizeof(*xr));
+    int *kx = runs ? NULL : (int *)ebm__carve(&sp, (size_t)KK * M * sizeof(int));
+    size_t *cs = runs ? NULL : (size_t *)ebm__carve(&sp, (size_t)KK * (n_ch + 1) * sizeof(size_t));
+    EBM_ASSERT(M <= 0x7fffffff); /* (kx holds pixel indices as int; rows and runs are int) */
+    if (!runs) ebm__wg_tables(G, x, xr, kx, cs, n_ch);
     /* smaller groups when there would be fewer than EBM__WGR_TASKS tasks (column groups first: they read more) */
     while (gj > 1 && ebm__ceil_div(n_jt, gj) * ebm__ceil_div(n_rt, gc) < EBM__WGR_TASKS) gj /= 2;
     while (gc > 1 && ebm__ceil_div(n_jt, gj) * ebm__ceil_div(n_rt, gc) < EBM__WGR_TASKS) gc /= 2;
@@ -2797,11 +2893,20 @@ static void ebm__conv_bwd_weight_rows(const ebm__cgeom *G, const float *x, const
         for (ch = 0; ch < n_ch; ch++)
             for (jt = j0; jt < j1; jt++) {
                 const size_t j = (jt % row_jt) * EBM__CB, tap = (jt / row_jt) * G->k + j / cx; /* kernel row kh, column j */
-                const size_t *c = cs + tap * (n_ch + 1), a = c[ch], kn = c[ch + 1] - a; /* the chunk's pixels inside */
-                if (kn)
-                    for (ct = c0; ct < c1; ct++)
+                if (runs) { /* the chunk's rows, in runs */
+                    const int q0 = (int)ch * rpc, q1 = q0 + rpc < nrows ? q0 + rpc : nrows;
+                    ebm__wrun R;
+                    if (ebm__wrun_tap(G, x, (int)(jt / row_jt), (int)(j / (size_t)cx), (int)(j % (size_t)cx), &R))
+                        for (ct = c0; ct < c1; ct++) {
+                            R.g = gp + ct * M * EBM__RM;
+                            ebm__mk_rows_run(&R, q0, q1, tmp[(jt - j0) * gc + ct - c0]);
+                        }
+                } else { /* the chunk's pixels inside, from the tap's table */
+                    const size_t *c = cs + tap * (n_ch + 1), a = c[ch], kn = c[ch + 1] - a;
+                    for (ct = c0; ct < c1 && kn; ct++)
                         ebm__mk_rows(xr + tap * M + a, kx + tap * M + a, j % cx, kn, c[n_ch] - a, gp + ct * M * EBM__RM,
                                      EBM__RM, tmp[(jt - j0) * gc + ct - c0]);
+                }
             }
         for (jt = j0; jt < j1; jt++)
             for (ct = c0; ct < c1; ct++) { /* gw[(kh, kw, ci)][co] = tile[co][j] */

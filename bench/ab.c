@@ -56,6 +56,7 @@ int main(int argc, char **argv)
         { "net28_nf32_L6_fwd", 1060 }, { "net28_nf32_L6_bwd_data", 1061 }, { "net28_nf32_L6_bwd_weight", 1062 },
         { "net28_nf16_L0_fwd", 2000 }, { "net28_nf16_L0_bwd_data", 2001 }, { "net28_nf16_L0_bwd_weight", 2002 },
         { "net28_nf16_L2_fwd", 2020 }, { "net28_nf16_L2_bwd_data", 2021 }, { "net28_nf16_L2_bwd_weight", 2022 },
+        { "net28_nf16_L4_fwd", 2040 }, { "net28_nf16_L4_bwd_data", 2041 }, { "net28_nf16_L4_bwd_weight", 2042 },
         { "gen28_L0_fwd", 3001 }, { "gen28_L0_bwd_data", 3000 }, { "gen28_L0_bwd_weight", 3002 },
         { "gen28_L2_fwd", 3021 }, { "gen28_L2_bwd_data", 3020 }, { "gen28_L2_bwd_weight", 3022 },
         { "gen28_L4_fwd", 3041 }, { "gen28_L4_bwd_data", 3040 }, { "gen28_L4_bwd_weight", 3042 },

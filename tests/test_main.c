@@ -613,6 +613,9 @@ static const int wide_geoms[][8] = {
     { 2, 6, 20, 1, 16, 3, 1, 1 },   /* input gradient's blocks of 16 pixels (cy 16, 32 and 48: its two */
     { 2, 5, 19, 3, 32, 3, 1, 1 },   /* constant widths and the general one), with the top and bottom */
     { 2, 4, 20, 2, 48, 3, 1, 0 },   /* rows' shorter tap lists; unpadded, one block exactly */
+    { 3, 15, 30, 64, 20, 4, 2, 1 }, /* the weight gradient's runs (output rows of 15): the last tap column short, */
+    { 3, 44, 44, 32, 8, 5, 3, 2 },  /* stride 3, six chunks of rows (the last short); */
+    { 3, 1, 16, 32, 8, 7, 1, 3 },   /* taps outside every row, the others' runs cut at both ends */
 };
 
 /* The write-backs that apply another activation (SiLU, GELU) on
