@@ -1809,9 +1809,12 @@ static size_t ebm__conv_fwd_scratch(const ebm__cgeom *G)
 }
 
 /* The input gradient of a layer with few input channels (a first layer of
-   1 or 3, a transposed conv's last layer) takes ebm__conv_bwd_data_few. */
+   1 or 3, a transposed conv's last layer), or with one vector of them
+   (net28_nf16's 28x28x16 layer on AVX-512, where the phase form's tiles
+   would be narrow), takes the tap form, ebm__conv_bwd_data_few. */
 #define EBM__FEW_CX 4
 static int ebm__few_cx(const ebm__cgeom *G) { return G->cx <= EBM__FEW_CX; }
+static int ebm__bwd_taps(const ebm__cgeom *G) { return ebm__few_cx(G) || G->cx == EBM__VL; }
 
 /* One output phase of the input gradient (see ebm__conv_bwd_data_epi): its
    first row and column, its size, its taps and their packed weights. */
@@ -1836,7 +1839,7 @@ static size_t ebm__conv_bwd_data_scratch(const ebm__cgeom *G)
     const size_t T = (size_t)G->k * G->k * G->cx; /* ebm__conv_bwd_data_few: the weights in panels of taps, a tap table */
     size_t panels = ebm__ceil_div((size_t)G->cx, ebm__panel(G->cx)) * ebm__panel(G->cx) * G->k * G->k * G->cy;
     if (ebm__bwd_dense(G)) return ebm__ceil_div((size_t)G->n, EBM__CB) * EBM__CB * G->cy * sizeof(float) + EBM__ALIGN;
-    if (ebm__few_cx(G)) return ebm__ceil_div(T, ebm__panel((int)T)) * ebm__panel((int)T) * G->cy * sizeof(float) +
+    if (ebm__bwd_taps(G)) return ebm__ceil_div(T, ebm__panel((int)T)) * ebm__panel((int)T) * G->cy * sizeof(float) +
                                3 * T * sizeof(int) + 2 * EBM__ALIGN;
     return (panels + (size_t)G->cy) * sizeof(float) + (size_t)G->s * G->s * sizeof(ebm__phase) + 4 * EBM__ALIGN;
 }
@@ -2276,8 +2279,9 @@ EBM__REFERENCE void ebm__conv_fwd(const ebm__cgeom *G, const float *x, const flo
    runs: 6.7 -> 5.2 ms), while the 7x7 ones of the next layer ran 7 %
    slower that way: hence 128. */
 
-/* The input gradient with few input channels (ebm__few_cx). A panel of
-   input channels would be mostly zeros, so the products run the other way:
+/* The input gradient in the tap form (ebm__bwd_taps). With few input
+   channels a panel of them would be mostly zeros, so the products run the
+   other way:
    each gy pixel's contribution to each of the T = (kh, kw, ci) taps,
    P = gy W^T, is a 1x1 convolution from cy channels to T, on the forward's
    micro-kernel with its vectors along the taps (one tap, the pixels' gy rows
@@ -2288,13 +2292,24 @@ EBM__REFERENCE void ebm__conv_fwd(const ebm__cgeom *G, const float *x, const flo
    which summed across the channels of a vector per pixel and tap): the
    28x28 3x3 first layers 1 -> 32 0.80-0.86 -> 0.36 ms, 1 -> 16 0.68 ->
    0.29 ms, 3 -> 32 (32x32) 2.7 -> 1.15 ms; the generator's last layer
-   (14x14x64 -> 28x28x1, transposed) 0.88 -> 0.17 ms. */
-static void ebm__conv_bwd_data_few(const ebm__cgeom *G, const float *gy, const float *w, const float *b, float *gx, void *scratch)
+   (14x14x64 -> 28x28x1, transposed) 0.88 -> 0.17 ms. With one vector of
+   input channels, the phase form's narrow tiles load a broadcast per
+   product (16 pixels x 1 vector), where here a tile is the wide 8 pixels x
+   2 vectors of taps and the col2im adds whole vectors: net28_nf16's
+   28x28x16 input gradient 0.80-0.82 of its time (medians of 31 paired
+   runs, batch 64, 2 threads; with 32 channels, two vectors, 1.07: that
+   layer keeps the phase form). An activation's derivative (e->mask) or a
+   fused LeakyReLU (e->leaky) is applied image by image while the image is
+   in cache: the same element-wise bits as a pass over all of gx. */
+static void ebm__conv_bwd_data_few(const ebm__cgeom *G, const float *gy, const float *w, const float *b, float *gx, void *scratch,
+                                   const ebm__epi *e)
 {
     unsigned char *sp = (unsigned char *)scratch;
     const int K = G->k, cx = G->cx, cy = G->cy, T = K * K * cx, s = G->s, p = G->p, HW = G->hy * G->wy;
     const int narrow = ebm__narrow(T), RR = narrow ? EBM__RM1 : EBM__RM;
+    const int qs = cx % EBM__VL == 0 ? EBM__VL : 1; /* col2im: a tap's channels a vector at a time, or one */
     const size_t CBW = ebm__panel(T), n_ct = ebm__ceil_div((size_t)T, CBW), per_x = (size_t)G->hx * G->wx * cx;
+    const float slope = e->mask ? e->ma : e->slope;
     float *Bp = (float *)ebm__carve(&sp, n_ct * CBW * cy * sizeof(float));
     int *tap_h = (int *)ebm__carve(&sp, 3 * (size_t)T * sizeof(int)), *tap_w = tap_h + T, *tap_c = tap_w + T;
     size_t ct;
@@ -2331,7 +2346,7 @@ static void ebm__conv_bwd_data_few(const ebm__cgeom *G, const float *gy, const f
                 for (r0 = 0; r0 < nr; r0 = r1) {
                     const int oy = (m0 + r0) / G->wy, ox0 = (m0 + r0) % G->wy;
                     r1 = r0 + (G->wy - ox0 < nr - r0 ? G->wy - ox0 : nr - r0);
-                    for (q = 0; q < nq; q++) {
+                    for (q = 0; q < nq; q += qs) {
                         const int tq = (int)(kt * CBW) + q, hi = oy * s + tap_h[tq], w0 = ox0 * s + tap_w[tq];
                         /* r in [ra, rb): 0 <= w0 + (r - r0) s < wx */
                         const int ra = r0 + (w0 < 0 ? (-w0 + s - 1) / s : 0);
@@ -2340,11 +2355,18 @@ static void ebm__conv_bwd_data_few(const ebm__cgeom *G, const float *gy, const f
                         const float *pr = tmp + q + ra * (int)CBW;
                         if (hi < 0 || hi >= G->hx || ra >= rb) continue;
                         o = xi + ((size_t)hi * G->wx + (size_t)(w0 + (ra - r0) * s)) * cx + (size_t)tap_c[tq];
-                        for (r = 0; r < rb - ra; r++) o[(size_t)r * s * cx] += pr[r * (int)CBW];
+                        if (qs > 1) /* a vector of one tap's channels */
+                            for (r = 0; r < rb - ra; r++) {
+                                float *orow = o + (size_t)r * s * cx;
+                                ebm__vstore(orow, ebm__vadd(ebm__vload(orow), ebm__vload(pr + r * (int)CBW)));
+                            }
+                        else for (r = 0; r < rb - ra; r++) o[(size_t)r * s * cx] += pr[r * (int)CBW];
                     }
                 }
             }
         }
+        if (e->mask) ebm__act_bwd_range(e->mact, e->ma, e->mask + (size_t)i * per_x, xi, xi, per_x);
+        if (e->leaky) ebm__act_range(EBM_ACT_LEAKY_RELU, 0, slope, xi, xi, per_x);
     }
 }
 
@@ -2596,13 +2618,13 @@ static void ebm__conv_bwd_data_epi(const ebm__cgeom *G, const float *gy, const f
     ebm__phase *P;
     EBM_ASSERT(!e->ya); /* (no caller asks it) */
     if (ebm__bwd_dense(G)) { ebm__conv_bwd_data_dense(G, gy, w, b, gx, scratch, e); return; }
-    if (ebm__few_cx(G)) { /* (a first layer's input is never masked: the pass after is kept for any other) */
-        if (ebm__bwd_few_direct(G)) ebm__conv_bwd_data_direct(G, gy, w, b, gx);
-        else ebm__conv_bwd_data_few(G, gy, w, b, gx, scratch);
+    if (ebm__few_cx(G) && ebm__bwd_few_direct(G)) { /* (a first layer's input is never masked: the pass after is kept for any other) */
+        ebm__conv_bwd_data_direct(G, gy, w, b, gx);
         if (e->mask) ebm__act_bwd(e->mact, e->ma, e->mask, gx, gx, (size_t)G->n * G->hx * G->wx * cx);
         if (leaky) ebm__act_fwd(EBM_ACT_LEAKY_RELU, 0, slope, gx, gx, (size_t)G->n * G->hx * G->wx * cx);
         return;
     }
+    if (ebm__bwd_taps(G)) { ebm__conv_bwd_data_few(G, gy, w, b, gx, scratch, e); return; }
     zero = (float *)ebm__carve(&sp, (size_t)cy * sizeof(float));
     memset(zero, 0, (size_t)cy * sizeof(float));
     Bp = (float *)ebm__carve(&sp, n_ct * CBW * K * K * cy * sizeof(float));

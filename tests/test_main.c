@@ -591,7 +591,7 @@ static const int wide_geoms[][8] = {
     { 2, 3, 3, 64, 1, 3, 1, 0 },
     { 4, 12, 12, 32, 32, 3, 1, 1 }, /* weight gradient: grouped row tiles and several pixel chunks */
     { 9, 7, 7, 64, 48, 4, 2, 1 },   /* input gradient position-first: a batch that fills a tile, */
-    { 17, 7, 7, 16, 32, 4, 2, 1 },  /* and a narrow one, each with tiles across two positions */
+    { 17, 7, 7, 12, 32, 4, 2, 1 },  /* and a narrow one, each with tiles across two positions */
     { 17, 7, 7, 32, 16, 4, 2, 1 },  /* the forward position-first with narrow tiles, across two positions */
     { 3, 10, 10, 1, 20, 4, 2, 1 },  /* few input channels (the tap-vector input gradient): one narrow */
     { 2, 9, 9, 4, 5, 4, 2, 1 },     /* panel of 16 taps; two wide panels of 64 taps over gy's 5 channels */
@@ -616,6 +616,8 @@ static const int wide_geoms[][8] = {
     { 3, 15, 30, 64, 20, 4, 2, 1 }, /* the weight gradient's runs (output rows of 15): the last tap column short, */
     { 3, 44, 44, 32, 8, 5, 3, 2 },  /* stride 3, six chunks of rows (the last short); */
     { 3, 1, 16, 32, 8, 7, 1, 3 },   /* taps outside every row, the others' runs cut at both ends */
+    { 3, 9, 11, 16, 24, 4, 2, 1 },  /* the input gradient in the tap form with one vector of input channels */
+    { 2, 8, 9, 16, 40, 3, 1, 1 },   /* (16: AVX-512's): strided, odd sizes; stride 1, two panels of taps */
 };
 
 /* The write-backs that apply another activation (SiLU, GELU) on
