@@ -2296,9 +2296,9 @@ EBM__REFERENCE void ebm__conv_fwd(const ebm__cgeom *G, const float *x, const flo
    input channels, the phase form's narrow tiles load a broadcast per
    product (16 pixels x 1 vector), where here a tile is the wide 8 pixels x
    2 vectors of taps and the col2im adds whole vectors: net28_nf16's
-   28x28x16 input gradient 0.80-0.82 of its time (medians of 31 paired
-   runs, batch 64, 2 threads; with 32 channels, two vectors, 1.07: that
-   layer keeps the phase form). An activation's derivative (e->mask) or a
+   28x28x16 input gradient 0.78-0.90 of its time (medians of 31 paired
+   runs in three sets, batch 64, 2 threads; with 32 channels, two vectors,
+   1.07: that layer keeps the phase form). An activation's derivative (e->mask) or a
    fused LeakyReLU (e->leaky) is applied image by image while the image is
    in cache: the same element-wise bits as a pass over all of gx. */
 static void ebm__conv_bwd_data_few(const ebm__cgeom *G, const float *gy, const float *w, const float *b, float *gx, void *scratch,
@@ -2910,19 +2910,24 @@ static void ebm__conv_bwd_weight_rows(const ebm__cgeom *G, const float *x, const
         const size_t j0 = ((size_t)t / n_gc) * gj, j1 = j0 + gj < n_jt ? j0 + gj : n_jt;
         const size_t c0 = ((size_t)t % n_gc) * gc, c1 = c0 + gc < n_rt ? c0 + gc : n_rt;
         float tmp[EBM__WGR_COLS * EBM__WGR_COS][EBM__TILE];
+        ebm__wrun run[EBM__WGR_COLS]; /* in runs: each column tile's, set once for all chunks */
+        int inside[EBM__WGR_COLS];
         size_t jt, ct, ch;
         memset(tmp, 0, sizeof tmp);
+        for (jt = j0; jt < j1 && runs; jt++) {
+            const size_t j = (jt % row_jt) * EBM__CB;
+            inside[jt - j0] = ebm__wrun_tap(G, x, (int)(jt / row_jt), (int)(j / (size_t)cx), (int)(j % (size_t)cx), &run[jt - j0]);
+        }
         for (ch = 0; ch < n_ch; ch++)
             for (jt = j0; jt < j1; jt++) {
                 const size_t j = (jt % row_jt) * EBM__CB, tap = (jt / row_jt) * G->k + j / cx; /* kernel row kh, column j */
                 if (runs) { /* the chunk's rows, in runs */
                     const int q0 = (int)ch * rpc, q1 = q0 + rpc < nrows ? q0 + rpc : nrows;
-                    ebm__wrun R;
-                    if (ebm__wrun_tap(G, x, (int)(jt / row_jt), (int)(j / (size_t)cx), (int)(j % (size_t)cx), &R))
-                        for (ct = c0; ct < c1; ct++) {
-                            R.g = gp + ct * M * EBM__RM;
-                            ebm__mk_rows_run(&R, q0, q1, tmp[(jt - j0) * gc + ct - c0]);
-                        }
+                    ebm__wrun *R = &run[jt - j0];
+                    for (ct = c0; ct < c1 && inside[jt - j0]; ct++) {
+                        R->g = gp + ct * M * EBM__RM;
+                        ebm__mk_rows_run(R, q0, q1, tmp[(jt - j0) * gc + ct - c0]);
+                    }
                 } else { /* the chunk's pixels inside, from the tap's table */
                     const size_t *c = cs + tap * (n_ch + 1), a = c[ch], kn = c[ch + 1] - a;
                     for (ct = c0; ct < c1 && kn; ct++)
