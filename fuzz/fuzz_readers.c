@@ -21,11 +21,30 @@
 #include <string.h>
 #include <unistd.h>
 
+/* The scratch files are named by the process, and removed when libFuzzer
+   exits normally (a crash keeps them; libFuzzer saves the input anyway). */
+static void scratch_name(char *path, size_t n, const char *what)
+{
+    snprintf(path, n, "/tmp/ebm_fuzz_%s_%ld", what, (long)getpid());
+}
+
+static void scratch_remove(void)
+{
+    char path[128];
+    scratch_name(path, sizeof path, "in");
+    remove(path);
+    scratch_name(path, sizeof path, "images");
+    remove(path);
+}
+
 static const char *scratch(const char *what)
 {
-    static char path[128];
-    snprintf(path, sizeof path, "/tmp/ebm_fuzz_%s_%ld", what, (long)getpid());
-    return path;
+    static char path[2][128];
+    static int registered;
+    int slot = what[0] == 'i' && what[1] == 'n' ? 0 : 1;
+    if (!registered) registered = atexit(scratch_remove) == 0;
+    scratch_name(path[slot], sizeof path[slot], what);
+    return path[slot];
 }
 
 static int put(const char *path, const uint8_t *p, size_t n)
