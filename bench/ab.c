@@ -60,6 +60,8 @@ int main(int argc, char **argv)
         { "gen28_L0_fwd", 3001 }, { "gen28_L0_bwd_data", 3000 }, { "gen28_L0_bwd_weight", 3002 },
         { "gen28_L2_fwd", 3021 }, { "gen28_L2_bwd_data", 3020 }, { "gen28_L2_bwd_weight", 3022 },
         { "gen28_L4_fwd", 3041 }, { "gen28_L4_bwd_data", 3040 }, { "gen28_L4_bwd_weight", 3042 },
+        { "net28_nf64_L2_fwd", 4020 }, { "net28_nf64_L2_bwd_data", 4021 }, { "net28_nf64_L2_bwd_weight", 4022 },
+        { "net32c3_nf32_L2_fwd", 5020 }, { "net32c3_nf32_L2_bwd_data", 5021 }, { "net32c3_nf32_L2_bwd_weight", 5022 },
     };
     const int reps = argc > 1 ? atoi(argv[1]) : 30;
     const char *only = argc > 2 ? argv[2] : "";

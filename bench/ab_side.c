@@ -34,7 +34,8 @@ static void need(int ok)
    forward, 1 input gradient, 2 weight gradient) of net28_nf32's layer l
    alone, 2000 + 10 l + p the same of net28_nf16's, 3000 + 10 l + p of
    gen28's (pass p of the conv each transposed conv transposes: pass 1 is
-   the generator's forward, pass 0 its input gradient). Batch 64. */
+   the generator's forward, pass 0 its input gradient), 4000 + 10 l + p
+   of net28_nf64's, 5000 + 10 l + p of net32c3_nf32's. Batch 64. */
 void AB_FN(setup)(int c)
 {
     ebm_error e;
@@ -45,8 +46,9 @@ void AB_FN(setup)(int c)
     if (c >= 1000) {
         const ebm_layer *L;
         size_t nx, ny, nw, sb;
-        if (c >= 3000) need(ebm_model_generator28(&m, 100, 64, 1, 1) == EBM_OK);
-        else need(ebm_model_convnet(&m, 1, 28, c >= 2000 ? 16 : 32, EBM_ACT_LEAKY_RELU, 0.2f, 1) == EBM_OK);
+        if (c >= 3000 && c < 4000) need(ebm_model_generator28(&m, 100, 64, 1, 1) == EBM_OK);
+        else if (c >= 5000) need(ebm_model_convnet(&m, 3, 32, 32, EBM_ACT_LEAKY_RELU, 0.2f, 1) == EBM_OK);
+        else need(ebm_model_convnet(&m, 1, 28, c >= 4000 ? 64 : c >= 2000 ? 16 : 32, EBM_ACT_LEAKY_RELU, 0.2f, 1) == EBM_OK);
         L = &m.layer[c % 1000 / 10];
         sb = layer_geom(L, 64, &G);
         nx = (size_t)G.n * G.hx * G.wx * G.cx; ny = (size_t)G.n * G.hy * G.wy * G.cy; nw = (size_t)G.k * G.k * G.cx * G.cy;
