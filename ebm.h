@@ -2160,12 +2160,17 @@ static void ebm__conv_fwd_few(const ebm__cgeom *G, const float *x, const float *
    7 % of the products. Paired, medians of 31 runs: net28_nf32's 28x28x32
    -> 14x14x64 forward 0.91, net28_nf64's 28x28x64 one 0.89, net32c3's
    32x32x32 -> 16x16x64 one 0.95; but net28_nf16's 28x28x16 one 1.03, so
-   rows of 16 channels keep the image-first order there. */
+   rows of 16 channels keep the image-first order there. So do forwards
+   that store another activation (SiLU's) and its derivative as well:
+   position first, those two outputs' rows are scattered over 8 images,
+   and the pass took 1.05 of its time (0.99-1.00 with their lines
+   prefetched as the output's are). */
 #define EBM__POS_MAJOR 128
 #define EBM__POS_MAJOR_WIDE 256
-static int ebm__fwd_pos_major(const ebm__cgeom *G, int RR)
+static int ebm__fwd_pos_major(const ebm__cgeom *G, int RR, const ebm__epi *e)
 {
-    return G->n >= RR && G->hy * G->wy <= (G->cx >= 32 ? EBM__POS_MAJOR_WIDE : EBM__POS_MAJOR);
+    const int wide = G->cx >= 32 && !e->ya && !(e->mask && e->mact != EBM_ACT_LEAKY_RELU);
+    return G->n >= RR && G->hy * G->wy <= (wide ? EBM__POS_MAJOR_WIDE : EBM__POS_MAJOR);
 }
 
 /* Forward: tile = (RM output pixels of the whole batch, image first or
@@ -2191,7 +2196,7 @@ static void ebm__conv_fwd_epi(const ebm__cgeom *G, const float *x, const float *
     const int narrow = ebm__narrow(cy), RR = narrow ? EBM__RM1 : EBM__RM;
     const size_t CBW = ebm__panel(cy), M = (size_t)G->n * HW, n_ct = ebm__ceil_div((size_t)cy, CBW), KKC = (size_t)KK * cx;
     const int grouped = n_ct > 1 && n_ct * CBW * KKC * sizeof(float) > EBM__PANELS_HOT; /* see ebm__pt_task */
-    const int pos_major = ebm__fwd_pos_major(G, RR);
+    const int pos_major = ebm__fwd_pos_major(G, RR, e);
     const long n_pt = (long)ebm__ceil_div(M, (size_t)RR), n_tasks = ebm__pt_tasks(n_pt, n_ct, grouped);
     float *zero, *Bp;
     long task;

@@ -41,7 +41,7 @@ static const char *scratch(const char *what)
 {
     static char path[2][128];
     static int registered;
-    int slot = what[0] == 'i' && what[1] == 'n' ? 0 : 1;
+    const int slot = strcmp(what, "in") == 0 ? 0 : 1; /* one buffer per name: both paths are used at once */
     if (!registered) registered = atexit(scratch_remove) == 0;
     scratch_name(path[slot], sizeof path[slot], what);
     return path[slot];
