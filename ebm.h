@@ -2155,9 +2155,8 @@ static void ebm__conv_fwd_few(const ebm__cgeom *G, const float *x, const float *
    the element-wise ops after it split the output by image, so each core
    read what the other wrote; the LeakyReLU is fused into the write-back
    since.) The forward takes up to EBM__POS_MAJOR_WIDE positions position
-   first when a pixel's input row fills two vectors of AVX-512 (32
-   channels or more): 14x14 and 16x16 outputs, where the border's taps are
-   7 % of the products. Paired, medians of 31 runs: net28_nf32's 28x28x32
+   first when its input has 32 channels or more: 14x14 and 16x16 outputs,
+   where the border's taps are 7 % of the products. Paired, medians of 31 runs: net28_nf32's 28x28x32
    -> 14x14x64 forward 0.91, net28_nf64's 28x28x64 one 0.89, net32c3's
    32x32x32 -> 16x16x64 one 0.95; but net28_nf16's 28x28x16 one 1.03, so
    rows of 16 channels keep the image-first order there. So do forwards

@@ -618,7 +618,8 @@ static const int wide_geoms[][8] = {
     { 3, 1, 16, 32, 8, 7, 1, 3 },   /* taps outside every row, the others' runs cut at both ends */
     { 3, 9, 11, 16, 24, 4, 2, 1 },  /* the input gradient in the tap form with one vector of input channels */
     { 2, 8, 9, 16, 40, 3, 1, 1 },   /* (16: AVX-512's): strided, odd sizes; stride 1, two panels of taps */
-    { 9, 24, 22, 32, 24, 4, 2, 1 }, /* the forward position first on 12x11 outputs (32 input channels), a tail panel */
+    { 9, 24, 22, 32, 24, 4, 2, 1 }, /* the forward position first on 12x11 outputs (32 input channels), a tail panel;
+                                       storing SiLU's value too, image first: the epilogue checks compare their bits */
 };
 
 /* The write-backs that apply another activation (SiLU, GELU) on
