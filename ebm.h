@@ -2885,8 +2885,11 @@ static void ebm__wg_tables(const ebm__cgeom *G, const float *x, const float **xr
    A task runs a group of EBM__WGR_COLS column tiles by EBM__WGR_COS
    channel tiles over the pixels chunk by chunk, so both operands' chunks
    are read from cache by the whole group; groups shrink (column groups
-   first) only below EBM__WGR_TASKS tasks (larger groups measured faster
-   than more tasks). Medians of 14 interleaved runs, batch 64, 2 threads,
+   first) only below EBM__WGR_TASKS_PER_THREAD tasks per thread (larger
+   groups measured faster than more tasks: on 2 threads, 4 tasks instead
+   of 8 made net28_nf32's and net32c3's 32 -> 64 layers 0.95-0.97 of their
+   time, medians of 31-41 paired runs; the bits do not depend on the
+   groups). Medians of 14 interleaved runs, batch 64, 2 threads,
    against the gather form (padded copy, prefetch): net28_nf32's three 4x4
    layers 4.84 -> 4.01, 4.42 -> 3.35, 3.20 -> 2.67 ms; net28_nf16's 32 ->
    64 and 64 -> 128 layers 1.27 -> 0.94, 0.95 -> 0.71 ms; the 32x32x3
@@ -2896,7 +2899,7 @@ static void ebm__wg_tables(const ebm__cgeom *G, const float *x, const float **xr
    gather form (0.29 -> 0.36 ms), so those layers keep the gather form. */
 #define EBM__WGR_COLS 8
 #define EBM__WGR_COS 4
-#define EBM__WGR_TASKS 8
+#define EBM__WGR_TASKS_PER_THREAD 2
 static void ebm__conv_bwd_weight_rows(const ebm__cgeom *G, const float *x, const float *gy, float *gw, void *scratch)
 {
     unsigned char *sp = (unsigned char *)scratch;
@@ -2905,7 +2908,7 @@ static void ebm__conv_bwd_weight_rows(const ebm__cgeom *G, const float *x, const
     const size_t n_jt = (size_t)G->k * row_jt, n_rt = ebm__ceil_div((size_t)cy, EBM__RM); /* column tiles, channel tiles */
     const int runs = ebm__wg_runs(G), nrows = G->n * G->hy, rpc = runs ? (G->wy < EBM__WGR_CHUNK ? EBM__WGR_CHUNK / G->wy : 1) : 0;
     const size_t n_ch = runs ? ebm__ceil_div((size_t)nrows, (size_t)rpc) : ebm__ceil_div(M, EBM__WGR_CHUNK); /* chunks: of rows in runs */
-    size_t gj = EBM__WGR_COLS, gc = EBM__WGR_COS, n_gc;
+    size_t gj = EBM__WGR_COLS, gc = EBM__WGR_COS, n_gc, min_tasks = (size_t)EBM__WGR_TASKS_PER_THREAD * (size_t)ebm_threads();
     long n_tasks, t;
     const int KK = G->k * G->k, cx = G->cx;
     float *gp = (float *)ebm__carve(&sp, n_rt * EBM__RM * M * sizeof(float));
@@ -2914,9 +2917,9 @@ static void ebm__conv_bwd_weight_rows(const ebm__cgeom *G, const float *x, const
     size_t *cs = runs ? NULL : (size_t *)ebm__carve(&sp, (size_t)KK * (n_ch + 1) * sizeof(size_t));
     EBM_ASSERT(M <= 0x7fffffff); /* (kx holds pixel indices as int; rows and runs are int) */
     if (!runs) ebm__wg_tables(G, x, xr, kx, cs, n_ch);
-    /* smaller groups when there would be fewer than EBM__WGR_TASKS tasks (column groups first: they read more) */
-    while (gj > 1 && ebm__ceil_div(n_jt, gj) * ebm__ceil_div(n_rt, gc) < EBM__WGR_TASKS) gj /= 2;
-    while (gc > 1 && ebm__ceil_div(n_jt, gj) * ebm__ceil_div(n_rt, gc) < EBM__WGR_TASKS) gc /= 2;
+    /* smaller groups when there would be fewer tasks than that (column groups first: they read more) */
+    while (gj > 1 && ebm__ceil_div(n_jt, gj) * ebm__ceil_div(n_rt, gc) < min_tasks) gj /= 2;
+    while (gc > 1 && ebm__ceil_div(n_jt, gj) * ebm__ceil_div(n_rt, gc) < min_tasks) gc /= 2;
     n_gc = ebm__ceil_div(n_rt, gc);
     n_tasks = (long)(ebm__ceil_div(n_jt, gj) * n_gc);
     ebm__pack(gy, M, (size_t)cy, (size_t)cy, gp, EBM__RM); /* gp[(ct M + m) RM + r] = gy[m][ct RM + r] */
