@@ -1441,34 +1441,48 @@ static void test_premasked_gradient_terms(void)
 
 /* A conv's bias gradient is the seed summed over every output row, each
    channel row by row in order (ebm__chsum, in parallel over blocks of 16
-   channels): the same bits as that float sum written out here, for 40
-   channels (two whole blocks and a tail of 8) and for 1, on outputs of
-   40,960 and 1,024 values (past the parallel threshold and not). */
+   channels), a single channel as 64 partial sums, of the rows r with r
+   mod 64 = k in order, added for k = 0 .. 63: the same bits as those
+   float sums written out here, for 40 channels (two whole blocks and a
+   tail of 8) and for 1, on outputs of 40,960 and 1,024 values (past the
+   parallel threshold and not), and of 675 rows (not a whole number of
+   partial sums' turns). */
 static void test_bias_gradient_sums_in_order(void)
 {
     static float x[4 * 16 * 16 * 3], w[3 * 3 * 3 * 40], b[40], seed[4 * 16 * 16 * 40], want[40];
-    const int xs[4] = { 4, 16, 16, 3 };
     ebm_graph *g = new_graph(16);
-    int co, i, j;
+    int co, i, j, v;
     rnd(x, sizeof x / sizeof x[0], -1, 1); rnd(w, sizeof w / sizeof w[0], -1, 1); rnd(b, 40, -1, 1);
-    rnd(seed, sizeof seed / sizeof seed[0], -1, 1);
-    for (co = 40; co >= 1; co -= 39) {
-        const int ws[4] = { 3, 3, 3, co }, rows = 4 * 16 * 16;
-        ebm_var *xv, *W, *B, *y, *sv, *gb = NULL;
-        int ys[4] = { 4, 16, 16, 0 };
-        ys[3] = co;
-        ebm_graph_reset(g);
-        xv = ebm_leaf(g, x, 4, xs); W = ebm_leaf(g, w, 4, ws); B = ebm_leaf(g, b, 1, &co);
-        y = ebm_conv2d(g, xv, W, B, 1, 1);
-        sv = ebm_leaf(g, seed, 4, ys);
-        CHECK(ebm_grad(g, y, sv, 1, &B, &gb, 0) == EBM_OK && gb, "grad: %s", gmsg(g));
-        if (!gb) continue;
-        for (j = 0; j < co; j++) {
-            want[j] = 0.0f;
-            for (i = 0; i < rows; i++) want[j] += seed[(size_t)i * co + j];
+    /* 4 16x16 images, then 3 of 15x15 (675 rows: the partial sums' last rows) with eight
+       draws of the seed: a sum in another order rounds to the same float for about half
+       of all draws (measured, for a single channel's last rows all added to the first
+       partial sum) */
+    for (v = 0; v < 9; v++)
+        for (co = 40; co >= 1; co -= 39) {
+            const int n = v ? 3 : 4, hw = v ? 15 : 16, xs[4] = { n, hw, hw, 3 }, ws[4] = { 3, 3, 3, co }, rows = n * hw * hw;
+            ebm_var *xv, *W, *B, *y, *sv, *gb = NULL;
+            int ys[4];
+            ys[0] = n; ys[1] = hw; ys[2] = hw; ys[3] = co;
+            if (co == 40) rnd(seed, sizeof seed / sizeof seed[0], -1, 1);
+            ebm_graph_reset(g);
+            xv = ebm_leaf(g, x, 4, xs); W = ebm_leaf(g, w, 4, ws); B = ebm_leaf(g, b, 1, &co);
+            y = ebm_conv2d(g, xv, W, B, 1, 1);
+            sv = ebm_leaf(g, seed, 4, ys);
+            CHECK(ebm_grad(g, y, sv, 1, &B, &gb, 0) == EBM_OK && gb, "grad: %s", gmsg(g));
+            if (!gb) continue;
+            for (j = 0; j < co; j++) {
+                const int P = co == 1 ? 64 : 1;
+                int k;
+                want[j] = 0.0f;
+                for (k = 0; k < P; k++) {
+                    float part = 0.0f;
+                    for (i = k; i < rows; i += P) part += seed[(size_t)i * co + j];
+                    want[j] = k == 0 ? part : want[j] + part;
+                }
+            }
+            CHECK(memcmp(gb->data, want, (size_t)co * sizeof(float)) == 0, "%d rows, %d channels: the bias gradient is not the sum in its order",
+                  rows, co);
         }
-        CHECK(memcmp(gb->data, want, (size_t)co * sizeof(float)) == 0, "%d channels: the bias gradient is not the in-order sum", co);
-    }
     ebm_graph_destroy(g);
 }
 
