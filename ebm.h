@@ -2156,10 +2156,11 @@ static void ebm__conv_fwd_few(const ebm__cgeom *G, const float *x, const float *
    read what the other wrote; the LeakyReLU is fused into the write-back
    since.) The forward takes up to EBM__POS_MAJOR_WIDE positions position
    first when its input has 32 channels or more: 14x14 and 16x16 outputs,
-   where the border's taps are 7 % of the products. Paired, medians of 31 runs: net28_nf32's 28x28x32
-   -> 14x14x64 forward 0.91, net28_nf64's 28x28x64 one 0.89, net32c3's
-   32x32x32 -> 16x16x64 one 0.95; but net28_nf16's 28x28x16 one 1.03, so
-   rows of 16 channels keep the image-first order there. So do forwards
+   where the border's taps are 7 % of the products. Paired, medians of 31
+   runs: net28_nf32's 28x28x32 -> 14x14x64 forward 0.91, net28_nf64's
+   28x28x64 one 0.89, net32c3's 32x32x32 -> 16x16x64 one 0.95; but
+   net28_nf16's 28x28x16 one 1.03, so rows of 16 channels keep the
+   image-first order there. So do forwards
    that store another activation (SiLU's) and its derivative as well:
    position first, those two outputs' rows are scattered over 8 images,
    and the pass took 1.05 of its time (0.99-1.00 with their lines
@@ -2888,7 +2889,7 @@ static void ebm__wg_tables(const ebm__cgeom *G, const float *x, const float **xr
    first) only below EBM__WGR_TASKS_PER_THREAD tasks per thread (larger
    groups measured faster than more tasks: on 2 threads, 4 tasks instead
    of 8 made net28_nf32's and net32c3's 32 -> 64 layers 0.95-0.97 of their
-   time, medians of 31-41 paired runs; the bits do not depend on the
+   time, medians of 31-61 paired runs; the bits do not depend on the
    groups). Medians of 14 interleaved runs, batch 64, 2 threads,
    against the gather form (padded copy, prefetch): net28_nf32's three 4x4
    layers 4.84 -> 4.01, 4.42 -> 3.35, 3.20 -> 2.67 ms; net28_nf16's 32 ->
@@ -3949,7 +3950,7 @@ static ebm_var *ebm__expand(ebm_graph *g, ebm_var *s, const ebm_var *like)
    at batch 64) is one contiguous range, summed as EBM__CHSUM_FLAT partial
    sums of every EBM__CHSUM_FLAT-th value, added in order at the end: one
    running sum was a chain of dependent scalar adds (36 us there; 1.6 us
-   so). With more channels the pass is bound by reading them (94 us for
+   in partial sums). With more channels the pass is bound by reading them (94 us for
    net28's 14x14x64 at batch 64 either way), so their sums stay in order. */
 #define EBM__CHSUM_COLS 16
 #define EBM__CHSUM_FLAT 64
