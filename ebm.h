@@ -2160,11 +2160,11 @@ static void ebm__conv_fwd_few(const ebm__cgeom *G, const float *x, const float *
    runs: net28_nf32's 28x28x32 -> 14x14x64 forward 0.91, net28_nf64's
    28x28x64 one 0.89, net32c3's 32x32x32 -> 16x16x64 one 0.95; but
    net28_nf16's 28x28x16 one 1.03, so rows of 16 channels keep the
-   image-first order there. So do forwards
-   that store another activation (SiLU's) and its derivative as well:
-   position first, those two outputs' rows are scattered over 8 images,
-   and the pass took 1.05 of its time (0.99-1.00 with their lines
-   prefetched as the output's are). */
+   image-first order there. So do forwards whose write-back applies
+   another activation than LeakyReLU, or its derivative: storing SiLU's
+   value and derivative as well, position first, scatters those rows over
+   8 images, and the pass took 1.05 of its time (0.99-1.00 with their
+   lines prefetched as the output's are). */
 #define EBM__POS_MAJOR 128
 #define EBM__POS_MAJOR_WIDE 256
 static int ebm__fwd_pos_major(const ebm__cgeom *G, int RR, const ebm__epi *e)
