@@ -296,11 +296,14 @@ $(B)/bench: bench/bench.c bench/layer_geom.h ebm.h | $(B)
 # per-case medians of the ratios new/base (bench/ab.c). BASE must share the
 # internal kernel names bench/ab_side.c calls (v0.6 on); headers before
 # v0.6.2 warn of unused functions under EBM_STATIC, hence -Wno-unused-function.
+# BASE_OPT builds the base side with other flags (BASE_OPT="-O2 -march=native":
+# what the same header costs at -O2).
 BASE ?= HEAD
+BASE_OPT ?= $(OPT)
 bench-ab: | $(B)
 	mkdir -p $(B)/ab_base
 	git show $(BASE):ebm.h > $(B)/ab_base/ebm.h
-	$(CC) $(CSTD) $(WARN) -Wno-unused-function $(OPT) $(FPFLAGS) $(OMP) -D_POSIX_C_SOURCE=200809L -DAB_SIDE=base -I$(B)/ab_base -c bench/ab_side.c -o $(B)/ab_base.o
+	$(CC) $(CSTD) $(WARN) -Wno-unused-function $(BASE_OPT) $(FPFLAGS) $(OMP) -D_POSIX_C_SOURCE=200809L -DAB_SIDE=base -I$(B)/ab_base -c bench/ab_side.c -o $(B)/ab_base.o
 	$(CC) $(CSTD) $(WARN) $(OPT) $(FPFLAGS) $(OMP) -D_POSIX_C_SOURCE=200809L -DAB_SIDE=new -I. -c bench/ab_side.c -o $(B)/ab_new.o
 	$(CC) $(CSTD) $(WARN) $(OPT) $(OMP) bench/ab.c $(B)/ab_base.o $(B)/ab_new.o -o $(B)/ab -lm
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} ./$(B)/ab $(AB_ARGS)

@@ -1339,6 +1339,7 @@ typedef __m512 ebm__vf;
 #define ebm__vbcast(x) _mm512_set1_ps(x)
 #define ebm__vfma(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define ebm__vadd(a, b) _mm512_add_ps(a, b)
+#define ebm__vmul(a, b) _mm512_mul_ps(a, b)
 /* The sum of the lanes (_mm512_reduce_add_ps, and even a cast to the lower
    half, draw maybe-uninitialized warnings from g++ 12 in C++: they extract
    halves unmasked; the maskz forms do not) */
@@ -1365,6 +1366,7 @@ typedef __m256 ebm__vf;
 #define ebm__vbcast(x) _mm256_set1_ps(x)
 #define ebm__vfma(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define ebm__vadd(a, b) _mm256_add_ps(a, b)
+#define ebm__vmul(a, b) _mm256_mul_ps(a, b)
 static float ebm__vhsum(__m256 v)
 {
     __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -1384,6 +1386,7 @@ typedef float32x4_t ebm__vf;
 #define ebm__vbcast(x) vdupq_n_f32(x)
 #define ebm__vfma(a, b, c) vfmaq_f32(c, a, b)
 #define ebm__vadd(a, b) vaddq_f32(a, b)
+#define ebm__vmul(a, b) vmulq_f32(a, b)
 #define ebm__vhsum(v) vaddvq_f32(v)
 #define ebm__vleaky_by(v, m, sv) vbslq_f32(vcgtq_f32(m, vdupq_n_f32(0.0f)), v, vmulq_f32(v, sv))
 #define EBM__ISA "neon"
@@ -1397,12 +1400,24 @@ typedef float ebm__vf;
 #define ebm__vbcast(x) (x)
 #define ebm__vfma(a, b, c) ((a) * (b) + (c))
 #define ebm__vadd(a, b) ((a) + (b))
+#define ebm__vmul(a, b) ((a) * (b))
 #define ebm__vleaky_by(v, m, sv) ((m) > 0 ? (v) : (sv) * (v))
 #define ebm__vhsum(v) (v)
 #define EBM__ISA "scalar"
 #endif
 #define EBM__CV 2
 #define EBM__CB (EBM__CV * EBM__VL)
+/* The kernels' loops over a tile's rows and vectors have constant trip
+   counts, and their accumulators stay in registers only when those loops
+   are unrolled completely. g++ -O2 does not unroll a loop whose unrolled
+   body is larger (-O3's -fpeel-loops does), and left the accumulators in
+   memory: net28_nf32's Langevin step took 3.2x its -O3 time. So each such
+   loop asks for it (clang reads the same pragma). */
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 8)
+#define EBM__UNROLL _Pragma("GCC unroll 16")
+#else
+#define EBM__UNROLL
+#endif
 /* LeakyReLU with the vector of slopes sv: v where m > 0, else sv v (m = v),
    or v times LeakyReLU'(m) (an input gradient times the factor read off a
    fused layer's output m: same sign as its pre-activation) */
@@ -1486,11 +1501,11 @@ static void ebm__mk_taps_wide(const float *const *ap, const float *const *bt, in
 {
     ebm__vf acc[EBM__RM][EBM__CV];
     int r, v, t, c;
-    for (r = 0; r < EBM__RM; r++)
-        for (v = 0; v < EBM__CV; v++) acc[r][v] = fresh ? ebm__vzero() : ebm__vload(tmp + (r * EBM__CV + v) * EBM__VL);
+    if (fresh) EBM__UNROLL for (r = 0; r < EBM__RM; r++) EBM__UNROLL for (v = 0; v < EBM__CV; v++) acc[r][v] = ebm__vzero();
+    else EBM__UNROLL for (r = 0; r < EBM__RM; r++) EBM__UNROLL for (v = 0; v < EBM__CV; v++) acc[r][v] = ebm__vload(tmp + (r * EBM__CV + v) * EBM__VL);
     for (t = 0; t < nt; t++) {
         const float *ar[EBM__RM];
-        for (r = 0; r < EBM__RM; r++) ar[r] = ap[t * EBM__RM + r];
+        EBM__UNROLL for (r = 0; r < EBM__RM; r++) ar[r] = ap[t * EBM__RM + r];
         /* two channels per turn: one channel per turn, g++ stepped each of the
            RM row pointers once per channel (integer adds competing with the
            FMAs for ports); unrolled, it indexes all rows off one counter */
@@ -1498,17 +1513,17 @@ static void ebm__mk_taps_wide(const float *const *ap, const float *const *bt, in
         do {                                                                                      \
             const float *b = bt[t] + (size_t)(cc) * ldb;                                          \
             ebm__vf bv[EBM__CV];                                                                  \
-            for (v = 0; v < EBM__CV; v++) bv[v] = ebm__vload(b + v * EBM__VL);                    \
-            for (r = 0; r < EBM__RM; r++) {                                                       \
+            EBM__UNROLL for (v = 0; v < EBM__CV; v++) bv[v] = ebm__vload(b + v * EBM__VL);        \
+            EBM__UNROLL for (r = 0; r < EBM__RM; r++) {                                           \
                 ebm__vf x = ebm__vbcast(ar[r][cc]);                                               \
-                for (v = 0; v < EBM__CV; v++) acc[r][v] = ebm__vfma(x, bv[v], acc[r][v]);         \
+                EBM__UNROLL for (v = 0; v < EBM__CV; v++) acc[r][v] = ebm__vfma(x, bv[v], acc[r][v]); \
             }                                                                                     \
         } while (0)
         for (c = 0; c + 1 < kc; c += 2) { EBM__MK_WIDE_STEP(c); EBM__MK_WIDE_STEP(c + 1); }
         if (c < kc) EBM__MK_WIDE_STEP(c);
 #undef EBM__MK_WIDE_STEP
     }
-    for (r = 0; r < EBM__RM; r++) for (v = 0; v < EBM__CV; v++) ebm__vstore(tmp + (r * EBM__CV + v) * EBM__VL, acc[r][v]);
+    EBM__UNROLL for (r = 0; r < EBM__RM; r++) EBM__UNROLL for (v = 0; v < EBM__CV; v++) ebm__vstore(tmp + (r * EBM__CV + v) * EBM__VL, acc[r][v]);
 }
 
 /* The narrow tile, EBM__RM1 pixels x 1 vector, as two halves of EBM__RM
@@ -1524,27 +1539,27 @@ static void ebm__mk_taps_narrow(const float *const *ap, const float *const *bt, 
                                 int fresh)
 {
     int h, r, t, c;
-    for (h = 0; h < EBM__RM1 / EBM__RM; h++) {
+    EBM__UNROLL for (h = 0; h < EBM__RM1 / EBM__RM; h++) {
         ebm__vf a0[EBM__RM], a1[EBM__RM];
         float *th = tmp + h * EBM__RM * EBM__VL;
-        for (r = 0; r < EBM__RM; r++) { a0[r] = fresh ? ebm__vzero() : ebm__vload(th + r * EBM__VL); a1[r] = ebm__vzero(); }
+        EBM__UNROLL for (r = 0; r < EBM__RM; r++) { a0[r] = fresh ? ebm__vzero() : ebm__vload(th + r * EBM__VL); a1[r] = ebm__vzero(); }
         for (t = 0; t < nt; t++) {
             const float *ar[EBM__RM];
             const float *b = bt[t];
-            for (r = 0; r < EBM__RM; r++) ar[r] = ap[t * EBM__RM1 + h * EBM__RM + r];
+            EBM__UNROLL for (r = 0; r < EBM__RM; r++) ar[r] = ap[t * EBM__RM1 + h * EBM__RM + r];
             for (c = 0; c + 1 < kc; c += 2) {
                 const ebm__vf b0 = ebm__vload(b + (size_t)c * ldb), b1 = ebm__vload(b + (size_t)(c + 1) * ldb);
-                for (r = 0; r < EBM__RM; r++) {
+                EBM__UNROLL for (r = 0; r < EBM__RM; r++) {
                     a0[r] = ebm__vfma(ebm__vbcast(ar[r][c]), b0, a0[r]);
                     a1[r] = ebm__vfma(ebm__vbcast(ar[r][c + 1]), b1, a1[r]);
                 }
             }
             if (c < kc) {
                 const ebm__vf b0 = ebm__vload(b + (size_t)c * ldb);
-                for (r = 0; r < EBM__RM; r++) a0[r] = ebm__vfma(ebm__vbcast(ar[r][c]), b0, a0[r]);
+                EBM__UNROLL for (r = 0; r < EBM__RM; r++) a0[r] = ebm__vfma(ebm__vbcast(ar[r][c]), b0, a0[r]);
             }
         }
-        for (r = 0; r < EBM__RM; r++) ebm__vstore(th + r * EBM__VL, ebm__vadd(a0[r], a1[r]));
+        EBM__UNROLL for (r = 0; r < EBM__RM; r++) ebm__vstore(th + r * EBM__VL, ebm__vadd(a0[r], a1[r]));
     }
 }
 
@@ -1573,18 +1588,18 @@ static void name(const float *A, const ptrdiff_t *row, const ptrdiff_t *koff, si
     ebm__vf acc[RMX][CVX];                                                                        \
     int r, v;                                                                                     \
     size_t k;                                                                                     \
-    for (r = 0; r < RMX; r++) for (v = 0; v < CVX; v++) acc[r][v] = ebm__vload(tmp + (r * CVX + v) * EBM__VL); \
+    EBM__UNROLL for (r = 0; r < RMX; r++) EBM__UNROLL for (v = 0; v < CVX; v++) acc[r][v] = ebm__vload(tmp + (r * CVX + v) * EBM__VL); \
     for (k = 0; k < K; k++) {                                                                     \
         const float *a = A + koff[k], *b = B + k * ldb;                                           \
         ebm__vf bv[CVX];                                                                          \
         if (k + EBM__WG_AHEAD < k_end) EBM__PREFETCH(A + koff[k + EBM__WG_AHEAD] + row[0]);       \
-        for (v = 0; v < CVX; v++) bv[v] = ebm__vload(b + v * EBM__VL);                            \
-        for (r = 0; r < RMX; r++) {                                                               \
+        EBM__UNROLL for (v = 0; v < CVX; v++) bv[v] = ebm__vload(b + v * EBM__VL);                \
+        EBM__UNROLL for (r = 0; r < RMX; r++) {                                                   \
             ebm__vf av = ebm__vbcast(a[row[r]]);                                                  \
-            for (v = 0; v < CVX; v++) acc[r][v] = ebm__vfma(av, bv[v], acc[r][v]);                \
+            EBM__UNROLL for (v = 0; v < CVX; v++) acc[r][v] = ebm__vfma(av, bv[v], acc[r][v]);    \
         }                                                                                         \
     }                                                                                             \
-    for (r = 0; r < RMX; r++) for (v = 0; v < CVX; v++) ebm__vstore(tmp + (r * CVX + v) * EBM__VL, acc[r][v]); \
+    EBM__UNROLL for (r = 0; r < RMX; r++) EBM__UNROLL for (v = 0; v < CVX; v++) ebm__vstore(tmp + (r * CVX + v) * EBM__VL, acc[r][v]); \
 }
 EBM__DEF_MK_GATHER(ebm__mk_gather_wide, EBM__RM, EBM__CV)
 EBM__DEF_MK_GATHER(ebm__mk_gather_narrow, EBM__RM1, 1)
@@ -1610,19 +1625,19 @@ static void name(const float *const *xr, const int *kx, size_t col, size_t K, si
     ebm__vf acc[RMX][CVX];                                                                        \
     int r, v;                                                                                     \
     size_t k;                                                                                     \
-    for (r = 0; r < RMX; r++) for (v = 0; v < CVX; v++) acc[r][v] = ebm__vload(tmp + (r * CVX + v) * EBM__VL); \
+    EBM__UNROLL for (r = 0; r < RMX; r++) EBM__UNROLL for (v = 0; v < CVX; v++) acc[r][v] = ebm__vload(tmp + (r * CVX + v) * EBM__VL); \
     for (k = 0; k < K; k++) {                                                                     \
         const float *xa = xr[k] + col, *gk = g + (size_t)kx[k] * ldg;                             \
         ebm__vf bv[CVX];                                                                          \
         if (k + EBM__WG_AHEAD < k_end)                                                            \
-            for (v = 0; v < CVX; v++) EBM__PREFETCH(xr[k + EBM__WG_AHEAD] + col + v * EBM__VL);   \
-        for (v = 0; v < CVX; v++) bv[v] = ebm__vload(xa + v * EBM__VL);                           \
-        for (r = 0; r < RMX; r++) {                                                               \
+            EBM__UNROLL for (v = 0; v < CVX; v++) EBM__PREFETCH(xr[k + EBM__WG_AHEAD] + col + v * EBM__VL); \
+        EBM__UNROLL for (v = 0; v < CVX; v++) bv[v] = ebm__vload(xa + v * EBM__VL);               \
+        EBM__UNROLL for (r = 0; r < RMX; r++) {                                                   \
             ebm__vf av = ebm__vbcast(gk[r]);                                                      \
-            for (v = 0; v < CVX; v++) acc[r][v] = ebm__vfma(av, bv[v], acc[r][v]);                \
+            EBM__UNROLL for (v = 0; v < CVX; v++) acc[r][v] = ebm__vfma(av, bv[v], acc[r][v]);    \
         }                                                                                         \
     }                                                                                             \
-    for (r = 0; r < RMX; r++) for (v = 0; v < CVX; v++) ebm__vstore(tmp + (r * CVX + v) * EBM__VL, acc[r][v]); \
+    EBM__UNROLL for (r = 0; r < RMX; r++) EBM__UNROLL for (v = 0; v < CVX; v++) ebm__vstore(tmp + (r * CVX + v) * EBM__VL, acc[r][v]); \
 }
 EBM__DEF_MK_ROWS(ebm__mk_rows, EBM__RM, EBM__CV)
 
@@ -1644,7 +1659,7 @@ static void ebm__mk_rows_run(const ebm__wrun *R, int q0, int q1, float *tmp)
 {
     ebm__vf acc[EBM__RM][EBM__CV];
     int r, v, q, i, n = q0 / R->hy, ho = q0 % R->hy;
-    for (r = 0; r < EBM__RM; r++) for (v = 0; v < EBM__CV; v++) acc[r][v] = ebm__vload(tmp + (r * EBM__CV + v) * EBM__VL);
+    EBM__UNROLL for (r = 0; r < EBM__RM; r++) EBM__UNROLL for (v = 0; v < EBM__CV; v++) acc[r][v] = ebm__vload(tmp + (r * EBM__CV + v) * EBM__VL);
     for (q = q0; q < q1; q++) {
         if (ho >= R->ho_lo && ho < R->ho_hi) {
             const float *xa = R->x + (R->x0 + (ptrdiff_t)n * R->ximg + (ptrdiff_t)ho * R->xrow);
@@ -1655,17 +1670,17 @@ static void ebm__mk_rows_run(const ebm__wrun *R, int q0, int q1, float *tmp)
             for (i = 0; i < R->wl; i++) {
                 const float *xi = xa + (ptrdiff_t)i * R->xstep, *gi = gk + (size_t)i * EBM__RM;
                 ebm__vf bv[EBM__CV];
-                for (v = 0; v < EBM__CV; v++) EBM__PREFETCH(xi + pf + v * EBM__VL);
-                for (v = 0; v < EBM__CV; v++) bv[v] = ebm__vload(xi + v * EBM__VL);
-                for (r = 0; r < EBM__RM; r++) {
+                EBM__UNROLL for (v = 0; v < EBM__CV; v++) EBM__PREFETCH(xi + pf + v * EBM__VL);
+                EBM__UNROLL for (v = 0; v < EBM__CV; v++) bv[v] = ebm__vload(xi + v * EBM__VL);
+                EBM__UNROLL for (r = 0; r < EBM__RM; r++) {
                     ebm__vf av = ebm__vbcast(gi[r]);
-                    for (v = 0; v < EBM__CV; v++) acc[r][v] = ebm__vfma(av, bv[v], acc[r][v]);
+                    EBM__UNROLL for (v = 0; v < EBM__CV; v++) acc[r][v] = ebm__vfma(av, bv[v], acc[r][v]);
                 }
             }
         }
         if (++ho == R->hy) { ho = 0; n++; }
     }
-    for (r = 0; r < EBM__RM; r++) for (v = 0; v < EBM__CV; v++) ebm__vstore(tmp + (r * EBM__CV + v) * EBM__VL, acc[r][v]);
+    EBM__UNROLL for (r = 0; r < EBM__RM; r++) EBM__UNROLL for (v = 0; v < EBM__CV; v++) ebm__vstore(tmp + (r * EBM__CV + v) * EBM__VL, acc[r][v]);
 }
 
 /* A tile row's write-back without a bias. g++ makes any copying loop of
@@ -1681,6 +1696,58 @@ static void ebm__copy_row(float *o, const float *src, int n)
     if (n == EBM__VL) ebm__vstore(o, ebm__vload(src));
     else if (n == EBM__CB) for (q = 0; q < EBM__CB; q += EBM__VL) ebm__vstore(o + q, ebm__vload(src + q));
     else for (q = 0; q < n; q++) o[q] = src[q];
+}
+
+/* A tile row's write-back: o[q] = tr[q] (+ b[q] with a bias), then times
+   LeakyReLU'(mk[q]) with a mask (the gradient of a fused layer), or
+   through LeakyReLU(slope) with leaky; n values. Whole vectors by hand, as
+   g++ -O2 does not vectorise these loops (their scalar form was 31 % of
+   net28_nf32's Langevin step at -O2); the tail masked on AVX-512, else a
+   loop per case. */
+EBM__INLINE void ebm__store_row(float *o, const float *tr, const float *b, const float *mk, int leaky, float slope, int n)
+{
+    const ebm__vf sv = ebm__vbcast(slope);
+    int q = 0;
+    if (!b && !mk && !leaky) { ebm__copy_row(o, tr, n); return; }
+    for (; q + EBM__VL <= n; q += EBM__VL) {
+        ebm__vf v = b ? ebm__vadd(ebm__vload(tr + q), ebm__vload(b + q)) : ebm__vload(tr + q);
+        if (mk) v = ebm__vleaky_by(v, ebm__vload(mk + q), sv);
+        else if (leaky) v = ebm__vleaky(v, sv);
+        ebm__vstore(o + q, v);
+    }
+    if (q == n) return;
+#if EBM__VL == 16
+    {
+        const __mmask16 k = (__mmask16)((1u << (n - q)) - 1);
+        ebm__vf v = _mm512_maskz_loadu_ps(k, tr + q);
+        if (b) v = ebm__vadd(v, _mm512_maskz_loadu_ps(k, b + q));
+        if (mk) v = ebm__vleaky_by(v, _mm512_maskz_loadu_ps(k, mk + q), sv);
+        else if (leaky) v = ebm__vleaky(v, sv);
+        _mm512_mask_storeu_ps(o + q, k, v);
+    }
+#else
+    if (mk) for (; q < n; q++) { const float v = b ? tr[q] + b[q] : tr[q]; o[q] = mk[q] > 0 ? v : slope * v; }
+    else if (leaky) for (; q < n; q++) { const float v = b ? tr[q] + b[q] : tr[q]; o[q] = v > 0 ? v : slope * v; }
+    else for (; q < n; q++) o[q] = tr[q] + b[q];
+#endif
+}
+
+/* o[i] = v[i] where m[i] > 0, else a v[i] (LeakyReLU, m = v, or its
+   derivative times v), and o[i] = m[i] v[i] (held derivatives): whole
+   vectors by hand, as g++ -O2 does not vectorise these loops either. */
+static void ebm__leaky_by_range(const float *m, const float *v, float *o, float a, size_t n)
+{
+    const ebm__vf sv = ebm__vbcast(a);
+    size_t i = 0;
+    for (; i + EBM__VL <= n; i += EBM__VL) ebm__vstore(o + i, ebm__vleaky_by(ebm__vload(v + i), ebm__vload(m + i), sv));
+    for (; i < n; i++) o[i] = m[i] > 0 ? v[i] : a * v[i];
+}
+
+static void ebm__mul_range(const float *m, const float *v, float *o, size_t n)
+{
+    size_t i = 0;
+    for (; i + EBM__VL <= n; i += EBM__VL) ebm__vstore(o + i, ebm__vmul(ebm__vload(m + i), ebm__vload(v + i)));
+    for (; i < n; i++) o[i] = m[i] * v[i];
 }
 
 /* A tile's result buffer and pointer table hold any of the shapes above. */
@@ -2038,27 +2105,27 @@ EBM__INLINE void ebm__few_px(const float *x0, ptrdiff_t xs, const int *toff, int
 {
     ebm__vf acc[2 * EBM__FEW_PX][EBM__CV];
     int i, t, v;
-    for (i = 0; i < np; i++) for (v = 0; v < nv; v++) acc[i][v] = ebm__vzero();
+    EBM__UNROLL for (i = 0; i < np; i++) EBM__UNROLL for (v = 0; v < nv; v++) acc[i][v] = ebm__vzero();
     for (t = 0; t < T; t++) {
         const float *xt = x0 + toff[t];
         ebm__vf bv[EBM__CV];
-        for (v = 0; v < nv; v++) bv[v] = ebm__vload(bp + ((size_t)t * nv + v) * EBM__VL);
-        for (i = 0; i < np; i++) {
+        EBM__UNROLL for (v = 0; v < nv; v++) bv[v] = ebm__vload(bp + ((size_t)t * nv + v) * EBM__VL);
+        EBM__UNROLL for (i = 0; i < np; i++) {
             const ebm__vf xv = ebm__vbcast(xt[i * xs]);
-            for (v = 0; v < nv; v++) acc[i][v] = ebm__vfma(xv, bv[v], acc[i][v]);
+            EBM__UNROLL for (v = 0; v < nv; v++) acc[i][v] = ebm__vfma(xv, bv[v], acc[i][v]);
         }
     }
     if (mk)
-        for (i = 0; i < np; i++)
-            for (v = 0; v < nv; v++) acc[i][v] = ebm__vleaky_by(acc[i][v], ebm__vload(mk + (size_t)i * os + (size_t)v * EBM__VL), sv);
+        EBM__UNROLL for (i = 0; i < np; i++)
+            EBM__UNROLL for (v = 0; v < nv; v++) acc[i][v] = ebm__vleaky_by(acc[i][v], ebm__vload(mk + (size_t)i * os + (size_t)v * EBM__VL), sv);
     if (nc == nv * EBM__VL)
-        for (i = 0; i < np; i++)
-            for (v = 0; v < nv; v++) {
+        EBM__UNROLL for (i = 0; i < np; i++)
+            EBM__UNROLL for (v = 0; v < nv; v++) {
                 ebm__vf a = bias ? ebm__vadd(acc[i][v], bias[v]) : acc[i][v];
                 ebm__vstore(o + (size_t)i * os + (size_t)v * EBM__VL, leaky ? ebm__vleaky(a, sv) : a);
             }
     else
-        for (i = 0; i < np; i++) ebm__few_store(o + (size_t)i * os, acc[i], nv, bias, leaky, sv, nc);
+        EBM__UNROLL for (i = 0; i < np; i++) ebm__few_store(o + (size_t)i * os, acc[i], nv, bias, leaky, sv, nc);
 }
 
 static void ebm__conv_fwd_few(const ebm__cgeom *G, const float *x, const float *w, const float *b, float *y,
@@ -2246,15 +2313,7 @@ static void ebm__conv_fwd_epi(const ebm__cgeom *G, const float *x, const float *
                 if (fresh) memset(tmp, 0, sizeof tmp); /* no tap inside */
                 for (r = 0; r < nr && r < EBM__ROWS; r++) {
                     float *o = y + pix[r] + co0;
-                    const float *tr = tmp + r * (int)CBW, *mk = mask ? mask + pix[r] + co0 : NULL;
-                    /* each case its own plain loop, so that the compiler vectorises it */
-                    if (mk) /* (the backward passes no bias) */
-                        for (q = 0; q < nc; q++) o[q] = mk[q] > 0 ? (b ? tr[q] + b[co0 + q] : tr[q]) : slope * (b ? tr[q] + b[co0 + q] : tr[q]);
-                    else if (b && leaky) /* a fused LeakyReLU */
-                        for (q = 0; q < nc; q++) { const float v = tr[q] + b[co0 + q]; o[q] = v > 0 ? v : slope * v; }
-                    else if (b) for (q = 0; q < nc; q++) o[q] = tr[q] + b[co0 + q];
-                    else if (leaky) for (q = 0; q < nc; q++) o[q] = tr[q] > 0 ? tr[q] : slope * tr[q];
-                    else ebm__copy_row(o, tr, nc);
+                    ebm__store_row(o, tmp + r * (int)CBW, b ? b + co0 : NULL, mask ? mask + pix[r] + co0 : NULL, leaky, slope, nc);
                 }
             }
             if (e->ya || (e->mask && !mask)) { /* the tile's other epilogues, on its panels' part of each row */
@@ -2762,14 +2821,7 @@ static void ebm__conv_bwd_data_epi(const ebm__cgeom *G, const float *gy, const f
                 if (fresh) memset(tmp, 0, sizeof tmp); /* no tap inside */
                 for (r = 0; r < nr && r < EBM__ROWS; r++) {
                     float *o = gx + pix[r] + c0;
-                    const float *tr = tmp + r * (int)CBW, *mk = mask ? mask + pix[r] + c0 : NULL;
-                    if (mk) /* (the backward passes no bias) */
-                        for (q = 0; q < nc; q++) o[q] = mk[q] > 0 ? (b ? tr[q] + b[c0 + q] : tr[q]) : slope * (b ? tr[q] + b[c0 + q] : tr[q]);
-                    else if (b && leaky)
-                        for (q = 0; q < nc; q++) { const float v = tr[q] + b[c0 + q]; o[q] = v > 0 ? v : slope * v; }
-                    else if (leaky) for (q = 0; q < nc; q++) o[q] = tr[q] > 0 ? tr[q] : slope * tr[q];
-                    else if (b) for (q = 0; q < nc; q++) o[q] = tr[q] + b[c0 + q];
-                    else ebm__copy_row(o, tr, nc);
+                    ebm__store_row(o, tmp + r * (int)CBW, b ? b + c0 : NULL, mask ? mask + pix[r] + c0 : NULL, leaky, slope, nc);
                 }
             }
             if (e->mask && !mask) /* another activation's derivative, on each pixel's channels */
@@ -3134,7 +3186,7 @@ static void ebm__act_range(int type, int order, float a, const float *x, float *
     size_t i;
     switch (type) {
     case EBM_ACT_LEAKY_RELU:
-        if (order == 0) for (i = 0; i < n; i++) y[i] = x[i] > 0 ? x[i] : a * x[i];
+        if (order == 0) ebm__leaky_by_range(x, x, y, a, n);
         else if (order == 1) for (i = 0; i < n; i++) y[i] = x[i] > 0 ? 1.0f : a;
         else memset(y, 0, n * sizeof *y);
         return;
@@ -3208,18 +3260,16 @@ static void ebm__act_fwd(int type, int order, float a, const float *x, float *y,
 }
 
 /* gx = gy * act'(x) on one range, without the act'(x) tensor (gx may be
-   gy; the compiler's overlap check then takes its scalar loops: in place
-   loops of their own, vectorised, made SiLU's step no faster in make
-   bench's relative_to_nf32). */
+   gy: for the other activations the compiler's overlap check then takes
+   its scalar loops; in place loops of their own, vectorised, made SiLU's
+   step no faster in make bench's relative_to_nf32). */
 static void ebm__act_bwd_range(int type, float a, const float *x, const float *gy, float *gx, size_t n)
 {
     size_t i, j;
-    if (type == EBM__ACT_HELD && gx == gy) /* (in place: a loop the compiler vectorises) */
-        for (i = 0; i < n; i++) gx[i] *= x[i];
-    else if (type == EBM__ACT_HELD)
-        for (i = 0; i < n; i++) gx[i] = x[i] * gy[i];
+    if (type == EBM__ACT_HELD)
+        ebm__mul_range(gy, x, gx, n);
     else if (type == EBM_ACT_LEAKY_RELU)
-        for (i = 0; i < n; i++) gx[i] = x[i] > 0 ? gy[i] : a * gy[i];
+        ebm__leaky_by_range(x, gy, gx, a, n);
     else if (type == EBM_ACT_SILU)
         for (i = 0; i < n; i++) { const float s = ebm__sigmoid(x[i]); gx[i] = (s + x[i] * s * (1 - s)) * gy[i]; }
     else
