@@ -1702,8 +1702,26 @@ static void ebm__copy_row(float *o, const float *src, int n)
    LeakyReLU'(mk[q]) with a mask (the gradient of a fused layer), or
    through LeakyReLU(slope) with leaky; n values. Whole vectors by hand, as
    g++ -O2 does not vectorise these loops (their scalar form was 31 % of
-   net28_nf32's Langevin step at -O2); the tail masked on AVX-512, else a
-   loop per case. */
+   net28_nf32's Langevin step at -O2). ebm__store_part is a part of a
+   vector (n < EBM__VL): masked on AVX-512, else a loop per case. */
+EBM__INLINE void ebm__store_part(float *o, const float *tr, const float *b, const float *mk, int leaky, float slope, int n)
+{
+#if EBM__VL == 16
+    const __mmask16 k = (__mmask16)((1u << n) - 1);
+    ebm__vf v = _mm512_maskz_loadu_ps(k, tr);
+    if (b) v = ebm__vadd(v, _mm512_maskz_loadu_ps(k, b));
+    if (mk) v = ebm__vleaky_by(v, _mm512_maskz_loadu_ps(k, mk), ebm__vbcast(slope));
+    else if (leaky) v = ebm__vleaky(v, ebm__vbcast(slope));
+    _mm512_mask_storeu_ps(o, k, v);
+#else
+    int q;
+    if (mk) for (q = 0; q < n; q++) { const float v = b ? tr[q] + b[q] : tr[q]; o[q] = mk[q] > 0 ? v : slope * v; }
+    else if (leaky) for (q = 0; q < n; q++) { const float v = b ? tr[q] + b[q] : tr[q]; o[q] = v > 0 ? v : slope * v; }
+    else if (b) for (q = 0; q < n; q++) o[q] = tr[q] + b[q];
+    else for (q = 0; q < n; q++) o[q] = tr[q];
+#endif
+}
+
 EBM__INLINE void ebm__store_row(float *o, const float *tr, const float *b, const float *mk, int leaky, float slope, int n)
 {
     const ebm__vf sv = ebm__vbcast(slope);
@@ -1715,21 +1733,7 @@ EBM__INLINE void ebm__store_row(float *o, const float *tr, const float *b, const
         else if (leaky) v = ebm__vleaky(v, sv);
         ebm__vstore(o + q, v);
     }
-    if (q == n) return;
-#if EBM__VL == 16
-    {
-        const __mmask16 k = (__mmask16)((1u << (n - q)) - 1);
-        ebm__vf v = _mm512_maskz_loadu_ps(k, tr + q);
-        if (b) v = ebm__vadd(v, _mm512_maskz_loadu_ps(k, b + q));
-        if (mk) v = ebm__vleaky_by(v, _mm512_maskz_loadu_ps(k, mk + q), sv);
-        else if (leaky) v = ebm__vleaky(v, sv);
-        _mm512_mask_storeu_ps(o + q, k, v);
-    }
-#else
-    if (mk) for (; q < n; q++) { const float v = b ? tr[q] + b[q] : tr[q]; o[q] = mk[q] > 0 ? v : slope * v; }
-    else if (leaky) for (; q < n; q++) { const float v = b ? tr[q] + b[q] : tr[q]; o[q] = v > 0 ? v : slope * v; }
-    else for (; q < n; q++) o[q] = tr[q] + b[q];
-#endif
+    if (q < n) ebm__store_part(o + q, tr + q, b ? b + q : NULL, mk ? mk + q : NULL, leaky, slope, n - q);
 }
 
 /* o[i] = v[i] where m[i] > 0, else a v[i] (LeakyReLU, m = v, or its
@@ -2661,9 +2665,11 @@ static void ebm__conv_bwd_data_dense(const ebm__cgeom *G, const float *gy, const
         for (q = 0; q < nq; q++) {
             float *o = gx + (n0 + (size_t)q) * J + j0;
             const float *mk = mask ? mask + (n0 + (size_t)q) * J + j0 : NULL;
-            if (mk) for (r = 0; r < nr; r++) { const float v = tr[q][r] + bias[r]; o[r] = mk[r] > 0 ? v : slope * v; }
-            else if (e->leaky) for (r = 0; r < nr; r++) { const float v = tr[q][r] + bias[r]; o[r] = v > 0 ? v : slope * v; }
-            else for (r = 0; r < nr; r++) o[r] = tr[q][r] + bias[r];
+#if EBM__RM < EBM__VL /* (rows shorter than a vector: no whole vector to write) */
+            ebm__store_part(o, tr[q], bias, mk, e->leaky, slope, nr);
+#else
+            ebm__store_row(o, tr[q], bias, mk, e->leaky, slope, nr);
+#endif
             if (e->mask && !mask) ebm__act_bwd_range(e->mact, e->ma, e->mask + (n0 + (size_t)q) * J + j0, o, o, (size_t)nr);
         }
     }
