@@ -1340,6 +1340,15 @@ typedef __m512 ebm__vf;
 #define ebm__vfma(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define ebm__vadd(a, b) _mm512_add_ps(a, b)
 #define ebm__vmul(a, b) _mm512_mul_ps(a, b)
+#define ebm__vsub(a, b) _mm512_sub_ps(a, b)
+#define ebm__vdiv(a, b) _mm512_div_ps(a, b)
+/* x < lo ? lo : x > hi ? hi : x, as ebm__expf clamps (a NaN x stays: max_ps returns its second operand then) */
+#define ebm__vclamp(x, lo, hi) _mm512_maskz_min_ps((__mmask16)0xffff, _mm512_set1_ps(hi), _mm512_maskz_max_ps((__mmask16)0xffff, _mm512_set1_ps(lo), x))
+/* 2^n for integral n in [-126, 127], from the exponent bits (the maskz forms
+   here too: the unmasked ones draw maybe-uninitialized warnings from g++ 12
+   in C++) */
+#define ebm__vpow2i(n) _mm512_castsi512_ps(_mm512_maskz_slli_epi32((__mmask16)0xffff, \
+    _mm512_add_epi32(_mm512_maskz_cvtps_epi32((__mmask16)0xffff, n), _mm512_set1_epi32(127)), 23))
 /* The sum of the lanes (_mm512_reduce_add_ps, and even a cast to the lower
    half, draw maybe-uninitialized warnings from g++ 12 in C++: they extract
    halves unmasked; the maskz forms do not) */
@@ -1367,6 +1376,10 @@ typedef __m256 ebm__vf;
 #define ebm__vfma(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define ebm__vadd(a, b) _mm256_add_ps(a, b)
 #define ebm__vmul(a, b) _mm256_mul_ps(a, b)
+#define ebm__vsub(a, b) _mm256_sub_ps(a, b)
+#define ebm__vdiv(a, b) _mm256_div_ps(a, b)
+#define ebm__vclamp(x, lo, hi) _mm256_min_ps(_mm256_set1_ps(hi), _mm256_max_ps(_mm256_set1_ps(lo), x))
+#define ebm__vpow2i(n) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23))
 static float ebm__vhsum(__m256 v)
 {
     __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -1387,6 +1400,10 @@ typedef float32x4_t ebm__vf;
 #define ebm__vfma(a, b, c) vfmaq_f32(c, a, b)
 #define ebm__vadd(a, b) vaddq_f32(a, b)
 #define ebm__vmul(a, b) vmulq_f32(a, b)
+#define ebm__vsub(a, b) vsubq_f32(a, b)
+#define ebm__vdiv(a, b) vdivq_f32(a, b)
+#define ebm__vclamp(x, lo, hi) vminq_f32(vdupq_n_f32(hi), vmaxq_f32(vdupq_n_f32(lo), x)) /* (NaN propagates) */
+#define ebm__vpow2i(n) vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23))
 #define ebm__vhsum(v) vaddvq_f32(v)
 #define ebm__vleaky_by(v, m, sv) vbslq_f32(vcgtq_f32(m, vdupq_n_f32(0.0f)), v, vmulq_f32(v, sv))
 #define EBM__ISA "neon"
@@ -1401,6 +1418,8 @@ typedef float ebm__vf;
 #define ebm__vfma(a, b, c) ((a) * (b) + (c))
 #define ebm__vadd(a, b) ((a) + (b))
 #define ebm__vmul(a, b) ((a) * (b))
+#define ebm__vsub(a, b) ((a) - (b))
+#define ebm__vdiv(a, b) ((a) / (b))
 #define ebm__vleaky_by(v, m, sv) ((m) > 0 ? (v) : (sv) * (v))
 #define ebm__vhsum(v) (v)
 #define EBM__ISA "scalar"
@@ -1702,8 +1721,9 @@ static void ebm__copy_row(float *o, const float *src, int n)
    LeakyReLU'(mk[q]) with a mask (the gradient of a fused layer), or
    through LeakyReLU(slope) with leaky; n values. Whole vectors by hand, as
    g++ -O2 does not vectorise these loops (their scalar form was 31 % of
-   net28_nf32's Langevin step at -O2). ebm__store_part is a part of a
-   vector (n < EBM__VL): masked on AVX-512, else a loop per case. */
+   net28_nf32's Langevin step at -O2). ebm__store_part does rows of n <=
+   EBM__VL on AVX-512, masked, and of any n elsewhere, a loop per case (the
+   dense input gradient's rows of EBM__RM, and store_row's tails). */
 EBM__INLINE void ebm__store_part(float *o, const float *tr, const float *b, const float *mk, int leaky, float slope, int n)
 {
 #if EBM__VL == 16
@@ -2665,10 +2685,10 @@ static void ebm__conv_bwd_data_dense(const ebm__cgeom *G, const float *gy, const
         for (q = 0; q < nq; q++) {
             float *o = gx + (n0 + (size_t)q) * J + j0;
             const float *mk = mask ? mask + (n0 + (size_t)q) * J + j0 : NULL;
-#if EBM__RM < EBM__VL /* (rows shorter than a vector: no whole vector to write) */
+#if EBM__VL > 1
             ebm__store_part(o, tr[q], bias, mk, e->leaky, slope, nr);
-#else
-            ebm__store_row(o, tr[q], bias, mk, e->leaky, slope, nr);
+#else /* (g++ -O3 takes bias as maybe uninitialised through ebm__store_part here) */
+            for (r = 0; r < nr; r++) o[r] = (mk ? mk[r] > 0 : !e->leaky || tr[q][r] + bias[r] > 0) ? tr[q][r] + bias[r] : slope * (tr[q][r] + bias[r]);
 #endif
             if (e->mask && !mask) ebm__act_bwd_range(e->mact, e->ma, e->mask + (n0 + (size_t)q) * J + j0, o, o, (size_t)nr);
         }
@@ -3186,6 +3206,46 @@ EBM__INLINE float ebm__expf(float x)
 EBM__INLINE float ebm__sigmoid(float v) { return 1.0f / (1.0f + ebm__expf(-v)); }
 EBM__INLINE float ebm__tanhf(float v) { return 1.0f - 2.0f / (ebm__expf(2.0f * v) + 1.0f); }
 
+/* ebm__expf and ebm__sigmoid on a vector, operation for operation (the
+   same bits): g++ -O2 does not vectorise loops over the scalar forms, and
+   SiLU's Langevin step took 1.37x its -O3 time. */
+#if EBM__VL == 1
+#define ebm__vexpf ebm__expf
+#else
+#if defined(FP_FAST_FMAF)
+#define EBM__VFMAF(a, b, c) ebm__vfma(a, b, c)
+#else
+#define EBM__VFMAF(a, b, c) ebm__vadd(ebm__vmul(a, b), c)
+#endif
+EBM__INLINE ebm__vf ebm__vexpf(ebm__vf x)
+{
+    const ebm__vf magic = ebm__vbcast(12582912.0f);
+    ebm__vf n, r, p;
+    x = ebm__vclamp(x, -87.0f, 88.0f);
+    n = ebm__vsub(ebm__vadd(ebm__vmul(x, ebm__vbcast(1.44269504089f)), magic), magic);
+    r = EBM__VFMAF(n, ebm__vbcast(-0.693359375f), x);
+    r = EBM__VFMAF(n, ebm__vbcast(2.12194440e-4f), r);
+    p = ebm__vbcast(1.9875691500e-4f);
+    p = EBM__VFMAF(p, r, ebm__vbcast(1.3981999507e-3f));
+    p = EBM__VFMAF(p, r, ebm__vbcast(8.3334519073e-3f));
+    p = EBM__VFMAF(p, r, ebm__vbcast(4.1665795894e-2f));
+    p = EBM__VFMAF(p, r, ebm__vbcast(1.6666665459e-1f));
+    p = EBM__VFMAF(p, r, ebm__vbcast(5.0000001201e-1f));
+    p = ebm__vadd(EBM__VFMAF(ebm__vmul(p, r), r, r), ebm__vbcast(1.0f));
+    return ebm__vmul(p, ebm__vpow2i(n));
+}
+#endif
+EBM__INLINE ebm__vf ebm__vsigmoid(ebm__vf v)
+{
+    const ebm__vf one = ebm__vbcast(1.0f);
+    return ebm__vdiv(one, ebm__vadd(one, ebm__vexpf(ebm__vmul(v, ebm__vbcast(-1.0f)))));
+}
+/* SiLU'(v) from s = sigmoid(v): s + v s (1 - s), in ebm__act_range's order */
+EBM__INLINE ebm__vf ebm__vsilu_d(ebm__vf v, ebm__vf s)
+{
+    return ebm__vadd(s, ebm__vmul(ebm__vmul(v, s), ebm__vsub(ebm__vbcast(1.0f), s)));
+}
+
 /* y = act^(order)(x) on one range, one branch-free loop per (type, order). */
 static void ebm__act_range(int type, int order, float a, const float *x, float *y, size_t n)
 {
@@ -3197,8 +3257,19 @@ static void ebm__act_range(int type, int order, float a, const float *x, float *
         else memset(y, 0, n * sizeof *y);
         return;
     case EBM_ACT_SILU: /* x s, s = sigmoid(x), s1 = s (1 - s) */
-        if (order == 0) for (i = 0; i < n; i++) y[i] = x[i] * ebm__sigmoid(x[i]);
-        else if (order == 1) for (i = 0; i < n; i++) { float s = ebm__sigmoid(x[i]); y[i] = s + x[i] * s * (1 - s); }
+        if (order == 0) {
+            for (i = 0; i + EBM__VL <= n; i += EBM__VL) {
+                const ebm__vf v = ebm__vload(x + i);
+                ebm__vstore(y + i, ebm__vmul(v, ebm__vsigmoid(v)));
+            }
+            for (; i < n; i++) y[i] = x[i] * ebm__sigmoid(x[i]);
+        } else if (order == 1) {
+            for (i = 0; i + EBM__VL <= n; i += EBM__VL) {
+                const ebm__vf v = ebm__vload(x + i);
+                ebm__vstore(y + i, ebm__vsilu_d(v, ebm__vsigmoid(v)));
+            }
+            for (; i < n; i++) { float s = ebm__sigmoid(x[i]); y[i] = s + x[i] * s * (1 - s); }
+        }
         else if (order == 2) for (i = 0; i < n; i++) { float s = ebm__sigmoid(x[i]), s1 = s * (1 - s); y[i] = s1 * (2 + x[i] * (1 - 2 * s)); }
         else for (i = 0; i < n; i++) {
             float v = x[i], s = ebm__sigmoid(v), s1 = s * (1 - s);
@@ -3241,8 +3312,14 @@ static void ebm__act_range(int type, int order, float a, const float *x, float *
 static void ebm__act_val_range(int type, float a, const float *x, float *y, float *d, size_t n)
 {
     size_t i;
-    if (d && type == EBM_ACT_SILU)
-        for (i = 0; i < n; i++) { const float s = ebm__sigmoid(x[i]); y[i] = x[i] * s; d[i] = s + x[i] * s * (1 - s); }
+    if (d && type == EBM_ACT_SILU) {
+        for (i = 0; i + EBM__VL <= n; i += EBM__VL) {
+            const ebm__vf v = ebm__vload(x + i), s = ebm__vsigmoid(v);
+            ebm__vstore(y + i, ebm__vmul(v, s));
+            ebm__vstore(d + i, ebm__vsilu_d(v, s));
+        }
+        for (; i < n; i++) { const float s = ebm__sigmoid(x[i]); y[i] = x[i] * s; d[i] = s + x[i] * s * (1 - s); }
+    }
     else {
         ebm__act_range(type, 0, a, x, y, n);
         if (d) ebm__act_range(type, 1, a, x, d, n);
@@ -3265,10 +3342,10 @@ static void ebm__act_fwd(int type, int order, float a, const float *x, float *y,
     }
 }
 
-/* gx = gy * act'(x) on one range, without the act'(x) tensor (gx may be
-   gy: for the other activations the compiler's overlap check then takes
-   its scalar loops; in place loops of their own, vectorised, made SiLU's
-   step no faster in make bench's relative_to_nf32). */
+/* gx = gy * act'(x) on one range, without the act'(x) tensor. gx may be
+   gy: the loops by hand read each vector before they write it; for the
+   other activations the compiler's overlap check then takes its scalar
+   loops. */
 static void ebm__act_bwd_range(int type, float a, const float *x, const float *gy, float *gx, size_t n)
 {
     size_t i, j;
@@ -3276,8 +3353,13 @@ static void ebm__act_bwd_range(int type, float a, const float *x, const float *g
         ebm__mul_range(gy, x, gx, n);
     else if (type == EBM_ACT_LEAKY_RELU)
         ebm__leaky_by_range(x, gy, gx, a, n);
-    else if (type == EBM_ACT_SILU)
-        for (i = 0; i < n; i++) { const float s = ebm__sigmoid(x[i]); gx[i] = (s + x[i] * s * (1 - s)) * gy[i]; }
+    else if (type == EBM_ACT_SILU) {
+        for (i = 0; i + EBM__VL <= n; i += EBM__VL) { /* (in place too: each vector read before it is written) */
+            const ebm__vf v = ebm__vload(x + i);
+            ebm__vstore(gx + i, ebm__vmul(ebm__vsilu_d(v, ebm__vsigmoid(v)), ebm__vload(gy + i)));
+        }
+        for (; i < n; i++) { const float s = ebm__sigmoid(x[i]); gx[i] = (s + x[i] * s * (1 - s)) * gy[i]; }
+    }
     else
         for (i = 0; i < n; i += 256) { /* act' through a buffer, then times gy */
             float d[256];

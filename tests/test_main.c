@@ -569,6 +569,46 @@ static void test_rng_math_kernels(void)
         CHECK(worst_exp < 5e-7, "exp relative error %.2e", worst_exp);
         CHECK(worst_log2 < 1e-6, "log error above 1: %.2e", worst_log2);
     }
+    /* the vector exp and SiLU loops against their scalar forms, bit for bit
+       (the same operations in the same order), on a length with a tail and
+       the clamps, zeros, infinities and NaN among the values */
+    {
+        enum { N = 3 * EBM__VL * 37 + 5 };
+        static const float special[] = { 0.0f, -0.0f, 87.5f, -87.5f, 88.5f, -88.5f, 200.0f, -200.0f, 1e-30f, -1e-30f };
+        static float x[N], y[N], d[N], g[N], v[N];
+        ebm__vf xv, ev;
+        int bad = 0, k;
+        for (i = 0; i < N; i++) x[i] = i < 10 ? special[i] : (float)((i * 7919) % 20011 - 10005) * 1e-2f;
+        x[N - 1] = (float)INFINITY; x[N - 2] = -(float)INFINITY; x[N - 3] = (float)NAN;
+        for (i = 0; i + EBM__VL <= N; i += EBM__VL) { /* exp and sigmoid of whole vectors */
+            float e[EBM__VL], sg[EBM__VL];
+            xv = ebm__vload(x + i);
+            ev = ebm__vexpf(xv);
+            ebm__vstore(e, ev);
+            ebm__vstore(sg, ebm__vsigmoid(xv));
+            for (k = 0; k < EBM__VL; k++) {
+                const float es = ebm__expf(x[i + k]), ss = ebm__sigmoid(x[i + k]);
+                if (!(memcmp(&es, &e[k], 4) == 0 || (es != es && e[k] != e[k]))) bad++;
+                if (!(memcmp(&ss, &sg[k], 4) == 0 || (ss != ss && sg[k] != sg[k]))) bad++;
+            }
+        }
+        CHECK(bad == 0, "%d vector exp / sigmoid values differ from the scalar ones", bad);
+        for (k = 0; k < 5; k++) { /* SiLU, orders 0 and 1; value and derivative in one pass; times gy, apart and in place */
+            int j;
+            for (j = 0; j < N; j++) g[j] = v[j] = (float)(j % 13) - 6.0f;
+            if (k < 2) ebm__act_range(EBM_ACT_SILU, k, 0.0f, x, y, N);
+            else if (k == 2) ebm__act_val_range(EBM_ACT_SILU, 0.0f, x, y, d, N);
+            else if (k == 3) ebm__act_bwd_range(EBM_ACT_SILU, 0.0f, x, g, y, N);
+            else { ebm__act_bwd_range(EBM_ACT_SILU, 0.0f, x, v, v, N); memcpy(y, v, sizeof y); }
+            for (j = 0, bad = 0; j < N; j++) {
+                const float s = ebm__sigmoid(x[j]), ds = s + x[j] * s * (1 - s);
+                const float want = k == 0 || k == 2 ? x[j] * s : k == 1 ? ds : ds * g[j];
+                if (!(memcmp(&want, &y[j], 4) == 0 || (want != want && y[j] != y[j]))) bad++;
+                if (k == 2 && !(memcmp(&ds, &d[j], 4) == 0 || (ds != ds && d[j] != d[j]))) bad++;
+            }
+            CHECK(bad == 0, "SiLU loop %d: %d values differ from the scalar form", k, bad);
+        }
+    }
 }
 
 /* ------------------------------------------------------------------ tests: kernels */
