@@ -1,4 +1,4 @@
-/* ebm.h - energy-based models in plain C, one header.                 v0.6.10
+/* ebm.h - energy-based models in plain C, one header.                 v0.6.11
 
    Train and sample energy-based models p(x) = exp(f(x)) q(x) / Z with a ConvNet
    f, Langevin MCMC and autograd (including gradients of gradients), using only
@@ -104,7 +104,7 @@
 #ifndef EBM_H
 #define EBM_H
 
-#define EBM_VERSION "0.6.10"
+#define EBM_VERSION "0.6.11"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -2688,7 +2688,7 @@ static void ebm__conv_bwd_data_dense(const ebm__cgeom *G, const float *gy, const
 #if EBM__VL > 1
             ebm__store_part(o, tr[q], bias, mk, e->leaky, slope, nr);
 #else /* (g++ -O3 takes bias as maybe uninitialised through ebm__store_part here) */
-            for (r = 0; r < nr; r++) o[r] = (mk ? mk[r] > 0 : !e->leaky || tr[q][r] + bias[r] > 0) ? tr[q][r] + bias[r] : slope * (tr[q][r] + bias[r]);
+            for (r = 0; r < nr; r++) { const float v = tr[q][r] + bias[r]; o[r] = (mk ? mk[r] > 0 : !e->leaky || v > 0) ? v : slope * v; }
 #endif
             if (e->mask && !mask) ebm__act_bwd_range(e->mact, e->ma, e->mask + (n0 + (size_t)q) * J + j0, o, o, (size_t)nr);
         }
