@@ -1430,7 +1430,7 @@ typedef float ebm__vf;
    counts, and their accumulators stay in registers only when those loops
    are unrolled completely. g++ -O2 does not unroll a loop whose unrolled
    body is larger (-O3's -fpeel-loops does), and left the accumulators in
-   memory: net28_nf32's Langevin step took 3.2x its -O3 time. So each such
+   memory: net28_nf32's Langevin step took 3.1x its -O3 time. So each such
    loop asks for it (clang reads the same pragma). */
 #if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 8)
 #define EBM__UNROLL _Pragma("GCC unroll 16")
