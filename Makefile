@@ -10,7 +10,7 @@ CSTD     = -std=c99 -pedantic
 OMP      = -fopenmp
 B        = build
 
-.PHONY: all demo test test-build test-quick test-arm crosscheck clean examples bench bench-ab static-check resume-check generate-check fuzz asan-examples valgrind-check soak compare2d mpi-test mpi-time nostdio-check
+.PHONY: all demo test test-build test-quick test-arm crosscheck clean examples bench bench-ab static-check opt-check resume-check generate-check fuzz asan-examples valgrind-check soak compare2d mpi-test mpi-time nostdio-check
 
 all: examples
 
@@ -105,6 +105,16 @@ static-check: | $(B)
 	$(CC) $(CSTD) $(WARN) $(OPT) $(FPFLAGS) $(OMP) -I. $(B)/static_check.c -o $(B)/static_check -lm
 	./$(B)/static_check
 
+# -O2 and -O3 give the same bits (tests/opt_check.c says why): the same
+# program built both ways writes the same bytes.
+opt-check: | $(B)
+	$(CC) $(CSTD) $(WARN) $(subst -O3,-O2,$(OPT)) $(FPFLAGS) $(OMP) -I. tests/opt_check.c -o $(B)/opt_check_o2 -lm
+	$(CC) $(CSTD) $(WARN) $(subst -O2,-O3,$(OPT)) $(FPFLAGS) $(OMP) -I. tests/opt_check.c -o $(B)/opt_check_o3 -lm
+	OMP_NUM_THREADS=2 ./$(B)/opt_check_o2 $(B)/opt_check_o2.bin
+	OMP_NUM_THREADS=2 ./$(B)/opt_check_o3 $(B)/opt_check_o3.bin
+	cmp $(B)/opt_check_o2.bin $(B)/opt_check_o3.bin
+	@echo "ok   -O2 and -O3 wrote the same $$(wc -c < $(B)/opt_check_o3.bin) bytes (three nets' and the generator's gradients)"
+
 # What `make test` builds before it runs anything; CI builds it first with
 # -j2 (the builds are independent; the runs below stay one at a time).
 test-build: $(TEST_BINS) $(EXAMPLES) $(B)/kill_test $(B)/memory_test
@@ -134,6 +144,7 @@ test: test-build
 	if [ $$? -eq 0 ]; then p=$$((p+1)); else echo "asan-examples failed"; tail -30 $(B)/asan_examples.log; f=$$((f+1)); fi; \
 	echo "== EBM_NO_STDIO"; if $(MAKE) -s nostdio-check > $(B)/nostdio.log 2>&1; then p=$$((p+1)); grep '^ok' $(B)/nostdio.log; else echo "nostdio check failed"; cat $(B)/nostdio.log; f=$$((f+1)); fi; \
 	echo "== EBM_STATIC"; if $(MAKE) -s static-check > $(B)/static.log 2>&1; then p=$$((p+1)); echo "ok   static-check (built with $(WARN), ran)"; else echo "static check failed"; cat $(B)/static.log; f=$$((f+1)); fi; \
+	echo "== -O2 against -O3"; if $(MAKE) -s opt-check > $(B)/opt_check.log 2>&1; then p=$$((p+1)); grep '^ok' $(B)/opt_check.log; else echo "opt check failed"; cat $(B)/opt_check.log; f=$$((f+1)); fi; \
 	echo "== example smoke runs"; if ./$(B)/hello_energy > $(B)/hello.log 2>&1 && grep -q '^params=' $(B)/hello.log; then p=$$((p+1)); else echo "hello_energy failed"; cat $(B)/hello.log; f=$$((f+1)); fi; \
 	if OMP_NUM_THREADS=2 ./$(B)/toy2d --iters 250 --out $(B)/toy2d_smoke.png > $(B)/toy2d.log 2>&1 && grep -q '^toy2d data=8gaussians recipe=convergent nll=' $(B)/toy2d.log; then p=$$((p+1)); else echo "toy2d failed"; cat $(B)/toy2d.log; f=$$((f+1)); fi; \
 	if [ -f $(FMNIST)/train-images-idx3-ubyte.gz ]; then \
