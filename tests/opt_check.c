@@ -24,6 +24,20 @@ static void need(int ok, const char *what)
     if (!ok) { fprintf(stderr, "opt_check: %s failed\n", what); exit(1); }
 }
 
+/* A recorded forward of m on in (shape), then the gradients of sum f
+   (sq: of |f|^2) wrt the parameters and the input, both written. */
+static void put_gradients(ebm_model *m, ebm_graph *g, float *in, const int *shape, int sq)
+{
+    ebm_var *v, *y, *gv;
+    ebm_graph_reset(g);
+    v = ebm_leaf(g, in, 4, shape);
+    y = ebm_model_forward(m, g, v);
+    ebm_model_zero_grad(m);
+    need(ebm_model_backward_input(m, g, sq ? ebm_sqnorm(g, y) : ebm_sum(g, y), v, &gv) == EBM_OK, "model_backward_input");
+    put(m->grads, m->n_params);
+    put(gv->data, (size_t)shape[0] * shape[1] * shape[2] * shape[3]);
+}
+
 int main(int argc, char **argv)
 {
     static const int acts[3] = { EBM_ACT_LEAKY_RELU, EBM_ACT_SILU, EBM_ACT_LEAKY_RELU }, nfs[3] = { 32, 32, 16 };
@@ -34,7 +48,6 @@ int main(int argc, char **argv)
     ebm_graph *g;
     ebm_error e;
     ebm_rng r;
-    ebm_var *v, *loss, *gv;
     int k;
     if (argc != 2) { fprintf(stderr, "usage: opt_check OUT\n"); return 2; }
     need(x && z && f && dx, "malloc");
@@ -48,23 +61,11 @@ int main(int argc, char **argv)
         need(ebm_model_score(&m, g, x, batch, f, dx) == EBM_OK, "model_score"); /* the Langevin step's pass */
         put(f, (size_t)batch);
         put(dx, (size_t)batch * 784);
-        ebm_graph_reset(g); /* a recorded forward, then the parameters' and the input's gradients */
-        v = ebm_leaf(g, x, 4, xs);
-        loss = ebm_sum(g, ebm_model_forward(&m, g, v));
-        ebm_model_zero_grad(&m);
-        need(ebm_model_backward_input(&m, g, loss, v, &gv) == EBM_OK, "model_backward_input");
-        put(m.grads, m.n_params);
-        put(gv->data, (size_t)batch * 784);
+        put_gradients(&m, g, x, xs, 0);
         ebm_model_free(&m);
     }
     need(ebm_model_generator28(&m, 100, 64, 1, 1) == EBM_OK, "model_generator28");
-    ebm_graph_reset(g);
-    v = ebm_leaf(g, z, 4, zs);
-    loss = ebm_sqnorm(g, ebm_model_forward(&m, g, v));
-    ebm_model_zero_grad(&m);
-    need(ebm_model_backward_input(&m, g, loss, v, &gv) == EBM_OK, "generator backward");
-    put(m.grads, m.n_params);
-    put(gv->data, (size_t)batch * 100);
+    put_gradients(&m, g, z, zs, 1);
     need(ebm_graph_status(g) == EBM_OK, "the graph");
     need(fclose(out) == 0, "fclose");
     printf("opt_check isa=%s\n", ebm_isa());
