@@ -57,7 +57,7 @@ $(B)/test_c99: $(TEST_SRC) | $(B)
 # (C++ at -O2: the optimisation level most projects use, whose code the
 # kernels do not leave to the compiler's -O3 unrolling and vectorising)
 $(B)/test_cxx: $(TEST_SRC) | $(B)
-	$(CXX) -x c++ -std=c++11 $(WARN) $(subst -O3,-O2,$(OPT)) $(FPFLAGS) $(OMP) -I. tests/test_main.c -o $@ -lm
+	$(CXX) -x c++ -std=c++11 $(WARN) -O2 $(filter-out -O%,$(OPT)) $(FPFLAGS) $(OMP) -I. tests/test_main.c -o $@ -lm
 $(B)/test_noomp: $(TEST_SRC) | $(B)
 	$(CC) $(CSTD) $(WARN) $(OPT) $(FPFLAGS) -I. tests/test_main.c -o $@ -lm
 $(B)/test_nosimd: $(TEST_SRC) | $(B)
@@ -108,8 +108,8 @@ static-check: | $(B)
 # -O2 and -O3 give the same bits (tests/opt_check.c says why): the same
 # program built both ways writes the same bytes.
 opt-check: | $(B)
-	$(CC) $(CSTD) $(WARN) $(subst -O3,-O2,$(OPT)) $(FPFLAGS) $(OMP) -I. tests/opt_check.c -o $(B)/opt_check_o2 -lm
-	$(CC) $(CSTD) $(WARN) $(subst -O2,-O3,$(OPT)) $(FPFLAGS) $(OMP) -I. tests/opt_check.c -o $(B)/opt_check_o3 -lm
+	$(CC) $(CSTD) $(WARN) -O2 $(filter-out -O%,$(OPT)) $(FPFLAGS) $(OMP) -I. tests/opt_check.c -o $(B)/opt_check_o2 -lm
+	$(CC) $(CSTD) $(WARN) -O3 $(filter-out -O%,$(OPT)) $(FPFLAGS) $(OMP) -I. tests/opt_check.c -o $(B)/opt_check_o3 -lm
 	OMP_NUM_THREADS=2 ./$(B)/opt_check_o2 $(B)/opt_check_o2.bin
 	OMP_NUM_THREADS=2 ./$(B)/opt_check_o3 $(B)/opt_check_o3.bin
 	cmp $(B)/opt_check_o2.bin $(B)/opt_check_o3.bin

@@ -1720,8 +1720,10 @@ static void ebm__copy_row(float *o, const float *src, int n)
 /* A tile row's write-back: o[q] = tr[q] (+ b[q] with a bias), then times
    LeakyReLU'(mk[q]) with a mask (the gradient of a fused layer), or
    through LeakyReLU(slope) with leaky; n values. Whole vectors by hand, as
-   g++ -O2 does not vectorise these loops (their scalar form was 31 % of
-   net28_nf32's Langevin step at -O2). ebm__store_part does rows of n <=
+   g++ -O2 does not vectorise these loops (at -O2, with the kernels
+   unrolled, perf put 31 % of net28_nf32's Langevin step in the input
+   gradient's tasks outside the kernel, mostly these loops, against 6 % at
+   -O3). ebm__store_part does rows of n <=
    EBM__VL on AVX-512, masked, and of any n elsewhere, a loop per case (the
    dense input gradient's rows of EBM__RM, and store_row's tails). */
 EBM__INLINE void ebm__store_part(float *o, const float *tr, const float *b, const float *mk, int leaky, float slope, int n)
@@ -3208,7 +3210,8 @@ EBM__INLINE float ebm__tanhf(float v) { return 1.0f - 2.0f / (ebm__expf(2.0f * v
 
 /* ebm__expf and ebm__sigmoid on a vector, operation for operation (the
    same bits): g++ -O2 does not vectorise loops over the scalar forms, and
-   SiLU's Langevin step took 1.37x its -O3 time. */
+   SiLU's Langevin step took 1.37x its -O3 time (with the kernels and the
+   write-backs above already done by hand). */
 #if EBM__VL == 1
 #define ebm__vexpf ebm__expf
 #else
