@@ -10,7 +10,7 @@ CSTD     = -std=c99 -pedantic
 OMP      = -fopenmp
 B        = build
 
-.PHONY: all demo test test-build test-quick test-arm crosscheck clean examples bench bench-ab static-check opt-check resume-check generate-check fuzz asan-examples valgrind-check soak compare2d mpi-test mpi-time nostdio-check
+.PHONY: all demo test test-build test-quick test-arm crosscheck clean examples bench bench-ab flag-check static-check opt-check resume-check generate-check fuzz asan-examples valgrind-check soak compare2d mpi-test mpi-time nostdio-check
 
 all: examples
 
@@ -100,6 +100,17 @@ nostdio-check: | $(B)
 # EBM_STATIC: every function static, for a program that includes the
 # library in one file; it must build without a warning (nothing unused
 # warned about) and run.
+# The examples refuse a numeric flag that is not wholly a number of its
+# type (exit status 2 and a message), where atoi/atof read "12x" as 12 and
+# "nan" as NaN; and still take a well-formed one.
+flag-check: $(B)/toy2d $(B)/evaluate
+	./$(B)/toy2d --iters 12x --out $(B)/flag_check.png 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --iters wants an integer, got '12x'" $(B)/flag_check.err
+	./$(B)/toy2d --lr nan --out $(B)/flag_check.png 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --lr wants a finite number, got 'nan'" $(B)/flag_check.err
+	./$(B)/toy2d --samples 99999999999 --out $(B)/flag_check.png 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --samples wants an integer" $(B)/flag_check.err
+	./$(B)/evaluate --n 3.5 x.npy 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --n wants an integer from 1 to" $(B)/flag_check.err
+	OMP_NUM_THREADS=2 ./$(B)/toy2d --iters 2 --lr 1e-2 --samples 16 --out $(B)/flag_check.png | grep -q ' iters=2 .*status=ok'
+	@echo "ok   flag-check (malformed numbers refused, well-formed ones taken)"
+
 static-check: | $(B)
 	printf '#define EBM_STATIC\n#define EBM_IMPLEMENTATION\n#include "ebm.h"\nint main(void) { ebm_model m; int ok = ebm_model_convnet(&m, 1, 28, 8, EBM_ACT_LEAKY_RELU, 0.2f, 1) == EBM_OK; ebm_model_free(&m); return !ok; }\n' > $(B)/static_check.c
 	$(CC) $(CSTD) $(WARN) $(OPT) $(FPFLAGS) $(OMP) -I. $(B)/static_check.c -o $(B)/static_check -lm
@@ -143,6 +154,7 @@ test: test-build
 	if [ -n "$$ae" ]; then wait $$ae; else $(MAKE) -s asan-examples > $(B)/asan_examples.log 2>&1; fi; \
 	if [ $$? -eq 0 ]; then p=$$((p+1)); else echo "asan-examples failed"; tail -30 $(B)/asan_examples.log; f=$$((f+1)); fi; \
 	echo "== EBM_NO_STDIO"; if $(MAKE) -s nostdio-check > $(B)/nostdio.log 2>&1; then p=$$((p+1)); grep '^ok' $(B)/nostdio.log; else echo "nostdio check failed"; cat $(B)/nostdio.log; f=$$((f+1)); fi; \
+	echo "== example flags"; if $(MAKE) -s flag-check > $(B)/flag_check.log 2>&1; then p=$$((p+1)); grep '^ok' $(B)/flag_check.log; else echo "flag check failed"; cat $(B)/flag_check.log; f=$$((f+1)); fi; \
 	echo "== EBM_STATIC"; if $(MAKE) -s static-check > $(B)/static.log 2>&1; then p=$$((p+1)); echo "ok   static-check (built with $(WARN), ran)"; else echo "static check failed"; cat $(B)/static.log; f=$$((f+1)); fi; \
 	echo "== -O2 against -O3"; if $(MAKE) -s opt-check > $(B)/opt_check.log 2>&1; then p=$$((p+1)); grep '^ok' $(B)/opt_check.log; else echo "opt check failed"; cat $(B)/opt_check.log; f=$$((f+1)); fi; \
 	echo "== example smoke runs"; if ./$(B)/hello_energy > $(B)/hello.log 2>&1 && grep -q '^params=' $(B)/hello.log; then p=$$((p+1)); else echo "hello_energy failed"; cat $(B)/hello.log; f=$$((f+1)); fi; \

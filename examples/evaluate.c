@@ -18,6 +18,8 @@
    not comparable with the full sets'). */
 #define EBM_IMPLEMENTATION
 #include "ebm.h"
+#include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
@@ -176,6 +178,24 @@ static const char *arg_str(int argc, char **argv, const char *name, const char *
     for (i = 1; i + 1 < argc; i++) if (!strcmp(argv[i], name)) return argv[i + 1];
     return def;
 }
+/* The integer after `name` (def when absent), or, when it is not a whole
+   integer in [lo, hi], a message and *bad set (atoi read "12x" as 12 and
+   "x" as 0). */
+static long arg_long(int argc, char **argv, const char *name, long def, long lo, long hi, int *bad)
+{
+    const char *s = arg_str(argc, argv, name, NULL);
+    char *end;
+    long x;
+    if (!s) return def;
+    errno = 0;
+    x = strtol(s, &end, 10);
+    if (end == s || *end || errno == ERANGE || x < lo || x > hi) {
+        fprintf(stderr, "error: %s wants an integer from %ld to %ld, got '%s'\n", name, lo, hi, s);
+        *bad = 1;
+        return def;
+    }
+    return x;
+}
 static int has(int argc, char **argv, const char *name)
 {
     int i;
@@ -197,7 +217,13 @@ static double accuracy(ebm_model *m, ebm_graph *g, const ebm_dataset *test, floa
 int main(int argc, char **argv)
 {
     const char *ckpt = arg_str(argc, argv, "--classifier", "build/classifier.ckpt");
-    int threads = atoi(arg_str(argc, argv, "--threads", "0")), subset = atoi(arg_str(argc, argv, "--subset", "0")), i, rc = 0;
+    int bad = 0;
+    const int threads = (int)arg_long(argc, argv, "--threads", 0, 0, INT_MAX, &bad);
+    const int subset = (int)arg_long(argc, argv, "--subset", 0, 0, INT_MAX, &bad);
+    const int epochs = (int)arg_long(argc, argv, "--epochs", 4, 1, INT_MAX, &bad);
+    const int n_ref = (int)arg_long(argc, argv, "--n", 1000, 1, INT_MAX, &bad);
+    long steps = arg_long(argc, argv, "--steps", 0, 0, LONG_MAX, &bad); /* --steps: a short run (smoke tests) */
+    int i, rc = 0;
     ebm_dataset train, test;
     ebm_model m;
     ebm_graph *g;
@@ -209,8 +235,9 @@ int main(int argc, char **argv)
         printf("usage: evaluate --train [--epochs E | --steps S] | --self-test [--n N] | SAMPLES.npy ...  [--classifier PATH] [--threads T] [--subset N]\n");
         return argc < 2 ? 2 : 0;
     }
+    if (bad) return 2;
     if (threads > 0) ebm_set_threads(threads);
-    if (subset < 0 || (subset > 0 && subset < 128)) { fprintf(stderr, "error: --subset must be at least 128 (one training batch)\n"); return 2; }
+    if (subset > 0 && subset < 128) { fprintf(stderr, "error: --subset must be at least 128 (one training batch)\n"); return 2; }
     if (ebm_mnist_load(&train, NULL, 0, &err) != EBM_OK || ebm_mnist_load(&test, NULL, 1, &err) != EBM_OK) {
         fprintf(stderr, "error: %s\n(Fashion-MNIST: apt-get install dataset-fashion-mnist)\n", err.msg);
         return 1;
@@ -221,8 +248,8 @@ int main(int argc, char **argv)
     }
     buf = (float *)malloc((size_t)test.n * 784 * sizeof *buf);
     if (has(argc, argv, "--train")) {
-        const int epochs = atoi(arg_str(argc, argv, "--epochs", "4")), B = 128;
-        long steps = atol(arg_str(argc, argv, "--steps", "0")), t; /* --steps: a short run (smoke tests) */
+        const int B = 128;
+        long t;
         ebm_rng rd;
         float x[128 * 784];
         int labels[128], s[4] = { 128, 28, 28, 1 };
@@ -257,7 +284,6 @@ int main(int argc, char **argv)
         if (ebm_model_save(&m, ckpt, &err) != EBM_OK) { fprintf(stderr, "error: %s\n", err.msg); return 1; }
         printf("classifier path=%s test_accuracy=%.4f seconds=%.0f\n", ckpt, accuracy(&m, g, &test, buf), ebm_time_sec() - t0);
     } else {
-        int n_ref = atoi(arg_str(argc, argv, "--n", "1000"));
         double *f;
         int *pred;
         if (ebm_model_load(&m, ckpt, &err) != EBM_OK) { fprintf(stderr, "error: %s\n(train it first: evaluate --train)\n", err.msg); return 1; }
@@ -275,10 +301,12 @@ int main(int argc, char **argv)
         if (!sc.train_f) { fprintf(stderr, "error: out of memory\n"); return 1; }
         ebm_dataset_get(&train, 0, train.n, sc.train_f);
         if (has(argc, argv, "--self-test")) {
-            float *x = (float *)malloc((size_t)n_ref * 784 * sizeof *x), *y = (float *)malloc((size_t)n_ref * 784 * sizeof *y);
+            float *x, *y;
             ebm_rng r;
             int k, p, q;
             if (n_ref < 2 || n_ref > test.n) { fprintf(stderr, "error: --n must be in 2..%d\n", test.n); return 2; }
+            x = (float *)malloc((size_t)n_ref * 784 * sizeof *x); y = (float *)malloc((size_t)n_ref * 784 * sizeof *y);
+            if (!x || !y) { fprintf(stderr, "error: out of memory\n"); return 1; }
             printf("test_accuracy=%.4f\n", accuracy(&m, g, &test, buf));
             ebm_dataset_get(&train, 0, n_ref, x);
             score(&sc, "ref=train", x, n_ref);

@@ -2,6 +2,10 @@
    with its help line, parsed into the variables it points to. */
 #ifndef EBM_EXAMPLE_FLAGS_H
 #define EBM_EXAMPLE_FLAGS_H
+#include <errno.h>
+#include <float.h>
+#include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,8 +20,34 @@ static void usage(const char *program, const flag *f, int nf)
     for (i = 0; i < nf; i++) printf("  --%-14s %s\n", f[i].name, f[i].help);
 }
 
-/* 0, or -1 after a message on an unknown flag or a missing value; --help
-   prints the table and exits. */
+/* *v = the whole of s as a number of the flag's type, or -1 after a
+   message: "12x", "", "1e9" for an int or "nan" would otherwise be read
+   as a number they are not (atoi stops at the first stray character). */
+static int parse_value(const char *name, char type, const char *s, void *v)
+{
+    char *end;
+    errno = 0;
+    if (type == 'i' || type == 'l') {
+        const long x = strtol(s, &end, 10);
+        if (end == s || *end || errno == ERANGE || (type == 'i' && (x < INT_MIN || x > INT_MAX))) {
+            fprintf(stderr, "error: --%s wants an integer, got '%s'\n", name, s);
+            return -1;
+        }
+        if (type == 'i') *(int *)v = (int)x;
+        else *(long *)v = x;
+    } else {
+        const double x = strtod(s, &end);
+        if (end == s || *end || !isfinite(x) || fabs(x) > FLT_MAX) {
+            fprintf(stderr, "error: --%s wants a finite number, got '%s'\n", name, s);
+            return -1;
+        }
+        *(float *)v = (float)x;
+    }
+    return 0;
+}
+
+/* 0, or -1 after a message on an unknown flag, a missing value or one that
+   is not a number of the flag's type; --help prints the table and exits. */
 static int parse_flags(const char *program, int argc, char **argv, const flag *f, int nf)
 {
     int i, j;
@@ -29,10 +59,8 @@ static int parse_flags(const char *program, int argc, char **argv, const flag *f
         if (f[j].type == 'b') { *(int *)f[j].p = 1; continue; }
         if (i + 1 >= argc) { fprintf(stderr, "error: %s needs a value\n", argv[i]); return -1; }
         i++;
-        if (f[j].type == 'i') *(int *)f[j].p = atoi(argv[i]);
-        else if (f[j].type == 'l') *(long *)f[j].p = atol(argv[i]);
-        else if (f[j].type == 'f') *(float *)f[j].p = (float)atof(argv[i]);
-        else *(const char **)f[j].p = argv[i];
+        if (f[j].type == 's') *(const char **)f[j].p = argv[i];
+        else if (parse_value(f[j].name, f[j].type, argv[i], f[j].p) != 0) return -1;
     }
     return 0;
 }
