@@ -103,7 +103,8 @@ nostdio-check: | $(B)
 # The examples refuse a numeric flag that is not wholly a number of its
 # type (exit status 2 and a message), where atoi/atof read "12x" as 12 and
 # "nan" as NaN; and still take a well-formed one.
-flag-check: $(B)/toy2d $(B)/evaluate
+flag-check: $(B)/toy2d $(B)/evaluate $(B)/hello_energy
+	./$(B)/hello_energy --nf 8x 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --nf wants an integer, got '8x'" $(B)/flag_check.err
 	./$(B)/toy2d --iters 12x --out $(B)/flag_check.png 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --iters wants an integer, got '12x'" $(B)/flag_check.err
 	./$(B)/toy2d --lr nan --out $(B)/flag_check.png 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --lr wants a finite number, got 'nan'" $(B)/flag_check.err
 	./$(B)/toy2d --samples 99999999999 --out $(B)/flag_check.png 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --samples wants an integer" $(B)/flag_check.err

@@ -7,15 +7,26 @@
    Usage: hello_energy [--nf N] [--batch B] [--seed S] [--threads T] */
 #define EBM_IMPLEMENTATION
 #include "ebm.h"
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
 
+/* The integer after `name`, or def; a value that is not wholly an int
+   ends the program with a message. */
 static int arg_int(int argc, char **argv, const char *name, int def)
 {
     int i;
     for (i = 1; i + 1 < argc; i++)
-        if (strcmp(argv[i], name) == 0) return atoi(argv[i + 1]);
+        if (strcmp(argv[i], name) == 0) {
+            char *end;
+            const long v = strtol(argv[i + 1], &end, 10);
+            if (end == argv[i + 1] || *end || v < INT_MIN || v > INT_MAX) {
+                fprintf(stderr, "error: %s wants an integer, got '%s'\n", name, argv[i + 1]);
+                exit(2);
+            }
+            return (int)v;
+        }
     return def;
 }
 
