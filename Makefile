@@ -97,9 +97,6 @@ nostdio-check: | $(B)
 	$(CC) $(CSTD) $(WARN) $(OPT) $(FPFLAGS) $(OMP) -DEBM_NO_STDIO -I. tests/nostdio_test.c -o $(B)/nostdio_test -lm
 	./$(B)/nostdio_test
 
-# EBM_STATIC: every function static, for a program that includes the
-# library in one file; it must build without a warning (nothing unused
-# warned about) and run.
 # The examples refuse a numeric flag that is not wholly a number of its
 # type (exit status 2 and a message), where atoi/atof read "12x" as 12 and
 # "nan" as NaN; and still take a well-formed one.
@@ -112,6 +109,9 @@ flag-check: $(B)/toy2d $(B)/evaluate $(B)/hello_energy
 	OMP_NUM_THREADS=2 ./$(B)/toy2d --iters 2 --lr 1e-2 --samples 16 --out $(B)/flag_check.png | grep -q ' iters=2 .*status=ok'
 	@echo "ok   flag-check (malformed numbers refused, well-formed ones taken)"
 
+# EBM_STATIC: every function static, for a program that includes the
+# library in one file; it must build without a warning (nothing unused
+# warned about) and run.
 static-check: | $(B)
 	printf '#define EBM_STATIC\n#define EBM_IMPLEMENTATION\n#include "ebm.h"\nint main(void) { ebm_model m; int ok = ebm_model_convnet(&m, 1, 28, 8, EBM_ACT_LEAKY_RELU, 0.2f, 1) == EBM_OK; ebm_model_free(&m); return !ok; }\n' > $(B)/static_check.c
 	$(CC) $(CSTD) $(WARN) $(OPT) $(FPFLAGS) $(OMP) -I. $(B)/static_check.c -o $(B)/static_check -lm
