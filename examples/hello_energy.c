@@ -7,6 +7,7 @@
    Usage: hello_energy [--nf N] [--batch B] [--seed S] [--threads T] */
 #define EBM_IMPLEMENTATION
 #include "ebm.h"
+#include <errno.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,8 +21,10 @@ static int arg_int(int argc, char **argv, const char *name, int def)
     for (i = 1; i + 1 < argc; i++)
         if (strcmp(argv[i], name) == 0) {
             char *end;
-            const long v = strtol(argv[i + 1], &end, 10);
-            if (end == argv[i + 1] || *end || v < INT_MIN || v > INT_MAX) {
+            long v;
+            errno = 0; /* (ERANGE: past long, which the range test misses where long is int) */
+            v = strtol(argv[i + 1], &end, 10);
+            if (end == argv[i + 1] || *end || errno == ERANGE || v < INT_MIN || v > INT_MAX) {
                 fprintf(stderr, "error: %s wants an integer, got '%s'\n", name, argv[i + 1]);
                 exit(2);
             }
