@@ -102,15 +102,20 @@ nostdio-check: | $(B)
 
 # The examples refuse a numeric flag that is not wholly a number of its
 # type (exit status 2 and a message), where atoi/atof read "12x" as 12 and
-# "nan" as NaN; and still take a well-formed one.
+# "nan" as NaN, or a number out of its flag's range (a negative learning
+# rate had been taken for "the default"); and still take a well-formed one.
 flag-check: $(B)/toy2d $(B)/evaluate $(B)/hello_energy
 	./$(B)/hello_energy --nf 8x 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --nf wants an integer, got '8x'" $(B)/flag_check.err
-	./$(B)/toy2d --iters 12x --out $(B)/flag_check.png 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --iters wants an integer, got '12x'" $(B)/flag_check.err
-	./$(B)/toy2d --lr nan --out $(B)/flag_check.png 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --lr wants a finite number, got 'nan'" $(B)/flag_check.err
+	./$(B)/toy2d --iters 12x --out $(B)/flag_check.png 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --iters wants an integer > 0, got '12x'" $(B)/flag_check.err
+	./$(B)/toy2d --lr nan --out $(B)/flag_check.png 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --lr wants a finite number > 0, got 'nan'" $(B)/flag_check.err
+	./$(B)/toy2d --lr -1 --out $(B)/flag_check.png 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --lr wants a number > 0, got '-1'" $(B)/flag_check.err
+	./$(B)/toy2d --threads -2 --out $(B)/flag_check.png 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --threads wants an integer > 0, got '-2'" $(B)/flag_check.err
+	./$(B)/toy2d --mala 2 --out $(B)/flag_check.png 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --mala wants an integer: 0 or 1, got '2'" $(B)/flag_check.err
+	./$(B)/toy2d --reinit 1.5 --out $(B)/flag_check.png 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --reinit wants a number in \[0, 1\], got '1.5'" $(B)/flag_check.err
 	./$(B)/toy2d --samples 99999999999 --out $(B)/flag_check.png 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --samples wants an integer" $(B)/flag_check.err
 	./$(B)/evaluate --n 3.5 x.npy 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --n wants an integer from 1 to" $(B)/flag_check.err
 	OMP_NUM_THREADS=2 ./$(B)/toy2d --iters 2 --lr 1e-2 --samples 16 --out $(B)/flag_check.png | grep -q ' iters=2 .*status=ok'
-	@echo "ok   flag-check (malformed numbers refused, well-formed ones taken)"
+	@echo "ok   flag-check (malformed and out-of-range numbers refused, well-formed ones taken)"
 
 # EBM_STATIC: every function static, for a program that includes the
 # library in one file; it must build without a warning (nothing unused

@@ -10,8 +10,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* type: 'b' a switch (no value), 'i' int, 'l' long, 'f' float, 's' string */
-typedef struct { const char *name, *help; char type; void *p; } flag;
+/* type: 'b' a switch (no value), 'i' int, 'l' long, 'f' float, 's' string.
+   range: the values a number given on the command line may take (a flag
+   not given keeps its variable's initial value, which may be a sentinel
+   such as 0 or -1 for "the default"): F_ANY, F_POS (> 0), F_NONNEG (>= 0),
+   F_UNIT (in [0, 1]; an int: 0 or 1). Switches and strings take F_ANY. */
+enum { F_ANY, F_POS, F_NONNEG, F_UNIT };
+typedef struct { const char *name, *help; char type; void *p; int range; } flag;
 
 static void usage(const char *program, const flag *f, int nf)
 {
@@ -22,26 +27,38 @@ static void usage(const char *program, const flag *f, int nf)
 
 /* *v = the whole of s as a number of the flag's type, or -1 after a
    message: "12x", "", "1e9" for an int or "nan" would otherwise be read
-   as a number they are not (atoi stops at the first stray character). */
-static int parse_value(const char *name, char type, const char *s, void *v)
+   as a number they are not (atoi stops at the first stray character), and
+   a number out of the flag's range (a negative learning rate, say) would
+   be taken for the default or run as given. */
+static int parse_value(const flag *f, const char *s)
 {
+    static const char *const ranges[] = { "", " > 0", " >= 0", " in [0, 1]" };
+    const int integer = f->type == 'i' || f->type == 'l';
+    const char *range = integer && f->range == F_UNIT ? ": 0 or 1" : ranges[f->range];
     char *end;
+    double x;
     errno = 0;
-    if (type == 'i' || type == 'l') {
-        const long x = strtol(s, &end, 10);
-        if (end == s || *end || errno == ERANGE || (type == 'i' && (x < INT_MIN || x > INT_MAX))) {
-            fprintf(stderr, "error: --%s wants an integer, got '%s'\n", name, s);
+    if (integer) {
+        const long i = strtol(s, &end, 10);
+        if (end == s || *end || errno == ERANGE || (f->type == 'i' && (i < INT_MIN || i > INT_MAX))) {
+            fprintf(stderr, "error: --%s wants an integer%s, got '%s'\n", f->name, range, s);
             return -1;
         }
-        if (type == 'i') *(int *)v = (int)x;
-        else *(long *)v = x;
+        if (f->type == 'i') *(int *)f->p = (int)i;
+        else *(long *)f->p = i;
+        x = (double)i;
     } else {
-        const double x = strtod(s, &end);
+        x = strtod(s, &end);
         if (end == s || *end || !isfinite(x) || fabs(x) > FLT_MAX) {
-            fprintf(stderr, "error: --%s wants a finite number, got '%s'\n", name, s);
+            fprintf(stderr, "error: --%s wants a finite number%s, got '%s'\n", f->name, range, s);
             return -1;
         }
-        *(float *)v = (float)x;
+        *(float *)f->p = (float)x;
+        x = (double)(float)x; /* the range holds for what is stored: 1e-60 is no positive float */
+    }
+    if ((f->range == F_POS && !(x > 0)) || (f->range == F_NONNEG && !(x >= 0)) || (f->range == F_UNIT && !(x >= 0 && x <= 1))) {
+        fprintf(stderr, "error: --%s wants %s%s, got '%s'\n", f->name, integer ? "an integer" : "a number", range, s);
+        return -1;
     }
     return 0;
 }
@@ -60,7 +77,7 @@ static int parse_flags(const char *program, int argc, char **argv, const flag *f
         if (i + 1 >= argc) { fprintf(stderr, "error: %s needs a value\n", argv[i]); return -1; }
         i++;
         if (f[j].type == 's') *(const char **)f[j].p = argv[i];
-        else if (parse_value(f[j].name, f[j].type, argv[i], f[j].p) != 0) return -1;
+        else if (parse_value(&f[j], argv[i]) != 0) return -1;
     }
     return 0;
 }

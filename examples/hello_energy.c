@@ -51,7 +51,7 @@ int main(int argc, char **argv)
         printf("usage: %s [--nf N] [--batch B] [--seed S] [--threads T]\n", argv[0]);
         return 0;
     }
-    if (nf < 1 || batch < 1) { fprintf(stderr, "error: --nf and --batch must be positive\n"); return 2; }
+    if (nf < 1 || batch < 1 || threads < 0) { fprintf(stderr, "error: --nf and --batch must be positive, --threads >= 0 (0: OpenMP's)\n"); return 2; }
     if (threads > 0) ebm_set_threads(threads);
 
     if (ebm_model_convnet(&m, 1, 28, nf, EBM_ACT_LEAKY_RELU, 0.2f, (uint64_t)seed) != EBM_OK) {

@@ -58,6 +58,7 @@ static int drop_class(ebm_dataset *ds, int holdout)
             memmove(ds->pixels + (size_t)k * D, ds->pixels + (size_t)i * D, D);
             ds->labels[k++] = ds->labels[i];
         }
+    if (k == ds->n) { fprintf(stderr, "error: --holdout %d: no image has that label\n", holdout); return -1; }
     ds->n = k;
     return 0;
 }
@@ -86,32 +87,32 @@ int main(int argc, char **argv)
     ebm_latent_config_default(&c);
     {
         flag f[] = {
-            { "data", "fashion | mnist | cifar10 (default fashion)", 's', &data },
-            { "data-dir", "directory of the data files (default: Debian's for fashion)", 's', &data_dir },
-            { "out", "directory for checkpoints, grids, log, samples (default run_latent)", 's', &out },
-            { "minutes", "time budget in minutes (0: none)", 'f', &minutes },
-            { "iters", "stop after this many iterations in total (0: none)", 'l', &iters },
-            { "resume", "continue from OUT/ckpt.bin (its settings win)", 'b', &resume },
-            { "seed", "keys every random number (default 1)", 'i', &seed },
-            { "threads", "OpenMP threads (default: all)", 'i', &threads },
-            { "nz", "latent dimension (default 100)", 'i', &nz },
-            { "hidden", "width of the prior MLP nz -> h -> h -> 1 (default 200)", 'i', &hidden },
-            { "prior-act", "the prior MLP's activation: lrelu | silu | softplus | elu | gelu | tanh (default lrelu)", 's', &act },
-            { "prior-act-param", "LeakyReLU slope / ELU alpha (default 0.2)", 'f', &act_param },
-            { "ngf", "generator width: nz -> 2ngf x 7x7 -> ngf x 14x14 -> 28x28 (32x32: 4ngf x 4x4 -> 2ngf x 8x8 -> ngf x 16x16 -> 32x32) (default 32)", 'i', &ngf },
-            { "batch", "batch size (default 64)", 'i', &c.batch },
-            { "prior-k", "prior chain steps (default 60)", 'i', &c.prior_steps },
-            { "prior-step", "prior chain step s (default 0.4)", 'f', &c.prior_step },
-            { "post-k", "posterior chain steps (default 20)", 'i', &c.post_steps },
-            { "post-step", "posterior chain step s (default 0.1)", 'f', &c.post_step },
-            { "sigma", "std of x given z (default 0.3)", 'f', &c.sigma },
-            { "lr-prior", "Adam learning rate of the prior (default 2e-5)", 'f', &c.lr_prior },
-            { "lr-gen", "Adam learning rate of the generator (default 1e-4)", 'f', &c.lr_gen },
-            { "beta1", "Adam beta1 of both (default 0.5)", 'f', &c.beta1 },
-            { "holdout", "leave this class out of training; the anomaly test's anomalies (default: none)", 'i', &holdout },
-            { "test-images", "test images reconstructed for the error and the anomaly test (default 2000)", 'i', &n_test },
-            { "samples", "samples written to samples.npy at the end (default 64)", 'i', &n_samples },
-            { "save-minutes", "minutes between checkpoints and grids (default 2)", 'f', &save_minutes },
+            { "data", "fashion | mnist | cifar10 (default fashion)", 's', &data, F_ANY },
+            { "data-dir", "directory of the data files (default: Debian's for fashion)", 's', &data_dir, F_ANY },
+            { "out", "directory for checkpoints, grids, log, samples (default run_latent)", 's', &out, F_ANY },
+            { "minutes", "time budget in minutes (0: none)", 'f', &minutes, F_NONNEG },
+            { "iters", "stop after this many iterations in total (0: none)", 'l', &iters, F_NONNEG },
+            { "resume", "continue from OUT/ckpt.bin (its settings win)", 'b', &resume, F_ANY },
+            { "seed", "keys every random number (default 1)", 'i', &seed, F_ANY },
+            { "threads", "OpenMP threads (default: all)", 'i', &threads, F_POS },
+            { "nz", "latent dimension (default 100)", 'i', &nz, F_POS },
+            { "hidden", "width of the prior MLP nz -> h -> h -> 1 (default 200)", 'i', &hidden, F_POS },
+            { "prior-act", "the prior MLP's activation: lrelu | silu | softplus | elu | gelu | tanh (default lrelu)", 's', &act, F_ANY },
+            { "prior-act-param", "LeakyReLU slope / ELU alpha (default 0.2)", 'f', &act_param, F_ANY },
+            { "ngf", "generator width: nz -> 2ngf x 7x7 -> ngf x 14x14 -> 28x28 (32x32: 4ngf x 4x4 -> 2ngf x 8x8 -> ngf x 16x16 -> 32x32) (default 32)", 'i', &ngf, F_POS },
+            { "batch", "batch size (default 64)", 'i', &c.batch, F_POS },
+            { "prior-k", "prior chain steps (default 60)", 'i', &c.prior_steps, F_NONNEG },
+            { "prior-step", "prior chain step s (default 0.4)", 'f', &c.prior_step, F_NONNEG },
+            { "post-k", "posterior chain steps (default 20)", 'i', &c.post_steps, F_NONNEG },
+            { "post-step", "posterior chain step s (default 0.1)", 'f', &c.post_step, F_NONNEG },
+            { "sigma", "std of x given z (default 0.3)", 'f', &c.sigma, F_POS },
+            { "lr-prior", "Adam learning rate of the prior (default 2e-5)", 'f', &c.lr_prior, F_POS },
+            { "lr-gen", "Adam learning rate of the generator (default 1e-4)", 'f', &c.lr_gen, F_POS },
+            { "beta1", "Adam beta1 of both (default 0.5)", 'f', &c.beta1, F_UNIT },
+            { "holdout", "leave this class out of training; the anomaly test's anomalies (default: none)", 'i', &holdout, F_NONNEG },
+            { "test-images", "test images reconstructed for the error and the anomaly test (default 2000)", 'i', &n_test, F_NONNEG },
+            { "samples", "samples written to samples.npy at the end (default 64)", 'i', &n_samples, F_POS },
+            { "save-minutes", "minutes between checkpoints and grids (default 2; 0: every iteration)", 'f', &save_minutes, F_NONNEG },
         };
         if (parse_flags("latent_ebm", argc, argv, f, (int)(sizeof f / sizeof f[0])) != 0) return 2;
         if ((ds_i = lookup("data set", data, datasets, 3)) < 0 || (ac = lookup("activation", act, acts, 6)) < 0) return 2;

@@ -20,13 +20,14 @@
 #include "images.h"
 
 /* --sample-noise: the Langevin noise of fresh chains (grids, samples.npy),
-   when it should differ from training's (e.g. annealed DSM sampling). */
-static float sample_noise = 0;
+   when it should differ from training's (e.g. annealed DSM sampling);
+   -1: training's. */
+static float sample_noise = -1;
 static int sample(ebm_trainer *t, uint64_t first, const float *x_data, float *x, int n, int k)
 {
     float keep = t->cfg.chain.noise;
     int rc;
-    if (sample_noise > 0) t->cfg.chain.noise = sample_noise;
+    if (sample_noise >= 0) t->cfg.chain.noise = sample_noise;
     rc = ebm_trainer_sample(t, first, x_data, x, n, k);
     t->cfg.chain.noise = keep;
     return rc;
@@ -73,52 +74,52 @@ int main(int argc, char **argv)
     c.chain.n_steps = 40; c.energy_reg = 0;
     {
         flag f[] = {
-            { "data", "fashion | mnist | cifar10 (default fashion)", 's', &data },
-            { "data-dir", "directory of the data files (default: Debian's for fashion)", 's', &data_dir },
-            { "out", "directory for checkpoints, grids, log, samples (default run)", 's', &out },
-            { "minutes", "time budget in minutes (0: none)", 'f', &minutes },
-            { "iters", "stop after this many iterations in total (0: none)", 'l', &iters },
-            { "resume", "continue from OUT/ckpt.bin (its settings win)", 'b', &resume },
-            { "seed", "keys every random number (default 1)", 'i', &seed },
-            { "threads", "OpenMP threads (default: all)", 'i', &threads },
-            { "nf", "ConvNet width n_f (default 16)", 'i', &nf },
-            { "act", "lrelu | silu | softplus | elu | gelu | tanh (default lrelu)", 's', &act },
-            { "act-param", "LeakyReLU slope / ELU alpha (default 0.2)", 'f', &act_param },
-            { "batch", "batch size (default 64)", 'i', &c.batch },
-            { "start", "chain start: uniform | gaussian | data | persistent (default uniform)", 's', &start },
-            { "restart", "noise of restarts and fresh chains: uniform | gaussian", 's', &restart },
-            { "buffer", "replay buffer size (default 10000)", 'i', &c.buffer_size },
-            { "reinit", "replay restart probability (default 0.05)", 'f', &c.reinit },
-            { "start-noise", "noise std added to data starts (default 0)", 'f', &c.start_noise },
-            { "k", "Langevin steps per iteration K (default 40)", 'i', &c.chain.n_steps },
-            { "step", "Langevin step s (default 1)", 'f', &c.chain.step },
-            { "noise", "Langevin noise tau (default 0.01)", 'f', &c.chain.noise },
-            { "box", "none | clamp | reflect (default clamp to [-1, 1])", 's', &box },
-            { "mala", "Metropolis-adjusted chains", 'b', &mala },
-            { "stanley", "STANLEY's threshold th: anisotropic steps (default 0: isotropic)", 'f', &c.chain.aniso_th },
-            { "objective", "ml | dsm | ssm | ssm-vr | fd-ssm | nce (default ml)", 's', &objective },
-            { "sigma", "DSM: noise, the smallest level (default 0.1)", 'f', &c.sigma },
-            { "sigmas", "DSM: noise levels (default 1)", 'i', &c.n_sigmas },
-            { "sigma-max", "DSM: largest level (default 1)", 'f', &c.sigma_max },
-            { "proj", "SSM, SSM-VR, FD-SSM: rademacher | gaussian (default rademacher)", 's', &proj },
-            { "fd-eps", "FD-SSM: finite-difference step (default 0.1)", 'f', &c.fd_eps },
-            { "data-noise", "noise std added to data (default 0.03)", 'f', &c.data_noise },
-            { "energy-reg", "alpha of alpha (f+^2 + f-^2) (default 0)", 'f', &c.energy_reg },
-            { "optimizer", "adam | sgd (default adam)", 's', &opt },
-            { "lr", "learning rate (default 1e-4)", 'f', &c.lr },
-            { "lr-min", "end of the schedule (default 0)", 'f', &c.lr_min },
-            { "schedule", "constant | cosine | linear over the run (default cosine)", 's', &sched },
-            { "warmup", "iterations of warm-up (default 0)", 'l', &c.warmup },
-            { "total-iters", "schedule length (default: --iters, or estimated from --minutes)", 'l', &c.total_iters },
-            { "beta1", "Adam beta1 (default 0.9)", 'f', &c.beta1 },
-            { "beta2", "Adam beta2 (default 0.999)", 'f', &c.beta2 },
-            { "momentum", "SGD momentum (default 0)", 'f', &c.momentum },
-            { "max-dt", "|d_t| that counts as divergence (default 1000)", 'f', &c.max_abs_dt },
-            { "on-diverge", "stop | rollback (to the last checkpoint at half the lr)", 's', &on_div },
-            { "samples", "fresh samples written to samples.npy at the end (default 64)", 'i', &n_samples },
-            { "sample-k", "Langevin steps of fresh chains (default: K, at least 100 for persistent)", 'i', &sample_k },
-            { "sample-noise", "Langevin noise of fresh chains (default: training's)", 'f', &sample_noise },
-            { "save-minutes", "minutes between checkpoints and grids (default 2)", 'f', &save_minutes },
+            { "data", "fashion | mnist | cifar10 (default fashion)", 's', &data, F_ANY },
+            { "data-dir", "directory of the data files (default: Debian's for fashion)", 's', &data_dir, F_ANY },
+            { "out", "directory for checkpoints, grids, log, samples (default run)", 's', &out, F_ANY },
+            { "minutes", "time budget in minutes (0: none)", 'f', &minutes, F_NONNEG },
+            { "iters", "stop after this many iterations in total (0: none)", 'l', &iters, F_NONNEG },
+            { "resume", "continue from OUT/ckpt.bin (its settings win)", 'b', &resume, F_ANY },
+            { "seed", "keys every random number (default 1)", 'i', &seed, F_ANY },
+            { "threads", "OpenMP threads (default: all)", 'i', &threads, F_POS },
+            { "nf", "ConvNet width n_f (default 16)", 'i', &nf, F_POS },
+            { "act", "lrelu | silu | softplus | elu | gelu | tanh (default lrelu)", 's', &act, F_ANY },
+            { "act-param", "LeakyReLU slope / ELU alpha (default 0.2)", 'f', &act_param, F_ANY },
+            { "batch", "batch size (default 64)", 'i', &c.batch, F_POS },
+            { "start", "chain start: uniform | gaussian | data | persistent (default uniform)", 's', &start, F_ANY },
+            { "restart", "noise of restarts and fresh chains: uniform | gaussian", 's', &restart, F_ANY },
+            { "buffer", "replay buffer size (default 10000)", 'i', &c.buffer_size, F_POS },
+            { "reinit", "replay restart probability (default 0.05)", 'f', &c.reinit, F_UNIT },
+            { "start-noise", "noise std added to data starts (default 0)", 'f', &c.start_noise, F_NONNEG },
+            { "k", "Langevin steps per iteration K (default 40)", 'i', &c.chain.n_steps, F_NONNEG },
+            { "step", "Langevin step s (default 1)", 'f', &c.chain.step, F_NONNEG },
+            { "noise", "Langevin noise tau (default 0.01)", 'f', &c.chain.noise, F_NONNEG },
+            { "box", "none | clamp | reflect (default clamp to [-1, 1])", 's', &box, F_ANY },
+            { "mala", "Metropolis-adjusted chains", 'b', &mala, F_ANY },
+            { "stanley", "STANLEY's threshold th: anisotropic steps (default 0: isotropic)", 'f', &c.chain.aniso_th, F_NONNEG },
+            { "objective", "ml | dsm | ssm | ssm-vr | fd-ssm | nce (default ml)", 's', &objective, F_ANY },
+            { "sigma", "DSM: noise, the smallest level (default 0.1)", 'f', &c.sigma, F_POS },
+            { "sigmas", "DSM: noise levels (default 1)", 'i', &c.n_sigmas, F_POS },
+            { "sigma-max", "DSM: largest level (default 1)", 'f', &c.sigma_max, F_POS },
+            { "proj", "SSM, SSM-VR, FD-SSM: rademacher | gaussian (default rademacher)", 's', &proj, F_ANY },
+            { "fd-eps", "FD-SSM: finite-difference step (default 0.1)", 'f', &c.fd_eps, F_POS },
+            { "data-noise", "noise std added to data (default 0.03)", 'f', &c.data_noise, F_NONNEG },
+            { "energy-reg", "alpha of alpha (f+^2 + f-^2) (default 0)", 'f', &c.energy_reg, F_NONNEG },
+            { "optimizer", "adam | sgd (default adam)", 's', &opt, F_ANY },
+            { "lr", "learning rate (default 1e-4)", 'f', &c.lr, F_POS },
+            { "lr-min", "end of the schedule (default 0)", 'f', &c.lr_min, F_NONNEG },
+            { "schedule", "constant | cosine | linear over the run (default cosine)", 's', &sched, F_ANY },
+            { "warmup", "iterations of warm-up (default 0)", 'l', &c.warmup, F_NONNEG },
+            { "total-iters", "schedule length (default: --iters, or estimated from --minutes)", 'l', &c.total_iters, F_POS },
+            { "beta1", "Adam beta1 (default 0.9)", 'f', &c.beta1, F_UNIT },
+            { "beta2", "Adam beta2 (default 0.999)", 'f', &c.beta2, F_UNIT },
+            { "momentum", "SGD momentum (default 0)", 'f', &c.momentum, F_UNIT },
+            { "max-dt", "|d_t| that counts as divergence (default 1000)", 'f', &c.max_abs_dt, F_POS },
+            { "on-diverge", "stop | rollback (to the last checkpoint at half the lr)", 's', &on_div, F_ANY },
+            { "samples", "fresh samples written to samples.npy at the end (default 64)", 'i', &n_samples, F_NONNEG },
+            { "sample-k", "Langevin steps of fresh chains (default: K, at least 100 for persistent)", 'i', &sample_k, F_POS },
+            { "sample-noise", "Langevin noise of fresh chains (default: training's)", 'f', &sample_noise, F_NONNEG },
+            { "save-minutes", "minutes between checkpoints and grids (default 2; 0: every iteration)", 'f', &save_minutes, F_NONNEG },
         };
         int ds_i, st, rs, op, sc, bx, ac, dv, ob, pj;
         if (parse_flags("train_images", argc, argv, f, (int)(sizeof f / sizeof f[0])) != 0) return 2;
