@@ -613,7 +613,9 @@ typedef struct ebm_trainer {
    of a Langevin step on a batch and the objective's update), the batches
    and the replay buffer. A training process's peak is this plus its data. */
 EBMDEF int ebm_trainer_memory(ebm_model *m, const ebm_train_config *c, size_t *bytes, ebm_error *err);
-/* Set up a trainer for an allocated model m with settings c. */
+/* Set up a trainer for an allocated model m with settings c: EBM_EINVAL,
+   with the reason, for a setting out of its range (ML's chain settings
+   too, checked here rather than at the first step). */
 EBMDEF int ebm_trainer_init(ebm_trainer *t, ebm_model *m, const ebm_train_config *c, ebm_error *err);
 EBMDEF void ebm_trainer_free(ebm_trainer *t);
 /* Make t one of comm->size workers (see ebm_comm); comm is copied. */
@@ -5327,24 +5329,25 @@ EBM__INLINE float ebm__stanley_gamma(float drift, float th)
     return ad > th ? th / ad : 1.0f;
 }
 
-/* Check a sampler's settings; the update is x += a drift + b xi. */
-static int ebm__langevin_check(ebm_graph *g, const ebm_langevin *c, float *pa, float *pb)
+/* Check a sampler's settings (the trainer's too, at init); the update is
+   x += a drift + b xi. */
+static int ebm__langevin_check(ebm_error *err, const ebm_langevin *c, float *pa, float *pb)
 {
     float a, b;
     if (c->form == EBM_LANGEVIN_EPS) {
-        if (!ebm__finite(c->eps) || c->eps <= 0) return ebm__gfail(g, EBM_EINVAL, "langevin: eps %g must be positive", (double)c->eps), EBM_EINVAL;
+        if (!ebm__finite(c->eps) || c->eps <= 0) return ebm__fail(err, EBM_EINVAL, "langevin: eps %g must be positive", (double)c->eps);
         a = 0.5f * c->eps * c->eps; b = c->eps;
     } else if (c->form == EBM_LANGEVIN_STEP_NOISE) {
         if (!ebm__finite(c->step) || !ebm__finite(c->noise) || c->step < 0 || c->noise < 0)
-            return ebm__gfail(g, EBM_EINVAL, "langevin: step %g and noise %g must be finite and >= 0", (double)c->step, (double)c->noise), EBM_EINVAL;
+            return ebm__fail(err, EBM_EINVAL, "langevin: step %g and noise %g must be finite and >= 0", (double)c->step, (double)c->noise);
         a = c->step; b = c->noise;
-    } else return ebm__gfail(g, EBM_EINVAL, "langevin: unknown form %d", c->form), EBM_EINVAL;
-    if (!ebm__finite(c->sigma_q) || c->sigma_q < 0) return ebm__gfail(g, EBM_EINVAL, "langevin: sigma_q %g", (double)c->sigma_q), EBM_EINVAL;
-    if (c->box < EBM_BOX_NONE || c->box > EBM_BOX_REFLECT) return ebm__gfail(g, EBM_EINVAL, "langevin: unknown box rule %d", c->box), EBM_EINVAL;
+    } else return ebm__fail(err, EBM_EINVAL, "langevin: unknown form %d", c->form);
+    if (!ebm__finite(c->sigma_q) || c->sigma_q < 0) return ebm__fail(err, EBM_EINVAL, "langevin: sigma_q %g", (double)c->sigma_q);
+    if (c->box < EBM_BOX_NONE || c->box > EBM_BOX_REFLECT) return ebm__fail(err, EBM_EINVAL, "langevin: unknown box rule %d", c->box);
     if (c->box != EBM_BOX_NONE && !(ebm__finite(c->lo) && ebm__finite(c->hi) && c->lo < c->hi))
-        return ebm__gfail(g, EBM_EINVAL, "langevin: box [%g, %g] is empty", (double)c->lo, (double)c->hi), EBM_EINVAL;
-    if (c->n_steps < 0) return ebm__gfail(g, EBM_EINVAL, "langevin: %d steps", c->n_steps), EBM_EINVAL;
-    if (!(c->aniso_th >= 0 && c->aniso_th < 1e30f)) return ebm__gfail(g, EBM_EINVAL, "langevin: STANLEY threshold %g", (double)c->aniso_th), EBM_EINVAL;
+        return ebm__fail(err, EBM_EINVAL, "langevin: box [%g, %g] is empty", (double)c->lo, (double)c->hi);
+    if (c->n_steps < 0) return ebm__fail(err, EBM_EINVAL, "langevin: %d steps", c->n_steps);
+    if (!(c->aniso_th >= 0 && c->aniso_th < 1e30f)) return ebm__fail(err, EBM_EINVAL, "langevin: STANLEY threshold %g", (double)c->aniso_th);
     *pa = a; *pb = b;
     return EBM_OK;
 }
@@ -5359,7 +5362,7 @@ static int ebm__sampler_begin(ebm_model *m, ebm_graph *g, const ebm_langevin *c,
         return ebm__gfail(g, EBM_EINVAL, "sampler: NULL model, settings, generator or samples, or n < 1"), EBM_EINVAL;
     ebm_model_out_shape(m, &oh, &ow, &oc);
     if (oh * ow * oc != 1) return ebm__gfail(g, EBM_EINVAL, "sampler: the model gives %d values per sample, not one energy", oh * ow * oc), EBM_EINVAL;
-    return ebm__langevin_check(g, c, a, b);
+    return ebm__langevin_check(&g->err, c, a, b);
 }
 
 /* Copy the kept conv outputs among the nodes from x to y to out. The conv
@@ -5912,6 +5915,10 @@ static int ebm__config_check(const ebm_train_config *c, ebm_error *err)
         c->proj != EBM_PROJ_GAUSSIAN && c->proj != EBM_PROJ_RADEMACHER)
         return ebm__fail(err, EBM_EINVAL, "trainer: unknown projection %d", c->proj);
     if (c->objective == EBM_OBJ_FD_SSM && !ebm__finite_pos(c->fd_eps)) return ebm__fail(err, EBM_EINVAL, "trainer: FD-SSM step %g", (double)c->fd_eps);
+    if (c->objective == EBM_OBJ_ML) { /* its chains run every step: say what is wrong with them now, not at the first step */
+        float a, b;
+        return ebm__langevin_check(err, &c->chain, &a, &b);
+    }
     return EBM_OK;
 }
 

@@ -377,6 +377,19 @@ static void test_trainer_bad_settings(void)
     ebm_train_config_default(&c);
     c.objective = EBM_OBJ_COUNT;
     CHECK(ebm_trainer_init(&t, &m, &c, &e) == EBM_EINVAL && strstr(e.msg, "objective"), "unknown objective accepted");
+    /* ML's chains are checked at init, not at the first step */
+    ebm_train_config_default(&c);
+    c.chain.n_steps = -5;
+    CHECK(ebm_trainer_init(&t, &m, &c, &e) == EBM_EINVAL && strstr(e.msg, "langevin: -5 steps"), "ML with -5 chain steps accepted (%s)", e.msg);
+    ebm_train_config_default(&c);
+    c.chain.form = EBM_LANGEVIN_STEP_NOISE; c.chain.noise = -1;
+    CHECK(ebm_trainer_init(&t, &m, &c, &e) == EBM_EINVAL && strstr(e.msg, "noise -1"), "ML with chain noise -1 accepted (%s)", e.msg);
+    ebm_train_config_default(&c);
+    c.chain.box = EBM_BOX_CLAMP; c.chain.lo = 1; c.chain.hi = -1;
+    CHECK(ebm_trainer_init(&t, &m, &c, &e) == EBM_EINVAL && strstr(e.msg, "box"), "ML with an empty box accepted (%s)", e.msg);
+    c.objective = EBM_OBJ_DSM; /* no chains in its training step: the unused settings are not its business */
+    CHECK(ebm_trainer_init(&t, &m, &c, &e) == EBM_OK, "DSM refused for its unused chain settings: %s", e.msg);
+    ebm_trainer_free(&t);
     ebm_train_config_default(&c);
     c.objective = EBM_OBJ_DSM; c.sigma = 0;
     CHECK(ebm_trainer_init(&t, &m, &c, &e) == EBM_EINVAL && strstr(e.msg, "DSM"), "DSM with sigma 0 accepted");
