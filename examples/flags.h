@@ -14,15 +14,23 @@
    range: the values a number given on the command line may take (a flag
    not given keeps its variable's initial value, which may be a sentinel
    such as 0 or -1 for "the default"): F_ANY, F_POS (> 0), F_NONNEG (>= 0),
-   F_UNIT (in [0, 1]; an int: 0 or 1). Switches and strings take F_ANY. */
+   F_UNIT (from 0 to 1; an int: 0 or 1). Switches and strings take F_ANY. */
 enum { F_ANY, F_POS, F_NONNEG, F_UNIT };
 typedef struct { const char *name, *help; char type; void *p; int range; } flag;
+
+/* The flag's range in words ("" for F_ANY). */
+static const char *range_text(const flag *f)
+{
+    static const char *const ranges[] = { "", "> 0", ">= 0", "from 0 to 1" };
+    return (f->type == 'i' || f->type == 'l') && f->range == F_UNIT ? "0 or 1" : ranges[f->range];
+}
 
 static void usage(const char *program, const flag *f, int nf)
 {
     int i;
     printf("usage: %s [flags]\n", program);
-    for (i = 0; i < nf; i++) printf("  --%-14s %s\n", f[i].name, f[i].help);
+    for (i = 0; i < nf; i++)
+        printf("  --%-14s %s%s%s%s\n", f[i].name, f[i].help, f[i].range ? " [" : "", range_text(&f[i]), f[i].range ? "]" : "");
 }
 
 /* *v = the whole of s as a number of the flag's type, or -1 after a
@@ -32,16 +40,15 @@ static void usage(const char *program, const flag *f, int nf)
    be taken for the default or run as given. */
 static int parse_value(const flag *f, const char *s)
 {
-    static const char *const ranges[] = { "", " > 0", " >= 0", " in [0, 1]" };
     const int integer = f->type == 'i' || f->type == 'l';
-    const char *range = integer && f->range == F_UNIT ? ": 0 or 1" : ranges[f->range];
+    const char *range = range_text(f), *sep = !f->range ? "" : integer && f->range == F_UNIT ? ": " : " ";
     char *end;
     double x;
     errno = 0;
     if (integer) {
         const long i = strtol(s, &end, 10);
         if (end == s || *end || errno == ERANGE || (f->type == 'i' && (i < INT_MIN || i > INT_MAX))) {
-            fprintf(stderr, "error: --%s wants an integer%s, got '%s'\n", f->name, range, s);
+            fprintf(stderr, "error: --%s wants an integer%s%s, got '%s'\n", f->name, sep, range, s);
             return -1;
         }
         if (f->type == 'i') *(int *)f->p = (int)i;
@@ -50,21 +57,22 @@ static int parse_value(const flag *f, const char *s)
     } else {
         x = strtod(s, &end);
         if (end == s || *end || !isfinite(x) || fabs(x) > FLT_MAX) {
-            fprintf(stderr, "error: --%s wants a finite number%s, got '%s'\n", f->name, range, s);
+            fprintf(stderr, "error: --%s wants a finite number%s%s, got '%s'\n", f->name, sep, range, s);
             return -1;
         }
         *(float *)f->p = (float)x;
         x = (double)(float)x; /* the range holds for what is stored: 1e-60 is no positive float */
     }
     if ((f->range == F_POS && !(x > 0)) || (f->range == F_NONNEG && !(x >= 0)) || (f->range == F_UNIT && !(x >= 0 && x <= 1))) {
-        fprintf(stderr, "error: --%s wants %s%s, got '%s'\n", f->name, integer ? "an integer" : "a number", range, s);
+        fprintf(stderr, "error: --%s wants %s%s%s, got '%s'\n", f->name, integer ? "an integer" : "a number", sep, range, s);
         return -1;
     }
     return 0;
 }
 
 /* 0, or -1 after a message on an unknown flag, a missing value or one that
-   is not a number of the flag's type; --help prints the table and exits. */
+   is not a number of the flag's type and range; --help prints the table,
+   each number's range with it, and exits. */
 static int parse_flags(const char *program, int argc, char **argv, const flag *f, int nf)
 {
     int i, j;
