@@ -119,7 +119,7 @@ flag-check: $(B)/toy2d $(B)/evaluate $(B)/hello_energy
 	./$(B)/toy2d --iters 12x --out $(B)/flag_check.png 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --iters wants an integer > 0, got '12x'" $(B)/flag_check.err
 	./$(B)/toy2d --lr nan --out $(B)/flag_check.png 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --lr wants a finite number > 0, got 'nan'" $(B)/flag_check.err
 	./$(B)/toy2d --lr -1 --out $(B)/flag_check.png 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --lr wants a number > 0, got '-1'" $(B)/flag_check.err
-	./$(B)/toy2d --threads -2 --out $(B)/flag_check.png 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --threads wants an integer > 0, got '-2'" $(B)/flag_check.err
+	./$(B)/toy2d --threads -2 --out $(B)/flag_check.png 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --threads wants an integer >= 0, got '-2'" $(B)/flag_check.err
 	./$(B)/toy2d --mala 2 --out $(B)/flag_check.png 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --mala wants an integer: 0 or 1, got '2'" $(B)/flag_check.err
 	./$(B)/toy2d --reinit 1.5 --out $(B)/flag_check.png 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --reinit wants a number from 0 to 1, got '1.5'" $(B)/flag_check.err
 	./$(B)/toy2d --samples 99999999999 --out $(B)/flag_check.png 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --samples wants an integer" $(B)/flag_check.err

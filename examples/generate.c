@@ -558,7 +558,7 @@ int main(int argc, char **argv)
         { "long-steps", "steps of the long-run chains (default 10000)", 'l', &long_steps, F_POS },
         { "long-chains", "chains per long-run variant (default 4)", 'i', &long_n, F_POS },
         { "stanley", "STANLEY's threshold for every chain (0: isotropic; default: the checkpoint's)", 'f', &stanley, F_NONNEG },
-        { "threads", "OpenMP threads (default: all)", 'i', &threads, F_POS },
+        { "threads", "OpenMP threads (default 0: OpenMP's, OMP_NUM_THREADS or every core)", 'i', &threads, F_NONNEG },
     };
     setvbuf(stdout, NULL, _IOLBF, 0); /* summary lines appear as each task ends, also in a log file */
     memset(&c, 0, sizeof c);

@@ -94,7 +94,7 @@ int main(int argc, char **argv)
             { "iters", "stop after this many iterations in total (0: none)", 'l', &iters, F_NONNEG },
             { "resume", "continue from OUT/ckpt.bin (its settings win)", 'b', &resume, F_ANY },
             { "seed", "keys every random number (default 1)", 'i', &seed, F_ANY },
-            { "threads", "OpenMP threads (default: all)", 'i', &threads, F_POS },
+            { "threads", "OpenMP threads (default 0: OpenMP's, OMP_NUM_THREADS or every core)", 'i', &threads, F_NONNEG },
             { "nz", "latent dimension (default 100)", 'i', &nz, F_POS },
             { "hidden", "width of the prior MLP nz -> h -> h -> 1 (default 200)", 'i', &hidden, F_POS },
             { "prior-act", "the prior MLP's activation: lrelu | silu | softplus | elu | gelu | tanh (default lrelu)", 's', &act, F_ANY },

@@ -96,7 +96,7 @@ int main(int argc, char **argv)
         { "proj", "SSM, SSM-VR, FD-SSM: rademacher | gaussian projections (default rademacher)", 's', &proj, F_ANY },
         { "fd-eps", "FD-SSM: finite-difference step (default 0.1)", 'f', &fd_eps, F_POS },
         { "samples", "fresh chains in the picture (default 4096)", 'i', &n_samples, F_POS },
-        { "threads", "threads (default: OpenMP's)", 'i', &threads, F_POS },
+        { "threads", "OpenMP threads (default 0: OpenMP's, OMP_NUM_THREADS or every core)", 'i', &threads, F_NONNEG },
         { "out", "picture (default toy2d_<data>_<recipe>.png)", 's', &out, F_ANY },
         { "density-npy", "also write the learned density exp(f)/Z on the picture's 128x128 grid", 's', &npy, F_ANY },
     };

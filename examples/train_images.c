@@ -81,7 +81,7 @@ int main(int argc, char **argv)
             { "iters", "stop after this many iterations in total (0: none)", 'l', &iters, F_NONNEG },
             { "resume", "continue from OUT/ckpt.bin (its settings win)", 'b', &resume, F_ANY },
             { "seed", "keys every random number (default 1)", 'i', &seed, F_ANY },
-            { "threads", "OpenMP threads (default: all)", 'i', &threads, F_POS },
+            { "threads", "OpenMP threads (default 0: OpenMP's, OMP_NUM_THREADS or every core)", 'i', &threads, F_NONNEG },
             { "nf", "ConvNet width n_f (default 16)", 'i', &nf, F_POS },
             { "act", "lrelu | silu | softplus | elu | gelu | tanh (default lrelu)", 's', &act, F_ANY },
             { "act-param", "LeakyReLU slope / ELU alpha (default 0.2)", 'f', &act_param, F_ANY },
