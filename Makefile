@@ -114,7 +114,7 @@ nostdio-check: | $(B)
 # type (exit status 2 and a message), where atoi/atof read "12x" as 12 and
 # "nan" as NaN, or a number out of its flag's range (a negative learning
 # rate had been taken for "the default"); and still take a well-formed one.
-flag-check: $(B)/toy2d $(B)/evaluate $(B)/hello_energy
+flag-check: $(B)/toy2d $(B)/evaluate $(B)/hello_energy $(B)/train_images $(B)/generate $(B)/latent_ebm
 	./$(B)/hello_energy --nf 8x 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --nf wants an integer, got '8x'" $(B)/flag_check.err
 	./$(B)/toy2d --iters 12x --out $(B)/flag_check.png 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --iters wants an integer > 0, got '12x'" $(B)/flag_check.err
 	./$(B)/toy2d --lr nan --out $(B)/flag_check.png 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --lr wants a finite number > 0, got 'nan'" $(B)/flag_check.err
@@ -122,6 +122,9 @@ flag-check: $(B)/toy2d $(B)/evaluate $(B)/hello_energy
 	./$(B)/toy2d --threads -2 --out $(B)/flag_check.png 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --threads wants an integer >= 0, got '-2'" $(B)/flag_check.err
 	./$(B)/toy2d --mala 2 --out $(B)/flag_check.png 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --mala wants an integer: 0 or 1, got '2'" $(B)/flag_check.err
 	./$(B)/toy2d --reinit 1.5 --out $(B)/flag_check.png 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --reinit wants a number from 0 to 1, got '1.5'" $(B)/flag_check.err
+	./$(B)/train_images --samples -1 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --samples wants an integer >= 0, got '-1'" $(B)/flag_check.err
+	./$(B)/generate --k 0 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --k wants an integer > 0, got '0'" $(B)/flag_check.err
+	./$(B)/latent_ebm --beta1 2 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --beta1 wants a number from 0 to 1, got '2'" $(B)/flag_check.err
 	./$(B)/toy2d --samples 99999999999 --out $(B)/flag_check.png 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --samples wants an integer" $(B)/flag_check.err
 	./$(B)/evaluate --n 3.5 x.npy 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --n wants an integer from 1 to" $(B)/flag_check.err
 	OMP_NUM_THREADS=2 ./$(B)/toy2d --iters 2 --lr 1e-2 --samples 16 --out $(B)/flag_check.png | grep -q ' iters=2 .*status=ok'
