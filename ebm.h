@@ -82,7 +82,9 @@
        EBM_FASHION_MNIST_DIR  default directory of ebm_mnist_load
                               ("/usr/share/datasets/fashion-mnist", Debian's)
    Compile with -ffp-contract=off (or without -ffast-math and with no FMA
-   contraction) for results that are identical in C and C++ builds;
+   contraction) for results that are identical in C and C++ builds, with
+   and without SIMD; clang needs it only with -ffp-contract=fast (the
+   implementation turns clang's default contraction off for itself);
    -fopenmp to use threads.
 
    DETERMINISM: every random number is a pure function of (seed, stream,
@@ -906,6 +908,17 @@ EBMDEF int ebm_png_write(ebm_write_fn fn, void *user, const unsigned char *pixel
 #ifdef EBM_IMPLEMENTATION
 #ifndef EBM_IMPLEMENTATION_DONE
 #define EBM_IMPLEMENTATION_DONE
+
+/* clang contracts a * b + c into one FMA by default (-ffp-contract=on),
+   which changes the bits a scalar kernel and its SIMD twin agree on; so the
+   implementation turns contraction off for itself, and the code after it
+   gets the user's setting back. (It cannot override -ffp-contract=fast or
+   -ffast-math; g++ and gcc need -ffp-contract=off, above.) */
+#if defined(__clang__) && __clang_major__ >= 13
+#pragma float_control(push)
+#pragma clang fp contract(off)
+#define EBM__FP_PUSHED
+#endif
 
 #include <math.h>
 #include <string.h>
@@ -8470,6 +8483,10 @@ EBMDEF int ebm_latent_load(ebm_latent *L, ebm_model *prior, ebm_model *gen, cons
 }
 #endif
 
+#ifdef EBM__FP_PUSHED
+#pragma float_control(pop)
+#undef EBM__FP_PUSHED
+#endif
 #endif /* EBM_IMPLEMENTATION_DONE */
 #endif /* EBM_IMPLEMENTATION */
 
