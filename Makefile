@@ -122,9 +122,11 @@ nostdio-check: $(B)/nostdio_lib.o $(B)/nostdio_test
 # The examples refuse a numeric flag that is not wholly a number of its
 # type (exit status 2 and a message), where atoi/atof read "12x" as 12 and
 # "nan" as NaN, or a number out of its flag's range (a negative learning
-# rate had been taken for "the default"); and still take a well-formed one.
+# rate had been taken for "the default"), or a flag they do not have; and
+# still take a well-formed one.
 flag-check: $(B)/toy2d $(B)/evaluate $(B)/hello_energy $(B)/train_images $(B)/generate $(B)/latent_ebm
-	./$(B)/hello_energy --nf 8x 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --nf wants an integer, got '8x'" $(B)/flag_check.err
+	./$(B)/hello_energy --nf 8x 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --nf wants an integer > 0, got '8x'" $(B)/flag_check.err
+	./$(B)/hello_energy --bogus 3 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: unknown flag --bogus" $(B)/flag_check.err
 	./$(B)/toy2d --iters 12x --out $(B)/flag_check.png 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --iters wants an integer > 0, got '12x'" $(B)/flag_check.err
 	./$(B)/toy2d --lr nan --out $(B)/flag_check.png 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --lr wants a finite number > 0, got 'nan'" $(B)/flag_check.err
 	./$(B)/toy2d --lr -1 --out $(B)/flag_check.png 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --lr wants a number > 0, got '-1'" $(B)/flag_check.err
@@ -135,7 +137,9 @@ flag-check: $(B)/toy2d $(B)/evaluate $(B)/hello_energy $(B)/train_images $(B)/ge
 	./$(B)/generate --k 0 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --k wants an integer > 0, got '0'" $(B)/flag_check.err
 	./$(B)/latent_ebm --beta1 2 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --beta1 wants a number from 0 to 1, got '2'" $(B)/flag_check.err
 	./$(B)/toy2d --samples 99999999999 --out $(B)/flag_check.png 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --samples wants an integer" $(B)/flag_check.err
-	./$(B)/evaluate --n 3.5 x.npy 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --n wants an integer from 1 to" $(B)/flag_check.err
+	./$(B)/evaluate --n 3.5 x.npy 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: --n wants an integer > 0, got '3.5'" $(B)/flag_check.err
+	./$(B)/evaluate --bogus x.npy 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: unknown flag --bogus" $(B)/flag_check.err
+	./$(B)/evaluate 2> $(B)/flag_check.err; test $$? -eq 2 && grep -q "^error: nothing to do" $(B)/flag_check.err
 	OMP_NUM_THREADS=2 ./$(B)/toy2d --iters 2 --lr 1e-2 --samples 16 --out $(B)/flag_check.png | grep -q ' iters=2 .*status=ok'
 	@echo "ok   flag-check (malformed and out-of-range numbers refused, well-formed ones taken)"
 
@@ -286,7 +290,7 @@ asan-examples: $(ASAN_EXAMPLES) $(filter %_asan,$(MPI_BINS)) | $(B)
 
 # valgrind memcheck on hello_energy (AVX2 build: valgrind has no AVX-512;
 # no OpenMP, whose thread pool valgrind reports as possibly lost).
-$(B)/hello_vg: examples/hello_energy.c ebm.h | $(B)
+$(B)/hello_vg: examples/hello_energy.c examples/flags.h ebm.h | $(B)
 	$(CC) $(CSTD) $(WARN) -O1 -g -mavx2 -mfma $(FPFLAGS) -I. $< -o $@ -lm
 valgrind-check: $(B)/hello_vg
 	valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite,indirect,possible ./$(B)/hello_vg --nf 8 --batch 2 > /dev/null

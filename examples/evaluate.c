@@ -18,8 +18,7 @@
    not comparable with the full sets'). */
 #define EBM_IMPLEMENTATION
 #include "ebm.h"
-#include <errno.h>
-#include <limits.h>
+#include "flags.h"
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
@@ -172,37 +171,6 @@ static int score(scorer *sc, const char *name, const float *x, int n)
     return 0;
 }
 
-static const char *arg_str(int argc, char **argv, const char *name, const char *def)
-{
-    int i;
-    for (i = 1; i + 1 < argc; i++) if (!strcmp(argv[i], name)) return argv[i + 1];
-    return def;
-}
-/* The integer after `name` (def when absent), or, when it is not a whole
-   integer in [lo, hi], a message and *bad set (atoi read "12x" as 12 and
-   "x" as 0). */
-static long arg_long(int argc, char **argv, const char *name, long def, long lo, long hi, int *bad)
-{
-    const char *s = arg_str(argc, argv, name, NULL);
-    char *end;
-    long x;
-    if (!s) return def;
-    errno = 0;
-    x = strtol(s, &end, 10);
-    if (end == s || *end || errno == ERANGE || x < lo || x > hi) {
-        fprintf(stderr, "error: %s wants an integer from %ld to %ld, got '%s'\n", name, lo, hi, s);
-        *bad = 1;
-        return def;
-    }
-    return x;
-}
-static int has(int argc, char **argv, const char *name)
-{
-    int i;
-    for (i = 1; i < argc; i++) if (!strcmp(argv[i], name)) return 1;
-    return 0;
-}
-
 static double accuracy(ebm_model *m, ebm_graph *g, const ebm_dataset *test, float *buf)
 {
     int i, correct = 0, *pred = (int *)malloc((size_t)test->n * sizeof *pred);
@@ -216,14 +184,22 @@ static double accuracy(ebm_model *m, ebm_graph *g, const ebm_dataset *test, floa
 
 int main(int argc, char **argv)
 {
-    const char *ckpt = arg_str(argc, argv, "--classifier", "build/classifier.ckpt");
-    int bad = 0;
-    const int threads = (int)arg_long(argc, argv, "--threads", 0, 0, INT_MAX, &bad);
-    const int subset = (int)arg_long(argc, argv, "--subset", 0, 0, INT_MAX, &bad);
-    const int epochs = (int)arg_long(argc, argv, "--epochs", 4, 1, INT_MAX, &bad);
-    const int n_ref = (int)arg_long(argc, argv, "--n", 1000, 1, INT_MAX, &bad);
-    long steps = arg_long(argc, argv, "--steps", 0, 0, LONG_MAX, &bad); /* --steps: a short run (smoke tests) */
-    int i, rc = 0;
+    const char *ckpt = "build/classifier.ckpt";
+    int train_mode = 0, self_test = 0, threads = 0, subset = 0, epochs = 4, n_ref = 1000;
+    long steps = 0; /* a short run (smoke tests) */
+    const flag f[] = {
+        { "train", "train the classifier, print its test accuracy", 'b', &train_mode, F_ANY },
+        { "epochs", "epochs of --train (default 4)", 'i', &epochs, F_POS },
+        { "steps", "--train: only this many steps, a smoke test (default 0: --epochs)", 'l', &steps, F_NONNEG },
+        { "self-test", "reference scores: training images, blurred test images, uniform noise", 'b', &self_test, F_ANY },
+        { "n", "--self-test: images of each reference (default 1000)", 'i', &n_ref, F_POS },
+        { "classifier", "the classifier's checkpoint (default build/classifier.ckpt)", 's', &ckpt, F_ANY },
+        { "threads", "OpenMP threads (default 0: OpenMP's, OMP_NUM_THREADS or every core)", 'i', &threads, F_NONNEG },
+        { "subset", "only the first N training and test images, at least 128: a smoke test (default 0: all)", 'i', &subset, F_NONNEG },
+    };
+    const int n_flags = (int)(sizeof f / sizeof f[0]);
+    const char **files;
+    int i, n_files = 0, rc = 0;
     ebm_dataset train, test;
     ebm_model m;
     ebm_graph *g;
@@ -231,11 +207,17 @@ int main(int argc, char **argv)
     size_t bytes;
     float *buf;
     scorer sc;
-    if (argc < 2 || has(argc, argv, "--help") || has(argc, argv, "-h")) {
-        printf("usage: evaluate --train [--epochs E | --steps S] | --self-test [--n N] | SAMPLES.npy ...  [--classifier PATH] [--threads T] [--subset N]\n");
-        return argc < 2 ? 2 : 0;
+    files = (const char **)malloc((size_t)argc * sizeof *files); /* the sample files, in order */
+    if (!files || parse_flags_pos("evaluate --train | --self-test | SAMPLES.npy ... (float32, (N, 1, 28, 28), in [-1, 1])",
+                                  argc, argv, f, n_flags, files, &n_files) != 0) {
+        free(files);
+        return 2;
     }
-    if (bad) return 2;
+    if (!train_mode && !self_test && n_files == 0) {
+        fprintf(stderr, "error: nothing to do: --train, --self-test or sample files (see --help)\n");
+        free(files);
+        return 2;
+    }
     if (threads > 0) ebm_set_threads(threads);
     if (subset > 0 && subset < 128) { fprintf(stderr, "error: --subset must be at least 128 (one training batch)\n"); return 2; }
     if (ebm_mnist_load(&train, NULL, 0, &err) != EBM_OK || ebm_mnist_load(&test, NULL, 1, &err) != EBM_OK) {
@@ -247,7 +229,7 @@ int main(int argc, char **argv)
         if (test.n > subset) test.n = subset;
     }
     buf = (float *)malloc((size_t)test.n * 784 * sizeof *buf);
-    if (has(argc, argv, "--train")) {
+    if (train_mode) {
         const int B = 128;
         long t;
         ebm_rng rd;
@@ -300,7 +282,7 @@ int main(int argc, char **argv)
         sc.train_f = (float *)malloc((size_t)train.n * 784 * sizeof(float));
         if (!sc.train_f) { fprintf(stderr, "error: out of memory\n"); return 1; }
         ebm_dataset_get(&train, 0, train.n, sc.train_f);
-        if (has(argc, argv, "--self-test")) {
+        if (self_test) {
             float *x, *y;
             ebm_rng r;
             int k, p, q;
@@ -327,22 +309,18 @@ int main(int argc, char **argv)
             score(&sc, "ref=uniform_noise", x, n_ref);
             free(x); free(y);
         }
-        for (i = 1; i < argc; i++) {
+        for (i = 0; i < n_files; i++) {
             float *data, *nhwc;
             int nd, shape[4];
-            if (argv[i][0] == '-') { /* a flag, and its value if it takes one */
-                if (!strcmp(argv[i], "--classifier") || !strcmp(argv[i], "--threads") || !strcmp(argv[i], "--n") || !strcmp(argv[i], "--subset")) i++;
-                continue;
-            }
-            if (ebm_npy_load(argv[i], &data, &nd, shape, &err) != EBM_OK) { fprintf(stderr, "error: %s\n", err.msg); rc = 1; continue; }
+            if (ebm_npy_load(files[i], &data, &nd, shape, &err) != EBM_OK) { fprintf(stderr, "error: %s\n", err.msg); rc = 1; continue; }
             if (nd != 4 || shape[1] != 1 || shape[2] != 28 || shape[3] != 28 || shape[0] < 2) {
-                fprintf(stderr, "error: %s: expected (N, 1, 28, 28) with N >= 2\n", argv[i]); free(data); rc = 1; continue;
+                fprintf(stderr, "error: %s: expected (N, 1, 28, 28) with N >= 2\n", files[i]); free(data); rc = 1; continue;
             }
             nhwc = (float *)malloc((size_t)shape[0] * 784 * sizeof *nhwc);
             ebm_nchw_to_nhwc(data, nhwc, shape[0], 1, 28, 28);
             {
                 char name[1100];
-                snprintf(name, sizeof name, "samples=%s", argv[i]);
+                snprintf(name, sizeof name, "samples=%s", files[i]);
                 if (score(&sc, name, nhwc, shape[0]) != 0) rc = 1;
             }
             free(data); free(nhwc);
@@ -353,5 +331,6 @@ int main(int argc, char **argv)
     ebm_graph_destroy(g);
     ebm_model_free(&m);
     ebm_dataset_free(&train); ebm_dataset_free(&test);
+    free(files);
     return rc;
 }

@@ -72,12 +72,16 @@ static int parse_value(const flag *f, const char *s)
 
 /* 0, or -1 after a message on an unknown flag, a missing value or one that
    is not a number of the flag's type and range; --help prints the table,
-   each number's range with it, and exits. */
-static int parse_flags(const char *program, int argc, char **argv, const flag *f, int nf)
+   each number's range with it, and exits. The arguments that are not
+   flags (file names, say) go in order to pos[0 .. *n_pos - 1] where pos is
+   given (argc entries are enough), and are errors where it is NULL. */
+static int parse_flags_pos(const char *program, int argc, char **argv, const flag *f, int nf, const char **pos, int *n_pos)
 {
     int i, j;
+    if (n_pos) *n_pos = 0;
     for (i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { usage(program, f, nf); exit(0); }
+        if (pos && argv[i][0] != '-') { pos[(*n_pos)++] = argv[i]; continue; }
         for (j = 0; j < nf; j++)
             if (!strncmp(argv[i], "--", 2) && !strcmp(argv[i] + 2, f[j].name)) break;
         if (j == nf) { fprintf(stderr, "error: unknown flag %s (see --help)\n", argv[i]); return -1; }
@@ -89,9 +93,15 @@ static int parse_flags(const char *program, int argc, char **argv, const flag *f
     }
     return 0;
 }
+/* (parse_flags and lookup are inline so that a program calling neither
+   draws no unused-function warning) */
+static inline int parse_flags(const char *program, int argc, char **argv, const flag *f, int nf)
+{
+    return parse_flags_pos(program, argc, argv, f, nf, NULL, NULL);
+}
 
 /* The index of v in names, or -1 after a message. */
-static int lookup(const char *what, const char *v, const char *const *names, int n)
+static inline int lookup(const char *what, const char *v, const char *const *names, int n)
 {
     int i;
     for (i = 0; i < n; i++) if (!strcmp(v, names[i])) return i;

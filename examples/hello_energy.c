@@ -7,36 +7,20 @@
    Usage: hello_energy [--nf N] [--batch B] [--seed S] [--threads T] */
 #define EBM_IMPLEMENTATION
 #include "ebm.h"
-#include <errno.h>
-#include <limits.h>
+#include "flags.h"
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
 
-/* The integer after `name`, or def; a value that is not wholly an int
-   ends the program with a message. */
-static int arg_int(int argc, char **argv, const char *name, int def)
-{
-    int i;
-    for (i = 1; i + 1 < argc; i++)
-        if (strcmp(argv[i], name) == 0) {
-            char *end;
-            long v;
-            errno = 0; /* (ERANGE: past long, which the range test misses where long is int) */
-            v = strtol(argv[i + 1], &end, 10);
-            if (end == argv[i + 1] || *end || errno == ERANGE || v < INT_MIN || v > INT_MAX) {
-                fprintf(stderr, "error: %s wants an integer, got '%s'\n", name, argv[i + 1]);
-                exit(2);
-            }
-            return (int)v;
-        }
-    return def;
-}
-
 int main(int argc, char **argv)
 {
-    int nf = arg_int(argc, argv, "--nf", 32), batch = arg_int(argc, argv, "--batch", 8);
-    int seed = arg_int(argc, argv, "--seed", 1), threads = arg_int(argc, argv, "--threads", 0), i, k;
+    int nf = 32, batch = 8, seed = 1, threads = 0, i, k;
+    const flag fl[] = {
+        { "nf", "the net's width n_f (default 32)", 'i', &nf, F_POS },
+        { "batch", "noise images (default 8)", 'i', &batch, F_POS },
+        { "seed", "seed of the weights and the noise (default 1)", 'i', &seed, F_ANY },
+        { "threads", "OpenMP threads (default 0: OpenMP's, OMP_NUM_THREADS or every core)", 'i', &threads, F_NONNEG },
+    };
     const int D = 28 * 28;
     ebm_model m;
     ebm_graph *g;
@@ -47,11 +31,7 @@ int main(int argc, char **argv)
     double t0, ms, noise_ms, emean = 0, gmean = 0;
     static const char *const kinds[5] = { "forward", "langevin_step", "train_step", "second_order_step", "third_order_step" };
 
-    if (argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
-        printf("usage: %s [--nf N] [--batch B] [--seed S] [--threads T]\n", argv[0]);
-        return 0;
-    }
-    if (nf < 1 || batch < 1 || threads < 0) { fprintf(stderr, "error: --nf and --batch must be positive, --threads >= 0 (0: OpenMP's)\n"); return 2; }
+    if (parse_flags(argv[0], argc, argv, fl, (int)(sizeof fl / sizeof fl[0])) != 0) return 2;
     if (threads > 0) ebm_set_threads(threads);
 
     if (ebm_model_convnet(&m, 1, 28, nf, EBM_ACT_LEAKY_RELU, 0.2f, (uint64_t)seed) != EBM_OK) {
