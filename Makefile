@@ -171,10 +171,12 @@ test-build: $(TEST_BINS) $(EXAMPLES) $(B)/kill_test $(B)/memory_test $(B)/hello_
 # examples under ASan, so the examples run beside those two suites on the
 # other core (~125 s against 20 + 105 s); their result is reported in its
 # place below. Every program the checks run is built by test-build, so
-# that CI's make -j2 compiles them two at a time.
+# that CI's make -j2 compiles them two at a time. Each stage's header says
+# when it started, in seconds from the start of make test.
 test: test-build
-	@p=0; f=0; ae=; for t in $(TEST_BINS); do \
-	  echo "== $$t"; \
+	@p=0; f=0; ae=; t0=$$(date +%s); stage() { echo "== $$1 (at $$(( $$(date +%s) - t0 )) s)"; }; \
+	for t in $(TEST_BINS); do \
+	  stage "$$t"; \
 	  if [ $$t = $(B)/test_noomp ]; then $(MAKE) -s asan-examples > $(B)/asan_examples.log 2>&1 & ae=$$!; fi; \
 	  out=$$(cd $(B) && OMP_NUM_THREADS=2 ./$$(basename $$t) 2>&1); rc=$$?; \
 	  echo "$$out" | grep -v '^ok ' ; \
@@ -184,28 +186,28 @@ test: test-build
 	  if [ -z "$$tp" ] || [ $$rc -ne 0 -a "$${tf:-0}" = 0 ]; then echo "$$t crashed (exit $$rc)"; tf=$$(( $${tf:-0} + 1 )); tp=$${tp:-0}; fi; \
 	  p=$$((p + tp)); f=$$((f + tf)); \
 	done; \
-	echo "== kill test"; if (cd $(B) && ./kill_test kill_test_dir > kill_test.log 2>&1); then p=$$((p+1)); grep '^ok' $(B)/kill_test.log; else echo "kill test failed"; cat $(B)/kill_test.log; f=$$((f+1)); fi; \
-	echo "== memory test"; if OMP_NUM_THREADS=2 ./$(B)/memory_test > $(B)/memory_test.log 2>&1; then p=$$((p+1)); head -1 $(B)/memory_test.log; else echo "memory test failed"; cat $(B)/memory_test.log; f=$$((f+1)); fi; \
+	stage "kill test"; if (cd $(B) && ./kill_test kill_test_dir > kill_test.log 2>&1); then p=$$((p+1)); grep '^ok' $(B)/kill_test.log; else echo "kill test failed"; cat $(B)/kill_test.log; f=$$((f+1)); fi; \
+	stage "memory test"; if OMP_NUM_THREADS=2 ./$(B)/memory_test > $(B)/memory_test.log 2>&1; then p=$$((p+1)); head -1 $(B)/memory_test.log; else echo "memory test failed"; cat $(B)/memory_test.log; f=$$((f+1)); fi; \
 	if command -v valgrind > /dev/null; then if $(MAKE) -s valgrind-check > $(B)/valgrind.log 2>&1; then p=$$((p+1)); tail -1 $(B)/valgrind.log; else echo "valgrind check failed"; cat $(B)/valgrind.log; f=$$((f+1)); fi; \
 	else echo "skipped: valgrind check (apt-get install valgrind)"; fi; \
-	echo "== examples under ASan + UBSan"; \
+	stage "examples under ASan + UBSan"; \
 	if [ -n "$$ae" ]; then wait $$ae; else $(MAKE) -s asan-examples > $(B)/asan_examples.log 2>&1; fi; \
 	if [ $$? -eq 0 ]; then p=$$((p+1)); else echo "asan-examples failed"; tail -30 $(B)/asan_examples.log; f=$$((f+1)); fi; \
-	echo "== EBM_NO_STDIO"; if $(MAKE) -s nostdio-check > $(B)/nostdio.log 2>&1; then p=$$((p+1)); grep '^ok' $(B)/nostdio.log; else echo "nostdio check failed"; cat $(B)/nostdio.log; f=$$((f+1)); fi; \
-	echo "== example flags"; if $(MAKE) -s flag-check > $(B)/flag_check.log 2>&1; then p=$$((p+1)); grep '^ok' $(B)/flag_check.log; else echo "flag check failed"; cat $(B)/flag_check.log; f=$$((f+1)); fi; \
-	echo "== EBM_STATIC"; if $(MAKE) -s static-check > $(B)/static.log 2>&1; then p=$$((p+1)); echo "ok   static-check (built with $(WARN), ran)"; else echo "static check failed"; cat $(B)/static.log; f=$$((f+1)); fi; \
-	echo "== -O2 against -O3"; if $(MAKE) -s opt-check > $(B)/opt_check.log 2>&1; then p=$$((p+1)); grep '^ok' $(B)/opt_check.log; else echo "opt check failed"; cat $(B)/opt_check.log; f=$$((f+1)); fi; \
-	echo "== example smoke runs"; if ./$(B)/hello_energy > $(B)/hello.log 2>&1 && grep -q '^params=' $(B)/hello.log; then p=$$((p+1)); else echo "hello_energy failed"; cat $(B)/hello.log; f=$$((f+1)); fi; \
+	stage "EBM_NO_STDIO"; if $(MAKE) -s nostdio-check > $(B)/nostdio.log 2>&1; then p=$$((p+1)); grep '^ok' $(B)/nostdio.log; else echo "nostdio check failed"; cat $(B)/nostdio.log; f=$$((f+1)); fi; \
+	stage "example flags"; if $(MAKE) -s flag-check > $(B)/flag_check.log 2>&1; then p=$$((p+1)); grep '^ok' $(B)/flag_check.log; else echo "flag check failed"; cat $(B)/flag_check.log; f=$$((f+1)); fi; \
+	stage "EBM_STATIC"; if $(MAKE) -s static-check > $(B)/static.log 2>&1; then p=$$((p+1)); echo "ok   static-check (built with $(WARN), ran)"; else echo "static check failed"; cat $(B)/static.log; f=$$((f+1)); fi; \
+	stage "-O2 against -O3"; if $(MAKE) -s opt-check > $(B)/opt_check.log 2>&1; then p=$$((p+1)); grep '^ok' $(B)/opt_check.log; else echo "opt check failed"; cat $(B)/opt_check.log; f=$$((f+1)); fi; \
+	stage "example smoke runs"; if ./$(B)/hello_energy > $(B)/hello.log 2>&1 && grep -q '^params=' $(B)/hello.log; then p=$$((p+1)); else echo "hello_energy failed"; cat $(B)/hello.log; f=$$((f+1)); fi; \
 	if OMP_NUM_THREADS=2 ./$(B)/toy2d --iters 250 --out $(B)/toy2d_smoke.png > $(B)/toy2d.log 2>&1 && grep -q '^toy2d data=8gaussians recipe=convergent nll=' $(B)/toy2d.log; then p=$$((p+1)); else echo "toy2d failed"; cat $(B)/toy2d.log; f=$$((f+1)); fi; \
 	if [ -f $(FMNIST)/train-images-idx3-ubyte.gz ]; then \
 	  if $(MAKE) -s resume-check > $(B)/resume.log 2>&1; then p=$$((p+1)); else echo "train_images resume check failed"; cat $(B)/resume.log; f=$$((f+1)); fi; \
 	  if $(MAKE) -s generate-check > $(B)/generate.log 2>&1; then p=$$((p+1)); else echo "generate check failed"; cat $(B)/generate.log; f=$$((f+1)); fi; \
 	else echo "skipped: train_images resume check and generate check (apt-get install dataset-fashion-mnist)"; fi; \
-	echo "== data parallelism over MPI"; \
+	stage "data parallelism over MPI"; \
 	if command -v $(MPICC) > /dev/null && command -v mpirun > /dev/null && [ -f $(FMNIST)/train-images-idx3-ubyte.gz ]; then \
 	  if $(MAKE) -s mpi-test > $(B)/mpi_test.log 2>&1; then p=$$((p+1)); grep '^ok' $(B)/mpi_test.log; else echo "mpi test failed"; cat $(B)/mpi_test.log; f=$$((f+1)); fi; \
 	else echo "skipped: mpi test (apt-get install libopenmpi-dev openmpi-bin dataset-fashion-mnist)"; fi; \
-	echo "$$p passed, $$f failed"; [ $$f -eq 0 ]
+	stage "end"; echo "$$p passed, $$f failed"; [ $$f -eq 0 ]
 
 # The image trainer on Fashion-MNIST: 6 iterations straight, and 3 + resume
 # to 6, must give byte-identical checkpoints and samples; a diverging run

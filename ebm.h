@@ -1,4 +1,4 @@
-/* ebm.h - energy-based models in plain C, one header.                 v0.6.12
+/* ebm.h - energy-based models in plain C, one header.                 v0.6.13
 
    Train and sample energy-based models p(x) = exp(f(x)) q(x) / Z with a ConvNet
    f, Langevin MCMC and autograd (including gradients of gradients), using only
@@ -106,7 +106,7 @@
 #ifndef EBM_H
 #define EBM_H
 
-#define EBM_VERSION "0.6.12"
+#define EBM_VERSION "0.6.13"
 
 #include <stddef.h>
 #include <stdint.h>
