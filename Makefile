@@ -10,7 +10,7 @@ CSTD     = -std=c99 -pedantic
 OMP      = -fopenmp
 B        = build
 
-.PHONY: all demo test test-build test-quick test-arm crosscheck clean examples bench bench-ab flag-check static-check opt-check resume-check generate-check fuzz asan-examples valgrind-check soak compare2d mpi-test mpi-time nostdio-check
+.PHONY: all demo test test-build test-quick test-arm crosscheck clean examples bench bench-ab flag-check static-check opt-check resume-check generate-check output-check fuzz asan-examples valgrind-check soak compare2d mpi-test mpi-time nostdio-check
 
 all: examples
 
@@ -195,6 +195,7 @@ test: test-build
 	if [ $$? -eq 0 ]; then p=$$((p+1)); else echo "asan-examples failed"; tail -30 $(B)/asan_examples.log; f=$$((f+1)); fi; \
 	stage "EBM_NO_STDIO"; if $(MAKE) -s nostdio-check > $(B)/nostdio.log 2>&1; then p=$$((p+1)); grep '^ok' $(B)/nostdio.log; else echo "nostdio check failed"; cat $(B)/nostdio.log; f=$$((f+1)); fi; \
 	stage "example flags"; if $(MAKE) -s flag-check > $(B)/flag_check.log 2>&1; then p=$$((p+1)); grep '^ok' $(B)/flag_check.log; else echo "flag check failed"; cat $(B)/flag_check.log; f=$$((f+1)); fi; \
+	stage "outputs that cannot be written"; if $(MAKE) -s output-check > $(B)/output_check_make.log 2>&1; then p=$$((p+1)); grep '^ok' $(B)/output_check_make.log; else echo "output check failed"; cat $(B)/output_check_make.log $(B)/output_check.log; f=$$((f+1)); fi; \
 	stage "EBM_STATIC"; if $(MAKE) -s static-check > $(B)/static.log 2>&1; then p=$$((p+1)); echo "ok   static-check (built with $(WARN), ran)"; else echo "static check failed"; cat $(B)/static.log; f=$$((f+1)); fi; \
 	stage "-O2 against -O3"; if $(MAKE) -s opt-check > $(B)/opt_check.log 2>&1; then p=$$((p+1)); grep '^ok' $(B)/opt_check.log; else echo "opt check failed"; cat $(B)/opt_check.log; f=$$((f+1)); fi; \
 	stage "example smoke runs"; if ./$(B)/hello_energy > $(B)/hello.log 2>&1 && grep -q '^params=' $(B)/hello.log; then p=$$((p+1)); else echo "hello_energy failed"; cat $(B)/hello.log; f=$$((f+1)); fi; \
@@ -240,6 +241,20 @@ resume-check: $(B)/train_images $(B)/train_images_noomp
 	cmp $(B)/rc_t1/ckpt.bin $(B)/rc_t2/ckpt.bin
 	cmp $(B)/rc_t1/ckpt.bin $(B)/rc_t0/ckpt.bin
 	@echo "resume-check: 1 thread, 2 threads and no OpenMP give the same checkpoint"
+
+# A run whose outputs cannot be written fails: exit status 1 and
+# status=error on its summary line (toy2d's picture; the image trainer's
+# last checkpoint, where ckpt.bin is a directory). Both had warned and
+# reported status=ok.
+output-check: $(B)/toy2d $(B)/train_images
+	OMP_NUM_THREADS=2 ./$(B)/toy2d --iters 2 --samples 16 --out $(B)/no_such_dir/toy2d.png > $(B)/output_check.log 2>&1; test $$? -eq 1
+	grep -q 'status=error$$' $(B)/output_check.log && grep -q '^error: .*no_such_dir' $(B)/output_check.log
+	if [ -f $(FMNIST)/train-images-idx3-ubyte.gz ]; then \
+	  rm -rf $(B)/oc_run && mkdir -p $(B)/oc_run/ckpt.bin && \
+	  { OMP_NUM_THREADS=2 ./$(B)/train_images --nf 4 --k 2 --iters 2 --samples 4 --out $(B)/oc_run > $(B)/output_check.log 2>&1; test $$? -eq 1; } && \
+	  grep -q 'status=error$$' $(B)/output_check.log && grep -q '^error: .*ckpt.bin' $(B)/output_check.log; \
+	fi
+	@echo "ok   output-check (an output that cannot be written fails the run)"
 
 # generate, every task at toy sizes on resume-check's checkpoint: it must
 # finish and print each task's summary line.

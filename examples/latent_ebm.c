@@ -186,14 +186,14 @@ int main(int argc, char **argv)
         float *nchw = (float *)malloc((size_t)n_samples * D * sizeof *nchw);
         int shape[4];
         snprintf(path, sizeof path, "%s/ckpt.bin", out);
-        if (ebm_latent_save(&L, path, &err) != EBM_OK) fprintf(stderr, "warning: %s\n", err.msg);
+        if (ebm_latent_save(&L, path, &err) != EBM_OK) { fprintf(stderr, "error: %s\n", err.msg); rc = 1; }
         save_grid(&L, out, "final", xs, 64, ds.h, ds.w, ds.c);
         if (nchw && ebm_latent_sample(&L, 0, xs, n_samples, NULL) == EBM_OK) { /* (N, C, H, W), float32 in [-1, 1] */
             ebm_nhwc_to_nchw(xs, nchw, n_samples, ds.c, ds.h, ds.w);
             shape[0] = n_samples; shape[1] = ds.c; shape[2] = ds.h; shape[3] = ds.w;
             snprintf(path, sizeof path, "%s/samples.npy", out);
-            if (ebm_npy_save(path, nchw, 4, shape, &err) != EBM_OK) fprintf(stderr, "error: %s\n", err.msg);
-        } else fprintf(stderr, "error: samples: %s\n", nchw ? L.err.msg : "out of memory");
+            if (ebm_npy_save(path, nchw, 4, shape, &err) != EBM_OK) { fprintf(stderr, "error: %s\n", err.msg); rc = 1; }
+        } else { fprintf(stderr, "error: samples: %s\n", nchw ? L.err.msg : "out of memory"); rc = 1; }
         free(nchw);
         /* reconstruction of test images through the posterior chain; with a
            held-out class, its images' error against the others' (AUROC) */
@@ -231,7 +231,7 @@ int main(int argc, char **argv)
                             snprintf(path, sizeof path, "%s/anomaly.png", out);
                             if (got[0] == 16 && got[1] == 16 &&
                                 ebm_png_save_grid(path, panel, 64, ds.h, ds.w, ds.c, 8, "held-out class (rows 1-4) and others (5-8): images, reconstructions", &err) != EBM_OK)
-                                fprintf(stderr, "error: %s\n", err.msg);
+                                { fprintf(stderr, "error: %s\n", err.msg); rc = 1; }
                             free(panel);
                         }
                     }
@@ -245,12 +245,12 @@ int main(int argc, char **argv)
                             }
                             snprintf(path, sizeof path, "%s/recon.png", out);
                             if (ebm_png_save_grid(path, panel, 64, ds.h, ds.w, ds.c, 8, "test images (odd rows) and their reconstructions (even rows)", &err) != EBM_OK)
-                                fprintf(stderr, "error: %s\n", err.msg);
+                                { fprintf(stderr, "error: %s\n", err.msg); rc = 1; }
                         }
                         free(panel);
                     }
-                } else fprintf(stderr, "error: reconstruction: %s\n", L.err.msg);
-            }
+                } else { fprintf(stderr, "error: reconstruction: %s\n", L.err.msg); rc = 1; }
+            } else { fprintf(stderr, "error: out of memory for %d test images\n", n); rc = 1; }
             free(xt); free(xr); free(sc_norm); free(sc_anom);
             ebm_dataset_free(&test);
         } else if (n_test > 0) fprintf(stderr, "warning: no test set for the reconstruction error (%s)\n", err.msg);

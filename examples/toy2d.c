@@ -74,7 +74,7 @@ static const char *const recipe_names[R_COUNT] = { "convergent", "shortrun", "st
 int main(int argc, char **argv)
 {
     const char *data_name = "8gaussians", *recipe_name = "convergent", *out = NULL, *npy = NULL, *proj = "rademacher";
-    int iters = 0, seed = 1, K = 0, n_samples = 4096, threads = 0, n_sigmas = 1, set, recipe, ml, chains_mala, i, mala = -1;
+    int iters = 0, seed = 1, K = 0, n_samples = 4096, threads = 0, n_sigmas = 1, set, recipe, ml, chains_mala, i, mala = -1, rc = 0;
     long t;
     float eps = 0, lr = 0, reg = 0, reinit = 0.3f, th = -1.0f, sigma = 0.1f, sigma_max = 1.0f, fd_eps = 0.1f, seconds = 0;
     const flag flags[] = {
@@ -238,7 +238,7 @@ int main(int argc, char **argv)
         for (i = 0; i < RES * RES; i++) dens[i] = (float)(exp(f[i] - fmax) / zsum * (RES * RES) / ((hi - lo) * (hi - lo)));
         if (npy) {
             int shape[2] = { RES, RES };
-            if (ebm_npy_save(npy, dens, 2, shape, &err) != EBM_OK) fprintf(stderr, "warning: %s\n", err.msg);
+            if (ebm_npy_save(npy, dens, 2, shape, &err) != EBM_OK) { fprintf(stderr, "error: %s\n", err.msg); rc = 1; }
         }
         /* fresh chains from uniform noise: the ML recipes their own way
            (convergent: 500 MALA steps, meant to reach the model; short-run:
@@ -254,16 +254,18 @@ int main(int argc, char **argv)
             else ebm_langevin_run(&m, tr.graph, &lc, &rs, (uint64_t)i, samples + 2 * i, nb, NULL);
         }
         hist_panel(img, 2, samples, n_samples, lo, hi);
-        if (ebm_png_save(out, img, W, RES, 3, "toy2d: data | learned density | fresh-chain samples", &err) != EBM_OK) fprintf(stderr, "warning: %s\n", err.msg);
-        else printf("wrote %s (data | learned density exp(f)/Z | %d samples of fresh chains)\n", out, n_samples);
+        if (ebm_png_save(out, img, W, RES, 3, "toy2d: data | learned density | fresh-chain samples", &err) != EBM_OK) {
+            fprintf(stderr, "error: %s\n", err.msg);
+            rc = 1;
+        } else printf("wrote %s (data | learned density exp(f)/Z | %d samples of fresh chains)\n", out, n_samples);
         free(img); free(f); free(dens);
     }
     printf("grid check: NLL %.4f with a %dx%d grid, %.4f with %dx%d (difference %.4f)\n", nll, GRID, GRID, nll_fine, 2 * GRID, 2 * GRID, fabs(nll - nll_fine));
     printf("toy2d data=%s recipe=%s nll=%.4f true_nll=%.4f gap=%.4f", data_name, recipe_name, nll_fine, true_nll, nll_fine - true_nll);
     if (recipe == R_DSM) printf(" smoothed_nll=%.4f smoothed_gap=%.4f", smooth_nll, nll_fine - smooth_nll);
-    printf(" iters=%ld seconds=%.1f status=ok\n", t, train_sec);
+    printf(" iters=%ld seconds=%.1f status=%s\n", t, train_sec, rc == 0 ? "ok" : "error");
     free(test); free(samples);
     ebm_trainer_free(&tr);
     ebm_model_free(&m);
-    return 0;
+    return rc;
 }

@@ -254,8 +254,9 @@ int main(int argc, char **argv)
         int shape[4];
         float *nchw = (float *)malloc((size_t)n_samples * D * sizeof *nchw);
         snprintf(path, sizeof path, "%s/ckpt.bin", out);
-        if (ebm_trainer_save(&t, path, &err) != EBM_OK) fprintf(stderr, "warning: %s\n", err.msg);
+        if (ebm_trainer_save(&t, path, &err) != EBM_OK) { fprintf(stderr, "error: %s\n", err.msg); rc = 1; }
         save_grid(&t, out, "final", xb, xs, 64, sample_k);
+        if (n_samples > 0 && !nchw) { fprintf(stderr, "error: out of memory for %d samples\n", n_samples); rc = 1; }
         if (n_samples > 0 && nchw) { /* (N, C, H, W), float32 in [-1, 1] */
             int i;
             for (i = 0; i < n_samples; i += 64) {
@@ -266,7 +267,7 @@ int main(int argc, char **argv)
             ebm_nhwc_to_nchw(xs, nchw, n_samples, ds.c, ds.h, ds.w);
             shape[0] = n_samples; shape[1] = ds.c; shape[2] = ds.h; shape[3] = ds.w;
             snprintf(path, sizeof path, "%s/samples.npy", out);
-            if (ebm_npy_save(path, nchw, 4, shape, &err) != EBM_OK) fprintf(stderr, "error: %s\n", err.msg);
+            if (ebm_npy_save(path, nchw, 4, shape, &err) != EBM_OK) { fprintf(stderr, "error: %s\n", err.msg); rc = 1; }
         }
         free(nchw);
     }
