@@ -601,8 +601,9 @@ static void test_rng_math_kernels(void)
             else if (k == 3) ebm__act_bwd_range(EBM_ACT_SILU, 0.0f, x, g, y, N);
             else { ebm__act_bwd_range(EBM_ACT_SILU, 0.0f, x, v, v, N); memcpy(y, v, sizeof y); }
             for (j = 0, bad = 0; j < N; j++) {
-                /* (two statements: clang contracts within one expression by default, and
-                   the library's loops, which it does not contract, round the product first) */
+                /* (the product in an initializer of its own: clang contracts within one
+                   expression by default, and the library's loops, which it does not
+                   contract, round the product before the sum) */
                 const float s = ebm__sigmoid(x[j]), xss = x[j] * s * (1 - s), ds = s + xss;
                 const float want = k == 0 || k == 2 ? x[j] * s : k == 1 ? ds : ds * g[j];
                 if (!(memcmp(&want, &y[j], 4) == 0 || (want != want && y[j] != y[j]))) bad++;
