@@ -10,7 +10,7 @@ CSTD     = -std=c99 -pedantic
 OMP      = -fopenmp
 B        = build
 
-.PHONY: all demo test test-build test-quick test-arm crosscheck clean examples bench bench-ab flag-check static-check opt-check resume-check generate-check output-check fuzz asan-examples valgrind-check soak compare2d mpi-test mpi-time nostdio-check
+.PHONY: all demo test test-build test-quick test-arm crosscheck clean examples bench bench-ab flag-check static-check opt-check resume-check generate-check output-check doc-check fuzz asan-examples valgrind-check soak compare2d mpi-test mpi-time nostdio-check
 
 all: examples
 
@@ -144,6 +144,10 @@ flag-check: $(B)/toy2d $(B)/evaluate $(B)/hello_energy $(B)/train_images $(B)/ge
 	OMP_NUM_THREADS=2 ./$(B)/toy2d --iters 2 --lr 1e-2 --samples 16 --out $(B)/flag_check.png | grep -q ' iters=2 .*status=ok'
 	@echo "ok   flag-check (malformed and out-of-range numbers refused, well-formed ones taken)"
 
+# The README's quick start compiles against ebm.h (tests/readme_snippets.sh).
+doc-check: | $(B)
+	B=$(B) CC="$(CC)" sh tests/readme_snippets.sh
+
 # EBM_STATIC: every function static, for a program that includes the
 # library in one file; it must build without a warning (nothing unused
 # warned about) and run.
@@ -197,6 +201,7 @@ test: test-build
 	stage "EBM_NO_STDIO"; if $(MAKE) -s nostdio-check > $(B)/nostdio.log 2>&1; then p=$$((p+1)); grep '^ok' $(B)/nostdio.log; else echo "nostdio check failed"; cat $(B)/nostdio.log; f=$$((f+1)); fi; \
 	stage "example flags"; if $(MAKE) -s flag-check > $(B)/flag_check.log 2>&1; then p=$$((p+1)); grep '^ok' $(B)/flag_check.log; else echo "flag check failed"; cat $(B)/flag_check.log; f=$$((f+1)); fi; \
 	stage "outputs that cannot be written"; if $(MAKE) -s output-check > $(B)/output_check_make.log 2>&1; then p=$$((p+1)); grep '^ok' $(B)/output_check_make.log; else echo "output check failed"; cat $(B)/output_check_make.log $(B)/output_check.log; f=$$((f+1)); fi; \
+	stage "the README's quick start"; if $(MAKE) -s doc-check > $(B)/doc_check.log 2>&1; then p=$$((p+1)); grep '^ok' $(B)/doc_check.log; else echo "doc check failed"; cat $(B)/doc_check.log; f=$$((f+1)); fi; \
 	stage "EBM_STATIC"; if $(MAKE) -s static-check > $(B)/static.log 2>&1; then p=$$((p+1)); echo "ok   static-check (built with $(WARN), ran)"; else echo "static check failed"; cat $(B)/static.log; f=$$((f+1)); fi; \
 	stage "-O2 against -O3"; if $(MAKE) -s opt-check > $(B)/opt_check.log 2>&1; then p=$$((p+1)); grep '^ok' $(B)/opt_check.log; else echo "opt check failed"; cat $(B)/opt_check.log; f=$$((f+1)); fi; \
 	stage "example smoke runs"; if ./$(B)/hello_energy > $(B)/hello.log 2>&1 && grep -q '^params=' $(B)/hello.log; then p=$$((p+1)); else echo "hello_energy failed"; cat $(B)/hello.log; f=$$((f+1)); fi; \
