@@ -644,8 +644,9 @@ EBMDEF float ebm_trainer_lr(const ebm_trainer *t);
    the same first gives the same starting noise and Langevin noise whenever
    it is called. */
 EBMDEF int ebm_trainer_sample(ebm_trainer *t, uint64_t first, const float *x_data, float *x, int n, int n_steps);
-/* Fill x (n samples of D floats) with U(lo, hi) (EBM_START_UNIFORM) or N(0, 1)
-   (EBM_START_GAUSSIAN) noise for samples first.. at the given step. */
+/* Fill x (n samples of D floats) with U(lo, hi) (EBM_START_UNIFORM; lo < hi,
+   both finite) or N(0, 1) (EBM_START_GAUSSIAN; lo and hi unused) noise for
+   samples first.. at the given step. */
 EBMDEF int ebm_chain_start(int kind, const ebm_rng *r, uint64_t first, uint32_t step, float lo, float hi, float *x, int n, size_t D);
 
 /* Every writer has a form that gives its bytes to a function instead of a
@@ -5856,6 +5857,7 @@ EBMDEF int ebm_chain_start(int kind, const ebm_rng *r, uint64_t first, uint32_t 
 {
     int i;
     if (!r || !x || n < 0 || (kind != EBM_START_UNIFORM && kind != EBM_START_GAUSSIAN)) return EBM_EINVAL;
+    if (kind == EBM_START_UNIFORM && !(ebm__finite(lo) && ebm__finite(hi) && lo < hi)) return EBM_EINVAL; /* (an empty, reversed or NaN box) */
     for (i = 0; i < n; i++) {
         if (kind == EBM_START_UNIFORM) ebm_rng_uniform(r, first + (uint64_t)i, step, lo, hi, x + (size_t)i * D, D);
         else ebm_rng_normal(r, first + (uint64_t)i, step, x + (size_t)i * D, D);

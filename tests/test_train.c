@@ -780,6 +780,11 @@ static void test_generator_helpers(void)
     auc = ebm_auroc(a, N_NORMAL, b, N_ANOMALOUS);
     CHECK(fabs(auc - pairs / (N_NORMAL * N_ANOMALOUS)) < 1e-12, "auroc %.6f, pair count %.6f", auc, pairs / (N_NORMAL * N_ANOMALOUS));
     CHECK(ebm_auroc(a, 0, b, N_ANOMALOUS) == -1, "an empty set has no AUROC");
+    CHECK(ebm_chain_start(EBM_START_UNIFORM, &r, 0, 0, 1, -1, z, 2, 36) == EBM_EINVAL &&
+          ebm_chain_start(EBM_START_UNIFORM, &r, 0, 0, 1, 1, z, 2, 36) == EBM_EINVAL &&
+          ebm_chain_start(EBM_START_UNIFORM, &r, 0, 0, -1, NAN, z, 2, 36) == EBM_EINVAL &&
+          ebm_chain_start(EBM_START_GAUSSIAN, &r, 0, 0, 0, 0, z, 2, 36) == EBM_OK &&
+          ebm_chain_start(EBM_START_UNIFORM, &r, 0, 0, -1, 1, z, 2, 36) == EBM_OK, "uniform starts need a box lo < hi");
     ebm_inpaint_mask(EBM_MASK_CENTER, NULL, 0, 1, 28, 28, 1, mask);
     for (unknown = 0, i = 0; i < 784; i++) unknown += mask[i] == 0;
     CHECK(unknown == 196 && mask[0] == 1 && mask[14 * 28 + 14] == 0, "centre mask: %g unknown", unknown);
