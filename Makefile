@@ -174,8 +174,8 @@ test-build: $(TEST_BINS) $(EXAMPLES) $(B)/kill_test $(B)/memory_test $(B)/hello_
 # Each build runs the whole suite; the last line sums them for CI. The
 # builds without OpenMP and with ASan are single-threaded, and so are the
 # examples under ASan, so the examples run beside those two suites on the
-# other core (~125 s against 20 + 105 s); their result is reported in its
-# place below. Every program the checks run is built by test-build, so
+# other core (about as long as the two together: 85-90 s against 15 + 75-100
+# s here); their result is reported in its place below. Every program the checks run is built by test-build, so
 # that CI's make -j2 compiles them two at a time. Each stage's header says
 # when it started, in seconds from the start of make test.
 test: test-build
