@@ -2597,8 +2597,9 @@ static void ebm__conv_bwd_data_direct(const ebm__cgeom *G, const float *gy, cons
         const float *gn = gy + (size_t)n * G->hy * G->wy * cy;
         float *xr = gx + (size_t)task * G->wx * cx;
         int tap[EBM__FEW_TAPS], nt = 0; /* the row's taps inside gy vertically (all but at a top or bottom row) */
-        int wi, ci, kh, kw, v, q;
-        for (q = 0; q < KK; q++) if (hi + p - q / K >= 0 && hi + p - q / K < G->hy) tap[nt++] = q;
+        int wi, ci, kh, kw, v;
+        for (kh = 0; kh < K; kh++) /* (in (kh, kw) order, without a division per tap) */
+            if (hi + p - kh >= 0 && hi + p - kh < G->hy) for (kw = 0; kw < K; kw++) tap[nt++] = kh * K + kw;
         for (wi = 0; wi < G->wx;) {
             if (wi >= wa && wi <= wb && wb - wa + 1 >= EBM__DOT_PX) {
                 const int w_ = wi + EBM__DOT_PX <= wb + 1 ? wi : wb + 1 - EBM__DOT_PX; /* see ebm__conv_fwd_few */
