@@ -83,8 +83,9 @@
                               ("/usr/share/datasets/fashion-mnist", Debian's)
    Compile with -ffp-contract=off (or without -ffast-math and with no FMA
    contraction) for results that are identical in C and C++ builds, with
-   and without SIMD; clang needs it only with -ffp-contract=fast (the
-   implementation turns clang's default contraction off for itself);
+   and without SIMD; clang 13 and later need it only with
+   -ffp-contract=fast (the implementation turns clang's default
+   contraction off for itself);
    -fopenmp to use threads.
 
    DETERMINISM: every random number is a pure function of (seed, stream,
@@ -5903,6 +5904,13 @@ static int ebm__tfail(ebm_trainer *t, int status, const char *fmt, ...)
     return status;
 }
 
+/* Whether the recipe's chains start (or restart) from U(chain.lo, chain.hi):
+   the box is then used even where the chain itself has none. */
+static int ebm__uniform_starts(const ebm_train_config *c)
+{
+    return c->start == EBM_START_UNIFORM || (c->start == EBM_START_PERSISTENT && c->restart == EBM_START_UNIFORM);
+}
+
 static int ebm__config_check(const ebm_train_config *c, ebm_error *err)
 {
     if (c->batch < 1 || c->batch > (1 << 20)) return ebm__fail(err, EBM_EINVAL, "trainer: batch %d", c->batch);
@@ -5933,6 +5941,8 @@ static int ebm__config_check(const ebm_train_config *c, ebm_error *err)
     if (c->objective == EBM_OBJ_FD_SSM && !ebm__finite_pos(c->fd_eps)) return ebm__fail(err, EBM_EINVAL, "trainer: FD-SSM step %g", (double)c->fd_eps);
     if (c->objective == EBM_OBJ_ML) { /* its chains run every step: say what is wrong with them now, not at the first step */
         float a, b;
+        if (ebm__uniform_starts(c) && !(ebm__finite(c->chain.lo) && ebm__finite(c->chain.hi) && c->chain.lo < c->chain.hi))
+            return ebm__fail(err, EBM_EINVAL, "trainer: uniform starts need a box lo < hi (got [%g, %g])", (double)c->chain.lo, (double)c->chain.hi);
         return ebm__langevin_check(err, &c->chain, &a, &b);
     }
     return EBM_OK;
@@ -6467,8 +6477,9 @@ EBMDEF int ebm_trainer_sample(ebm_trainer *t, uint64_t first, const float *x_dat
     rs = ebm__stream(c->seed, EBM__S_FRESH_START);
     rch = ebm__stream(c->seed, EBM__S_FRESH_CHAIN);
     if (c->start == EBM_START_DATA && x_data) memcpy(x, x_data, (size_t)n * D * sizeof(float));
-    else ebm_chain_start(c->start == EBM_START_GAUSSIAN ? EBM_START_GAUSSIAN : c->start == EBM_START_PERSISTENT ? c->restart : EBM_START_UNIFORM,
-                         &rs, first, 0, c->chain.lo, c->chain.hi, x, n, D);
+    else if (ebm_chain_start(c->start == EBM_START_GAUSSIAN ? EBM_START_GAUSSIAN : c->start == EBM_START_PERSISTENT ? c->restart : EBM_START_UNIFORM,
+                             &rs, first, 0, c->chain.lo, c->chain.hi, x, n, D) != EBM_OK) /* (ML's box is checked at init; others' here) */
+        return ebm__tfail(t, EBM_EINVAL, "trainer_sample: uniform starts need a box lo < hi (got [%g, %g])", (double)c->chain.lo, (double)c->chain.hi);
     /* in chunks of the shard the graph was sized for */
     for (i = 0; i < n; i += c->batch / c->shards) {
         int m = n - i < c->batch / c->shards ? n - i : c->batch / c->shards;

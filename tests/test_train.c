@@ -390,6 +390,23 @@ static void test_trainer_bad_settings(void)
     c.objective = EBM_OBJ_DSM; /* no chains in its training step: the unused settings are not its business */
     CHECK(ebm_trainer_init(&t, &m, &c, &e) == EBM_OK, "DSM refused for its unused chain settings: %s", e.msg);
     ebm_trainer_free(&t);
+    /* uniform starts draw from the chain's box even where the chain has no wall */
+    ebm_train_config_default(&c);
+    c.chain.box = EBM_BOX_NONE; c.chain.lo = 0; c.chain.hi = 0;
+    CHECK(ebm_trainer_init(&t, &m, &c, &e) == EBM_EINVAL && strstr(e.msg, "uniform starts"), "ML with uniform starts from an empty box accepted (%s)", e.msg);
+    c.start = EBM_START_PERSISTENT; c.restart = EBM_START_UNIFORM;
+    CHECK(ebm_trainer_init(&t, &m, &c, &e) == EBM_EINVAL && strstr(e.msg, "uniform starts"), "persistent ML with uniform restarts from an empty box accepted");
+    c.start = EBM_START_GAUSSIAN;
+    CHECK(ebm_trainer_init(&t, &m, &c, &e) == EBM_OK, "Gaussian starts refused for a box they do not use: %s", e.msg);
+    ebm_trainer_free(&t);
+    c.start = EBM_START_UNIFORM; c.objective = EBM_OBJ_DSM;
+    CHECK(ebm_trainer_init(&t, &m, &c, &e) == EBM_OK, "DSM refused for its unused chain settings: %s", e.msg);
+    {
+        float xs[4 * 2];
+        CHECK(ebm_trainer_sample(&t, 0, NULL, xs, 4, 1) == EBM_EINVAL && strstr(t.err.msg, "uniform starts"),
+              "DSM sampled from uniform starts in an empty box (%s)", t.err.msg);
+    }
+    ebm_trainer_free(&t);
     ebm_train_config_default(&c);
     c.objective = EBM_OBJ_DSM; c.sigma = 0;
     CHECK(ebm_trainer_init(&t, &m, &c, &e) == EBM_EINVAL && strstr(e.msg, "DSM"), "DSM with sigma 0 accepted");
