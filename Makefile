@@ -309,9 +309,9 @@ asan-examples: $(ASAN_EXAMPLES) $(filter %_asan,$(MPI_BINS)) | $(B)
 	  ./$(B)/latent_ebm_asan --nz 8 --hidden 16 --ngf 4 --batch 8 --prior-k 3 --post-k 3 --iters 2 --samples 4 --test-images 40 --holdout 3 \
 	    --out $(B)/asan_latent | grep -q 'status=ok' && \
 	  ./$(B)/latent_ebm_asan --resume --iters 3 --samples 4 --test-images 0 --out $(B)/asan_latent | grep -q 'iters=3 .*status=ok' && \
-	  ./$(B)/evaluate_asan --train --steps 3 --subset 500 --classifier $(B)/asan_clf.ckpt | grep -q '^classifier path=' && \
+	  ./$(B)/evaluate_asan --train --steps 3 --subset 500 --classifier $(B)/asan_clf.ckpt $(B)/asan_run/samples.npy > $(B)/asan_eval.out && \
+	  grep -q '^classifier path=' $(B)/asan_eval.out && grep -q '^samples=.* n=4 fid=' $(B)/asan_eval.out && \
 	  ./$(B)/evaluate_asan --self-test --n 20 --subset 500 --classifier $(B)/asan_clf.ckpt | grep -q '^ref=uniform_noise n=20 fid=' && \
-	  ./$(B)/evaluate_asan $(B)/asan_run/samples.npy --subset 500 --classifier $(B)/asan_clf.ckpt | grep -q '^samples=.* n=4 fid=' && \
 	  if command -v $(MPICC) > /dev/null && command -v mpirun > /dev/null; then \
 	    B=$(B) sh tests/asan_mpi.sh; \
 	  fi; \

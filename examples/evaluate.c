@@ -13,6 +13,8 @@
      evaluate --self-test [--n N]       reference scores: training images, blurred
                                         test images, uniform noise (N of each)
      evaluate SAMPLES.npy [...]         score (N, 1, 28, 28) float32 arrays in [-1, 1]
+   The three combine: --train first, then the self-test and the files are
+   scored by the classifier just trained.
    --classifier PATH (default build/classifier.ckpt), --threads T, --subset N
    (only the first N training and test images: a smoke test whose scores are
    not comparable with the full sets'). */
@@ -202,7 +204,7 @@ int main(int argc, char **argv)
     int i, n_files = 0, rc = 0;
     ebm_dataset train, test;
     ebm_model m;
-    ebm_graph *g;
+    ebm_graph *g = NULL;
     ebm_error err;
     size_t bytes;
     float *buf;
@@ -265,10 +267,14 @@ int main(int argc, char **argv)
         }
         if (ebm_model_save(&m, ckpt, &err) != EBM_OK) { fprintf(stderr, "error: %s\n", err.msg); return 1; }
         printf("classifier path=%s test_accuracy=%.4f seconds=%.0f\n", ckpt, accuracy(&m, g, &test, buf), ebm_time_sec() - t0);
-    } else {
+        fflush(stdout);
+        ebm_graph_destroy(g); /* scoring below sizes its own arena */
+        g = NULL;
+    }
+    if (self_test || n_files > 0) { /* with --train: scored by the classifier just trained */
         double *f;
         int *pred;
-        if (ebm_model_load(&m, ckpt, &err) != EBM_OK) { fprintf(stderr, "error: %s\n(train it first: evaluate --train)\n", err.msg); return 1; }
+        if (!train_mode && ebm_model_load(&m, ckpt, &err) != EBM_OK) { fprintf(stderr, "error: %s\n(train it first: evaluate --train)\n", err.msg); return 1; }
         ebm_model_step_bytes(&m, CHUNK, EBM_STEP_FORWARD, &bytes, &err);
         if (ebm_graph_create(&g, 2 * bytes + (1 << 20), &err) != EBM_OK) { fprintf(stderr, "error: %s\n", err.msg); return 1; }
         /* the reference: the test set's features */
