@@ -746,8 +746,10 @@ EBMDEF void ebm_noise_interpolate(const float *z1, const float *z2, size_t D, fl
 EBMDEF int ebm_langevin_conditional(ebm_model *m, ebm_graph *g, const ebm_langevin *cfg, const ebm_rng *rng,
                                     uint64_t first_sample, float *x, int n, int kind, const float *known, const float *mask);
 /* 2x2 average pooling of n images (n, h, w, c), h and w even, into
-   (n, h/2, w/2, c): the low-resolution copy super-resolution starts from. */
-EBMDEF void ebm_downsample2(const float *x, int n, int h, int w, int c, float *out);
+   (n, h/2, w/2, c): the low-resolution copy super-resolution starts from.
+   EBM_EINVAL, writing nothing, for a NULL array, n < 0, c < 1, or an odd
+   or empty h or w (an odd side has no 2x2 cells to cover its last row). */
+EBMDEF int ebm_downsample2(const float *x, int n, int h, int w, int c, float *out);
 /* The built-in inpainting masks, 1 where a pixel is known (every channel alike):
    EBM_MASK_CENTER the centre square of half the side is unknown; EBM_MASK_LOWER
    the lower half is unknown; EBM_MASK_RANDOM each pixel is unknown with
@@ -6757,16 +6759,18 @@ EBMDEF int ebm_langevin_conditional(ebm_model *m, ebm_graph *g, const ebm_langev
     return rc;
 }
 
-EBMDEF void ebm_downsample2(const float *x, int n, int h, int w, int c, float *out)
+EBMDEF int ebm_downsample2(const float *x, int n, int h, int w, int c, float *out)
 {
     int i, y, xx, k;
+    if (!x || !out || n < 0 || c < 1 || h < 2 || w < 2 || h % 2 || w % 2) return EBM_EINVAL;
     for (i = 0; i < n; i++)
-        for (y = 0; y + 1 < h; y += 2)
-            for (xx = 0; xx + 1 < w; xx += 2)
+        for (y = 0; y < h; y += 2)
+            for (xx = 0; xx < w; xx += 2)
                 for (k = 0; k < c; k++) {
                     const float *p = x + (((size_t)i * h + y) * w + xx) * c + k;
                     out[(((size_t)i * (h / 2) + y / 2) * (w / 2) + xx / 2) * c + k] = 0.25f * (p[0] + p[c] + p[(size_t)w * c] + p[(size_t)w * c + c]);
                 }
+    return EBM_OK;
 }
 
 EBMDEF int ebm_inpaint_mask(int kind, const ebm_rng *r, uint64_t first, int n, int h, int w, int c, float *mask)

@@ -812,8 +812,13 @@ static void test_generator_helpers(void)
     for (unknown = 0, i = 0; i < 4 * 784; i++) unknown += mask[i] == 0;
     CHECK(fabs(unknown - 4 * 392) < 5 * sqrt(4 * 784 * 0.25), "random mask: %g of %d unknown", unknown, 4 * 784);
     for (i = 0; i < 2 * 36; i++) img[i] = (float)i;
-    ebm_downsample2(img, 2, 6, 6, 1, low);
+    CHECK(ebm_downsample2(img, 2, 6, 6, 1, low) == EBM_OK, "downsample2 of 6x6");
     CHECK(low[0] == 3.5f && low[4] == 17.5f && low[9] == 39.5f, "2x2 means %g %g %g", low[0], low[4], low[9]);
+    low[0] = -7;
+    CHECK(ebm_downsample2(img, 1, 5, 6, 1, low) == EBM_EINVAL && ebm_downsample2(img, 1, 6, 5, 1, low) == EBM_EINVAL &&
+          ebm_downsample2(img, 1, 0, 6, 1, low) == EBM_EINVAL && ebm_downsample2(img, 1, 6, 6, 0, low) == EBM_EINVAL &&
+          ebm_downsample2(NULL, 1, 6, 6, 1, low) == EBM_EINVAL && ebm_downsample2(img, -1, 6, 6, 1, low) == EBM_EINVAL &&
+          low[0] == -7, "downsample2 refuses odd or empty sides and writes nothing");
     tiny_silu_net(&m, 6);
     ebm_model_step_bytes(&m, 2, EBM_STEP_SECOND_ORDER, &bytes, &e);
     ebm_graph_create(&g, 2 * bytes + 65536, &e);
