@@ -10,7 +10,7 @@ CSTD     = -std=c99 -pedantic
 OMP      = -fopenmp
 B        = build
 
-.PHONY: all demo test test-build test-quick test-arm crosscheck clean examples bench bench-ab flag-check static-check opt-check resume-check generate-check output-check doc-check fuzz asan-examples valgrind-check soak compare2d mpi-test mpi-time nostdio-check
+.PHONY: all demo test test-build test-quick test-arm crosscheck clean examples bench bench-ab fuzz-build flag-check static-check opt-check resume-check generate-check output-check doc-check fuzz asan-examples valgrind-check soak compare2d mpi-test mpi-time nostdio-check
 
 all: examples
 
@@ -364,6 +364,7 @@ $(B)/fuzz_ckpt: FUZZ_ID = 3
 $(B)/fuzz_npy: FUZZ_ID = 4
 $(FUZZ_BINS): fuzz/fuzz_readers.c ebm.h | $(B)
 	$(FUZZ_CC) -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -DFUZZ_TARGET=$(FUZZ_ID) -I. $< -o $@ -lm
+fuzz-build: $(FUZZ_BINS)
 fuzz: $(FUZZ_BINS)
 	@for t in $(FUZZ_TARGETS); do \
 	  mkdir -p $(B)/fuzz_work/$$t; \
