@@ -1,4 +1,4 @@
-/* ebm.h - energy-based models in plain C, one header.                 v0.6.13
+/* ebm.h - energy-based models in plain C, one header.                 v0.6.14
 
    Train and sample energy-based models p(x) = exp(f(x)) q(x) / Z with a ConvNet
    f, Langevin MCMC and autograd (including gradients of gradients), using only
@@ -107,7 +107,7 @@
 #ifndef EBM_H
 #define EBM_H
 
-#define EBM_VERSION "0.6.13"
+#define EBM_VERSION "0.6.14"
 
 #include <stddef.h>
 #include <stdint.h>
