@@ -247,6 +247,10 @@ resume-check: $(B)/train_images $(B)/train_images_noomp
 	cmp $(B)/rc_t1/ckpt.bin $(B)/rc_t2/ckpt.bin
 	cmp $(B)/rc_t1/ckpt.bin $(B)/rc_t0/ckpt.bin
 	@echo "resume-check: 1 thread, 2 threads and no OpenMP give the same checkpoint"
+	@# a time budget whose schedule ends first stops there (at lr 0 the model would not change)
+	rm -rf $(B)/rc_s; OMP_NUM_THREADS=2 ./$(B)/train_images --nf 4 --k 2 --minutes 10 --total-iters 3 --samples 4 --out $(B)/rc_s > $(B)/rc_s.log
+	grep -q '^the schedule ended at iteration 3 ' $(B)/rc_s.log && grep -q 'iters=3 .*status=ok$$' $(B)/rc_s.log
+	@echo "resume-check: a run stops where its schedule ends"
 
 # A run whose outputs cannot be written fails: exit status 1 and
 # status=error on its summary line (toy2d's picture; the image trainer's

@@ -207,6 +207,12 @@ int main(int argc, char **argv)
     for (;;) {
         double now = ebm_time_sec();
         if ((iters > 0 && t.iter >= iters) || (minutes > 0 && now - t0 >= minutes * 60.0)) break;
+        if (iters == 0 && c.schedule != EBM_LR_CONSTANT && t.iter >= c.total_iters && ebm_trainer_lr(&t) == 0.0f) {
+            /* a schedule timed by the probe ends before the budget if the machine gets faster; at lr 0 the model stays as it is */
+            printf("the schedule ended at iteration %ld (learning rate 0): stopping %.0f s before the time budget\n", t.iter,
+                   minutes * 60.0 - (now - t0));
+            break;
+        }
         ebm_dataset_batch(&ds, &rdata, (uint64_t)t.iter * (uint64_t)c.batch, c.batch, xb, NULL);
         d = ebm_trainer_step(&t, xb);
         if (d == EBM_EDIVERGED) {
