@@ -66,7 +66,8 @@ int main(int argc, char **argv)
     ebm_rng rdata;
     float *xb, *xs;
     size_t D;
-    double t0, last_save, last_print = 0, it0;
+    double t0, last_save, last_print = 0, last_plan = 0, it0;
+    int planned = 0; /* the schedule's length came from the timing probe: kept in step with the run's own speed */
     int d, rc = 0, tty = isatty(2), diverged = 0;
     char path[1100];
     FILE *log;
@@ -110,7 +111,7 @@ int main(int argc, char **argv)
             { "lr-min", "end of the schedule (default 0)", 'f', &c.lr_min, F_NONNEG },
             { "schedule", "constant | cosine | linear over the run (default cosine)", 's', &sched, F_ANY },
             { "warmup", "iterations of warm-up (default 0)", 'l', &c.warmup, F_NONNEG },
-            { "total-iters", "schedule length (default: --iters, or estimated from --minutes)", 'l', &c.total_iters, F_POS },
+            { "total-iters", "schedule length (default: --iters, or planned from --minutes and again every 30 s)", 'l', &c.total_iters, F_POS },
             { "beta1", "Adam beta1 (default 0.9)", 'f', &c.beta1, F_UNIT },
             { "beta2", "Adam beta2 (default 0.999)", 'f', &c.beta2, F_UNIT },
             { "momentum", "SGD momentum (default 0)", 'f', &c.momentum, F_UNIT },
@@ -173,6 +174,7 @@ int main(int argc, char **argv)
                     ebm_model_free(&m); /* the probe trained it: start again from the seed */
                     ebm_model_convnet(&m, ds.c, ds.h, nf, ac, act_param, (uint64_t)seed);
                     printf("schedule length from a timing probe: %ld iterations for %.1f minutes\n", c.total_iters, (double)minutes);
+                    planned = 1;
                 }
             }
             if (ebm_trainer_init(&t, &m, &c, &err) != EBM_OK) { fprintf(stderr, "error: %s\n", err.msg); return 2; }
@@ -207,10 +209,21 @@ int main(int argc, char **argv)
     for (;;) {
         double now = ebm_time_sec();
         if ((iters > 0 && t.iter >= iters) || (minutes > 0 && now - t0 >= minutes * 60.0)) break;
-        if (iters == 0 && c.schedule != EBM_LR_CONSTANT && t.iter >= c.total_iters && ebm_trainer_lr(&t) == 0.0f) {
-            /* a schedule timed by the probe ends before the budget if the machine gets faster; at lr 0 the model stays as it is */
-            printf("the schedule ended at iteration %ld (learning rate 0): stopping %.0f s before the time budget\n", t.iter,
-                   minutes * 60.0 - (now - t0));
+        if (planned && t.iter > it0 && now - last_plan >= (minutes * 3.0 < 30.0 ? minutes * 3.0 : 30.0)) {
+            /* the probe timed a few iterations; a shared machine's speed drifts by 10-30 %. Every 30 s (every
+               twentieth of a shorter budget) the schedule is planned again from the run's own rate, sample grids
+               included, so that it ends when the budget does: the learning rate moves by a few percent, instead
+               of the run going on at lr 0 or stopping with lr above 0. The checkpoint keeps the latest plan. */
+            const double per = (now - t0) / ((double)t.iter - it0);
+            const long plan = t.iter + (long)((minutes * 60.0 - (now - t0)) / per);
+            t.cfg.total_iters = plan > t.iter ? plan : t.iter + 1;
+            last_plan = now;
+        }
+        if (iters == 0 && c.schedule != EBM_LR_CONSTANT && t.iter >= t.cfg.total_iters && ebm_trainer_lr(&t) == 0.0f) {
+            /* (a schedule given with --total-iters, or less than an iteration left): at lr 0 the model stays as it is */
+            if (minutes * 60.0 - (now - t0) >= 1.0)
+                printf("the schedule ended at iteration %ld (learning rate 0): stopping %.0f s before the time budget\n", t.iter,
+                       minutes * 60.0 - (now - t0));
             break;
         }
         ebm_dataset_batch(&ds, &rdata, (uint64_t)t.iter * (uint64_t)c.batch, c.batch, xb, NULL);
