@@ -251,7 +251,7 @@ resume-check: $(B)/train_images $(B)/train_images_noomp
 	rm -rf $(B)/rc_s; OMP_NUM_THREADS=2 ./$(B)/train_images --nf 4 --k 2 --minutes 10 --total-iters 3 --samples 4 --out $(B)/rc_s > $(B)/rc_s.log
 	grep -q '^the schedule ended at iteration 3 ' $(B)/rc_s.log && grep -q 'iters=3 .*status=ok$$' $(B)/rc_s.log
 	@# a schedule the probe planned too long (a sample grid every iteration, which it does not count) is
-	@# planned again as the run goes, so it still ends at lr ~0 (v0.6.13's ended at 9.98e-5 of 1e-4)
+	@# planned again as the run goes, so it still ends at lr ~0 (v0.6.13's run ended at 9.99e-5 of 1e-4)
 	rm -rf $(B)/rc_s; OMP_NUM_THREADS=2 ./$(B)/train_images --nf 4 --k 2 --minutes 0.1 --save-minutes 0 --sample-k 200 --samples 0 \
 	  --out $(B)/rc_s > $(B)/rc_s.log
 	grep -q 'status=ok$$' $(B)/rc_s.log && tail -n 1 $(B)/rc_s/log.csv | awk -F, '{ exit !($$1 >= 3 && $$3 < 1e-5) }'
