@@ -248,7 +248,7 @@ resume-check: $(B)/train_images $(B)/train_images_noomp
 	cmp $(B)/rc_t1/ckpt.bin $(B)/rc_t0/ckpt.bin
 	@echo "resume-check: 1 thread, 2 threads and no OpenMP give the same checkpoint"
 	@# a time budget whose schedule ends first stops there (at lr 0 the model would not change)
-	rm -rf $(B)/rc_s; OMP_NUM_THREADS=2 ./$(B)/train_images --nf 4 --k 2 --minutes 10 --total-iters 3 --samples 4 --out $(B)/rc_s > $(B)/rc_s.log
+	rm -rf $(B)/rc_s; OMP_NUM_THREADS=2 ./$(B)/train_images --nf 4 --k 2 --minutes 1 --total-iters 3 --samples 4 --out $(B)/rc_s > $(B)/rc_s.log
 	grep -q '^the schedule ended at iteration 3 ' $(B)/rc_s.log && grep -q 'iters=3 .*status=ok$$' $(B)/rc_s.log
 	@# a schedule the probe planned too long (a sample grid every iteration, which it does not count) is
 	@# planned again as the run goes, so it still ends at lr ~0 (v0.6.13's run ended at 9.99e-5 of 1e-4)
